@@ -1,0 +1,2 @@
+//! Understudy: a SIP back-to-back user agent that runs as a main / stand-by pair.
+pub mod sip;

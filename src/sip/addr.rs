@@ -1,0 +1,182 @@
+//! name-addr / addr-spec values: From, To, Contact, Route, Record-Route (RFC 3261 §20.10, §25.1).
+
+use std::fmt;
+
+use super::params::Params;
+use super::uri::Uri;
+
+/// `["display"] <uri>;params` or `uri;params`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr {
+    /// Display name, without quotes.
+    pub display: Option<String>,
+    /// The URI.
+    pub uri: Uri,
+    /// Header parameters (`tag`, `expires`, `q`, ...).
+    pub params: Params,
+}
+
+impl NameAddr {
+    /// A bare `<uri>`.
+    pub fn new(uri: Uri) -> Self {
+        Self {
+            display: None,
+            uri,
+            params: Params::new(),
+        }
+    }
+
+    /// Parse a name-addr or addr-spec.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty address");
+        }
+        let (display, after_display) = if let Some(rest) = s.strip_prefix('"') {
+            let end = closing_quote(rest).ok_or("unterminated quoted display name")?;
+            let display = unquote(&rest[..end]);
+            (Some(display), rest[end + 1..].trim_start())
+        } else if let Some(lt) = s.find('<') {
+            let name = s[..lt].trim();
+            if !name.is_empty()
+                && !name.bytes().all(|b| {
+                    super::params::is_token_byte(b) || b == b' ' || b == b'\t' || b >= 0x80
+                })
+            {
+                return Err("display name must be a token sequence or quoted");
+            }
+            let name = (!name.is_empty()).then(|| name.to_string());
+            (name, &s[lt..])
+        } else {
+            (None, s)
+        };
+        if let Some(rest) = after_display.strip_prefix('<') {
+            let end = rest.find('>').ok_or("unterminated <")?;
+            let inner = &rest[..end];
+            if inner.starts_with(|c: char| c.is_ascii_whitespace())
+                || inner.ends_with(|c: char| c.is_ascii_whitespace())
+            {
+                return Err("whitespace inside <>");
+            }
+            let uri = Uri::parse(inner).map_err(|e| e.0)?;
+            let params = Params::parse(&rest[end + 1..])?;
+            return Ok(Self {
+                display,
+                uri,
+                params,
+            });
+        }
+        if display.is_some() {
+            return Err("display name without <uri>");
+        }
+        // addr-spec: parameters after the first ';' belong to the header, never to the URI
+        // (RFC 3261 §20.10), and the URI may not carry headers or commas.
+        let (uri_part, params) = match s.find(';') {
+            Some(i) => (&s[..i], Params::parse(&s[i..])?),
+            None => (s, Params::new()),
+        };
+        if uri_part.contains('?') || uri_part.contains(',') {
+            return Err("addr-spec with '?' or ',' must be enclosed in <>");
+        }
+        let uri = Uri::parse(uri_part).map_err(|e| e.0)?;
+        Ok(Self {
+            display: None,
+            uri,
+            params,
+        })
+    }
+
+    /// The `tag` parameter.
+    pub fn tag(&self) -> Option<&str> {
+        self.params.value("tag")
+    }
+}
+
+fn closing_quote(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            return Some(i);
+        }
+    }
+    None
+}
+
+fn unquote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut escaped = false;
+    for c in s.chars() {
+        if escaped {
+            out.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl fmt::Display for NameAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = &self.display {
+            f.write_str("\"")?;
+            for c in d.chars() {
+                if c == '"' || c == '\\' {
+                    f.write_str("\\")?;
+                }
+                write!(f, "{c}")?;
+            }
+            f.write_str("\" ")?;
+        }
+        write!(f, "<{}>{}", self.uri, self.params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_display_and_tag() {
+        let a =
+            NameAddr::parse(r#""J Rosenberg \\\"" <sip:jdrosen@example.com>;tag=98asjd8"#).unwrap();
+        assert_eq!(a.display.as_deref(), Some("J Rosenberg \\\""));
+        assert_eq!(a.tag(), Some("98asjd8"));
+    }
+
+    #[test]
+    fn addr_spec_params_belong_to_header() {
+        let a = NameAddr::parse("sip:caller@example.net;tag=2234923").unwrap();
+        assert_eq!(a.tag(), Some("2234923"));
+        assert!(a.uri.params.is_empty());
+    }
+
+    #[test]
+    fn token_display_name() {
+        let a = NameAddr::parse("caller<sip:caller@example.com>;tag=323").unwrap();
+        assert_eq!(a.display.as_deref(), Some("caller"));
+    }
+
+    #[test]
+    fn rejects_torture_errors() {
+        assert!(NameAddr::parse(r#""Mr. J. User <sip:j.user@example.com>"#).is_err());
+        assert!(NameAddr::parse("< sip:t.watson@example.org >").is_err());
+        assert!(NameAddr::parse("sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err());
+        assert!(NameAddr::parse("Bell, Alexander <sip:a@b>").is_err());
+    }
+
+    #[test]
+    fn display_round_trip() {
+        let a = NameAddr::parse(r#""Bob" <sip:bob@b.example;transport=tcp>;expires=60"#).unwrap();
+        assert_eq!(
+            a.to_string(),
+            r#""Bob" <sip:bob@b.example;transport=tcp>;expires=60"#
+        );
+    }
+}

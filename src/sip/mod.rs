@@ -1,0 +1,33 @@
+//! The SIP message layer: parse, serialize, typed header access, TCP stream framing,
+//! validation mapped to response codes, and digest authentication (RFC 3261 §7, §18.3, §20,
+//! §22, §25; RFC 2617; RFC 8760).
+//!
+//! This is the only module that imports the parser crate (`sipx-sip`): everything above works
+//! on the owned types defined here, so the parser can be replaced by touching one module.
+
+mod addr;
+mod build;
+pub mod digest;
+mod message;
+mod params;
+mod parse;
+mod uri;
+mod validate;
+mod via;
+
+pub use addr::NameAddr;
+pub use build::{new_branch, new_tag, response_to};
+pub use message::{
+    CSeq, Header, HeaderError, HeaderName, Headers, Message, Method, Request, Response, SipMessage,
+    reason_phrase,
+};
+pub use params::Params;
+pub use parse::{
+    ParseError, Parsed, Salvaged, StreamFramer, Version, parse_datagram, salvage_request,
+};
+pub use uri::{Uri, UriError, unescape};
+pub use validate::{Rejection, validate, validate_request, validate_response};
+pub use via::Via;
+
+#[cfg(test)]
+mod tests;

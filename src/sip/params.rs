@@ -1,0 +1,162 @@
+//! Generic `;name=value` parameter lists (RFC 3261 §19.1.1 uri-parameters, §20 header params).
+
+use std::fmt;
+
+/// An ordered list of `name[=value]` parameters. Names compare case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params(Vec<(String, Option<String>)>);
+
+impl Params {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Parse `;a=b;c` (the leading `;` optional). Whitespace around names, `=` and values is
+    /// linear white space (RFC 3261 §25.1) and is dropped. Quoted values keep their quotes.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let mut out = Vec::new();
+        for part in split_outside_quotes(s, ';') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            match part.split_once('=') {
+                Some((n, v)) => {
+                    let n = n.trim();
+                    let v = v.trim();
+                    if n.is_empty() || !n.bytes().all(is_token_byte) {
+                        return Err("bad parameter name");
+                    }
+                    if v.starts_with('"') && (v.len() < 2 || !v.ends_with('"')) {
+                        return Err("unterminated quoted parameter");
+                    }
+                    out.push((n.to_string(), Some(v.to_string())));
+                }
+                None => {
+                    if !part.bytes().all(is_token_byte) {
+                        return Err("bad parameter name");
+                    }
+                    out.push((part.to_string(), None));
+                }
+            }
+        }
+        Ok(Self(out))
+    }
+
+    /// The value of `name`: `Some(Some(v))`, `Some(None)` for a flag, `None` if absent.
+    pub fn get(&self, name: &str) -> Option<Option<&str>> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_deref())
+    }
+
+    /// The value of `name` when it has one.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.get(name).flatten()
+    }
+
+    /// Whether `name` is present, with or without a value.
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Set (replace or append) a parameter.
+    pub fn set(&mut self, name: &str, value: Option<&str>) {
+        let v = value.map(str::to_string);
+        if let Some(slot) = self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            slot.1 = v;
+        } else {
+            self.0.push((name.to_string(), v));
+        }
+    }
+
+    /// Remove a parameter.
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    /// Iterate over `(name, value)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_deref()))
+    }
+
+    /// Whether there are no parameters.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, v) in &self.0 {
+            match v {
+                Some(v) => write!(f, ";{n}={v}")?,
+                None => write!(f, ";{n}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 3261 §25.1 `token` characters, plus the characters parameter values commonly use
+/// (`[`, `]`, `:` for IPv6 and host:port values).
+pub(crate) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        )
+}
+
+/// Split on `sep` where it is outside double quotes and angle brackets.
+pub(crate) fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut angle = 0u32;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '<' if !in_quotes => angle += 1,
+            '>' if !in_quotes => angle = angle.saturating_sub(1),
+            c if c == sep && !in_quotes && angle == 0 => {
+                out.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lws_around_equals() {
+        let p = Params::parse(" ; tag = 98asjd8 ;lr").unwrap();
+        assert_eq!(p.value("tag"), Some("98asjd8"));
+        assert!(p.has("lr"));
+        assert_eq!(p.get("lr"), Some(None));
+    }
+
+    #[test]
+    fn split_respects_quotes_and_angles() {
+        let v = split_outside_quotes(r#""a,b" <sip:x;y=1,z>, <sip:q>"#, ',');
+        assert_eq!(v.len(), 2);
+    }
+}

@@ -1,0 +1,244 @@
+//! Parsing: the one place that calls the parser crate (`sipx-sip`), converting its messages
+//! into our owned model. Framing follows RFC 3261 §18.3 (datagrams) and §20.14 (streams).
+
+use bytes::Bytes;
+use sipx_sip as px;
+
+use super::message::{HeaderName, Headers, Message, Method, Request, Response};
+use super::params::split_outside_quotes;
+
+/// Why bytes did not become a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// The message is malformed; the text says where.
+    #[error("{0}")]
+    Malformed(String),
+    /// A stream lost its framing (bad or missing Content-Length): close the connection.
+    #[error("stream framing lost: {0}")]
+    Framing(String),
+    /// The message is larger than the configured limits.
+    #[error("message too large: {0}")]
+    TooLarge(String),
+}
+
+/// The protocol version a request carried, kept so that a non-2.0 request gets 505.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// SIP/2.0
+    Sip20,
+    /// Something else.
+    Unsupported,
+}
+
+/// A parsed message and the facts about it that only the parser sees.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The message.
+    pub message: Message,
+    /// The protocol version on the start line.
+    pub version: Version,
+}
+
+fn limits_datagram() -> px::Limits {
+    px::Limits::datagram()
+}
+
+/// Parse one message from a datagram. Leading CRLFs are ignored (RFC 3261 §7.5); octets after
+/// the declared body are ignored (RFC 3261 §18.3).
+pub fn parse_datagram(buf: &[u8]) -> Result<Parsed, ParseError> {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let buf = Bytes::copy_from_slice(&buf[start..]);
+    let msg = px::parse_datagram(buf, &limits_datagram()).map_err(map_error)?;
+    convert(msg)
+}
+
+fn map_error(e: px::error::ParseError) -> ParseError {
+    use px::error::ParseError as P;
+    match e {
+        P::Limit { .. } => ParseError::TooLarge(e.to_string()),
+        P::Framing(_) => ParseError::Framing(e.to_string()),
+        other => ParseError::Malformed(other.to_string()),
+    }
+}
+
+fn is_list_header(n: &HeaderName) -> bool {
+    matches!(
+        n,
+        HeaderName::Via | HeaderName::Route | HeaderName::RecordRoute | HeaderName::Contact
+    )
+}
+
+fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
+    let mut out = Headers::new();
+    for h in src.iter() {
+        let name = HeaderName::from_wire(&String::from_utf8_lossy(h.name().canonical()));
+        let value = String::from_utf8_lossy(&h.value()).into_owned();
+        if is_list_header(&name) && value.contains(',') && value.trim() != "*" {
+            for part in split_outside_quotes(&value, ',') {
+                let part = part.trim();
+                if part.is_empty() {
+                    return Err(ParseError::Malformed(format!(
+                        "empty element in {name} list"
+                    )));
+                }
+                out.push(name.clone(), part);
+            }
+        } else {
+            out.push(name, value);
+        }
+    }
+    Ok(out)
+}
+
+fn convert(msg: px::Message) -> Result<Parsed, ParseError> {
+    match msg {
+        px::Message::Request(r) => {
+            let version = if r.version.is_supported() {
+                Version::Sip20
+            } else {
+                Version::Unsupported
+            };
+            let method = Method::from_token(&String::from_utf8_lossy(r.method.as_bytes()));
+            let uri = String::from_utf8_lossy(&r.uri.to_bytes()).into_owned();
+            let headers = convert_headers(&r.headers)?;
+            Ok(Parsed {
+                message: Message::Request(Request {
+                    method,
+                    uri,
+                    headers,
+                    body: r.body().clone(),
+                }),
+                version,
+            })
+        }
+        px::Message::Response(r) => {
+            let version = if r.version.is_supported() {
+                Version::Sip20
+            } else {
+                Version::Unsupported
+            };
+            let headers = convert_headers(&r.headers)?;
+            Ok(Parsed {
+                message: Message::Response(Response {
+                    status: r.status.code(),
+                    reason: String::from_utf8_lossy(&r.reason).into_owned(),
+                    headers,
+                    body: r.body().clone(),
+                }),
+                version,
+            })
+        }
+    }
+}
+
+/// Frames SIP messages out of a TCP byte stream by Content-Length (RFC 3261 §18.3).
+///
+/// A partial message waits for more bytes; a missing or malformed Content-Length is an error
+/// after which the stream cannot be resynchronised and must be closed.
+#[derive(Debug)]
+pub struct StreamFramer {
+    inner: px::StreamParser,
+}
+
+impl Default for StreamFramer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamFramer {
+    /// A framer with stream limits (1 MiB messages).
+    pub fn new() -> Self {
+        Self {
+            inner: px::StreamParser::new(px::Limits::stream()),
+        }
+    }
+
+    /// Feed bytes; returns every message they completed, in order. Each element is either
+    /// a parsed message or the error for a message that framed but did not parse.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Parsed>, ParseError> {
+        let msgs = self.inner.push(chunk).map_err(|e| match map_error(e) {
+            ParseError::Malformed(s) => ParseError::Framing(s),
+            other => other,
+        })?;
+        msgs.into_iter().map(convert).collect()
+    }
+
+    /// How many CRLF keep-alive pairs were seen since the last call (RFC 5626 §4.4.1).
+    pub fn take_keepalives(&mut self) -> usize {
+        self.inner.take_keepalives()
+    }
+
+    /// Bytes buffered for an incomplete message.
+    pub fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+}
+
+/// What a server needs to answer a message that did not parse: enough headers to route a
+/// 400 back (RFC 3261 §8.2, §18.2.2). Found by a tolerant line scan of the raw bytes.
+#[derive(Debug, Clone)]
+pub struct Salvaged {
+    /// The method on the request line.
+    pub method: String,
+    /// The headers a response copies: Via, From, To, Call-ID, CSeq.
+    pub headers: Headers,
+}
+
+/// Try to recover a request's routing headers from bytes that did not parse. Returns `None`
+/// for responses, and for requests without a Via, From, To, Call-ID and CSeq.
+pub fn salvage_request(buf: &[u8]) -> Option<Salvaged> {
+    let text = String::from_utf8_lossy(buf);
+    let text = text.trim_start_matches(['\r', '\n']);
+    let mut lines = text.split("\r\n").flat_map(|l| l.split('\n'));
+    let start = lines.next()?;
+    let method = start.split(' ').next()?.to_string();
+    if method.is_empty()
+        || method.starts_with("SIP/")
+        || !method.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return None;
+    }
+    let mut headers = Headers::new();
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let Some((n, v)) = line.split_once(':') else {
+            continue;
+        };
+        let name = HeaderName::from_wire(n.trim());
+        if matches!(
+            name,
+            HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq
+        ) {
+            let v = v.trim();
+            if name == HeaderName::Via {
+                for part in split_outside_quotes(v, ',') {
+                    headers.push(HeaderName::Via, part.trim());
+                }
+            } else {
+                headers.push(name, v);
+            }
+        }
+    }
+    let need = [
+        HeaderName::Via,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::CallId,
+        HeaderName::CSeq,
+    ];
+    if need.iter().all(|n| headers.get(n).is_some()) {
+        Some(Salvaged { method, headers })
+    } else {
+        None
+    }
+}

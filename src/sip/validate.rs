@@ -1,0 +1,146 @@
+//! Request and response checks after parsing, mapped to a response status in one place
+//! (RFC 3261 §8.2, §16.3; RFC 4475 §3.1.2, §3.3).
+
+use super::addr::NameAddr;
+use super::message::{CSeq, HeaderName, Message, Method, Request, Response, SipMessage};
+use super::parse::{Parsed, Version};
+use super::uri::Uri;
+use super::via::Via;
+
+/// Why a message cannot be acted on, with the status a UAS answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {reason}")]
+pub struct Rejection {
+    /// Status to answer with (responses are never answered: they are dropped).
+    pub status: u16,
+    /// Reason phrase explaining the fault.
+    pub reason: String,
+}
+
+impl Rejection {
+    fn bad(reason: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Headers that may appear at most once (RFC 3261 §7.3.1, RFC 4475 §3.3.8).
+const SINGLE: [HeaderName; 8] = [
+    HeaderName::CallId,
+    HeaderName::CSeq,
+    HeaderName::From,
+    HeaderName::To,
+    HeaderName::MaxForwards,
+    HeaderName::ContentType,
+    HeaderName::Expires,
+    HeaderName::ContentLength,
+];
+
+/// Check a parsed message. `Ok` means the message is well-formed enough to act on.
+pub fn validate(p: &Parsed) -> Result<(), Rejection> {
+    match &p.message {
+        Message::Request(r) => {
+            if p.version == Version::Unsupported {
+                return Err(Rejection {
+                    status: 505,
+                    reason: "Version Not Supported".into(),
+                });
+            }
+            validate_request(r)
+        }
+        Message::Response(r) => {
+            if p.version == Version::Unsupported {
+                return Err(Rejection::bad("unsupported version in response"));
+            }
+            validate_response(r)
+        }
+    }
+}
+
+fn common(m: &impl SipMessage) -> Result<CSeq, Rejection> {
+    for name in &SINGLE {
+        if m.headers().count(name) > 1 {
+            return Err(Rejection::bad(format!("repeated {name} header")));
+        }
+    }
+    if m.headers().get(&HeaderName::Via).is_none() {
+        return Err(Rejection::bad("missing Via header"));
+    }
+    for v in m.headers().get_all(&HeaderName::Via) {
+        Via::parse(v).map_err(|e| Rejection::bad(format!("malformed Via header: {e}")))?;
+    }
+    m.call_id().map_err(|e| Rejection::bad(e.to_string()))?;
+    m.from().map_err(|e| Rejection::bad(e.to_string()))?;
+    m.to().map_err(|e| Rejection::bad(e.to_string()))?;
+    let cseq = m.cseq().map_err(|e| Rejection::bad(e.to_string()))?;
+    if let Some(d) = m.headers().get(&HeaderName::Date)
+        && !d.trim_end().ends_with("GMT")
+    {
+        return Err(Rejection::bad(
+            "Date header must be in GMT (RFC 3261 §20.17)",
+        ));
+    }
+    Ok(cseq)
+}
+
+/// Check a request (RFC 3261 §8.1.1 required headers, scalar ranges, CSeq method).
+pub fn validate_request(r: &Request) -> Result<(), Rejection> {
+    let cseq = common(r)?;
+    let known = !matches!(r.method, Method::Other(_));
+    if cseq.method != r.method {
+        return Err(if known {
+            Rejection::bad("CSeq method does not match the request line")
+        } else {
+            Rejection {
+                status: 501,
+                reason: "Not Implemented".into(),
+            }
+        });
+    }
+    if let Some(mf) = r.headers.get(&HeaderName::MaxForwards) {
+        match mf.trim().parse::<u32>() {
+            Ok(n) if n <= 255 => {}
+            _ => return Err(Rejection::bad("Max-Forwards out of range")),
+        }
+    }
+    if let Some(e) = r.headers.get(&HeaderName::Expires)
+        && e.trim().parse::<u32>().is_err()
+    {
+        return Err(Rejection::bad("Expires is not a 32-bit number"));
+    }
+    if r.headers
+        .get(&HeaderName::Contact)
+        .is_some_and(|c| c.trim() != "*")
+    {
+        for c in r.contacts().map_err(|e| Rejection::bad(e.to_string()))? {
+            if let Some(e) = c.params.value("expires")
+                && e.parse::<u32>().is_err()
+            {
+                return Err(Rejection::bad("Contact expires is not a 32-bit number"));
+            }
+        }
+    }
+    for rr in r
+        .headers
+        .get_all(&HeaderName::Route)
+        .chain(r.headers.get_all(&HeaderName::RecordRoute))
+    {
+        NameAddr::parse(rr).map_err(|e| Rejection::bad(format!("malformed Route: {e}")))?;
+    }
+    let uri = Uri::parse(&r.uri).map_err(|e| Rejection::bad(format!("Request-URI: {e}")))?;
+    if uri.headers.is_some() {
+        return Err(Rejection::bad("Request-URI must not carry headers"));
+    }
+    Ok(())
+}
+
+/// Check a response; a bad response is dropped, never answered (RFC 4475 §3.1.2.5, §3.1.2.19).
+pub fn validate_response(r: &Response) -> Result<(), Rejection> {
+    common(r)?;
+    if !(100..=699).contains(&r.status) {
+        return Err(Rejection::bad("status code out of range"));
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The Via header (RFC 3261 §20.42, §18.2.1 `received`, RFC 3581 `rport`).
+
+use std::fmt;
+
+use super::params::Params;
+
+/// One Via value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// Transport token, upper-cased (`UDP`, `TCP`, `TLS`, or anything else).
+    pub transport: String,
+    /// sent-by host.
+    pub host: String,
+    /// sent-by port.
+    pub port: Option<u16>,
+    /// Parameters (`branch`, `received`, `rport`, ...).
+    pub params: Params,
+}
+
+impl Via {
+    /// Parse one Via value (`SIP / 2.0 / UDP host:port;params`), LWS allowed around `/`.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let s = s.trim();
+        let mut parts = s.splitn(3, '/');
+        let name = parts.next().ok_or("missing protocol")?.trim();
+        let version = parts.next().ok_or("missing protocol version")?.trim();
+        let rest = parts.next().ok_or("missing transport")?.trim_start();
+        if !name.eq_ignore_ascii_case("SIP") || version != "2.0" {
+            return Err("unsupported Via protocol");
+        }
+        let tend = rest
+            .find(|c: char| c.is_ascii_whitespace())
+            .ok_or("missing sent-by")?;
+        let transport = rest[..tend].to_ascii_uppercase();
+        if transport.is_empty() {
+            return Err("empty transport");
+        }
+        let rest = rest[tend..].trim_start();
+        let (sent_by, params) = match rest.find(';') {
+            Some(i) => (rest[..i].trim(), Params::parse(&rest[i..])?),
+            None => (rest.trim(), Params::new()),
+        };
+        let (host, port) = split_sent_by(sent_by)?;
+        Ok(Self {
+            transport,
+            host,
+            port,
+            params,
+        })
+    }
+
+    /// The `branch` parameter.
+    pub fn branch(&self) -> Option<&str> {
+        self.params.value("branch")
+    }
+
+    /// Whether the branch has the RFC 3261 magic cookie.
+    pub fn has_rfc3261_branch(&self) -> bool {
+        self.branch().is_some_and(|b| b.starts_with("z9hG4bK"))
+    }
+
+    /// `host:port` as it appears in the header.
+    pub fn sent_by(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.host),
+            None => self.host.clone(),
+        }
+    }
+}
+
+fn split_sent_by(s: &str) -> Result<(String, Option<u16>), &'static str> {
+    if s.is_empty() {
+        return Err("empty sent-by");
+    }
+    if s.starts_with('[') {
+        let end = s.find(']').ok_or("unterminated IPv6 reference")?;
+        let host = s[..=end].to_string();
+        let port = match s[end + 1..].trim().strip_prefix(':') {
+            Some(p) => Some(p.trim().parse().map_err(|_| "bad port")?),
+            None => None,
+        };
+        return Ok((host, port));
+    }
+    let (h, p) = match s.split_once(':') {
+        Some((h, p)) => (
+            h.trim(),
+            Some(p.trim().parse::<u16>().map_err(|_| "bad port")?),
+        ),
+        None => (s, None),
+    };
+    if h.is_empty()
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err("bad sent-by host");
+    }
+    Ok((h.to_string(), p))
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIP/2.0/{} {}", self.transport, self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        write!(f, "{}", self.params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_torture_spacing() {
+        let v =
+            Via::parse("SIP  /   2.0  /  UDP  192.0.2.2 : 5060 ; branch = z9hG4bK390skdjuw;rport")
+                .unwrap();
+        assert_eq!(v.transport, "UDP");
+        assert_eq!(v.host, "192.0.2.2");
+        assert_eq!(v.port, Some(5060));
+        assert_eq!(v.branch(), Some("z9hG4bK390skdjuw"));
+        assert!(v.params.has("rport"));
+        assert!(v.has_rfc3261_branch());
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = "SIP/2.0/TCP [::1]:5061;branch=z9hG4bKx;received=127.0.0.1";
+        assert_eq!(Via::parse(s).unwrap().to_string(), s);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Via::parse("SIP/3.0/UDP a").is_err());
+        assert!(Via::parse("SIP/2.0/UDP").is_err());
+        assert!(Via::parse("SIP/2.0/UDP a:b").is_err());
+    }
+}
