@@ -1,2 +1,4 @@
 //! Understudy: a SIP back-to-back user agent that runs as a main / stand-by pair.
 pub mod sip;
+pub mod transaction;
+pub mod transport;

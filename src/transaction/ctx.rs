@@ -1,0 +1,101 @@
+//! What a transaction state machine may do while handling an input: send bytes, arm and
+//! disarm its timers. The layer owns the queues; the machine only sees this handle.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::timer::{Timer, Timers};
+use crate::transport::{Flow, Transmit};
+
+/// Which transaction a scheduled timer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum TxRef {
+    Client(u64),
+    Server(u64),
+}
+
+/// One scheduled timer expiry. Stale entries (disarmed or re-armed) are skipped when popped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Scheduled {
+    pub(crate) at: Instant,
+    pub(crate) seq: u64,
+    pub(crate) tx: TxRef,
+    pub(crate) timer: TimerIdx,
+}
+
+/// A timer as an index into [`Slots`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct TimerIdx(pub(crate) u8);
+
+impl TimerIdx {
+    pub(crate) fn of(t: Timer) -> Self {
+        Self(t as u8)
+    }
+}
+
+/// The deadline each timer of one transaction is armed for.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Slots([Option<Instant>; 13]);
+
+impl Slots {
+    pub(crate) fn is_current(&self, idx: TimerIdx, at: Instant) -> bool {
+        self.0.get(idx.0 as usize).copied().flatten() == Some(at)
+    }
+
+    pub(crate) fn clear(&mut self, idx: TimerIdx) {
+        if let Some(s) = self.0.get_mut(idx.0 as usize) {
+            *s = None;
+        }
+    }
+}
+
+/// The effect handle passed to a transaction state machine.
+pub(crate) struct Ctx<'a> {
+    pub(crate) now: Instant,
+    pub(crate) timers: Timers,
+    pub(crate) flow: Flow,
+    pub(crate) tx: TxRef,
+    pub(crate) slots: &'a mut Slots,
+    pub(crate) heap: &'a mut BinaryHeap<Reverse<Scheduled>>,
+    pub(crate) seq: &'a mut u64,
+    pub(crate) transmits: &'a mut Vec<Transmit>,
+}
+
+impl Ctx<'_> {
+    /// Queue bytes for the transaction's flow.
+    pub(crate) fn send(&mut self, bytes: Bytes) {
+        self.transmits.push(Transmit {
+            flow: self.flow,
+            bytes,
+        });
+    }
+
+    /// Arm (or re-arm) a timer to fire `after` from now.
+    pub(crate) fn arm(&mut self, t: Timer, after: Duration) {
+        let at = self.now + after;
+        let idx = TimerIdx::of(t);
+        if let Some(s) = self.slots.0.get_mut(idx.0 as usize) {
+            *s = Some(at);
+        }
+        *self.seq += 1;
+        self.heap.push(Reverse(Scheduled {
+            at,
+            seq: *self.seq,
+            tx: self.tx,
+            timer: idx,
+        }));
+    }
+
+    /// Disarm a timer.
+    pub(crate) fn disarm(&mut self, t: Timer) {
+        self.slots.clear(TimerIdx::of(t));
+    }
+
+    /// Whether the transaction runs over an unreliable transport.
+    pub(crate) fn unreliable(&self) -> bool {
+        !self.flow.proto.is_reliable()
+    }
+}

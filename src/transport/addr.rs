@@ -1,0 +1,102 @@
+//! Plain address types shared by the transport and the sans-IO layers (no sockets here).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// A SIP transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// UDP (unreliable: transactions retransmit).
+    Udp,
+    /// TCP (reliable: no retransmission, zero-length wait timers).
+    Tcp,
+}
+
+impl Proto {
+    /// The Via transport token.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+        }
+    }
+
+    /// Whether messages on this transport may be lost (RFC 3261 §17: "unreliable").
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Self::Tcp)
+    }
+
+    /// From a Via transport token or `transport=` URI parameter.
+    pub fn from_token(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case("udp") {
+            Some(Self::Udp)
+        } else if s.eq_ignore_ascii_case("tcp") {
+            Some(Self::Tcp)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        })
+    }
+}
+
+/// Identifies one TCP connection in the transport's connection table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+/// Where a message came from or goes to: protocol, remote address, and for TCP the
+/// connection it arrived on (responses and in-dialog requests reuse it when it is open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// Protocol.
+    pub proto: Proto,
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// The TCP connection, when known.
+    pub conn: Option<ConnId>,
+}
+
+impl Flow {
+    /// A UDP flow to `remote`.
+    pub fn udp(remote: SocketAddr) -> Self {
+        Self {
+            proto: Proto::Udp,
+            remote,
+            conn: None,
+        }
+    }
+
+    /// A TCP flow to `remote`, on a connection the transport picks or opens.
+    pub fn tcp(remote: SocketAddr) -> Self {
+        Self {
+            proto: Proto::Tcp,
+            remote,
+            conn: None,
+        }
+    }
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.proto, self.remote)
+    }
+}
+
+/// Bytes to write to a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub flow: Flow,
+    /// The serialized message.
+    pub bytes: Bytes,
+}
