@@ -179,6 +179,7 @@ pub struct DigestServer {
     realm: String,
     secret: Vec<u8>,
     lifetime_s: u64,
+    counter: u64,
     seen: HashMap<String, (u64, u32)>,
 }
 
@@ -189,6 +190,7 @@ impl DigestServer {
             realm: realm.to_string(),
             secret: secret.to_vec(),
             lifetime_s,
+            counter: rand::random::<u32>().into(),
             seen: HashMap::new(),
         }
     }
@@ -198,25 +200,27 @@ impl DigestServer {
         &self.realm
     }
 
-    fn sign(&self, issued: u64) -> String {
+    fn sign(&self, issued: u64, serial: u64) -> String {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
             return String::new();
         };
-        mac.update(issued.to_string().as_bytes());
+        mac.update(format!("{issued:x}.{serial:x}").as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..12])
     }
 
-    /// A fresh nonce at `now_s` (seconds since the Unix epoch).
-    pub fn nonce(&self, now_s: u64) -> String {
-        format!("{now_s:x}.{}", self.sign(now_s))
+    /// A fresh, unique nonce at `now_s` (seconds since the Unix epoch):
+    /// `<issued>.<serial>.<signature>`.
+    pub fn nonce(&mut self, now_s: u64) -> String {
+        self.counter = self.counter.wrapping_add(1);
+        format!("{now_s:x}.{:x}.{}", self.counter, self.sign(now_s, self.counter))
     }
 
-    /// The `WWW-Authenticate`/`Proxy-Authenticate` values: SHA-256 first, then MD5
-    /// (RFC 8760 §2.4: the UAC uses the first it supports).
-    pub fn challenges(&self, now_s: u64, stale: bool) -> Vec<String> {
+    /// The `WWW-Authenticate`/`Proxy-Authenticate` values: MD5 first for the many clients
+    /// that read only the first challenge, then SHA-256 (RFC 8760 §2.4).
+    pub fn challenges(&mut self, now_s: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now_s);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Sha256, Algorithm::Md5]
+        [Algorithm::Md5, Algorithm::Sha256]
             .iter()
             .map(|a| {
                 format!(
@@ -245,9 +249,14 @@ impl DigestServer {
         let nonce = p.get("nonce").ok_or(AuthError::Malformed("nonce"))?;
         let uri = p.get("uri").ok_or(AuthError::Malformed("uri"))?;
         let response = p.get("response").ok_or(AuthError::Malformed("response"))?;
-        let (issued_hex, sig) = nonce.split_once('.').ok_or(AuthError::BadNonce)?;
+        let mut parts = nonce.splitn(3, '.');
+        let (Some(issued_hex), Some(serial_hex), Some(sig)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::BadNonce);
+        };
         let issued = u64::from_str_radix(issued_hex, 16).map_err(|_| AuthError::BadNonce)?;
-        if sig != self.sign(issued) || issued > now_s + 5 {
+        let serial = u64::from_str_radix(serial_hex, 16).map_err(|_| AuthError::BadNonce)?;
+        if sig != self.sign(issued, serial) || issued > now_s + 5 {
             return Err(AuthError::BadNonce);
         }
         let password = password_of(user).ok_or(AuthError::UnknownUser)?;
@@ -322,8 +331,8 @@ mod tests {
     #[test]
     fn round_trip_both_algorithms_and_replay() {
         let mut s = DigestServer::new("pbx.local", b"k", 300);
-        for (i, ch) in s.challenges(1000, false).into_iter().enumerate() {
-            let ch = ch.replace(&s.nonce(1000), &s.nonce(1000 + i as u64));
+        for i in 0..2 {
+            let ch = s.challenges(1000, false)[i].clone();
             let a = answer_challenge(&ch, "alice", "secret", "REGISTER", "sip:pbx.local", 1, "c1")
                 .unwrap();
             assert_eq!(s.verify(1001, &a, "REGISTER", pw), Ok("alice".into()));
@@ -338,6 +347,7 @@ mod tests {
     fn wrong_password_stale_and_forged() {
         let mut s = DigestServer::new("pbx.local", b"k", 300);
         let ch = &s.challenges(1000, false)[1];
+        let nonce = DigestParams::parse(ch).unwrap().get("nonce").unwrap().to_string();
         let bad = answer_challenge(ch, "alice", "nope", "INVITE", "sip:bob@x", 1, "c").unwrap();
         assert_eq!(
             s.verify(1000, &bad, "INVITE", pw),
@@ -345,12 +355,12 @@ mod tests {
         );
         let good = answer_challenge(ch, "alice", "secret", "INVITE", "sip:bob@x", 1, "c").unwrap();
         assert_eq!(s.verify(1400, &good, "INVITE", pw), Err(AuthError::Stale));
-        let forged = good.replace(&s.nonce(1000), "3e8.000000000000000000000000");
+        let forged = good.replace(&nonce, "3e8.1.000000000000000000000000");
         assert_eq!(
             s.verify(1001, &forged, "INVITE", pw),
             Err(AuthError::BadNonce)
         );
-        let other = DigestServer::new("pbx.local", b"other-secret", 300);
+        let mut other = DigestServer::new("pbx.local", b"other-secret", 300);
         let ch2 = &other.challenges(1000, false)[0];
         let a = answer_challenge(ch2, "alice", "secret", "INVITE", "sip:bob@x", 1, "c").unwrap();
         assert_eq!(s.verify(1001, &a, "INVITE", pw), Err(AuthError::BadNonce));

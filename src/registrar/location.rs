@@ -1,0 +1,189 @@
+//! The location service: bindings per address-of-record with expiry driven by `now`
+//! (RFC 3261 §10.3).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::sip::{NameAddr, Uri};
+use crate::transport::Flow;
+
+/// Where a binding came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A REGISTER received by this node.
+    Local,
+    /// Learned from the peer node's `reg` event notifications (RFC 3680).
+    Peer,
+    /// A static `[[users]] contact` from the configuration.
+    Static,
+}
+
+/// One contact bound to an AOR.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// The Contact value as registered (with its parameters).
+    pub contact: NameAddr,
+    /// When it expires (static bindings: far future).
+    pub expires_at: Instant,
+    /// Where the REGISTER came from: requests to the contact go there (NAT-friendly).
+    pub source: Option<Flow>,
+    /// Call-ID of the registering REGISTER.
+    pub call_id: String,
+    /// CSeq of the registering REGISTER.
+    pub cseq: u32,
+    /// Origin.
+    pub origin: Origin,
+    /// Unix seconds of the latest registration.
+    pub registered_at_s: u64,
+}
+
+impl Binding {
+    /// Seconds until expiry.
+    pub fn remaining(&self, now: Instant) -> u64 {
+        self.expires_at.saturating_duration_since(now).as_secs()
+    }
+
+    /// The contact URI.
+    pub fn uri(&self) -> &Uri {
+        &self.contact.uri
+    }
+}
+
+/// What changed in the location service (for the RFC 3680 notifier).
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A binding was created or refreshed.
+    Bound {
+        /// AOR user.
+        aor: String,
+        /// The binding.
+        binding: Binding,
+    },
+    /// A binding was removed; `expired` tells whether by expiry or by request.
+    Removed {
+        /// AOR user.
+        aor: String,
+        /// The contact URI text.
+        contact: String,
+        /// Whether it expired (vs. unregistered).
+        expired: bool,
+    },
+}
+
+/// Bindings per AOR (keyed by user name).
+#[derive(Debug, Default)]
+pub struct Location {
+    aors: HashMap<String, Vec<Binding>>,
+    changes: Vec<Change>,
+}
+
+impl Location {
+    /// Empty.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add or refresh a binding (same contact URI replaces).
+    pub fn bind(&mut self, aor: &str, b: Binding) {
+        let list = self.aors.entry(aor.to_string()).or_default();
+        let key = b.contact.uri.to_string();
+        list.retain(|x| x.contact.uri.to_string() != key);
+        self.changes.push(Change::Bound {
+            aor: aor.to_string(),
+            binding: b.clone(),
+        });
+        list.push(b);
+    }
+
+    /// Remove one contact of an AOR.
+    pub fn unbind(&mut self, aor: &str, contact_uri: &str) {
+        if let Some(list) = self.aors.get_mut(aor) {
+            let before = list.len();
+            list.retain(|x| x.contact.uri.to_string() != contact_uri);
+            if list.len() != before {
+                self.changes.push(Change::Removed {
+                    aor: aor.to_string(),
+                    contact: contact_uri.to_string(),
+                    expired: false,
+                });
+            }
+            if list.is_empty() {
+                self.aors.remove(aor);
+            }
+        }
+    }
+
+    /// Remove every non-static contact of an AOR.
+    pub fn unbind_all(&mut self, aor: &str) {
+        let uris: Vec<String> = self
+            .aors
+            .get(aor)
+            .map(|l| {
+                l.iter()
+                    .filter(|b| b.origin != Origin::Static)
+                    .map(|b| b.contact.uri.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for u in uris {
+            self.unbind(aor, &u);
+        }
+    }
+
+    /// Current bindings of an AOR (expired ones excluded).
+    pub fn lookup(&self, aor: &str, now: Instant) -> Vec<&Binding> {
+        self.aors
+            .get(aor)
+            .map(|l| l.iter().filter(|b| b.expires_at > now).collect())
+            .unwrap_or_default()
+    }
+
+    /// Drop expired bindings.
+    pub fn expire(&mut self, now: Instant) {
+        let mut removed = Vec::new();
+        for (aor, list) in &mut self.aors {
+            list.retain(|b| {
+                let keep = b.expires_at > now;
+                if !keep {
+                    removed.push(Change::Removed {
+                        aor: aor.clone(),
+                        contact: b.contact.uri.to_string(),
+                        expired: true,
+                    });
+                }
+                keep
+            });
+        }
+        self.aors.retain(|_, l| !l.is_empty());
+        self.changes.extend(removed);
+    }
+
+    /// The earliest expiry among bindings.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.aors
+            .values()
+            .flat_map(|l| l.iter().map(|b| b.expires_at))
+            .min()
+    }
+
+    /// All AORs and their bindings.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Vec<Binding>)> {
+        self.aors.iter()
+    }
+
+    /// Number of bindings.
+    pub fn binding_count(&self) -> usize {
+        self.aors.values().map(Vec::len).sum()
+    }
+
+    /// Take the changes recorded since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// A binding that never expires in practice (static config).
+    pub fn far_future(now: Instant) -> Instant {
+        now + Duration::from_secs(100 * 365 * 24 * 3600)
+    }
+}
