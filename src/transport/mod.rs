@@ -1,6 +1,134 @@
 //! SIP transports: UDP and TCP listeners, the TCP connection table, and sending to a flow
-//! (RFC 3261 §18). The only module that owns SIP sockets.
+//! (RFC 3261 §18). The only module that owns SIP sockets. Parsing of received bytes happens
+//! here, on the receiving task, so the core loop only sees messages.
 
 mod addr;
+mod tcp;
+mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
 
 pub use addr::{ConnId, Flow, Proto, Transmit};
+
+use crate::sip::{Parsed, parse_datagram};
+
+/// Something received from the network.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message that parsed.
+    Message(Box<Parsed>, Flow),
+    /// Bytes that did not parse (the core answers 400 when it can route one).
+    Malformed {
+        /// What arrived.
+        raw: Bytes,
+        /// Why it did not parse.
+        error: String,
+        /// From where.
+        flow: Flow,
+    },
+}
+
+fn parse_inbound(data: &[u8], flow: Flow) -> Inbound {
+    match parse_datagram(data) {
+        Ok(p) => Inbound::Message(Box::new(p), flow),
+        Err(e) => Inbound::Malformed {
+            raw: Bytes::copy_from_slice(data),
+            error: e.to_string(),
+            flow,
+        },
+    }
+}
+
+/// Why a transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Binding a socket failed.
+    #[error("cannot bind {proto} {addr}: {source}")]
+    Bind {
+        /// Protocol.
+        proto: Proto,
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The running transports: send side for the core loop.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    udp: Option<udp::UdpSender>,
+    tcp: Option<tcp::Connections>,
+    tcp_local: Option<SocketAddr>,
+}
+
+impl Transport {
+    /// Bind the listeners and start their tasks; received messages go to `inbound`.
+    pub async fn start(
+        udp_addr: Option<SocketAddr>,
+        tcp_addr: Option<SocketAddr>,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Result<Self, Error> {
+        let mut udp = None;
+        if let Some(addr) = udp_addr {
+            let sock = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
+                proto: Proto::Udp,
+                addr,
+                source,
+            })?;
+            let sock = Arc::new(sock);
+            tokio::spawn(udp::recv_loop(sock.clone(), inbound.clone()));
+            udp = Some(udp::UdpSender::new(sock));
+        }
+        let conns = tcp::Connections::new(inbound);
+        let mut tcp_local = None;
+        if let Some(addr) = tcp_addr {
+            let l = TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+                proto: Proto::Tcp,
+                addr,
+                source,
+            })?;
+            tcp_local = l.local_addr().ok();
+            tokio::spawn(tcp::accept_loop(l, conns.clone()));
+        }
+        Ok(Self {
+            udp,
+            tcp: Some(conns),
+            tcp_local,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn udp_local(&self) -> Option<SocketAddr> {
+        self.udp.as_ref().and_then(udp::UdpSender::local_addr)
+    }
+
+    /// The bound TCP listener address.
+    pub fn tcp_local(&self) -> Option<SocketAddr> {
+        self.tcp_local
+    }
+
+    /// Open TCP connections.
+    pub fn tcp_connections(&self) -> usize {
+        self.tcp.as_ref().map_or(0, tcp::Connections::count)
+    }
+
+    /// Write a message to a flow. Never awaits.
+    pub fn send(&self, t: Transmit) {
+        match t.flow.proto {
+            Proto::Udp => match &self.udp {
+                Some(u) => u.send(t.bytes, t.flow.remote),
+                None => tracing::debug!(flow = %t.flow, "no UDP transport; dropped"),
+            },
+            Proto::Tcp => match &self.tcp {
+                Some(c) => c.send(t.flow, t.bytes),
+                None => tracing::debug!(flow = %t.flow, "no TCP transport; dropped"),
+            },
+        }
+    }
+}
