@@ -1,0 +1,202 @@
+//! The call model: two legs, the forks of the B leg while it is being set up, and the
+//! transactions in flight that belong to the call.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::dialog::Dialog;
+use crate::sip::Request;
+use crate::transaction::{ClientTxId, ServerTxId};
+use crate::transport::Flow;
+
+/// Which leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The caller side (we are UAS).
+    A,
+    /// The callee side (we are UAC).
+    B,
+}
+
+impl Side {
+    /// The other leg.
+    pub fn other(self) -> Self {
+        match self {
+            Self::A => Self::B,
+            Self::B => Self::A,
+        }
+    }
+
+    /// The tag suffix.
+    pub fn letter(self) -> char {
+        match self {
+            Self::A => 'a',
+            Self::B => 'b',
+        }
+    }
+}
+
+/// Our tag for a leg of the call with `token` (DESIGN: `u<token-hex>a` / `u<token-hex>b`).
+pub fn tag_for(token: u64, side: Side) -> String {
+    format!("u{token:016x}{}", side.letter())
+}
+
+/// The call token and side carried by one of our tags.
+pub fn parse_tag(tag: &str) -> Option<(u64, Side)> {
+    let rest = tag.strip_prefix('u')?;
+    if rest.len() != 17 {
+        return None;
+    }
+    let (hex, side) = rest.split_at(16);
+    let token = u64::from_str_radix(hex, 16).ok()?;
+    let side = match side {
+        "a" => Side::A,
+        "b" => Side::B,
+        _ => return None,
+    };
+    Some((token, side))
+}
+
+/// Call state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    /// INVITE sent to the callee's contacts; nothing final yet.
+    Calling,
+    /// A provisional response was relayed to the caller.
+    Ringing,
+    /// The callee answered; waiting for the caller's ACK.
+    Answered,
+    /// Both legs confirmed.
+    Confirmed,
+}
+
+/// One branch of the B leg's INVITE (parallel forking to several contacts).
+#[derive(Debug)]
+pub struct Fork {
+    /// Its client transaction.
+    pub tx: ClientTxId,
+    /// The INVITE sent (to build a CANCEL).
+    pub request: Request,
+    /// Where it went.
+    pub flow: Flow,
+    /// Whether a provisional arrived (CANCEL may only follow one, RFC 3261 §9.1).
+    pub provisional: bool,
+    /// CANCEL wanted as soon as a provisional arrives.
+    pub cancel_wanted: bool,
+    /// A final response arrived.
+    pub done: bool,
+}
+
+/// A session timer on one leg (RFC 4028).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTimer {
+    /// Interval in seconds.
+    pub interval_s: u32,
+    /// Whether we send the refreshes on this leg.
+    pub we_refresh: bool,
+    /// When we refresh, or when we give up waiting for the peer's refresh.
+    pub deadline: Instant,
+}
+
+/// A re-INVITE (or other request) relayed from one leg to the other.
+#[derive(Debug)]
+pub struct Relay {
+    /// The leg it came from.
+    pub from: Side,
+    /// Its server transaction there.
+    pub server: ServerTxId,
+    /// The request as received (to build responses).
+    pub request: Request,
+    /// CSeq of the relayed INVITE on the other leg (for its ACK).
+    pub out_cseq: u32,
+}
+
+/// One call.
+#[derive(Debug)]
+pub struct Call {
+    /// Token (random 64 bits).
+    pub token: u64,
+    /// State.
+    pub state: CallState,
+    /// The caller's leg.
+    pub a: Dialog,
+    /// The initial INVITE from A while it has no final response.
+    pub a_invite: Option<(ServerTxId, Request)>,
+    /// The callee's leg once answered.
+    pub b: Option<Dialog>,
+    /// B-leg Call-ID.
+    pub b_call_id: String,
+    /// CSeq of the B-leg INVITE.
+    pub b_invite_cseq: u32,
+    /// Outstanding forks of the initial B INVITE.
+    pub forks: Vec<Fork>,
+    /// The ACK sent to B for its 2xx, resent when the 2xx is retransmitted.
+    pub b_ack: Option<Bytes>,
+    /// A relayed re-INVITE waiting for its ACK (or final response).
+    pub reinvite: Option<Relay>,
+    /// Last SDP sent on each leg (for session refresh re-INVITEs).
+    pub last_sdp: [Option<Bytes>; 2],
+    /// Session timers per leg.
+    pub timers: [Option<SessionTimer>; 2],
+    /// Whether each leg's peer accepts UPDATE.
+    pub peer_update: [bool; 2],
+    /// Caller URI.
+    pub caller: String,
+    /// Callee (dialled number / user).
+    pub callee: String,
+    /// Trunk involved, if any.
+    pub trunk: Option<String>,
+    /// Wall clock of the INVITE, unix ms.
+    pub start_ms: u64,
+    /// Wall clock of the answer.
+    pub answer_ms: Option<u64>,
+    /// Monotonic creation time.
+    pub created: Instant,
+    /// Recovered after a takeover.
+    pub recovered: bool,
+    /// CANCEL received from A before the answer.
+    pub cancelled: bool,
+}
+
+impl Call {
+    /// The dialog of a leg, if it exists.
+    pub fn leg(&self, side: Side) -> Option<&Dialog> {
+        match side {
+            Side::A => Some(&self.a),
+            Side::B => self.b.as_ref(),
+        }
+    }
+
+    /// The dialog of a leg, mutably.
+    pub fn leg_mut(&mut self, side: Side) -> Option<&mut Dialog> {
+        match side {
+            Side::A => Some(&mut self.a),
+            Side::B => self.b.as_mut(),
+        }
+    }
+}
+
+/// Index of a leg in per-leg arrays.
+pub fn idx(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip() {
+        let t = tag_for(0xdead_beef_0000_0001, Side::B);
+        assert_eq!(t, "udeadbeef00000001b");
+        assert_eq!(parse_tag(&t), Some((0xdead_beef_0000_0001, Side::B)));
+        assert_eq!(parse_tag("abc"), None);
+        assert_eq!(parse_tag("udeadbeef00000001c"), None);
+    }
+}
