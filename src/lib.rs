@@ -1,2 +1,3 @@
 //! Understudy: a SIP back-to-back user agent that runs as a main / stand-by pair.
+pub mod config;
 pub mod sip;
