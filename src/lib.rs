@@ -1,4 +1,5 @@
 //! Understudy: a SIP back-to-back user agent that runs as a main / stand-by pair.
+pub mod config;
 pub mod dialog;
 pub mod registrar;
 pub mod sip;

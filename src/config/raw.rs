@@ -1,0 +1,391 @@
+//! The file as written (serde, `deny_unknown_fields`) and its conversion to the typed
+//! [`Config`]: defaults, and parsing of addresses, enum names and the port range. Bad values
+//! are collected in [`Errors`] and replaced by defaults so that conversion always finishes.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::types::{CDR_FILE_NAME, DEFAULT_DOMAIN, TomlName};
+use super::{
+    AdminConfig, CallsConfig, CdrConfig, Config, Errors, HomeRole, MediaConfig, MediaMode,
+    NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig, TakeoverConfig, TimersConfig,
+    TrunkAddress, TrunkConfig, TrunkTransport, UserConfig,
+};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    node: Option<RawNode>,
+    admin: Option<RawAdmin>,
+    state: Option<RawState>,
+    pair: Option<RawPair>,
+    takeover: Option<RawTakeover>,
+    registrar: Option<RawRegistrar>,
+    timers: Option<RawTimers>,
+    calls: Option<RawCalls>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    trunks: Vec<RawTrunk>,
+    media: Option<RawMedia>,
+    cdr: Option<RawCdr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<String>,
+    home_role: Option<String>,
+    sip_udp: Option<String>,
+    sip_tcp: Option<String>,
+    advertise: Option<String>,
+    domain: Option<String>,
+    force_rport: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    peer: Option<String>,
+    secret: Option<String>,
+    keepalive_ms: Option<u64>,
+    missed_keepalives: Option<u32>,
+    probe_timeout_ms: Option<u64>,
+    mode: Option<String>,
+    preempt: Option<bool>,
+    preempt_after_s: Option<u64>,
+    #[serde(default)]
+    witnesses: Vec<String>,
+    redirect_when_standby: Option<bool>,
+    ping_endpoints: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTakeover {
+    parallel: Option<usize>,
+    query_timeout_ms: Option<u64>,
+    fallback: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistrar {
+    min_expires: Option<u32>,
+    max_expires: Option<u32>,
+    default_expires: Option<u32>,
+    realm: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimers {
+    t1_ms: Option<u64>,
+    t2_ms: Option<u64>,
+    t4_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalls {
+    session_expires_s: Option<u32>,
+    min_se_s: Option<u32>,
+    max_calls: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Option<String>,
+    password: Option<String>,
+    contact: Option<String>,
+    reset_event: Option<String>,
+    priority: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrunk {
+    name: Option<String>,
+    address: Option<String>,
+    #[serde(default)]
+    prefixes: Vec<String>,
+    strip: Option<usize>,
+    dialog_query: Option<bool>,
+    priority: Option<i32>,
+    reset_event: Option<String>,
+    transport: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    mode: Option<String>,
+    rtp_ports: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCdr {
+    path: Option<PathBuf>,
+    enabled: Option<bool>,
+}
+
+/// Converts the file to a typed config. Every problem goes to `errors`; the returned config
+/// then holds defaults in place of the bad values and must not be used.
+pub(super) fn build(raw: RawConfig, errors: &mut Errors) -> Config {
+    let node = match raw.node {
+        Some(node) => build_node(node, errors),
+        None => {
+            errors.push("node", "required section [node] is missing");
+            build_node(RawNode::default(), errors)
+        }
+    };
+    let admin = build_admin(raw.admin.unwrap_or_default(), errors);
+    let state = StateConfig {
+        dir: raw
+            .state
+            .and_then(|s| s.dir)
+            .unwrap_or_else(|| PathBuf::from("state").join(&node.name)),
+    };
+    let pair = raw.pair.map(|pair| build_pair(pair, errors));
+    let takeover = build_takeover(raw.takeover.unwrap_or_default(), errors);
+    let registrar = build_registrar(raw.registrar.unwrap_or_default(), &node.domain);
+    let timers = build_timers(raw.timers.unwrap_or_default());
+    let calls = build_calls(raw.calls.unwrap_or_default());
+    let users = raw.users.into_iter().enumerate();
+    let users = users.map(|(i, u)| build_user(i, u, errors)).collect();
+    let trunks = raw.trunks.into_iter().enumerate();
+    let trunks = trunks.map(|(i, t)| build_trunk(i, t, errors)).collect();
+    let media = build_media(raw.media.unwrap_or_default(), errors);
+    let cdr = raw.cdr.unwrap_or_default();
+    let cdr = CdrConfig {
+        path: cdr.path.unwrap_or_else(|| state.dir.join(CDR_FILE_NAME)),
+        enabled: cdr.enabled.unwrap_or(true),
+    };
+    Config {
+        node,
+        admin,
+        state,
+        pair,
+        takeover,
+        registrar,
+        timers,
+        calls,
+        users,
+        trunks,
+        media,
+        cdr,
+    }
+}
+
+fn build_node(raw: RawNode, errors: &mut Errors) -> NodeConfig {
+    NodeConfig {
+        name: raw.name.unwrap_or_default(),
+        home_role: enum_value(errors, "node.home_role", raw.home_role, HomeRole::Main),
+        sip_udp: raw
+            .sip_udp
+            .and_then(|s| socket_addr(errors, "node.sip_udp", &s)),
+        sip_tcp: raw
+            .sip_tcp
+            .and_then(|s| socket_addr(errors, "node.sip_tcp", &s)),
+        advertise: raw.advertise,
+        domain: raw.domain.unwrap_or_else(|| DEFAULT_DOMAIN.to_owned()),
+        force_rport: raw.force_rport.unwrap_or(true),
+    }
+}
+
+fn build_admin(raw: RawAdmin, errors: &mut Errors) -> AdminConfig {
+    let default = AdminConfig::default();
+    AdminConfig {
+        listen: raw
+            .listen
+            .and_then(|s| socket_addr(errors, "admin.listen", &s))
+            .unwrap_or(default.listen),
+        token: raw.token,
+    }
+}
+
+fn build_pair(raw: RawPair, errors: &mut Errors) -> PairConfig {
+    let peer = match raw.peer {
+        Some(s) => socket_addr(errors, "pair.peer", &s),
+        None => {
+            errors.push("pair.peer", "required when [pair] is set");
+            None
+        }
+    };
+    let witnesses = raw.witnesses.iter().enumerate();
+    let witnesses = witnesses
+        .filter_map(|(i, s)| socket_addr(errors, &format!("pair.witnesses[{i}]"), s))
+        .collect();
+    PairConfig {
+        peer: peer.unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
+        secret: raw.secret.unwrap_or_default(),
+        keepalive_ms: raw.keepalive_ms.unwrap_or(200),
+        missed_keepalives: raw.missed_keepalives.unwrap_or(3),
+        probe_timeout_ms: raw.probe_timeout_ms.unwrap_or(200),
+        mode: enum_value(errors, "pair.mode", raw.mode, PairMode::Hot),
+        preempt: raw.preempt.unwrap_or(false),
+        preempt_after_s: raw.preempt_after_s.unwrap_or(60),
+        witnesses,
+        redirect_when_standby: raw.redirect_when_standby.unwrap_or(false),
+        ping_endpoints: raw.ping_endpoints.unwrap_or(false),
+    }
+}
+
+fn build_takeover(raw: RawTakeover, errors: &mut Errors) -> TakeoverConfig {
+    let default = TakeoverConfig::default();
+    TakeoverConfig {
+        parallel: raw.parallel.unwrap_or(default.parallel),
+        query_timeout_ms: raw.query_timeout_ms.unwrap_or(default.query_timeout_ms),
+        fallback: enum_value(errors, "takeover.fallback", raw.fallback, default.fallback),
+    }
+}
+
+fn build_registrar(raw: RawRegistrar, domain: &str) -> RegistrarConfig {
+    let default = RegistrarConfig::default();
+    RegistrarConfig {
+        min_expires: raw.min_expires.unwrap_or(default.min_expires),
+        max_expires: raw.max_expires.unwrap_or(default.max_expires),
+        default_expires: raw.default_expires.unwrap_or(default.default_expires),
+        realm: Some(raw.realm.unwrap_or_else(|| domain.to_owned())),
+    }
+}
+
+fn build_timers(raw: RawTimers) -> TimersConfig {
+    let default = TimersConfig::default();
+    TimersConfig {
+        t1_ms: raw.t1_ms.unwrap_or(default.t1_ms),
+        t2_ms: raw.t2_ms.unwrap_or(default.t2_ms),
+        t4_ms: raw.t4_ms.unwrap_or(default.t4_ms),
+    }
+}
+
+fn build_calls(raw: RawCalls) -> CallsConfig {
+    let default = CallsConfig::default();
+    CallsConfig {
+        session_expires_s: raw.session_expires_s.unwrap_or(default.session_expires_s),
+        min_se_s: raw.min_se_s.unwrap_or(default.min_se_s),
+        max_calls: raw.max_calls.unwrap_or(default.max_calls),
+    }
+}
+
+fn build_user(index: usize, raw: RawUser, errors: &mut Errors) -> UserConfig {
+    let name = raw.name.unwrap_or_else(|| {
+        errors.push(format!("users[{index}].name"), "required");
+        String::new()
+    });
+    UserConfig {
+        name,
+        password: raw.password.unwrap_or_default(),
+        contact: raw.contact,
+        reset_event: raw.reset_event,
+        priority: raw.priority.unwrap_or(0),
+    }
+}
+
+fn build_trunk(index: usize, raw: RawTrunk, errors: &mut Errors) -> TrunkConfig {
+    let name = raw.name.unwrap_or_else(|| {
+        errors.push(format!("trunks[{index}].name"), "required");
+        String::new()
+    });
+    let key = format!("trunks[{index}].address");
+    let address = match raw.address.map(|s| s.parse::<TrunkAddress>()) {
+        Some(Ok(address)) => Some(address),
+        Some(Err(reason)) => {
+            errors.push(key, reason);
+            None
+        }
+        None => {
+            errors.push(key, "required");
+            None
+        }
+    };
+    let key = format!("trunks[{index}].transport");
+    TrunkConfig {
+        name,
+        address: address.unwrap_or(TrunkAddress {
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: None,
+        }),
+        prefixes: raw.prefixes,
+        strip: raw.strip.unwrap_or(0),
+        dialog_query: raw.dialog_query.unwrap_or(false),
+        priority: raw.priority.unwrap_or(0),
+        reset_event: raw.reset_event,
+        transport: enum_value(errors, &key, raw.transport, TrunkTransport::Udp),
+    }
+}
+
+fn build_media(raw: RawMedia, errors: &mut Errors) -> MediaConfig {
+    let default = MediaConfig::default();
+    let rtp_ports = match raw.rtp_ports {
+        Some(s) => port_range(&s).unwrap_or_else(|| {
+            errors.push(
+                "media.rtp_ports",
+                format!("invalid port range {s:?}: expected \"LOW-HIGH\", e.g. \"20000-29999\""),
+            );
+            default.rtp_ports
+        }),
+        None => default.rtp_ports,
+    };
+    MediaConfig {
+        mode: enum_value(errors, "media.mode", raw.mode, MediaMode::Bypass),
+        rtp_ports,
+    }
+}
+
+/// `"20000-29999"` → `(20000, 29999)`; the order of the bounds is checked by validation.
+fn port_range(s: &str) -> Option<(u16, u16)> {
+    let (low, high) = s.split_once('-')?;
+    Some((low.trim().parse().ok()?, high.trim().parse().ok()?))
+}
+
+/// Parses a literal `ip:port` socket address, reporting a bad one under `key`.
+fn socket_addr(errors: &mut Errors, key: &str, s: &str) -> Option<SocketAddr> {
+    match s.trim().parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.push(
+                key,
+                format!(
+                    "invalid socket address {s:?}: expected \"ip:port\", e.g. \"127.0.0.1:5060\" or \"[::1]:5060\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A config enum given by name: `default` when absent, reported under `key` when unknown.
+fn enum_value<T: TomlName>(errors: &mut Errors, key: &str, name: Option<String>, default: T) -> T {
+    let Some(name) = name else {
+        return default;
+    };
+    match T::from_toml_name(&name) {
+        Some(value) => value,
+        None => {
+            errors.push(
+                key,
+                format!("unknown value {name:?}: expected {}", T::expected()),
+            );
+            default
+        }
+    }
+}

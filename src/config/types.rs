@@ -1,0 +1,385 @@
+//! The typed configuration sections, their defaults, and the small enums with their TOML names.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// `node.domain` when the file does not set it.
+pub(super) const DEFAULT_DOMAIN: &str = "pbx.local";
+/// The CDR database file name inside the state directory (default `cdr.path`).
+pub(super) const CDR_FILE_NAME: &str = "cdr.sqlite";
+/// The SIP port used for a trunk address without a port.
+const DEFAULT_SIP_PORT: u16 = 5060;
+
+/// A node's configured (home) role; what it does now can differ after a takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HomeRole {
+    /// `"main"`: becomes active at start-up unless an active peer is seen.
+    Main,
+    /// `"standby"`: watches the main and takes over only when its keep-alives stop.
+    Standby,
+}
+
+/// `[node]`: identity and SIP listen addresses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// `name` (required): shown in status, logs and CDRs.
+    pub name: String,
+    /// `home_role`: `"main"` (default) or `"standby"`.
+    pub home_role: HomeRole,
+    /// `sip_udp`: UDP listen address; at least one of `sip_udp` / `sip_tcp` is required.
+    pub sip_udp: Option<SocketAddr>,
+    /// `sip_tcp`: TCP listen address.
+    pub sip_tcp: Option<SocketAddr>,
+    /// `advertise`: `"host:port"` put in Via and Contact instead of the listen address.
+    pub advertise: Option<String>,
+    /// `domain`: the SIP domain of users (default `"pbx.local"`).
+    pub domain: String,
+    /// `force_rport`: reply to the packet's source port even without `rport` (default true).
+    pub force_rport: bool,
+}
+
+/// `[admin]`: the HTTP admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// `listen` (default `127.0.0.1:8060`).
+    pub listen: SocketAddr,
+    /// `token`: bearer token; required when `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8060),
+            token: None,
+        }
+    }
+}
+
+/// `[state]`: small durable state (the epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    /// `dir` (default `state/<node.name>`).
+    pub dir: PathBuf,
+}
+
+/// `pair.mode`: how calls survive a takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairMode {
+    /// `"hot"`: query endpoints for their dialogs and rebuild the calls.
+    Hot,
+    /// `"cold"`: tell endpoints to reset; calls are lost.
+    Cold,
+}
+
+/// `[pair]`: the peer node and the keep-alive that watches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairConfig {
+    /// `peer` (required): the other node's SIP address.
+    pub peer: SocketAddr,
+    /// `secret` (required, at least 8 characters): authenticates the pair link.
+    pub secret: String,
+    /// `keepalive_ms`: interval between keep-alive OPTIONS (default 200, at least 10).
+    pub keepalive_ms: u64,
+    /// `missed_keepalives`: how many missed keep-alives start a probe (default 3, at least 1).
+    pub missed_keepalives: u32,
+    /// `probe_timeout_ms`: how long the final probe waits (default 200, at least 10).
+    pub probe_timeout_ms: u64,
+    /// `mode`: `"hot"` (default) or `"cold"`.
+    pub mode: PairMode,
+    /// `preempt`: the home main takes its role back when it returns (default false).
+    pub preempt: bool,
+    /// `preempt_after_s`: stable keep-alive time before preempting (default 60).
+    pub preempt_after_s: u64,
+    /// `witnesses`: addresses that must answer OPTIONS before a takeover (default none).
+    pub witnesses: Vec<SocketAddr>,
+    /// `redirect_when_standby`: answer new INVITEs with 302 to the active node (default false).
+    pub redirect_when_standby: bool,
+    /// `ping_endpoints`: OPTIONS-ping endpoints while standby (default false).
+    pub ping_endpoints: bool,
+}
+
+/// `takeover.fallback`: what to do with calls a hot takeover cannot rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// `"cold"`: reset those endpoints as in cold mode.
+    Cold,
+    /// `"none"`: leave them alone.
+    None,
+}
+
+/// `[takeover]`: the endpoint queries of a hot takeover.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakeoverConfig {
+    /// `parallel`: queries in flight at once (default 64, at least 1).
+    pub parallel: usize,
+    /// `query_timeout_ms`: how long to wait for one endpoint's answer (default 2000).
+    pub query_timeout_ms: u64,
+    /// `fallback`: `"cold"` (default) or `"none"`.
+    pub fallback: Fallback,
+}
+
+impl Default for TakeoverConfig {
+    fn default() -> Self {
+        Self {
+            parallel: 64,
+            query_timeout_ms: 2000,
+            fallback: Fallback::Cold,
+        }
+    }
+}
+
+/// `[registrar]`: REGISTER handling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrarConfig {
+    /// `min_expires`: shorter requests get 423 (default 60).
+    pub min_expires: u32,
+    /// `max_expires`: longer requests are cut down to this (default 3600).
+    pub max_expires: u32,
+    /// `default_expires`: used when the request has no expiry (default 3600).
+    pub default_expires: u32,
+    /// `realm`: digest realm. Loading fills in `node.domain` when absent, so this is `Some`
+    /// for a loaded config; see also `Config::realm`.
+    pub realm: Option<String>,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        Self {
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            realm: None,
+        }
+    }
+}
+
+/// `[timers]`: RFC 3261 §17 timer bases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimersConfig {
+    /// `t1_ms`: RTT estimate, T1 (default 500, at least 1).
+    pub t1_ms: u64,
+    /// `t2_ms`: maximum retransmit interval, T2 (default 4000, at least `t1_ms`).
+    pub t2_ms: u64,
+    /// `t4_ms`: maximum time a message stays in the network, T4 (default 5000).
+    pub t4_ms: u64,
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        Self {
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+        }
+    }
+}
+
+/// `[calls]`: call limits and RFC 4028 session timers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallsConfig {
+    /// `session_expires_s`: Session-Expires we ask for (default 1800, at least `min_se_s`).
+    pub session_expires_s: u32,
+    /// `min_se_s`: smallest session interval we accept (default 90).
+    pub min_se_s: u32,
+    /// `max_calls`: new calls beyond this get 503 (default 100000).
+    pub max_calls: usize,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self {
+            session_expires_s: 1800,
+            min_se_s: 90,
+            max_calls: 100_000,
+        }
+    }
+}
+
+/// One `[[users]]` entry: a digest-authenticated user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserConfig {
+    /// `name` (required): the user part, characters `A-Z a-z 0-9 . _ - +`.
+    pub name: String,
+    /// `password`: may be empty only for a user with a static `contact`.
+    pub password: String,
+    /// `contact`: a static binding (`sip:` URI) for a device that does not register.
+    pub contact: Option<String>,
+    /// `reset_event`: Event header of the cold-mode reset NOTIFY for this device.
+    pub reset_event: Option<String>,
+    /// `priority`: lower first during takeover (default 0).
+    pub priority: i32,
+}
+
+/// `trunks[].transport`: how we send to a trunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrunkTransport {
+    /// `"udp"` (default).
+    Udp,
+    /// `"tcp"`.
+    Tcp,
+}
+
+/// One `[[trunks]]` entry: an IP-authenticated peer (gateway, carrier, load generator).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrunkConfig {
+    /// `name` (required, unique).
+    pub name: String,
+    /// `address` (required): `"ip:port"`, or `"ip"` for any port of that IP.
+    pub address: TrunkAddress,
+    /// `prefixes`: numbers starting with one of these route here (longest prefix wins).
+    pub prefixes: Vec<String>,
+    /// `strip`: leading characters removed from the number before sending (default 0).
+    pub strip: usize,
+    /// `dialog_query`: ask this trunk for its dialogs on hot takeover (default false).
+    pub dialog_query: bool,
+    /// `priority`: lower first during takeover (default 0).
+    pub priority: i32,
+    /// `reset_event`: Event header of the cold-mode reset NOTIFY for this trunk.
+    pub reset_event: Option<String>,
+    /// `transport`: `"udp"` (default) or `"tcp"`.
+    pub transport: TrunkTransport,
+}
+
+/// A trunk's address: an IP, with or without a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrunkAddress {
+    /// The trunk's IP address.
+    pub ip: IpAddr,
+    /// The port; `None` accepts requests from any port of `ip` and sends to 5060.
+    pub port: Option<u16>,
+}
+
+impl TrunkAddress {
+    /// Whether a request from `src` comes from this trunk. IPv4-mapped IPv6 sources (from a
+    /// dual-stack socket) match the IPv4 address.
+    pub fn matches(&self, src: SocketAddr) -> bool {
+        self.ip.to_canonical() == src.ip().to_canonical()
+            && self.port.is_none_or(|port| port == src.port())
+    }
+
+    /// Where to send requests for this trunk (port 5060 when none is configured).
+    pub fn target(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port.unwrap_or(DEFAULT_SIP_PORT))
+    }
+}
+
+impl FromStr for TrunkAddress {
+    type Err = String;
+
+    /// Parses `"127.0.0.1:5070"`, `"127.0.0.1"`, `"[::1]:5070"` or `"::1"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(format!("port 0 in {s:?}: give a port or leave it out"));
+            }
+            return Ok(Self {
+                ip: addr.ip(),
+                port: Some(addr.port()),
+            });
+        }
+        match s.parse::<IpAddr>() {
+            Ok(ip) => Ok(Self { ip, port: None }),
+            Err(_) => Err(format!(
+                "invalid trunk address {s:?}: expected \"ip:port\" or \"ip\", e.g. \"127.0.0.1:5070\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TrunkAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}", SocketAddr::new(self.ip, port)),
+            None => write!(f, "{}", self.ip),
+        }
+    }
+}
+
+/// `media.mode`: whether RTP flows through us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaMode {
+    /// `"bypass"` (default): SDP passes unchanged, RTP flows between endpoints.
+    Bypass,
+    /// `"relay"`: we rewrite SDP and relay RTP through our own ports.
+    Relay,
+}
+
+/// `[media]`: RTP handling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    /// `mode`: `"bypass"` (default) or `"relay"`.
+    pub mode: MediaMode,
+    /// `rtp_ports`: `"LOW-HIGH"` inclusive relay port range (default `"20000-29999"`).
+    pub rtp_ports: (u16, u16),
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            mode: MediaMode::Bypass,
+            rtp_ports: (20000, 29999),
+        }
+    }
+}
+
+/// `[cdr]`: call detail records in SQLite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CdrConfig {
+    /// `path` (default `<state.dir>/cdr.sqlite`).
+    pub path: PathBuf,
+    /// `enabled` (default true).
+    pub enabled: bool,
+}
+
+/// The parsing side of a config enum's file names, used by the loader.
+pub(super) trait TomlName: Sized {
+    /// The value called `name` in the config file.
+    fn from_toml_name(name: &str) -> Option<Self>;
+
+    /// The accepted names, for error messages: `"hot" or "cold"`.
+    fn expected() -> String;
+}
+
+/// Gives a config enum its file names: `as_str` and `Display` (public, e.g. for status
+/// output), and [`TomlName`] for the loader.
+macro_rules! toml_names {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl $ty {
+            /// The name of this value in the config file.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+        }
+
+        impl TomlName for $ty {
+            fn from_toml_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+
+            fn expected() -> String {
+                [$(concat!("\"", $name, "\"")),+].join(" or ")
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+toml_names!(HomeRole { "main" => Main, "standby" => Standby });
+toml_names!(PairMode { "hot" => Hot, "cold" => Cold });
+toml_names!(Fallback { "cold" => Cold, "none" => None });
+toml_names!(TrunkTransport { "udp" => Udp, "tcp" => Tcp });
+toml_names!(MediaMode { "bypass" => Bypass, "relay" => Relay });
