@@ -1,2 +1,4 @@
 //! Understudy: a SIP back-to-back user agent that runs as a main / stand-by pair.
+pub mod admin;
+pub mod cdr;
 pub mod sip;
