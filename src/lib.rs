@@ -1,4 +1,6 @@
 //! Understudy: a SIP back-to-back user agent that runs as a main / stand-by pair.
+pub mod admin;
+pub mod cdr;
 pub mod config;
 pub mod dialog;
 pub mod registrar;
