@@ -1,9 +1,12 @@
 //! Understudy: a SIP back-to-back user agent that runs as a main / stand-by pair.
 pub mod admin;
+pub mod b2bua;
 pub mod cdr;
 pub mod config;
 pub mod dialog;
+pub mod node;
 pub mod registrar;
+pub mod server;
 pub mod sip;
 pub mod transaction;
 pub mod transport;

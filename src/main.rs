@@ -1,1 +1,166 @@
-fn main() {}
+//! The `understudy` command line: run a node, check a config, and talk to a running node's
+//! admin API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use understudy::config::Config;
+
+#[derive(Parser)]
+#[command(name = "understudy", version, about = "A geo-redundant SIP B2BUA pair")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (with no --config: a single-node PBX on 127.0.0.1:5060 with demo users).
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file: prints `ok`, or every error with its key, and exits 1.
+    CheckConfig {
+        /// Config file (TOML).
+        file: PathBuf,
+    },
+    /// Show a running node's status.
+    Status(AdminArgs),
+    /// List a running node's calls.
+    Calls(AdminArgs),
+    /// List a running node's registrations.
+    Registrations(AdminArgs),
+    /// Ask a running node to hand over to its peer.
+    Switchover(AdminArgs),
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin API address.
+    #[arg(long, default_value = "http://127.0.0.1:8060", env = "UNDERSTUDY_ADMIN")]
+    admin: String,
+    /// Bearer token (needed when the admin API is not on loopback).
+    #[arg(long, env = "UNDERSTUDY_TOKEN")]
+    token: Option<String>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status(a) => admin(a, "GET", "/status"),
+        Command::Calls(a) => admin(a, "GET", "/calls"),
+        Command::Registrations(a) => admin(a, "GET", "/registrations"),
+        Command::Switchover(a) => admin(a, "POST", "/switchover"),
+    }
+}
+
+fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cfg = match &config {
+        Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => {
+            let cfg = Config::builtin_default();
+            println!("understudy: built-in single-node PBX on {} (UDP and TCP)", cfg.node.sip_udp.map(|a| a.to_string()).unwrap_or_default());
+            println!("  domain {}; demo users:", cfg.node.domain);
+            for u in &cfg.users {
+                println!("    {} / {}", u.name, u.password);
+            }
+            println!("  admin API http://{}", cfg.admin.listen);
+            cfg
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; stopping");
+            let _ = stop_tx.send(true);
+        });
+        understudy::node::run(cfg, stop_rx, None).await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn admin(a: AdminArgs, method: &str, path: &str) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(understudy::admin::http::request(&a.admin, method, path, a.token.as_deref(), None));
+    match res {
+        Ok((status, body)) => {
+            if a.json {
+                println!("{body}");
+            } else {
+                println!("{}", understudy::admin::render(path, &body));
+            }
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("admin API answered {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

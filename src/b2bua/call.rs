@@ -1,6 +1,7 @@
 //! The call model: two legs, the forks of the B leg while it is being set up, and the
 //! transactions in flight that belong to the call.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -137,6 +138,10 @@ pub struct Call {
     pub b_ack: Option<Bytes>,
     /// A relayed re-INVITE waiting for its ACK (or final response).
     pub reinvite: Option<Relay>,
+    /// The client transaction of the relayed re-INVITE.
+    pub relay_tx: Option<ClientTxId>,
+    /// Other relayed requests (UPDATE, INFO, OPTIONS...) waiting for their final response.
+    pub relays: HashMap<ClientTxId, Relay>,
     /// Last SDP sent on each leg (for session refresh re-INVITEs).
     pub last_sdp: [Option<Bytes>; 2],
     /// Session timers per leg.
@@ -162,6 +167,11 @@ pub struct Call {
 }
 
 impl Call {
+    /// Track a relayed non-INVITE request.
+    pub fn relays_insert(&mut self, tx: ClientTxId, r: Relay) {
+        self.relays.insert(tx, r);
+    }
+
     /// The dialog of a leg, if it exists.
     pub fn leg(&self, side: Side) -> Option<&Dialog> {
         match side {

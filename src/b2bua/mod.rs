@@ -283,6 +283,8 @@ impl B2bua {
             forks,
             b_ack: None,
             reinvite: None,
+            relay_tx: None,
+            relays: HashMap::new(),
             last_sdp: [None, last_a_sdp],
             timers: [None, None],
             peer_update: [false, false],

@@ -1,0 +1,175 @@
+//! Wiring: builds the layers from a config, binds the sockets, and runs the one event loop
+//! that feeds received messages, timer expiries and admin requests into the sans-IO
+//! [`Server`]. No protocol logic lives here.
+
+mod admin;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cdr::CdrWriter;
+use crate::config::Config;
+use crate::dialog::LocalContact;
+use crate::server::Server;
+use crate::transport::{self, Inbound, Transport};
+
+pub use admin::AdminQuery;
+
+/// Addresses the node actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// SIP over UDP.
+    pub udp: Option<SocketAddr>,
+    /// SIP over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// Admin HTTP.
+    pub admin: SocketAddr,
+}
+
+/// Why the node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A SIP socket could not be bound.
+    #[error(transparent)]
+    Transport(#[from] transport::Error),
+    /// The admin socket could not be bound.
+    #[error("cannot bind admin {addr}: {source}")]
+    Admin {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The CDR database could not be opened or flushed.
+    #[error(transparent)]
+    Cdr(#[from] crate::cdr::CdrError),
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn hostport(configured: Option<&str>, bound: Option<SocketAddr>, other: Option<SocketAddr>) -> String {
+    if let Some(a) = configured {
+        return a.to_string();
+    }
+    let Some(addr) = bound.or(other) else {
+        return "127.0.0.1:5060".into();
+    };
+    if addr.ip().is_unspecified() {
+        tracing::warn!(%addr, "listening on a wildcard address without [node] advertise; advertising 127.0.0.1");
+        return format!("127.0.0.1:{}", addr.port());
+    }
+    addr.to_string()
+}
+
+/// Run a node until `shutdown` becomes true. `bound` receives the bound addresses once the
+/// sockets are open.
+pub async fn run(
+    cfg: Config,
+    mut shutdown: watch::Receiver<bool>,
+    bound: Option<oneshot::Sender<Bound>>,
+) -> Result<(), NodeError> {
+    let cfg = Arc::new(cfg);
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(8192);
+    let transport = Transport::start(cfg.node.sip_udp, cfg.node.sip_tcp, in_tx).await?;
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)
+        .await
+        .map_err(|source| NodeError::Admin {
+            addr: cfg.admin.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
+    let me = LocalContact {
+        udp: hostport(cfg.node.advertise.as_deref(), transport.udp_local(), transport.tcp_local()),
+        tcp: hostport(cfg.node.advertise.as_deref(), transport.tcp_local(), transport.udp_local()),
+    };
+    let cdr = if cfg.cdr.enabled {
+        Some(CdrWriter::open(&cfg.cdr.path)?)
+    } else {
+        None
+    };
+    let (admin_tx, mut admin_rx) = mpsc::channel::<AdminQuery>(64);
+    let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(crate::admin::http::serve(
+        admin_listener,
+        cfg.admin.token.clone(),
+        admin::handler(admin_tx),
+        stop_admin_rx,
+    ));
+    tracing::info!(
+        node = cfg.node.name,
+        udp = ?transport.udp_local(),
+        tcp = ?transport.tcp_local(),
+        admin = %admin_addr,
+        advertise = me.udp,
+        "node started"
+    );
+    if let Some(b) = bound {
+        let _ = b.send(Bound {
+            udp: transport.udp_local(),
+            tcp: transport.tcp_local(),
+            admin: admin_addr,
+        });
+    }
+    let start = tokio::time::Instant::now().into_std();
+    let mut server = Server::new(cfg.clone(), me, start, wall_ms());
+    loop {
+        let now = tokio::time::Instant::now();
+        let deadline = server
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or(now + Duration::from_secs(1));
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    break;
+                }
+            }
+            Some(q) = admin_rx.recv() => {
+                let now = tokio::time::Instant::now().into_std();
+                admin::answer(&mut server, &transport, now, q);
+            }
+            Some(ib) = in_rx.recv() => {
+                let now = tokio::time::Instant::now().into_std();
+                server.handle_inbound(now, ib);
+                // Drain what is already queued before sleeping again.
+                for _ in 0..256 {
+                    match in_rx.try_recv() {
+                        Ok(ib) => server.handle_inbound(now, ib),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                server.handle_timeout(tokio::time::Instant::now().into_std());
+            }
+        }
+        while let Some(t) = server.poll_transmit() {
+            transport.send(t);
+        }
+        if let Some(w) = &cdr {
+            for r in server.take_cdrs() {
+                w.record(r);
+            }
+        }
+    }
+    tracing::info!(node = cfg.node.name, calls = server.b2bua().call_count(), "shutting down");
+    let _ = stop_admin_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    if let Some(w) = cdr {
+        for r in server.take_cdrs() {
+            w.record(r);
+        }
+        let n = w.close()?;
+        tracing::info!(rows = n, "CDRs flushed");
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Read-only views of the server for the admin API: `/status`, `/calls`, `/registrations`
+//! (JSON) and `/metrics` (Prometheus text). Field names are a public interface (DESIGN).
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use super::Server;
+use crate::b2bua::Side;
+
+impl Server {
+    /// `/status`.
+    pub fn status_json(&self, now: Instant, role: &str, extra: Value) -> Value {
+        let mut v = json!({
+            "node": self.cfg.node.name,
+            "home_role": self.cfg.node.home_role.as_str(),
+            "role": role,
+            "epoch": self.epoch,
+            "config_digest": self.cfg.shared_digest(),
+            "uptime_s": now.saturating_duration_since(self.base.0).as_secs(),
+            "counts": {
+                "calls": self.b2bua.call_count(),
+                "registrations": self.registrar.location().binding_count(),
+                "client_transactions": self.tx.client_count(),
+                "server_transactions": self.tx.server_count(),
+            },
+        });
+        if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+            m.extend(e);
+        }
+        v
+    }
+
+    /// `/calls`.
+    pub fn calls_json(&self, now: Instant) -> Value {
+        let calls: Vec<Value> = self
+            .b2bua
+            .calls()
+            .map(|c| {
+                let leg = |side: Side| {
+                    c.leg(side).map(|d| {
+                        json!({
+                            "call_id": d.call_id,
+                            "local_tag": d.local_tag,
+                            "remote_tag": d.remote_tag,
+                            "remote_target": d.remote_target,
+                            "transport": d.flow.proto,
+                            "remote": d.flow.remote.to_string(),
+                        })
+                    })
+                };
+                json!({
+                    "token": format!("{:016x}", c.token),
+                    "state": c.state,
+                    "age_s": now.saturating_duration_since(c.created).as_secs(),
+                    "caller": c.caller,
+                    "callee": c.callee,
+                    "trunk": c.trunk,
+                    "recovered": c.recovered,
+                    "a": leg(Side::A),
+                    "b": leg(Side::B),
+                    "a_call_id": c.a.call_id,
+                    "b_call_id": c.b_call_id,
+                })
+            })
+            .collect();
+        json!({ "calls": calls })
+    }
+
+    /// `/registrations`.
+    pub fn registrations_json(&self, now: Instant) -> Value {
+        let mut aors: Vec<Value> = self
+            .registrar
+            .location()
+            .iter()
+            .map(|(aor, list)| {
+                let contacts: Vec<Value> = list
+                    .iter()
+                    .filter(|b| b.expires_at > now)
+                    .map(|b| {
+                        json!({
+                            "contact": b.contact.uri.to_string(),
+                            "expires_in_s": b.remaining(now),
+                            "origin": b.origin,
+                            "source": b.source.map(|f| f.to_string()),
+                        })
+                    })
+                    .collect();
+                json!({ "aor": aor, "contacts": contacts })
+            })
+            .collect();
+        aors.sort_by(|a, b| a["aor"].as_str().cmp(&b["aor"].as_str()));
+        json!({ "registrations": aors })
+    }
+
+    /// `/metrics` lines for the SIP layers (the node adds its own).
+    pub fn metrics_text(&self) -> String {
+        let mut s = String::new();
+        let c = &self.counters;
+        let _ = writeln!(s, "# TYPE understudy_requests_received_total counter");
+        for (m, n) in &c.requests {
+            let _ = writeln!(s, "understudy_requests_received_total{{method=\"{m}\"}} {n}");
+        }
+        let _ = writeln!(s, "# TYPE understudy_responses_received_total counter");
+        for (class, n) in c.responses.iter().enumerate().skip(1) {
+            let _ = writeln!(s, "understudy_responses_received_total{{class=\"{class}xx\"}} {n}");
+        }
+        let _ = writeln!(s, "# TYPE understudy_malformed_total counter");
+        let _ = writeln!(s, "understudy_malformed_total{{action=\"answered\"}} {}", c.malformed_answered);
+        let _ = writeln!(s, "understudy_malformed_total{{action=\"dropped\"}} {}", c.malformed_dropped);
+        let ts = self.tx.stats();
+        let _ = writeln!(s, "# TYPE understudy_transactions gauge");
+        let _ = writeln!(s, "understudy_transactions{{kind=\"client\"}} {}", self.tx.client_count());
+        let _ = writeln!(s, "understudy_transactions{{kind=\"server\"}} {}", self.tx.server_count());
+        let _ = writeln!(s, "# TYPE understudy_transactions_created_total counter");
+        let _ = writeln!(s, "understudy_transactions_created_total{{kind=\"client\"}} {}", ts.client_created);
+        let _ = writeln!(s, "understudy_transactions_created_total{{kind=\"server\"}} {}", ts.server_created);
+        let _ = writeln!(s, "understudy_transaction_timeouts_total {}", ts.timeouts);
+        let _ = writeln!(s, "understudy_retransmissions_absorbed_total {}", ts.retransmissions_absorbed);
+        let _ = writeln!(s, "# TYPE understudy_registrations gauge");
+        let _ = writeln!(s, "understudy_registrations {}", self.registrar.location().binding_count());
+        let rs = self.registrar.stats;
+        let _ = writeln!(s, "understudy_register_total{{result=\"accepted\"}} {}", rs.accepted);
+        let _ = writeln!(s, "understudy_register_total{{result=\"challenged\"}} {}", rs.challenged);
+        let _ = writeln!(s, "understudy_register_total{{result=\"forbidden\"}} {}", rs.forbidden);
+        let bs = self.b2bua.stats;
+        let _ = writeln!(s, "# TYPE understudy_calls gauge");
+        let _ = writeln!(s, "understudy_calls {}", self.b2bua.call_count());
+        let _ = writeln!(s, "understudy_calls_total{{event=\"created\"}} {}", bs.created);
+        let _ = writeln!(s, "understudy_calls_total{{event=\"answered\"}} {}", bs.answered);
+        let _ = writeln!(s, "understudy_calls_total{{event=\"ended\"}} {}", bs.ended);
+        let _ = writeln!(s, "understudy_calls_total{{event=\"refused\"}} {}", bs.refused);
+        s
+    }
+}
