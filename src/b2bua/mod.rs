@@ -349,7 +349,7 @@ impl B2bua {
         };
         if call.b.is_none() && call.forks.iter().all(|f| f.done) {
             let reason = if call.cancelled { "cancelled".to_string() } else { "failed:500".to_string() };
-            self.finish(env, token, &reason, false);
+            self.finish(env, token, &reason, &[]);
         }
     }
 
@@ -400,7 +400,7 @@ impl B2bua {
                     let resp = response_to(&r.request, 408, None);
                     let _ = env.tx.respond(env.now, r.server, &resp);
                 }
-                self.finish(env, token, "failed:408", true);
+                self.finish(env, token, "failed:408", &[Side::A, Side::B]);
             }
             (Purpose::Refresh { side, cseq }, _) => {
                 self.client.remove(&id);
@@ -520,7 +520,7 @@ impl B2bua {
                 }
             }
             let _ = env.tx.respond(env.now, sid, &r);
-            self.finish(env, token, &reason_for(status), false);
+            self.finish(env, token, &reason_for(status), &[]);
         } else {
             self.maybe_finish_unanswered(env, token);
         }
@@ -611,7 +611,7 @@ impl B2bua {
                     call.cancelled = true;
                     self.cancel_forks(env, token, None);
                 }
-                self.finish(env, token, "normal", true);
+                self.finish(env, token, "normal", &[side.other()]);
             }
             Method::Update if req.body.is_empty() => {
                 // A session refresh without an offer: answered here, for this leg only.
@@ -745,7 +745,7 @@ impl B2bua {
             }
             if matches!(resp.status, 408 | 481) {
                 // The other endpoint no longer knows the dialog: end the call on both legs.
-                self.finish(env, token, &format!("failed:{}", resp.status), true);
+                self.finish(env, token, &format!("failed:{}", resp.status), &[from]);
             }
         }
     }
@@ -757,17 +757,17 @@ impl B2bua {
             && call.state == CallState::Answered
         {
             tracing::info!(token = format!("{token:016x}"), "caller never ACKed the 2xx; ending call");
-            self.finish(env, token, "failed:408", true);
+            self.finish(env, token, "failed:408", &[Side::A, Side::B]);
         }
     }
 
-    /// End a call: BYE the legs that are up (when `bye`), write its CDR, forget it.
-    pub fn finish(&mut self, env: &mut Env<'_>, token: u64, reason: &str, bye: bool) {
+    /// End a call: BYE the legs in `bye` that are up, write its CDR, forget it.
+    pub fn finish(&mut self, env: &mut Env<'_>, token: u64, reason: &str, bye: &[Side]) {
         let Some(mut call) = self.calls.remove(&token) else {
             return;
         };
-        if bye {
-            for side in [Side::A, Side::B] {
+        {
+            for &side in bye {
                 let up = match side {
                     Side::A => matches!(call.state, CallState::Answered | CallState::Confirmed),
                     Side::B => call.b.is_some(),

@@ -128,7 +128,7 @@ pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std:
     }
     if !t.we_refresh {
         tracing::info!(token = format!("{token:016x}"), ?side, "no session refresh from the peer; ending call");
-        b.finish(env, token, "session_timeout", true);
+        b.finish(env, token, "session_timeout", &[Side::A, Side::B]);
         return;
     }
     if call.reinvite.is_some() {
@@ -162,7 +162,7 @@ pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std:
         Ok(tx) => {
             b.client.insert(tx, (token, Purpose::Refresh { side, cseq }));
         }
-        Err(_) => b.finish(env, token, "session_timeout", true),
+        Err(_) => b.finish(env, token, "session_timeout", &[Side::A, Side::B]),
     }
 }
 
@@ -212,7 +212,7 @@ pub(super) fn refresh_response(
         }
         _ => {
             tracing::info!(token = format!("{token:016x}"), ?side, status = resp.status, "session refresh failed; ending call");
-            b.finish(env, token, "session_timeout", true);
+            b.finish(env, token, "session_timeout", &[Side::A, Side::B]);
         }
     }
 }
