@@ -40,7 +40,11 @@ pub(crate) fn answer(server: &mut Server, transport: &Transport, now: Instant, q
     let resp = match (r.method.as_str(), r.path.as_str()) {
         ("GET", "/status") => HttpResponse::json(
             200,
-            &server.status_json(now, "active", json!({ "peer": null, "tcp_connections": transport.tcp_connections() })),
+            &server.status_json(
+                now,
+                "active",
+                json!({ "peer": null, "tcp_connections": transport.tcp_connections() }),
+            ),
         ),
         ("GET", "/calls") => HttpResponse::json(200, &server.calls_json(now)),
         ("GET", "/registrations") => HttpResponse::json(200, &server.registrations_json(now)),
@@ -60,7 +64,10 @@ pub(crate) fn answer(server: &mut Server, transport: &Transport, now: Instant, q
         (_, "/status" | "/calls" | "/registrations" | "/metrics" | "/switchover") => {
             HttpResponse::json(405, &json!({"error": "method not allowed"}))
         }
-        _ => HttpResponse::json(404, &json!({"error": format!("no such endpoint: {}", r.path)})),
+        _ => HttpResponse::json(
+            404,
+            &json!({"error": format!("no such endpoint: {}", r.path)}),
+        ),
     };
     let _ = q.reply.send(resp);
 }

@@ -55,7 +55,11 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn hostport(configured: Option<&str>, bound: Option<SocketAddr>, other: Option<SocketAddr>) -> String {
+fn hostport(
+    configured: Option<&str>,
+    bound: Option<SocketAddr>,
+    other: Option<SocketAddr>,
+) -> String {
     if let Some(a) = configured {
         return a.to_string();
     }
@@ -87,8 +91,16 @@ pub async fn run(
         })?;
     let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
     let me = LocalContact {
-        udp: hostport(cfg.node.advertise.as_deref(), transport.udp_local(), transport.tcp_local()),
-        tcp: hostport(cfg.node.advertise.as_deref(), transport.tcp_local(), transport.udp_local()),
+        udp: hostport(
+            cfg.node.advertise.as_deref(),
+            transport.udp_local(),
+            transport.tcp_local(),
+        ),
+        tcp: hostport(
+            cfg.node.advertise.as_deref(),
+            transport.tcp_local(),
+            transport.udp_local(),
+        ),
     };
     let cdr = if cfg.cdr.enabled {
         Some(CdrWriter::open(&cfg.cdr.path)?)
@@ -161,7 +173,11 @@ pub async fn run(
             }
         }
     }
-    tracing::info!(node = cfg.node.name, calls = server.b2bua().call_count(), "shutting down");
+    tracing::info!(
+        node = cfg.node.name,
+        calls = server.b2bua().call_count(),
+        "shutting down"
+    );
     let _ = stop_admin_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     if let Some(w) = cdr {

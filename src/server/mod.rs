@@ -185,7 +185,10 @@ impl Server {
                 Some(s) if s.method != "ACK" => {
                     tracing::debug!(%flow, error, "malformed request answered 400");
                     let mut r = crate::sip::Response::new(400);
-                    r.reason = format!("Bad Request ({})", error.chars().take(80).collect::<String>());
+                    r.reason = format!(
+                        "Bad Request ({})",
+                        error.chars().take(80).collect::<String>()
+                    );
                     for h in s.headers.iter() {
                         r.headers.push(h.name.clone(), h.value.clone());
                     }

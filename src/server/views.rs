@@ -100,37 +100,99 @@ impl Server {
         let c = &self.counters;
         let _ = writeln!(s, "# TYPE understudy_requests_received_total counter");
         for (m, n) in &c.requests {
-            let _ = writeln!(s, "understudy_requests_received_total{{method=\"{m}\"}} {n}");
+            let _ = writeln!(
+                s,
+                "understudy_requests_received_total{{method=\"{m}\"}} {n}"
+            );
         }
         let _ = writeln!(s, "# TYPE understudy_responses_received_total counter");
         for (class, n) in c.responses.iter().enumerate().skip(1) {
-            let _ = writeln!(s, "understudy_responses_received_total{{class=\"{class}xx\"}} {n}");
+            let _ = writeln!(
+                s,
+                "understudy_responses_received_total{{class=\"{class}xx\"}} {n}"
+            );
         }
         let _ = writeln!(s, "# TYPE understudy_malformed_total counter");
-        let _ = writeln!(s, "understudy_malformed_total{{action=\"answered\"}} {}", c.malformed_answered);
-        let _ = writeln!(s, "understudy_malformed_total{{action=\"dropped\"}} {}", c.malformed_dropped);
+        let _ = writeln!(
+            s,
+            "understudy_malformed_total{{action=\"answered\"}} {}",
+            c.malformed_answered
+        );
+        let _ = writeln!(
+            s,
+            "understudy_malformed_total{{action=\"dropped\"}} {}",
+            c.malformed_dropped
+        );
         let ts = self.tx.stats();
         let _ = writeln!(s, "# TYPE understudy_transactions gauge");
-        let _ = writeln!(s, "understudy_transactions{{kind=\"client\"}} {}", self.tx.client_count());
-        let _ = writeln!(s, "understudy_transactions{{kind=\"server\"}} {}", self.tx.server_count());
+        let _ = writeln!(
+            s,
+            "understudy_transactions{{kind=\"client\"}} {}",
+            self.tx.client_count()
+        );
+        let _ = writeln!(
+            s,
+            "understudy_transactions{{kind=\"server\"}} {}",
+            self.tx.server_count()
+        );
         let _ = writeln!(s, "# TYPE understudy_transactions_created_total counter");
-        let _ = writeln!(s, "understudy_transactions_created_total{{kind=\"client\"}} {}", ts.client_created);
-        let _ = writeln!(s, "understudy_transactions_created_total{{kind=\"server\"}} {}", ts.server_created);
+        let _ = writeln!(
+            s,
+            "understudy_transactions_created_total{{kind=\"client\"}} {}",
+            ts.client_created
+        );
+        let _ = writeln!(
+            s,
+            "understudy_transactions_created_total{{kind=\"server\"}} {}",
+            ts.server_created
+        );
         let _ = writeln!(s, "understudy_transaction_timeouts_total {}", ts.timeouts);
-        let _ = writeln!(s, "understudy_retransmissions_absorbed_total {}", ts.retransmissions_absorbed);
+        let _ = writeln!(
+            s,
+            "understudy_retransmissions_absorbed_total {}",
+            ts.retransmissions_absorbed
+        );
         let _ = writeln!(s, "# TYPE understudy_registrations gauge");
-        let _ = writeln!(s, "understudy_registrations {}", self.registrar.location().binding_count());
+        let _ = writeln!(
+            s,
+            "understudy_registrations {}",
+            self.registrar.location().binding_count()
+        );
         let rs = self.registrar.stats;
-        let _ = writeln!(s, "understudy_register_total{{result=\"accepted\"}} {}", rs.accepted);
-        let _ = writeln!(s, "understudy_register_total{{result=\"challenged\"}} {}", rs.challenged);
-        let _ = writeln!(s, "understudy_register_total{{result=\"forbidden\"}} {}", rs.forbidden);
+        let _ = writeln!(
+            s,
+            "understudy_register_total{{result=\"accepted\"}} {}",
+            rs.accepted
+        );
+        let _ = writeln!(
+            s,
+            "understudy_register_total{{result=\"challenged\"}} {}",
+            rs.challenged
+        );
+        let _ = writeln!(
+            s,
+            "understudy_register_total{{result=\"forbidden\"}} {}",
+            rs.forbidden
+        );
         let bs = self.b2bua.stats;
         let _ = writeln!(s, "# TYPE understudy_calls gauge");
         let _ = writeln!(s, "understudy_calls {}", self.b2bua.call_count());
-        let _ = writeln!(s, "understudy_calls_total{{event=\"created\"}} {}", bs.created);
-        let _ = writeln!(s, "understudy_calls_total{{event=\"answered\"}} {}", bs.answered);
+        let _ = writeln!(
+            s,
+            "understudy_calls_total{{event=\"created\"}} {}",
+            bs.created
+        );
+        let _ = writeln!(
+            s,
+            "understudy_calls_total{{event=\"answered\"}} {}",
+            bs.answered
+        );
         let _ = writeln!(s, "understudy_calls_total{{event=\"ended\"}} {}", bs.ended);
-        let _ = writeln!(s, "understudy_calls_total{{event=\"refused\"}} {}", bs.refused);
+        let _ = writeln!(
+            s,
+            "understudy_calls_total{{event=\"refused\"}} {}",
+            bs.refused
+        );
         s
     }
 }
