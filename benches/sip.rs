@@ -64,7 +64,13 @@ fn register_round(c: &mut Criterion) {
         tcp: "127.0.0.1:5060".into(),
     };
     let t0 = Instant::now();
-    let mut server = Server::new(cfg, me, t0, 1_700_000_000_000);
+    let mut server = Server::new(
+        cfg,
+        me,
+        t0,
+        1_700_000_000_000,
+        Box::new(understudy::pair::epoch::MemoryEpochStore(1)),
+    );
     let from: SocketAddr = "127.0.0.1:5090".parse().expect("addr");
     let mut n: u64 = 0;
     let mut g = c.benchmark_group("registrar");

@@ -149,6 +149,16 @@ impl B2bua {
         self.calls.values()
     }
 
+    /// Forget every call without sending anything (this node no longer owns them).
+    pub fn abandon_all(&mut self) -> usize {
+        let n = self.calls.len();
+        self.calls.clear();
+        self.client.clear();
+        self.server_invites.clear();
+        self.timers.clear();
+        n
+    }
+
     /// Take the CDRs of calls that ended.
     pub fn take_cdrs(&mut self) -> Vec<CdrRecord> {
         std::mem::take(&mut self.cdrs)

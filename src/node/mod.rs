@@ -43,6 +43,9 @@ pub enum NodeError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The state directory is unusable.
+    #[error("state directory: {0}")]
+    State(String),
     /// The CDR database could not be opened or flushed.
     #[error(transparent)]
     Cdr(#[from] crate::cdr::CdrError),
@@ -131,7 +134,12 @@ pub async fn run(
         });
     }
     let start = tokio::time::Instant::now().into_std();
-    let mut server = Server::new(cfg.clone(), me, start, wall_ms());
+    let epochs: Box<dyn crate::pair::epoch::EpochStore> = if cfg.pair.is_some() {
+        Box::new(crate::pair::epoch::FileEpochStore::new(&cfg.state.dir).map_err(NodeError::State)?)
+    } else {
+        Box::new(crate::pair::epoch::MemoryEpochStore(1))
+    };
+    let mut server = Server::new(cfg.clone(), me, start, wall_ms(), epochs);
     loop {
         let now = tokio::time::Instant::now();
         let deadline = server

@@ -3,6 +3,7 @@
 //! send, CDRs and the next deadline come out. The `node` module drives it with real sockets;
 //! tests and benchmarks drive it directly.
 
+mod pair;
 mod uas;
 mod views;
 
@@ -14,6 +15,8 @@ use crate::b2bua::{B2bua, Env};
 use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::dialog::LocalContact;
+use crate::pair::epoch::EpochStore;
+use crate::pair::{Role, keepalive};
 use crate::registrar::{self, AuthOutcome, Registrar};
 use crate::sip::{
     HeaderName, Message, Method, Request, SipMessage, new_tag, response_to, salvage_request,
@@ -21,6 +24,7 @@ use crate::sip::{
 };
 use crate::transaction::{ServerTxId, Timers, TransactionLayer, TxEvent};
 use crate::transport::{Flow, Inbound, Transmit};
+use pair::{PairGlue, RoleChange};
 
 /// How often bindings and nonces are expired.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -48,7 +52,7 @@ pub struct Server {
     registrar: Registrar,
     b2bua: B2bua,
     base: (Instant, u64),
-    epoch: u32,
+    pair: Option<PairGlue>,
     next_housekeeping: Instant,
     counters: Counters,
     cdrs: Vec<CdrRecord>,
@@ -56,8 +60,14 @@ pub struct Server {
 
 impl Server {
     /// A server for `cfg`, advertising `me`, with the clock read once at start (`now`, and
-    /// the wall clock `wall_ms` at that instant).
-    pub fn new(cfg: Arc<Config>, me: LocalContact, now: Instant, wall_ms: u64) -> Self {
+    /// the wall clock `wall_ms` at that instant). `epochs` persists the pair's epoch.
+    pub fn new(
+        cfg: Arc<Config>,
+        me: LocalContact,
+        now: Instant,
+        wall_ms: u64,
+        epochs: Box<dyn EpochStore>,
+    ) -> Self {
         let timers = Timers {
             t1: Duration::from_millis(cfg.timers.t1_ms),
             t2: Duration::from_millis(cfg.timers.t2_ms),
@@ -91,6 +101,10 @@ impl Server {
             }
         }
         let me_hostports = vec![me.udp.clone(), me.tcp.clone()];
+        let pair = cfg
+            .pair
+            .as_ref()
+            .map(|p| PairGlue::new(&cfg, p, epochs, now));
         Self {
             tx: TransactionLayer::new(timers, cfg.node.force_rport),
             cfg,
@@ -99,7 +113,7 @@ impl Server {
             registrar,
             b2bua: B2bua::new(),
             base: (now, wall_ms),
-            epoch: 1,
+            pair,
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),
             cdrs: Vec::new(),
@@ -135,13 +149,62 @@ impl Server {
         &self.counters
     }
 
-    /// The current epoch.
-    pub fn epoch(&self) -> u32 {
-        self.epoch
+    /// The current epoch (1 for a single node).
+    pub fn epoch(&self) -> u64 {
+        self.pair.as_ref().map_or(1, |p| p.machine.epoch())
+    }
+
+    /// The current role (a single node is always active).
+    pub fn role(&self) -> Role {
+        self.pair
+            .as_ref()
+            .map_or(Role::Active, |p| p.machine.role())
+    }
+
+    /// Whether new calls are accepted here now.
+    pub fn accepts_calls(&self) -> bool {
+        self.pair.as_ref().is_none_or(PairGlue::accepts_calls)
+    }
+
+    /// Ask for a switchover (DESIGN "Manual switchover").
+    pub fn switchover(&mut self, now: Instant) -> Result<String, String> {
+        let Some(p) = self.pair.as_mut() else {
+            return Err("this node has no [pair] section: nothing to switch over to".into());
+        };
+        let before = p.machine.role();
+        p.machine.request_switchover(now).map_err(str::to_string)?;
+        self.handle_timeout(now);
+        Ok(match before {
+            Role::Active => "handing over to the peer".into(),
+            _ => "taking over from the peer".into(),
+        })
+    }
+
+    /// Test hook: drop everything to and from the peer (simulated network split).
+    pub fn set_partition(&mut self, on: bool) -> Result<(), String> {
+        match self.pair.as_mut() {
+            Some(p) if self.cfg.pair.as_ref().is_some_and(|c| c.test_hooks) => {
+                tracing::warn!(on, "pair: test partition");
+                p.partitioned = on;
+                Ok(())
+            }
+            _ => Err("test hooks are disabled ([pair] test_hooks = false)".into()),
+        }
+    }
+
+    fn from_peer(&self, flow: &Flow) -> bool {
+        self.pair
+            .as_ref()
+            .is_some_and(|p| p.partitioned && flow.remote == p.peer())
     }
 
     /// Something arrived from the network.
     pub fn handle_inbound(&mut self, now: Instant, inbound: Inbound) {
+        if let Inbound::Message(_, flow) | Inbound::Malformed { flow, .. } = &inbound
+            && self.from_peer(flow)
+        {
+            return;
+        }
         match inbound {
             Inbound::Message(parsed, flow) => {
                 if let Err(rej) = validate(&parsed) {
@@ -214,7 +277,9 @@ impl Server {
                 registrar: &self.registrar,
                 cfg: &self.cfg,
                 me: &self.me,
-                epoch: self.epoch,
+                epoch: u32::try_from(self.pair.as_ref().map_or(1, |p| p.machine.epoch()))
+                    .unwrap_or(u32::MAX / 65536)
+                    .min(32767),
                 node: &self.cfg.node.name,
             },
             &mut self.b2bua,
@@ -234,10 +299,22 @@ impl Server {
                     b.on_ack(&mut env, &request);
                 }
                 TxEvent::Response { id, response } => {
+                    if let Some(p) = self.pair.as_mut()
+                        && p.client_txs.contains(&id)
+                    {
+                        p.on_client_result(now, id, Some(&response));
+                        continue;
+                    }
                     let (mut env, b) = self.env_parts(now);
                     b.on_response(&mut env, id, response);
                 }
                 TxEvent::Timeout { id } => {
+                    if let Some(p) = self.pair.as_mut()
+                        && p.client_txs.contains(&id)
+                    {
+                        p.on_client_result(now, id, None);
+                        continue;
+                    }
                     let (mut env, b) = self.env_parts(now);
                     b.on_timeout(&mut env, id);
                 }
@@ -246,11 +323,21 @@ impl Server {
                     b.on_no_ack(&mut env, id);
                 }
                 TxEvent::StrayResponse { response, source } => {
-                    tracing::trace!(%source, status = response.status, "stray response");
+                    let ours = self
+                        .pair
+                        .as_mut()
+                        .is_some_and(|p| p.on_stray_response(now, &response));
+                    if !ours {
+                        tracing::trace!(%source, status = response.status, "stray response");
+                    }
                 }
             }
         }
         self.cdrs.extend(self.b2bua.take_cdrs());
+        let changes = self.registrar.location_mut().take_changes();
+        if let Some(p) = self.pair.as_mut() {
+            p.publish_changes(now, &mut self.tx, &self.me, &changes);
+        }
     }
 
     fn reply(&mut self, now: Instant, id: ServerTxId, req: &Request, status: u16) {
@@ -283,6 +370,12 @@ impl Server {
             return;
         }
         if req.to_tag().is_some() {
+            if let Some(p) = self.pair.as_mut()
+                && p.owns_in_dialog(&req)
+            {
+                p.on_in_dialog(now, &mut self.tx, &mut self.registrar, id, &req, &self.me);
+                return;
+            }
             let (mut env, b) = self.env_parts(now);
             if !b.on_in_dialog(&mut env, id, req.clone(), source) {
                 self.reply(now, id, &req, 481);
@@ -295,11 +388,34 @@ impl Server {
                 let r = self.registrar.handle_register(now, now_s, &req, source);
                 let _ = self.tx.respond(now, id, &r);
             }
+            Method::Options if keepalive::is_keepalive(&req) && self.pair.is_some() => {
+                let calls = self.b2bua.call_count();
+                if let Some(p) = self.pair.as_mut() {
+                    p.on_keepalive_request(now, &mut self.tx, id, &req, calls);
+                }
+            }
             Method::Options => {
                 let mut r = response_to(&req, 200, Some(&new_tag()));
                 r.headers.push(HeaderName::Allow, crate::b2bua::ALLOW);
                 r.headers.push(HeaderName::Accept, uas::ACCEPT);
                 r.headers.push(HeaderName::Supported, uas::SUPPORTED);
+                let _ = self.tx.respond(now, id, &r);
+            }
+            Method::Invite if !self.accepts_calls() => {
+                let redirect = self.pair.as_ref().is_some_and(PairGlue::redirect);
+                let mut r = response_to(&req, if redirect { 302 } else { 503 }, Some(&new_tag()));
+                if let Some(p) = self.pair.as_ref().filter(|_| redirect) {
+                    let user = crate::sip::Uri::parse(&req.uri)
+                        .ok()
+                        .and_then(|u| u.user)
+                        .map(|u| format!("{u}@"))
+                        .unwrap_or_default();
+                    r.headers
+                        .push(HeaderName::Contact, format!("<sip:{user}{}>", p.peer()));
+                } else {
+                    r.reason = "Stand-by Node".into();
+                    r.headers.push(HeaderName::RetryAfter, "5");
+                }
                 let _ = self.tx.respond(now, id, &r);
             }
             Method::Invite => {
@@ -320,6 +436,24 @@ impl Server {
                 b.on_invite(&mut env, id, req, source, trunk.as_deref());
                 self.cdrs.extend(self.b2bua.take_cdrs());
             }
+            Method::Subscribe
+                if self.pair.is_some()
+                    && req.headers.get(&HeaderName::Event).is_some_and(|e| {
+                        e.split(';').next().is_some_and(|t| t.trim() == "reg")
+                    }) =>
+            {
+                if let Some(p) = self.pair.as_mut() {
+                    p.on_subscribe(
+                        now,
+                        &mut self.tx,
+                        &mut self.registrar,
+                        id,
+                        &req,
+                        source,
+                        &self.me,
+                    );
+                }
+            }
             Method::Subscribe => {
                 self.reply(now, id, &req, 489);
             }
@@ -331,6 +465,31 @@ impl Server {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         self.drain_events(now);
+        let calls = self.b2bua.call_count();
+        if let Some(p) = self.pair.as_mut() {
+            let changes = p.tick(now, &mut self.tx, &self.me, calls);
+            p.drive_subscriber(now, &mut self.tx, &self.me);
+            for c in changes {
+                match c {
+                    RoleChange::BecameActive => {
+                        tracing::info!(
+                            calls = self.b2bua.call_count(),
+                            "now active: handling new calls and registrations"
+                        );
+                    }
+                    RoleChange::SteppedDown => {
+                        let n = self.b2bua.abandon_all();
+                        if n > 0 {
+                            tracing::warn!(
+                                calls = n,
+                                "stepped down: no longer sending requests in {n} calls"
+                            );
+                        }
+                    }
+                }
+            }
+            self.drain_events(now);
+        }
         {
             let (mut env, b) = self.env_parts(now);
             b.handle_timeout(&mut env);
@@ -349,6 +508,7 @@ impl Server {
             self.tx.poll_timeout(),
             self.b2bua.poll_timeout(),
             Some(self.next_housekeeping),
+            self.pair.as_ref().map(|p| p.machine.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -357,7 +517,12 @@ impl Server {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.tx.poll_transmit()
+        loop {
+            let t = self.tx.poll_transmit()?;
+            if !self.from_peer(&t.flow) {
+                return Some(t);
+            }
+        }
     }
 
     /// CDRs of calls that ended since the last call.

@@ -10,13 +10,15 @@ use super::Server;
 use crate::b2bua::Side;
 
 impl Server {
-    /// `/status`.
-    pub fn status_json(&self, now: Instant, role: &str, extra: Value) -> Value {
+    /// `/status`. `extra` fields (from the node) are merged in.
+    pub fn status_json(&self, now: Instant, extra: Value) -> Value {
+        let role = self.role();
         let mut v = json!({
             "node": self.cfg.node.name,
             "home_role": self.cfg.node.home_role.as_str(),
             "role": role,
-            "epoch": self.epoch,
+            "accepts_calls": self.accepts_calls(),
+            "epoch": self.epoch(),
             "config_digest": self.cfg.shared_digest(),
             "uptime_s": now.saturating_duration_since(self.base.0).as_secs(),
             "counts": {
@@ -26,6 +28,13 @@ impl Server {
                 "server_transactions": self.tx.server_count(),
             },
         });
+        if let (Value::Object(m), Some(Value::Object(p))) =
+            (&mut v, self.pair.as_ref().map(|p| p.status(now)))
+        {
+            m.extend(p);
+        } else if let Value::Object(m) = &mut v {
+            m.insert("peer".into(), Value::Null);
+        }
         if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
             m.extend(e);
         }
@@ -193,6 +202,60 @@ impl Server {
             "understudy_calls_total{{event=\"refused\"}} {}",
             bs.refused
         );
+        let role = self.role();
+        let _ = writeln!(s, "# TYPE understudy_role gauge");
+        for (name, r) in [
+            ("active", crate::pair::Role::Active),
+            ("standby", crate::pair::Role::Standby),
+            ("taking_over", crate::pair::Role::TakingOver),
+        ] {
+            let _ = writeln!(
+                s,
+                "understudy_role{{role=\"{name}\"}} {}",
+                u8::from(role == r)
+            );
+        }
+        let _ = writeln!(s, "understudy_epoch {}", self.epoch());
+        if let Some(p) = &self.pair {
+            let st = p.stats;
+            let _ = writeln!(s, "# TYPE understudy_keepalives_total counter");
+            let _ = writeln!(
+                s,
+                "understudy_keepalives_total{{dir=\"sent\"}} {}",
+                st.keepalives_sent
+            );
+            let _ = writeln!(
+                s,
+                "understudy_keepalives_total{{dir=\"received\"}} {}",
+                st.keepalives_received
+            );
+            let _ = writeln!(
+                s,
+                "understudy_keepalives_total{{dir=\"rejected\"}} {}",
+                st.keepalives_rejected
+            );
+            let _ = writeln!(
+                s,
+                "understudy_keepalives_missed_total {}",
+                p.machine.missed_total
+            );
+            let _ = writeln!(s, "understudy_takeovers_total {}", p.machine.takeovers);
+            let _ = writeln!(
+                s,
+                "understudy_config_mismatch {}",
+                u8::from(!p.config_match())
+            );
+            let _ = writeln!(
+                s,
+                "understudy_reg_notifies_total{{dir=\"sent\"}} {}",
+                st.reg_notifies_sent
+            );
+            let _ = writeln!(
+                s,
+                "understudy_reg_notifies_total{{dir=\"received\"}} {}",
+                st.reg_notifies_received
+            );
+        }
         s
     }
 }
