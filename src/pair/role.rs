@@ -149,9 +149,11 @@ pub struct RoleMachine {
     epoch: u64,
     phase: Phase,
     next_tick: Instant,
-    /// A valid keep-alive from an active peer arrived in the current interval.
-    heard_this_interval: bool,
-    missed: u32,
+    /// When the last valid keep-alive from an active peer arrived (or when we started
+    /// watching, if it never did).
+    last_heard: Option<Instant>,
+    /// Missed intervals already counted into `missed_total`.
+    missed_counted: u32,
     peer: PeerView,
     actions: VecDeque<Action>,
     /// Keep-alive intervals missed in total (metrics).
@@ -171,8 +173,8 @@ impl RoleMachine {
                 until: now + detection,
             },
             next_tick: now,
-            heard_this_interval: false,
-            missed: 0,
+            last_heard: None,
+            missed_counted: 0,
             peer: PeerView::default(),
             actions: VecDeque::new(),
             missed_total: 0,
@@ -210,16 +212,34 @@ impl RoleMachine {
         }
     }
 
-    /// Consecutive missed intervals.
+    /// Keep-alive intervals since the active was last heard (stand-by only).
     pub fn missed(&self) -> u32 {
-        self.missed
+        self.missed_counted
+    }
+
+    fn missed_at(&self, now: Instant) -> u32 {
+        match self.last_heard {
+            Some(h) if self.role == Role::Standby => {
+                (now.saturating_duration_since(h).as_micros() / self.s.keepalive.as_micros().max(1))
+                    as u32
+            }
+            _ => 0,
+        }
+    }
+
+    /// When the stand-by probes if nothing is heard before.
+    fn probe_due(&self) -> Option<Instant> {
+        match (self.role, self.phase, self.last_heard) {
+            (Role::Standby, Phase::Running, Some(h)) => Some(h + self.s.keepalive * self.s.missed),
+            _ => None,
+        }
     }
 
     fn take_over(&mut self, reason: TakeoverReason) {
         self.epoch = self.epoch.max(self.peer.epoch) + 1;
         self.role = Role::Active;
         self.phase = Phase::Running;
-        self.missed = 0;
+        self.missed_counted = 0;
         self.takeovers += 1;
         self.actions.push_back(Action::BecomeActive {
             epoch: self.epoch,
@@ -227,11 +247,11 @@ impl RoleMachine {
         });
     }
 
-    fn step_down(&mut self, reason: StepDownReason) {
+    fn step_down(&mut self, now: Instant, reason: StepDownReason) {
         self.role = Role::Standby;
         self.phase = Phase::Running;
-        self.missed = 0;
-        self.heard_this_interval = true;
+        self.missed_counted = 0;
+        self.last_heard = Some(now);
         self.actions.push_back(Action::StepDown(reason));
     }
 
@@ -258,8 +278,8 @@ impl RoleMachine {
         }
         let peer_active = matches!(announced, Announced::Active | Announced::Handover);
         if peer_active {
-            self.heard_this_interval = true;
-            self.missed = 0;
+            self.last_heard = Some(now);
+            self.missed_counted = 0;
         }
         if let Phase::Probing { .. } = self.phase
             && peer_active
@@ -284,9 +304,9 @@ impl RoleMachine {
                     } else {
                         StepDownReason::HigherEpoch
                     };
-                    self.step_down(reason);
+                    self.step_down(now, reason);
                 } else if epoch == self.epoch && self.s.home == HomeRole::Standby {
-                    self.step_down(StepDownReason::Tie);
+                    self.step_down(now, StepDownReason::Tie);
                 }
             }
             _ => {}
@@ -365,24 +385,26 @@ impl RoleMachine {
                 "switchover: the peer did not take over; staying active".into(),
             ));
         }
+        // The stand-by's miss rule: N keep-alive intervals without a valid keep-alive from the
+        // active, counted from the last one heard, then the direct probe.
+        if self.role == Role::Standby && self.phase == Phase::Running {
+            if self.last_heard.is_none() {
+                self.last_heard = Some(now);
+            }
+            let missed = self.missed_at(now);
+            if missed > self.missed_counted {
+                self.missed_total += u64::from(missed - self.missed_counted);
+                self.missed_counted = missed;
+            }
+            if self.probe_due().is_some_and(|d| now >= d) {
+                self.actions.push_back(Action::SendProbe);
+                self.phase = Phase::Probing {
+                    deadline: now + self.s.probe_timeout,
+                };
+            }
+        }
         while now >= self.next_tick {
             self.next_tick += self.s.keepalive;
-            // Count the interval that just ended (stand-by only, after start-up).
-            if self.role == Role::Standby && self.phase == Phase::Running {
-                if self.heard_this_interval {
-                    self.missed = 0;
-                } else {
-                    self.missed += 1;
-                    self.missed_total += 1;
-                    if self.missed >= self.s.missed {
-                        self.actions.push_back(Action::SendProbe);
-                        self.phase = Phase::Probing {
-                            deadline: now + self.s.probe_timeout,
-                        };
-                    }
-                }
-            }
-            self.heard_this_interval = false;
             self.actions
                 .push_back(Action::SendKeepalive(self.announced()));
         }
@@ -391,6 +413,9 @@ impl RoleMachine {
     /// When [`Self::handle_timeout`] should run next.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_tick;
+        if let Some(d) = self.probe_due() {
+            t = t.min(d);
+        }
         match self.phase {
             Phase::Starting { until } => t = t.min(until),
             Phase::Probing { deadline } | Phase::HandingOver { deadline } => t = t.min(deadline),

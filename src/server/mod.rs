@@ -192,7 +192,7 @@ impl Server {
         }
     }
 
-    fn from_peer(&self, flow: &Flow) -> bool {
+    fn cut_off(&self, flow: &Flow) -> bool {
         self.pair
             .as_ref()
             .is_some_and(|p| p.partitioned && flow.remote == p.peer())
@@ -201,7 +201,7 @@ impl Server {
     /// Something arrived from the network.
     pub fn handle_inbound(&mut self, now: Instant, inbound: Inbound) {
         if let Inbound::Message(_, flow) | Inbound::Malformed { flow, .. } = &inbound
-            && self.from_peer(flow)
+            && self.cut_off(flow)
         {
             return;
         }
@@ -519,7 +519,7 @@ impl Server {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         loop {
             let t = self.tx.poll_transmit()?;
-            if !self.from_peer(&t.flow) {
+            if !self.cut_off(&t.flow) {
                 return Some(t);
             }
         }
