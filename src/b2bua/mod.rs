@@ -4,6 +4,7 @@
 //! [`Env`], and drains CDRs with [`B2bua::take_cdrs`].
 
 mod call;
+mod rebind;
 mod routing;
 mod session;
 
@@ -15,6 +16,7 @@ use bytes::Bytes;
 
 pub use call::{Call, CallState, Side, parse_tag, tag_for};
 use call::{Fork, Relay, idx};
+pub use rebind::{Adopted, Outcome, Source};
 pub use routing::{Route, Target, resolve};
 
 use crate::cdr::CdrRecord;
@@ -76,12 +78,15 @@ enum Purpose {
     Bye,
     Cancel,
     Refresh { side: Side, cseq: u32 },
+    RebindA,
+    RebindB,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     Ring,
     Session(u8),
+    RebindRetry,
 }
 
 /// Counters for metrics.
@@ -95,6 +100,12 @@ pub struct Stats {
     pub ended: u64,
     /// Initial INVITEs refused before a call was created (404, 480, 503...).
     pub refused: u64,
+    /// Calls adopted at takeover.
+    pub adopted: u64,
+    /// Adopted calls whose re-bind succeeded.
+    pub recovered: u64,
+    /// Legs hung up at takeover because their partner never turned up.
+    pub orphaned: u64,
 }
 
 /// The B2BUA.
@@ -105,6 +116,7 @@ pub struct B2bua {
     server_invites: HashMap<ServerTxId, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
     cdrs: Vec<CdrRecord>,
+    rebind_outcomes: Vec<(u64, Outcome)>,
     /// Counters.
     pub stats: Stats,
 }
@@ -316,6 +328,9 @@ impl B2bua {
             created: env.now,
             recovered: false,
             cancelled: false,
+            rebind: None,
+            rebind_acks: [None, None],
+            rebind_txs: Vec::new(),
         };
         self.stats.created += 1;
         self.server_invites.insert(id, token);
@@ -386,7 +401,9 @@ impl B2bua {
         let Some(&(token, purpose)) = self.client.get(&id) else {
             return false;
         };
-        if resp.status >= 200 && !matches!(purpose, Purpose::Fork | Purpose::Relay) {
+        if resp.status >= 200
+            && !matches!(purpose, Purpose::Fork | Purpose::Relay | Purpose::RebindA | Purpose::RebindB)
+        {
             self.client.remove(&id);
         }
         if !self.calls.contains_key(&token) {
@@ -398,6 +415,15 @@ impl B2bua {
             Purpose::Relay => self.relay_response(env, token, id, resp),
             Purpose::Refresh { side, cseq } => {
                 session::refresh_response(self, env, token, side, cseq, &resp)
+            }
+            Purpose::RebindA | Purpose::RebindB => {
+                let side = if matches!(purpose, Purpose::RebindA) { Side::A } else { Side::B };
+                let done = self.calls.get(&token).is_some_and(|c| c.rebind.is_none());
+                if done && (200..300).contains(&resp.status) {
+                    self.rebind_reack(env, token, side);
+                } else {
+                    self.rebind_response(env, token, side, resp);
+                }
             }
             Purpose::Bye | Purpose::Cancel => {}
         }
@@ -435,6 +461,11 @@ impl B2bua {
                     let _ = env.tx.respond(env.now, r.server, &resp);
                 }
                 self.finish(env, token, "failed:408", &[Side::A, Side::B]);
+            }
+            (Purpose::RebindA | Purpose::RebindB, _) => {
+                let side = if matches!(purpose, Purpose::RebindA) { Side::A } else { Side::B };
+                let resp = Response::new(408);
+                self.rebind_response(env, token, side, resp);
             }
             (Purpose::Refresh { side, cseq }, _) => {
                 self.client.remove(&id);
@@ -693,7 +724,7 @@ impl B2bua {
             return;
         };
         let is_invite = req.method == Method::Invite;
-        if is_invite && call.reinvite.is_some() {
+        if (is_invite || req.method == Method::Update) && (call.reinvite.is_some() || call.rebind.is_some()) {
             // Glare (RFC 3261 §14.2): one re-INVITE at a time per call.
             let mut r = response_to(&req, 491, None);
             r.headers.push(HeaderName::RetryAfter, "1");
@@ -855,6 +886,9 @@ impl B2bua {
         for f in &call.forks {
             self.client.remove(&f.tx);
         }
+        for tx in &call.rebind_txs {
+            self.client.remove(tx);
+        }
         if let Some(tx) = call.relay_tx {
             self.client.remove(&tx);
         }
@@ -905,6 +939,7 @@ impl B2bua {
                     }
                 }
                 TimerKind::Session(i) => session::fire(self, env, token, i, at),
+                TimerKind::RebindRetry => self.rebind_retry(env, token),
             }
         }
     }
