@@ -4,6 +4,7 @@
 //! tests and benchmarks drive it directly.
 
 mod pair;
+mod takeover;
 mod uas;
 mod views;
 
@@ -25,6 +26,7 @@ use crate::sip::{
 use crate::transaction::{ServerTxId, Timers, TransactionLayer, TxEvent};
 use crate::transport::{Flow, Inbound, Transmit};
 use pair::{PairGlue, RoleChange};
+use takeover::{Step, Takeover};
 
 /// How often bindings and nonces are expired.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -53,6 +55,7 @@ pub struct Server {
     b2bua: B2bua,
     base: (Instant, u64),
     pair: Option<PairGlue>,
+    takeover: Option<Takeover>,
     next_housekeeping: Instant,
     counters: Counters,
     cdrs: Vec<CdrRecord>,
@@ -114,6 +117,7 @@ impl Server {
             b2bua: B2bua::new(),
             base: (now, wall_ms),
             pair,
+            takeover: None,
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),
             cdrs: Vec::new(),
@@ -265,6 +269,7 @@ impl Server {
             },
         }
         self.drain_events(now);
+        self.drive_takeover(now);
     }
 
     fn env_parts(&mut self, now: Instant) -> (Env<'_>, &mut B2bua) {
@@ -299,6 +304,12 @@ impl Server {
                     b.on_ack(&mut env, &request);
                 }
                 TxEvent::Response { id, response } => {
+                    if let Some(t) = self.takeover.as_mut()
+                        && t.owns_tx(id)
+                    {
+                        t.on_result(id, Some(&response));
+                        continue;
+                    }
                     if let Some(p) = self.pair.as_mut()
                         && p.client_txs.contains(&id)
                     {
@@ -309,6 +320,12 @@ impl Server {
                     b.on_response(&mut env, id, response);
                 }
                 TxEvent::Timeout { id } => {
+                    if let Some(t) = self.takeover.as_mut()
+                        && t.owns_tx(id)
+                    {
+                        t.on_result(id, None);
+                        continue;
+                    }
                     if let Some(p) = self.pair.as_mut()
                         && p.client_txs.contains(&id)
                     {
@@ -370,6 +387,13 @@ impl Server {
             return;
         }
         if req.to_tag().is_some() {
+            if let Some(t) = self.takeover.as_mut()
+                && t.owns_notify(&req)
+            {
+                let steps = t.on_notify(now, &mut self.tx, id, &req);
+                self.apply_takeover(now, steps);
+                return;
+            }
             if let Some(p) = self.pair.as_mut()
                 && p.owns_in_dialog(&req)
             {
@@ -461,6 +485,50 @@ impl Server {
         }
     }
 
+    fn apply_takeover(&mut self, now: Instant, steps: Vec<Step>) {
+        for step in steps {
+            let (mut env, b) = self.env_parts(now);
+            match step {
+                Step::Adopt(call) => b.adopt(&mut env, *call),
+                Step::Orphan {
+                    leg,
+                    caller,
+                    callee,
+                    start_ms,
+                } => b.bye_orphan(&mut env, *leg, &caller, &callee, start_ms),
+            }
+        }
+        self.cdrs.extend(self.b2bua.take_cdrs());
+    }
+
+    fn drive_takeover(&mut self, now: Instant) {
+        let Some(t) = self.takeover.as_mut() else {
+            return;
+        };
+        let outcomes = self.b2bua.take_rebind_outcomes();
+        t.record(now, &outcomes);
+        if !t.report.in_progress {
+            return;
+        }
+        let steps = t.tick(now, &mut self.tx, &self.me);
+        self.apply_takeover(now, steps);
+        let rebinding = self.b2bua.rebinding();
+        if let Some(t) = self.takeover.as_mut() {
+            let outcomes = self.b2bua.take_rebind_outcomes();
+            t.record(now, &outcomes);
+            if t.idle() && rebinding == 0 {
+                t.finish(now);
+            }
+        }
+    }
+
+    /// The current (or last) takeover report.
+    pub fn takeover_report(&self) -> Option<serde_json::Value> {
+        self.takeover
+            .as_ref()
+            .and_then(|t| serde_json::to_value(&t.report).ok())
+    }
+
     /// Fire everything due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
@@ -471,11 +539,16 @@ impl Server {
             p.drive_subscriber(now, &mut self.tx, &self.me);
             for c in changes {
                 match c {
-                    RoleChange::BecameActive => {
+                    RoleChange::BecameActive(reason) => {
                         tracing::info!(
                             calls = self.b2bua.call_count(),
                             "now active: handling new calls and registrations"
                         );
+                        if reason != crate::pair::TakeoverReason::Startup {
+                            let now_ms = self.wall_ms(now);
+                            self.takeover =
+                                Some(Takeover::start(&self.cfg, &self.registrar, now, now_ms));
+                        }
                     }
                     RoleChange::SteppedDown => {
                         let n = self.b2bua.abandon_all();
@@ -490,6 +563,7 @@ impl Server {
             }
             self.drain_events(now);
         }
+        self.drive_takeover(now);
         {
             let (mut env, b) = self.env_parts(now);
             b.handle_timeout(&mut env);
@@ -509,6 +583,10 @@ impl Server {
             self.b2bua.poll_timeout(),
             Some(self.next_housekeeping),
             self.pair.as_ref().map(|p| p.machine.poll_timeout()),
+            self.takeover
+                .as_ref()
+                .filter(|t| t.report.in_progress)
+                .and_then(Takeover::poll_timeout),
         ]
         .into_iter()
         .flatten()

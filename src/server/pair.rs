@@ -28,7 +28,7 @@ const REG_EXPIRES: u32 = 600;
 /// What happened that the server must act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RoleChange {
-    BecameActive,
+    BecameActive(crate::pair::TakeoverReason),
     SteppedDown,
 }
 
@@ -219,7 +219,7 @@ impl PairGlue {
                     );
                     self.last_takeover = Some(json!({ "epoch": epoch, "reason": reason }));
                     self.subscriber = Subscriber::Idle { retry_at: now };
-                    changes.push(RoleChange::BecameActive);
+                    changes.push(RoleChange::BecameActive(reason));
                 }
                 Action::StepDown(reason) => {
                     tracing::warn!(
