@@ -91,6 +91,10 @@ pub struct Fork {
     pub cancel_wanted: bool,
     /// A final response arrived.
     pub done: bool,
+    /// The callee's tag when a provisional created an early dialog.
+    pub early_tag: Option<String>,
+    /// The callee's Contact in that early dialog.
+    pub early_target: Option<String>,
 }
 
 /// A session timer on one leg (RFC 4028).

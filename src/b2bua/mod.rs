@@ -4,6 +4,7 @@
 //! [`Env`], and drains CDRs with [`B2bua::take_cdrs`].
 
 mod call;
+mod digest;
 mod rebind;
 mod routing;
 mod session;
@@ -117,6 +118,8 @@ pub struct B2bua {
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
     cdrs: Vec<CdrRecord>,
     rebind_outcomes: Vec<(u64, Outcome)>,
+    digest_on: bool,
+    digest_out: Vec<crate::pair::digest::Entry>,
     /// Counters.
     pub stats: Stats,
 }
@@ -288,6 +291,8 @@ impl B2bua {
                         provisional: false,
                         cancel_wanted: false,
                         done: false,
+                        early_tag: None,
+                        early_target: None,
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot start B-leg INVITE"),
@@ -337,6 +342,7 @@ impl B2bua {
         self.calls.insert(token, call);
         self.timers
             .push(Reverse((env.now + RING_TIMEOUT, token, TimerKind::Ring)));
+        self.digest_ringing(token);
     }
 
     /// A CANCEL matched the initial INVITE on server transaction `invite` (the CANCEL itself
@@ -402,7 +408,10 @@ impl B2bua {
             return false;
         };
         if resp.status >= 200
-            && !matches!(purpose, Purpose::Fork | Purpose::Relay | Purpose::RebindA | Purpose::RebindB)
+            && !matches!(
+                purpose,
+                Purpose::Fork | Purpose::Relay | Purpose::RebindA | Purpose::RebindB
+            )
         {
             self.client.remove(&id);
         }
@@ -417,7 +426,11 @@ impl B2bua {
                 session::refresh_response(self, env, token, side, cseq, &resp)
             }
             Purpose::RebindA | Purpose::RebindB => {
-                let side = if matches!(purpose, Purpose::RebindA) { Side::A } else { Side::B };
+                let side = if matches!(purpose, Purpose::RebindA) {
+                    Side::A
+                } else {
+                    Side::B
+                };
                 let done = self.calls.get(&token).is_some_and(|c| c.rebind.is_none());
                 if done && (200..300).contains(&resp.status) {
                     self.rebind_reack(env, token, side);
@@ -463,7 +476,11 @@ impl B2bua {
                 self.finish(env, token, "failed:408", &[Side::A, Side::B]);
             }
             (Purpose::RebindA | Purpose::RebindB, _) => {
-                let side = if matches!(purpose, Purpose::RebindA) { Side::A } else { Side::B };
+                let side = if matches!(purpose, Purpose::RebindA) {
+                    Side::A
+                } else {
+                    Side::B
+                };
                 let resp = Response::new(408);
                 self.rebind_response(env, token, side, resp);
             }
@@ -493,6 +510,11 @@ impl B2bua {
             }
             let fork = &mut call.forks[fi];
             fork.provisional = true;
+            let new_early = fork.early_tag.is_none() && resp.to_tag().is_some();
+            if new_early {
+                fork.early_tag = resp.to_tag();
+                fork.early_target = resp.contact().map(|c| c.uri.to_string());
+            }
             if fork.cancel_wanted && !fork.done {
                 fork.cancel_wanted = false;
                 let c = cancel_for(&fork.request);
@@ -512,6 +534,9 @@ impl B2bua {
                 r.body = copy_body(&resp, &resp.body, &mut r.headers);
                 let _ = env.tx.respond(env.now, *sid, &r);
                 call.state = CallState::Ringing;
+            }
+            if new_early {
+                self.digest_ringing(token);
             }
             return;
         }
@@ -571,6 +596,7 @@ impl B2bua {
                 self.timers.push(Reverse(t));
             }
             self.cancel_forks(env, token, Some(id));
+            self.digest_legs(token);
             return;
         }
         // 3xx–6xx on this fork.
@@ -724,7 +750,9 @@ impl B2bua {
             return;
         };
         let is_invite = req.method == Method::Invite;
-        if (is_invite || req.method == Method::Update) && (call.reinvite.is_some() || call.rebind.is_some()) {
+        if (is_invite || req.method == Method::Update)
+            && (call.reinvite.is_some() || call.rebind.is_some())
+        {
             // Glare (RFC 3261 §14.2): one re-INVITE at a time per call.
             let mut r = response_to(&req, 491, None);
             r.headers.push(HeaderName::RetryAfter, "1");
@@ -897,6 +925,7 @@ impl B2bua {
         }
         self.server_invites.retain(|_, t| *t != token);
         self.stats.ended += 1;
+        self.digest_gone(token);
         let answer = call.answer_ms;
         let end = env.now_ms;
         self.cdrs.push(CdrRecord {

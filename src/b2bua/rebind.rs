@@ -63,7 +63,11 @@ pub(super) enum Step {
     /// Offerless re-INVITE sent to A.
     A { cseq: u32 },
     /// A answered with `offer`; re-INVITE with it sent to B. A's 2xx waits for our ACK.
-    B { a_cseq: u32, offer: Bytes, b_cseq: u32 },
+    B {
+        a_cseq: u32,
+        offer: Bytes,
+        b_cseq: u32,
+    },
 }
 
 /// Re-bind state of a call.
@@ -159,7 +163,14 @@ impl B2bua {
         }
     }
 
-    fn send_rebind_b(&mut self, env: &mut Env<'_>, token: u64, a_cseq: u32, offer: Bytes, ctype: String) {
+    fn send_rebind_b(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        a_cseq: u32,
+        offer: Bytes,
+        ctype: String,
+    ) {
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
@@ -179,7 +190,11 @@ impl B2bua {
                 self.client.insert(tx, (token, Purpose::RebindB));
                 call.rebind_txs.push(tx);
                 if let Some(rb) = call.rebind.as_mut() {
-                    rb.step = Step::B { a_cseq, offer, b_cseq };
+                    rb.step = Step::B {
+                        a_cseq,
+                        offer,
+                        b_cseq,
+                    };
                 }
             }
             Err(_) => self.rebind_done(env, token, Outcome::Failed(500), &[Side::A]),
@@ -197,7 +212,13 @@ impl B2bua {
     }
 
     /// A response to a re-bind re-INVITE.
-    pub(super) fn rebind_response(&mut self, env: &mut Env<'_>, token: u64, side: Side, resp: Response) {
+    pub(super) fn rebind_response(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        side: Side,
+        resp: Response,
+    ) {
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
@@ -232,7 +253,8 @@ impl B2bua {
                 } else if status == 491 {
                     // We do not own A's Call-ID: retry after 0–2 s (RFC 3261 §14.1).
                     let d = Duration::from_millis(rand::thread_rng().gen_range(0..=2000));
-                    self.timers.push(Reverse((env.now + d, token, TimerKind::RebindRetry)));
+                    self.timers
+                        .push(Reverse((env.now + d, token, TimerKind::RebindRetry)));
                 } else if matches!(status, 481 | 408) {
                     self.rebind_done(env, token, Outcome::Ended(status), &[Side::B]);
                 } else {
@@ -243,7 +265,14 @@ impl B2bua {
                 // A's 2xx retransmitted while B is being re-INVITEd: its ACK comes later.
                 let _ = a_cseq;
             }
-            (Side::B, Step::B { a_cseq, offer, b_cseq }) => {
+            (
+                Side::B,
+                Step::B {
+                    a_cseq,
+                    offer,
+                    b_cseq,
+                },
+            ) => {
                 let (a_cseq, offer, b_cseq) = (*a_cseq, offer.clone(), *b_cseq);
                 if (200..300).contains(&status) {
                     let Some(b) = call.b.as_mut() else {
@@ -258,7 +287,10 @@ impl B2bua {
                         .get(&HeaderName::ContentType)
                         .unwrap_or("application/sdp")
                         .to_string();
-                    let ack_a = call.a.ack(env.me, a_cseq, Some((answer.clone(), ctype))).to_bytes();
+                    let ack_a = call
+                        .a
+                        .ack(env.me, a_cseq, Some((answer.clone(), ctype)))
+                        .to_bytes();
                     env.tx.send_stateless(call.a.next_hop(), ack_a.clone());
                     call.last_sdp[idx(Side::A)] = Some(answer);
                     call.peer_update[idx(Side::B)] = resp.has_token(&HeaderName::Allow, "UPDATE");
@@ -280,18 +312,23 @@ impl B2bua {
                             self.timers.push(Reverse(t));
                         }
                     }
-                    self.rebind_outcomes.push((token, Outcome::Recovered(source)));
+                    self.rebind_outcomes
+                        .push((token, Outcome::Recovered(source)));
                     self.stats.recovered += 1;
+                    self.digest_legs(token);
                 } else if status == 491 {
                     // We own B's Call-ID: retry after 2.1–4 s (RFC 3261 §14.1).
                     let d = Duration::from_millis(rand::thread_rng().gen_range(2100..=4000));
-                    self.timers.push(Reverse((env.now + d, token, TimerKind::RebindRetry)));
+                    self.timers
+                        .push(Reverse((env.now + d, token, TimerKind::RebindRetry)));
                 } else {
                     // B refused or is gone: close A's exchange with a rejecting answer, then
                     // hang up A.
-                    let ack = call
-                        .a
-                        .ack(env.me, a_cseq, Some((rejecting_answer(&offer), "application/sdp".into())));
+                    let ack = call.a.ack(
+                        env.me,
+                        a_cseq,
+                        Some((rejecting_answer(&offer), "application/sdp".into())),
+                    );
                     env.tx.send_stateless(call.a.next_hop(), ack.to_bytes());
                     let outcome = if matches!(status, 481 | 408) {
                         Outcome::Ended(status)
@@ -317,7 +354,12 @@ impl B2bua {
 
     /// The glare retry timer fired.
     pub(super) fn rebind_retry(&mut self, env: &mut Env<'_>, token: u64) {
-        let Some(step) = self.calls.get(&token).and_then(|c| c.rebind.as_ref()).map(|r| r.step.clone()) else {
+        let Some(step) = self
+            .calls
+            .get(&token)
+            .and_then(|c| c.rebind.as_ref())
+            .map(|r| r.step.clone())
+        else {
             return;
         };
         match step {
@@ -329,7 +371,14 @@ impl B2bua {
     }
 
     /// Hang up a leg whose partner never turned up at takeover, and write its CDR.
-    pub fn bye_orphan(&mut self, env: &mut Env<'_>, mut leg: Dialog, caller: &str, callee: &str, start_ms: u64) {
+    pub fn bye_orphan(
+        &mut self,
+        env: &mut Env<'_>,
+        mut leg: Dialog,
+        caller: &str,
+        callee: &str,
+        start_ms: u64,
+    ) {
         leg.local_cseq = leg.local_cseq.max(env.cseq_base());
         let bye = leg.request(Method::Bye, env.me, None);
         let _ = env.tx.send_request(env.now, &bye, leg.next_hop());
@@ -378,7 +427,9 @@ mod tests {
 
     #[test]
     fn rejecting_answer_zeroes_ports() {
-        let offer = Bytes::from_static(b"v=0\r\nm=audio 4000 RTP/AVP 0 8\r\na=sendrecv\r\nm=video 5000 RTP/AVP 31\r\n");
+        let offer = Bytes::from_static(
+            b"v=0\r\nm=audio 4000 RTP/AVP 0 8\r\na=sendrecv\r\nm=video 5000 RTP/AVP 31\r\n",
+        );
         let a = rejecting_answer(&offer);
         assert_eq!(
             &a[..],

@@ -96,7 +96,9 @@ pub fn parse(xml: &str) -> Result<DialogInfo, DialogInfoError> {
                 match e.local_name().as_ref() {
                     b"dialog-info" => {
                         info = Some(DialogInfo {
-                            version: attr(e, b"version").and_then(|v| v.parse().ok()).unwrap_or(0),
+                            version: attr(e, b"version")
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0),
                             full: attr(e, b"state").as_deref() != Some("partial"),
                             entity: attr(e, b"entity").unwrap_or_default(),
                             dialogs: Vec::new(),
@@ -142,7 +144,11 @@ pub fn parse(xml: &str) -> Result<DialogInfo, DialogInfoError> {
                 let (Some(d), Some(kind)) = (cur.as_mut(), text) else {
                     continue;
                 };
-                let v = t.unescape().map_err(|e| DialogInfoError(e.to_string()))?.trim().to_string();
+                let v = t
+                    .unescape()
+                    .map_err(|e| DialogInfoError(e.to_string()))?
+                    .trim()
+                    .to_string();
                 match kind {
                     Text::State => d.state = v,
                     Text::Duration => d.duration = v.parse().ok(),

@@ -49,11 +49,26 @@ pub enum KeepaliveError {
     BadAuth,
 }
 
-fn mac(secret: &[u8], node: &str, role: &str, epoch: u64, call_id: &str, cseq: &str) -> String {
+/// HMAC over `node|role|epoch|Call-ID|CSeq`, and `|sha256(body)` when there is a body (the
+/// dialog digest), so a body cannot be swapped under a captured signature.
+fn mac(
+    secret: &[u8],
+    node: &str,
+    role: &str,
+    epoch: u64,
+    call_id: &str,
+    cseq: &str,
+    body: &[u8],
+) -> String {
+    use sha2::Digest as _;
     let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret) else {
         return String::new();
     };
     m.update(format!("{node}|{role}|{epoch}|{call_id}|{cseq}").as_bytes());
+    if !body.is_empty() {
+        m.update(b"|");
+        m.update(hex::encode(Sha256::digest(body)).as_bytes());
+    }
     hex::encode(m.finalize().into_bytes())
 }
 
@@ -61,8 +76,8 @@ fn other(name: &str) -> HeaderName {
     HeaderName::Other(name.to_string())
 }
 
-/// Add the keep-alive headers to a message that already has its Call-ID and CSeq.
-pub fn stamp(h: &mut Headers, secret: &[u8], info: &Info) {
+/// Add the keep-alive headers to a message that already has its Call-ID, CSeq and body.
+pub fn stamp(h: &mut Headers, secret: &[u8], info: &Info, body: &[u8]) {
     let call_id = h.get(&HeaderName::CallId).unwrap_or("").to_string();
     let cseq = h.get(&HeaderName::CSeq).unwrap_or("").trim().to_string();
     let role = info.role.as_str();
@@ -73,7 +88,7 @@ pub fn stamp(h: &mut Headers, secret: &[u8], info: &Info) {
     h.push(other(CONFIG), info.config.clone());
     h.push(
         other(AUTH),
-        mac(secret, &info.node, role, info.epoch, &call_id, &cseq),
+        mac(secret, &info.node, role, info.epoch, &call_id, &cseq, body),
     );
 }
 
@@ -92,8 +107,8 @@ fn get<'a>(m: &'a impl SipMessage, name: &'static str) -> Result<&'a str, Keepal
         .ok_or(KeepaliveError::Malformed(name))
 }
 
-/// Read and authenticate the keep-alive headers.
-pub fn verify(m: &impl SipMessage, secret: &[u8]) -> Result<Info, KeepaliveError> {
+/// Read and authenticate the keep-alive headers (and the body, when there is one).
+pub fn verify(m: &impl SipMessage, body: &[u8], secret: &[u8]) -> Result<Info, KeepaliveError> {
     if !is_keepalive(m) {
         return Err(KeepaliveError::NotKeepalive);
     }
@@ -118,7 +133,7 @@ pub fn verify(m: &impl SipMessage, secret: &[u8]) -> Result<Info, KeepaliveError
         .get(&HeaderName::CSeq)
         .ok_or(KeepaliveError::Malformed("CSeq"))?
         .trim();
-    let expected = mac(secret, &node, role.as_str(), epoch, call_id, cseq);
+    let expected = mac(secret, &node, role.as_str(), epoch, call_id, cseq, body);
     if expected.is_empty() || !constant_time_eq(expected.as_bytes(), auth.trim().as_bytes()) {
         return Err(KeepaliveError::BadAuth);
     }
@@ -160,31 +175,39 @@ mod tests {
     #[test]
     fn stamped_keepalive_verifies() {
         let mut r = req();
-        stamp(&mut r.headers, b"secret-1", &info());
-        assert_eq!(verify(&r, b"secret-1"), Ok(info()));
+        stamp(&mut r.headers, b"secret-1", &info(), b"");
+        assert_eq!(verify(&r, b"", b"secret-1"), Ok(info()));
+        let mut r = req();
+        stamp(&mut r.headers, b"secret-1", &info(), b"digest");
+        assert_eq!(verify(&r, b"digest", b"secret-1"), Ok(info()));
+        assert_eq!(
+            verify(&r, b"digesT", b"secret-1"),
+            Err(KeepaliveError::BadAuth),
+            "swapped body"
+        );
     }
 
     #[test]
     fn wrong_secret_or_tampering_fails() {
         let mut r = req();
-        stamp(&mut r.headers, b"secret-1", &info());
-        assert_eq!(verify(&r, b"secret-2"), Err(KeepaliveError::BadAuth));
+        stamp(&mut r.headers, b"secret-1", &info(), b"");
+        assert_eq!(verify(&r, b"", b"secret-2"), Err(KeepaliveError::BadAuth));
         let mut t = r.clone();
         t.headers.set(HeaderName::Other(EPOCH.into()), "99");
-        assert_eq!(verify(&t, b"secret-1"), Err(KeepaliveError::BadAuth));
+        assert_eq!(verify(&t, b"", b"secret-1"), Err(KeepaliveError::BadAuth));
         let mut t = r.clone();
         t.headers.set(HeaderName::CSeq, "6 OPTIONS");
         assert_eq!(
-            verify(&t, b"secret-1"),
+            verify(&t, b"", b"secret-1"),
             Err(KeepaliveError::BadAuth),
             "replay under another CSeq"
         );
         let mut t = r;
         t.headers
             .retain(|h| !matches!(&h.name, HeaderName::Other(n) if n == AUTH));
-        assert_eq!(verify(&t, b"secret-1"), Err(KeepaliveError::BadAuth));
+        assert_eq!(verify(&t, b"", b"secret-1"), Err(KeepaliveError::BadAuth));
         assert_eq!(
-            verify(&req(), b"secret-1"),
+            verify(&req(), b"", b"secret-1"),
             Err(KeepaliveError::NotKeepalive)
         );
     }

@@ -2,6 +2,7 @@
 //! registration sync (DESIGN "The pair protocol").
 
 pub mod dialoginfo;
+pub mod digest;
 pub mod epoch;
 pub mod keepalive;
 pub mod regsync;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, PairConfig};
 use crate::dialog::{Dialog, LocalContact};
+use crate::pair::digest::{self, Ack, DigestLog, DigestTable};
 use crate::pair::epoch::EpochStore;
 use crate::pair::keepalive::{self, Info};
 use crate::pair::regsync::{self, RegContact, RegInfo, RegRecord};
@@ -24,6 +25,12 @@ use crate::transport::{Flow, Proto};
 
 /// Subscription lifetime asked for and granted.
 const REG_EXPIRES: u32 = 600;
+
+/// Largest digest chunk on one keep-alive (bytes; keeps datagrams well under 16 KiB).
+const DIGEST_CHUNK: usize = 12_000;
+
+/// Extra keep-alives per interval when the digest has a backlog.
+const DIGEST_EXTRA: usize = 8;
 
 /// What happened that the server must act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +94,12 @@ pub(crate) struct PairGlue {
     pub(crate) client_txs: HashSet<ClientTxId>,
     notify_txs: HashMap<ClientTxId, String>,
     domain: String,
+    /// Active: digest entries not yet acknowledged by the stand-by.
+    pub(crate) log: DigestLog,
+    /// Stand-by: the active's calls as the digest describes them.
+    pub(crate) table: DigestTable,
+    /// Active: the stand-by asked for the full list.
+    pub(crate) resync_wanted: bool,
     last_takeover: Option<Value>,
 }
 
@@ -134,6 +147,9 @@ impl PairGlue {
             client_txs: HashSet::new(),
             notify_txs: HashMap::new(),
             domain: cfg.node.domain.clone(),
+            log: DigestLog::new(),
+            table: DigestTable::default(),
+            resync_wanted: true,
             last_takeover: None,
         }
     }
@@ -152,11 +168,17 @@ impl PairGlue {
         }
     }
 
+    /// The body our keep-alives carry when stand-by: our digest acknowledgement.
+    fn ack_body(&self) -> String {
+        format!("A\t{}\n", self.table.current_ack().to_header())
+    }
+
     fn keepalive_request(
         &mut self,
         me: &LocalContact,
         calls: usize,
         role: Announced,
+        body: Option<String>,
     ) -> (Request, u32) {
         self.ka_seq += 1;
         let seq = self.ka_seq;
@@ -171,8 +193,12 @@ impl PairGlue {
         h.push(HeaderName::To, format!("<sip:{}>", self.cfg.peer));
         h.push(HeaderName::CallId, self.ka_call_id.clone());
         h.push(HeaderName::CSeq, format!("{seq} OPTIONS"));
+        if let Some(b) = body {
+            h.push(HeaderName::ContentType, digest::CONTENT_TYPE);
+            r.body = Bytes::from(b);
+        }
         let info = self.info(calls, role);
-        keepalive::stamp(&mut r.headers, &self.secret, &info);
+        keepalive::stamp(&mut r.headers, &self.secret, &info, &r.body);
         (r, seq)
     }
 
@@ -190,14 +216,34 @@ impl PairGlue {
             match a {
                 Action::SendKeepalive(_) | Action::SendProbe if self.partitioned => {}
                 Action::SendKeepalive(role) => {
-                    let (r, seq) = self.keepalive_request(me, calls, role);
-                    self.sent.insert(seq, now);
-                    self.stats.keepalives_sent += 1;
-                    tx.send_stateless(Flow::udp(self.cfg.peer), r.to_bytes());
+                    if role == Announced::Standby {
+                        let body = Some(self.ack_body());
+                        let (r, seq) = self.keepalive_request(me, calls, role, body);
+                        self.sent.insert(seq, now);
+                        self.stats.keepalives_sent += 1;
+                        tx.send_stateless(Flow::udp(self.cfg.peer), r.to_bytes());
+                        continue;
+                    }
+                    // Active: the digest rides on the keep-alive; a backlog takes a few more.
+                    let mut skip = 0;
+                    for i in 0..=DIGEST_EXTRA {
+                        let chunk = self.log.chunk(DIGEST_CHUNK, skip);
+                        if i > 0 && chunk.is_none() {
+                            break;
+                        }
+                        let body = chunk.map(|(b, n)| {
+                            skip += n;
+                            b
+                        });
+                        let (r, seq) = self.keepalive_request(me, calls, role, body);
+                        self.sent.insert(seq, now);
+                        self.stats.keepalives_sent += 1;
+                        tx.send_stateless(Flow::udp(self.cfg.peer), r.to_bytes());
+                    }
                 }
                 Action::SendProbe => {
                     let role = self.machine.announced();
-                    let (r, seq) = self.keepalive_request(me, calls, role);
+                    let (r, seq) = self.keepalive_request(me, calls, role, None);
                     self.sent.insert(seq, now);
                     self.probe_seq = Some(seq);
                     tracing::warn!(peer = %self.cfg.peer, missed = self.cfg.missed_keepalives, "pair: peer silent; probing it directly");
@@ -230,6 +276,7 @@ impl PairGlue {
                         "pair: stepping down to STANDBY"
                     );
                     self.notifier.clear();
+                    self.table = DigestTable::default();
                     changes.push(RoleChange::SteppedDown);
                 }
                 Action::Warn(w) => tracing::warn!("pair: {w}"),
@@ -268,7 +315,7 @@ impl PairGlue {
         req: &Request,
         calls: usize,
     ) {
-        match keepalive::verify(req, &self.secret) {
+        match keepalive::verify(req, &req.body, &self.secret) {
             Ok(info) => {
                 self.stats.keepalives_received += 1;
                 self.observe(&info);
@@ -282,8 +329,13 @@ impl PairGlue {
                     None,
                 );
                 let mut r = response_to(req, 200, Some(&self.ka_tag));
+                if let Some(b) = self.on_digest_body(&req.body) {
+                    r.headers
+                        .push(HeaderName::ContentType, digest::CONTENT_TYPE);
+                    r.body = Bytes::from(b);
+                }
                 let mine = self.info(calls, self.machine.announced());
-                keepalive::stamp(&mut r.headers, &self.secret, &mine);
+                keepalive::stamp(&mut r.headers, &self.secret, &mine, &r.body);
                 let _ = tx.respond(now, id, &r);
             }
             Err(e) => {
@@ -307,10 +359,11 @@ impl PairGlue {
         if resp.status != 200 {
             return true;
         }
-        let Ok(info) = keepalive::verify(resp, &self.secret) else {
+        let Ok(info) = keepalive::verify(resp, &resp.body, &self.secret) else {
             self.stats.keepalives_rejected += 1;
             return true;
         };
+        let _ = self.on_digest_body(&resp.body);
         self.stats.keepalives_received += 1;
         self.observe(&info);
         let rtt = self.sent.remove(&cseq.seq).map(|t| now.duration_since(t));
@@ -330,6 +383,28 @@ impl PairGlue {
             );
         }
         true
+    }
+
+    /// A digest body from the peer: a chunk (we are stand-by: apply it, return our ack) or an
+    /// ack (we are active: drop what it covers, or prepare the full list).
+    fn on_digest_body(&mut self, body: &[u8]) -> Option<String> {
+        let text = std::str::from_utf8(body).ok()?;
+        if text.starts_with("D\t") {
+            if self.machine.role() == Role::Active {
+                return None; // two actives: ignore the other's digest
+            }
+            self.table.apply(text);
+            return Some(self.ack_body());
+        }
+        if let Some(ack) = text.strip_prefix("A\t").and_then(|a| Ack::parse(a.trim()))
+            && self.machine.role() == Role::Active
+        {
+            match ack {
+                Ack::Upto(g, s) => self.log.on_ack(g, s),
+                Ack::Resync => self.resync_wanted = true,
+            }
+        }
+        None
     }
 
     // ---- registration sync: stand-by side -------------------------------------------------
@@ -370,7 +445,7 @@ impl PairGlue {
                 h.push(HeaderName::Event, "reg");
                 h.push(HeaderName::Accept, "application/reginfo+xml");
                 h.push(HeaderName::Expires, REG_EXPIRES.to_string());
-                keepalive::stamp(&mut r.headers, &self.secret, &info);
+                keepalive::stamp(&mut r.headers, &self.secret, &info, b"");
                 if let Ok(id) = tx.send_request(now, &r, Flow::udp(self.cfg.peer)) {
                     self.client_txs.insert(id);
                     self.subscriber = Subscriber::Subscribing {
@@ -389,7 +464,7 @@ impl PairGlue {
                 r.headers
                     .push(HeaderName::Accept, "application/reginfo+xml");
                 r.headers.push(HeaderName::Expires, REG_EXPIRES.to_string());
-                keepalive::stamp(&mut r.headers, &self.secret, &info);
+                keepalive::stamp(&mut r.headers, &self.secret, &info, b"");
                 if let Ok(id) = tx.send_request(now, &r, dialog.next_hop()) {
                     self.client_txs.insert(id);
                     *refreshing = Some(id);
@@ -524,7 +599,7 @@ impl PairGlue {
         source: Flow,
         me: &LocalContact,
     ) {
-        if keepalive::verify(req, &self.secret).is_err() {
+        if keepalive::verify(req, &req.body, &self.secret).is_err() {
             let mut r = response_to(req, 403, Some(&new_tag()));
             r.reason = "Peer Authentication Failed".into();
             let _ = tx.respond(now, id, &r);
@@ -697,6 +772,11 @@ impl PairGlue {
                 Subscriber::Active { .. } => "subscribed",
             },
             "reg_subscribers": self.notifier.len(),
+            "digest": {
+                "calls_known": self.table.len(),
+                "backlog": self.log.backlog(),
+                "bytes_sent": self.log.bytes_sent,
+            },
             "last_takeover": self.last_takeover,
         })
     }

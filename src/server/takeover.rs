@@ -8,6 +8,7 @@
 //! Cold: send each endpoint `NOTIFY Event: check-sync` and start with every line idle.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -16,6 +17,7 @@ use crate::b2bua::{Adopted, Outcome, Side, Source, parse_tag};
 use crate::config::{Config, Fallback, PairMode, TrunkTransport};
 use crate::dialog::{Dialog, DialogState, LocalContact, uri_flow};
 use crate::pair::dialoginfo::{self, DialogReport};
+use crate::pair::digest::{DigestCall, LegRecord, RingRecord};
 use crate::registrar::Registrar;
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, new_tag, response_to};
 use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
@@ -37,7 +39,12 @@ pub(crate) struct Endpoint {
 
 /// Every endpoint we know: registrations (local and learned from the peer) and trunks with
 /// `dialog_query = true` (all trunks for a reset), in priority order.
-pub(crate) fn endpoints(cfg: &Config, registrar: &Registrar, now: Instant, for_reset: bool) -> Vec<Endpoint> {
+pub(crate) fn endpoints(
+    cfg: &Config,
+    registrar: &Registrar,
+    now: Instant,
+    for_reset: bool,
+) -> Vec<Endpoint> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for (aor, list) in registrar.location().iter() {
@@ -74,12 +81,19 @@ pub(crate) fn endpoints(cfg: &Config, registrar: &Registrar, now: Instant, for_r
             label: t.name.clone(),
             uri: format!("sip:{addr}"),
             flow,
-            reset_event: t.reset_event.clone().unwrap_or_else(|| DEFAULT_RESET.into()),
+            reset_event: t
+                .reset_event
+                .clone()
+                .unwrap_or_else(|| DEFAULT_RESET.into()),
             priority: t.priority,
             registered_at: u64::MAX,
         });
     }
-    out.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.registered_at.cmp(&a.registered_at)));
+    out.sort_by(|a, b| {
+        a.priority
+            .cmp(&b.priority)
+            .then(b.registered_at.cmp(&a.registered_at))
+    });
     out
 }
 
@@ -100,6 +114,9 @@ pub(crate) struct Report {
     pub(crate) ended: usize,
     pub(crate) failed: usize,
     pub(crate) orphaned: usize,
+    pub(crate) ringing_failed: usize,
+    pub(crate) digest_calls: usize,
+    pub(crate) tcp_unreachable: usize,
     /// From takeover start to the last successful re-bind.
     pub(crate) rebind_ms: Option<u64>,
     /// From takeover start to the end of the whole procedure.
@@ -115,10 +132,10 @@ struct Query {
 
 #[derive(Debug, Clone)]
 struct Leg {
-    report: DialogReport,
-    flow: Flow,
-    uri: String,
-    seen: Instant,
+    dialog: Dialog,
+    /// The endpoint's own identity (caller for A, callee for B).
+    party: String,
+    start_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +156,9 @@ pub(crate) enum Step {
         callee: String,
         start_ms: u64,
     },
+    /// Fail a call that was still ringing: final response to the caller, CANCEL (and BYE on
+    /// its early dialog) to the callee.
+    FailRinging(Box<RingRecord>),
 }
 
 /// One takeover in progress.
@@ -155,13 +175,68 @@ pub(crate) struct Takeover {
     legs: HashMap<u64, Pending>,
     resets: VecDeque<Endpoint>,
     adopted: HashSet<u64>,
+    initial: Vec<Step>,
     pub(crate) report: Report,
 }
 
 impl Takeover {
-    pub(crate) fn start(cfg: &Config, registrar: &Registrar, now: Instant, now_ms: u64) -> Self {
+    pub(crate) fn start(
+        cfg: &Config,
+        registrar: &Registrar,
+        now: Instant,
+        now_ms: u64,
+        digest: std::collections::HashMap<u64, DigestCall>,
+    ) -> Self {
         let mode = cfg.pair.as_ref().map_or(PairMode::Hot, |p| p.mode);
-        let eps = endpoints(cfg, registrar, now, mode == PairMode::Cold);
+        let mut eps = endpoints(cfg, registrar, now, mode == PairMode::Cold);
+        let mut initial = Vec::new();
+        let mut legs: HashMap<u64, Pending> = HashMap::new();
+        let mut adopted = HashSet::new();
+        let mut known_addrs = HashSet::new();
+        let (mut calls_found, mut ringing) = (0, 0);
+        if mode == PairMode::Hot {
+            for (token, c) in digest {
+                if let Some(r) = c.ringing {
+                    ringing += 1;
+                    initial.push(Step::FailRinging(Box::new(r)));
+                    continue;
+                }
+                for l in [&c.a, &c.b].into_iter().flatten() {
+                    known_addrs.insert(l.remote);
+                }
+                match (c.a, c.b) {
+                    (Some(a), Some(b)) => {
+                        adopted.insert(token);
+                        calls_found += 1;
+                        initial.push(Step::Adopt(Box::new(Adopted {
+                            token,
+                            caller: a.party.clone(),
+                            callee: b.party.clone(),
+                            start_ms: a.start_ms,
+                            a: leg_dialog(&a),
+                            b: leg_dialog(&b),
+                            source: Source::Digest,
+                        })));
+                    }
+                    (a, b) => {
+                        let p = legs.entry(token).or_default();
+                        p.a = a.map(|l| digest_leg(&l));
+                        p.b = b.map(|l| digest_leg(&l));
+                    }
+                }
+            }
+            // Endpoints the digest already accounts for are not asked again (their calls are
+            // being re-bound), unless configured as notifiers (trunks with dialog_query).
+            let trunks: HashSet<SocketAddr> = cfg
+                .trunks
+                .iter()
+                .filter(|t| t.dialog_query)
+                .map(|t| t.address.target())
+                .collect();
+            eps.retain(|e| {
+                trunks.contains(&e.flow.remote) || !known_addrs.contains(&e.flow.remote)
+            });
+        }
         let mut t = Self {
             started: now,
             started_ms: now_ms,
@@ -173,19 +248,28 @@ impl Takeover {
             txs: HashMap::new(),
             legs: HashMap::new(),
             resets: VecDeque::new(),
-            adopted: HashSet::new(),
+            adopted,
+            initial,
             report: Report {
                 mode: mode.as_str().into(),
                 in_progress: true,
                 endpoints: eps.len(),
+                calls_found,
+                ringing_failed: ringing,
+                digest_calls: calls_found,
                 ..Report::default()
             },
         };
+        t.legs = legs;
         match mode {
             PairMode::Hot => t.queue = eps.into(),
             PairMode::Cold => t.resets = eps.into(),
         }
-        tracing::warn!(mode = mode.as_str(), endpoints = t.report.endpoints, "takeover started");
+        tracing::warn!(
+            mode = mode.as_str(),
+            endpoints = t.report.endpoints,
+            "takeover started"
+        );
         t
     }
 
@@ -200,7 +284,13 @@ impl Takeover {
     }
 
     /// Send queries and resets, expire silent endpoints, hang up orphans.
-    pub(crate) fn tick(&mut self, now: Instant, tx: &mut TransactionLayer, me: &LocalContact) -> Vec<Step> {
+    pub(crate) fn tick(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        me: &LocalContact,
+    ) -> Vec<Step> {
+        let mut steps = std::mem::take(&mut self.initial);
         while self.queries.len() < self.parallel {
             let Some(ep) = self.queue.pop_front() else {
                 break;
@@ -215,7 +305,10 @@ impl Takeover {
             .collect();
         for k in expired {
             if let Some(q) = self.queries.remove(&k) {
-                tracing::debug!(endpoint = q.ep.label, "no dialog report in time: not a notifier");
+                tracing::debug!(
+                    endpoint = q.ep.label,
+                    "no dialog report in time: not a notifier"
+                );
                 self.not_notifier(q.ep);
             }
         }
@@ -225,24 +318,19 @@ impl Takeover {
             };
             self.send_reset(now, tx, me, &ep);
         }
-        let mut steps = Vec::new();
         if self.queue.is_empty() && self.queries.is_empty() {
             // Everything reported that will report: the rest are orphans.
             let orphans: Vec<u64> = self.legs.keys().copied().collect();
             for token in orphans {
                 if let Some(p) = self.legs.remove(&token) {
-                    for (leg, side) in [(p.a, Side::A), (p.b, Side::B)] {
-                        if let Some(l) = leg {
-                            self.report.orphaned += 1;
-                            let d = dialog_from(&l, side);
-                            let start_ms = start_of(&l, self.started_ms);
-                            steps.push(Step::Orphan {
-                                caller: l.report.remote_identity.clone().unwrap_or_default(),
-                                callee: l.report.local_identity.clone().unwrap_or_default(),
-                                leg: Box::new(d),
-                                start_ms,
-                            });
-                        }
+                    for l in [p.a, p.b].into_iter().flatten() {
+                        self.report.orphaned += 1;
+                        steps.push(Step::Orphan {
+                            caller: l.party.clone(),
+                            callee: String::new(),
+                            leg: Box::new(l.dialog),
+                            start_ms: l.start_ms,
+                        });
                     }
                 }
             }
@@ -250,13 +338,26 @@ impl Takeover {
         steps
     }
 
-    fn send_query(&mut self, now: Instant, tx: &mut TransactionLayer, me: &LocalContact, ep: Endpoint) {
+    fn send_query(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        me: &LocalContact,
+        ep: Endpoint,
+    ) {
         let call_id = format!("q-{:016x}", rand::random::<u64>());
         let mut r = Request::new(Method::Subscribe, ep.uri.clone());
         let h = &mut r.headers;
         h.push(HeaderName::Via, me.via(ep.flow.proto));
         h.push(HeaderName::MaxForwards, "70");
-        h.push(HeaderName::From, format!("<sip:takeover@{}>;tag={}", me.hostport(ep.flow.proto), new_tag()));
+        h.push(
+            HeaderName::From,
+            format!(
+                "<sip:takeover@{}>;tag={}",
+                me.hostport(ep.flow.proto),
+                new_tag()
+            ),
+        );
         h.push(HeaderName::To, format!("<{}>", ep.uri));
         h.push(HeaderName::CallId, call_id.clone());
         h.push(HeaderName::CSeq, "1 SUBSCRIBE");
@@ -281,14 +382,26 @@ impl Takeover {
         }
     }
 
-    fn send_reset(&mut self, now: Instant, tx: &mut TransactionLayer, me: &LocalContact, ep: &Endpoint) {
+    fn send_reset(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        me: &LocalContact,
+        ep: &Endpoint,
+    ) {
         let mut r = Request::new(Method::Notify, ep.uri.clone());
         let h = &mut r.headers;
         h.push(HeaderName::Via, me.via(ep.flow.proto));
         h.push(HeaderName::MaxForwards, "70");
-        h.push(HeaderName::From, format!("<sip:pbx@{}>;tag={}", me.hostport(ep.flow.proto), new_tag()));
+        h.push(
+            HeaderName::From,
+            format!("<sip:pbx@{}>;tag={}", me.hostport(ep.flow.proto), new_tag()),
+        );
         h.push(HeaderName::To, format!("<{}>", ep.uri));
-        h.push(HeaderName::CallId, format!("cs-{:016x}", rand::random::<u64>()));
+        h.push(
+            HeaderName::CallId,
+            format!("cs-{:016x}", rand::random::<u64>()),
+        );
         h.push(HeaderName::CSeq, "1 NOTIFY");
         h.push(HeaderName::Contact, me.contact(ep.flow.proto));
         h.push(HeaderName::Event, ep.reset_event.clone());
@@ -325,7 +438,11 @@ impl Takeover {
         if let Some(q) = self.queries.remove(&call_id)
             && !q.answered
         {
-            tracing::debug!(endpoint = q.ep.label, status, "dialog query refused: not a notifier");
+            tracing::debug!(
+                endpoint = q.ep.label,
+                status,
+                "dialog query refused: not a notifier"
+            );
             self.not_notifier(q.ep);
         }
     }
@@ -366,17 +483,19 @@ impl Takeover {
                 continue;
             }
             let leg = Leg {
-                report: d,
-                flow: q.ep.flow,
-                uri: q.ep.uri.clone(),
-                seen: now,
+                party: d.local_identity.clone().unwrap_or_default(),
+                start_ms: d.duration.map_or(self.started_ms, |s| {
+                    self.started_ms.saturating_sub(s.saturating_mul(1000))
+                }),
+                dialog: dialog_from(&d, q.ep.flow, &q.ep.uri, side),
             };
             let p = self.legs.entry(token).or_default();
             match side {
                 Side::A => p.a = Some(leg),
                 Side::B => p.b = Some(leg),
             }
-            if p.a.is_some() && p.b.is_some()
+            if p.a.is_some()
+                && p.b.is_some()
                 && let Some(p) = self.legs.remove(&token)
                 && let (Some(a), Some(b)) = (p.a, p.b)
             {
@@ -384,17 +503,14 @@ impl Takeover {
                 self.report.calls_found += 1;
                 steps.push(Step::Adopt(Box::new(Adopted {
                     token,
-                    caller: a.report.local_identity.clone().unwrap_or_default(),
-                    callee: b
-                        .report
-                        .local_identity
-                        .as_deref()
-                        .and_then(|u| Uri::parse(u).ok())
+                    caller: a.party.clone(),
+                    callee: Uri::parse(&b.party)
+                        .ok()
                         .and_then(|u| u.user)
-                        .unwrap_or_default(),
-                    start_ms: start_of(&a, self.started_ms),
-                    a: dialog_from(&a, Side::A),
-                    b: dialog_from(&b, Side::B),
+                        .unwrap_or_else(|| b.party.clone()),
+                    start_ms: a.start_ms,
+                    a: a.dialog,
+                    b: b.dialog,
                     source: Source::Query,
                 })));
             }
@@ -412,7 +528,8 @@ impl Takeover {
                         Source::Query => self.report.recovered_via_query += 1,
                         Source::Digest => self.report.recovered_via_digest += 1,
                     }
-                    self.report.rebind_ms = Some(now.duration_since(self.started).as_millis() as u64);
+                    self.report.rebind_ms =
+                        Some(now.duration_since(self.started).as_millis() as u64);
                 }
                 Outcome::Ended(_) => self.report.ended += 1,
                 Outcome::Failed(_) => self.report.failed += 1,
@@ -422,7 +539,10 @@ impl Takeover {
 
     /// Whether all work is done (the B2BUA's re-binds are counted separately).
     pub(crate) fn idle(&self) -> bool {
-        self.queue.is_empty() && self.queries.is_empty() && self.resets.is_empty() && self.legs.is_empty()
+        self.queue.is_empty()
+            && self.queries.is_empty()
+            && self.resets.is_empty()
+            && self.legs.is_empty()
     }
 
     /// Close the report.
@@ -451,28 +571,28 @@ impl Takeover {
     /// The next deadline.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let q = self.queries.values().map(|q| q.deadline).min();
-        let work = (!self.resets.is_empty() || !self.queue.is_empty()).then_some(self.started);
+        let work = (!self.resets.is_empty() || !self.queue.is_empty() || !self.initial.is_empty())
+            .then_some(self.started);
         [q, work].into_iter().flatten().min()
     }
 }
 
-fn start_of(l: &Leg, now_ms: u64) -> u64 {
-    l.report
-        .duration
-        .map_or(now_ms, |d| now_ms.saturating_sub(d.saturating_mul(1000)))
-}
-
 fn angle(u: &str) -> String {
-    if u.starts_with('<') { u.to_string() } else { format!("<{u}>") }
+    if u.starts_with('<') {
+        u.to_string()
+    } else {
+        format!("<{u}>")
+    }
 }
 
 /// Our side of a leg, rebuilt from the endpoint's report of its side.
-fn dialog_from(l: &Leg, side: Side) -> Dialog {
-    let r = &l.report;
-    let target = r.local_target.clone().unwrap_or_else(|| l.uri.clone());
+fn dialog_from(r: &DialogReport, flow: Flow, uri: &str, side: Side) -> Dialog {
+    let target = r.local_target.clone().unwrap_or_else(|| uri.to_string());
     let remote_identity = r.local_identity.clone().unwrap_or_else(|| target.clone());
-    let local_identity = r.remote_identity.clone().unwrap_or_else(|| format!("sip:{}", side_label(side)));
-    let _ = l.seen;
+    let local_identity = r.remote_identity.clone().unwrap_or_else(|| match side {
+        Side::A => "sip:callee@invalid".into(),
+        Side::B => "sip:caller@invalid".into(),
+    });
     Dialog {
         call_id: r.call_id.clone(),
         local_tag: r.remote_tag.clone(),
@@ -483,14 +603,36 @@ fn dialog_from(l: &Leg, side: Side) -> Dialog {
         remote_cseq: None,
         route_set: Vec::new(),
         remote_target: target,
-        flow: l.flow,
+        flow,
         state: DialogState::Confirmed,
     }
 }
 
-fn side_label(side: Side) -> &'static str {
-    match side {
-        Side::A => "callee@pbx",
-        Side::B => "caller@pbx",
+/// Our side of a leg, from the dialog digest.
+fn leg_dialog(l: &LegRecord) -> Dialog {
+    Dialog {
+        call_id: l.call_id.clone(),
+        local_tag: l.local_tag.clone(),
+        remote_tag: l.remote_tag.clone(),
+        local_uri: l.local_uri.clone(),
+        remote_uri: l.remote_uri.clone(),
+        local_cseq: l.cseq,
+        remote_cseq: None,
+        route_set: l.route_set.clone(),
+        remote_target: l.remote_target.clone(),
+        flow: Flow {
+            proto: l.proto,
+            remote: l.remote,
+            conn: None,
+        },
+        state: DialogState::Confirmed,
+    }
+}
+
+fn digest_leg(l: &LegRecord) -> Leg {
+    Leg {
+        dialog: leg_dialog(l),
+        party: l.party.clone(),
+        start_ms: l.start_ms,
     }
 }

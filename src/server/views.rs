@@ -36,7 +36,10 @@ impl Server {
             m.insert("peer".into(), Value::Null);
         }
         if let Value::Object(m) = &mut v {
-            m.insert("takeover".into(), self.takeover_report().unwrap_or(Value::Null));
+            m.insert(
+                "takeover".into(),
+                self.takeover_report().unwrap_or(Value::Null),
+            );
         }
         if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
             m.extend(e);
