@@ -443,6 +443,29 @@ impl B2bua {
         true
     }
 
+    /// The transport could not reach the destination of a client transaction. During a
+    /// re-bind this is a TCP leg whose endpoint cannot be reached from here: the call is kept
+    /// as it is, so the endpoint can come back on a connection of its own.
+    pub fn on_unreachable(&mut self, env: &mut Env<'_>, id: ClientTxId) -> bool {
+        let Some(&(token, purpose)) = self.client.get(&id) else {
+            return false;
+        };
+        if matches!(purpose, Purpose::RebindA | Purpose::RebindB) {
+            self.client.remove(&id);
+            if let Some(call) = self.calls.get_mut(&token) {
+                call.rebind = None;
+                call.state = CallState::Confirmed;
+            }
+            self.rebind_outcomes.push((token, Outcome::Unreachable));
+            tracing::info!(
+                token = format!("{token:016x}"),
+                "re-bind: endpoint unreachable over its transport; waiting for it to come back"
+            );
+            return true;
+        }
+        self.on_timeout(env, id)
+    }
+
     /// A client transaction timed out (Timer B/F): treated as 408.
     pub fn on_timeout(&mut self, env: &mut Env<'_>, id: ClientTxId) -> bool {
         let Some(&(token, purpose)) = self.client.get(&id) else {

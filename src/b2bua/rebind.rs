@@ -55,6 +55,8 @@ pub enum Outcome {
     Ended(u16),
     /// An endpoint refused the re-INVITE: the call was ended on both legs.
     Failed(u16),
+    /// A TCP leg's endpoint could not be reached; the call is kept for when it comes back.
+    Unreachable,
 }
 
 /// Where a re-bind is.
@@ -204,7 +206,7 @@ impl B2bua {
     fn rebind_done(&mut self, env: &mut Env<'_>, token: u64, outcome: Outcome, bye: &[Side]) {
         self.rebind_outcomes.push((token, outcome));
         match outcome {
-            Outcome::Recovered(_) => {}
+            Outcome::Recovered(_) | Outcome::Unreachable => {}
             Outcome::Ended(code) | Outcome::Failed(code) => {
                 self.finish(env, token, &format!("failed:{code}"), bye);
             }

@@ -120,7 +120,7 @@ pub struct TakeoverConfig {
     pub parallel: usize,
     /// `query_timeout_ms`: how long to wait for one endpoint's answer (default 2000).
     pub query_timeout_ms: u64,
-    /// `fallback`: `"cold"` (default) or `"none"`.
+    /// `fallback`: `"none"` (default: never reset an endpoint as a side effect) or `"cold"`.
     pub fallback: Fallback,
 }
 
@@ -129,7 +129,7 @@ impl Default for TakeoverConfig {
         Self {
             parallel: 64,
             query_timeout_ms: 2000,
-            fallback: Fallback::Cold,
+            fallback: Fallback::None,
         }
     }
 }

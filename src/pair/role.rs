@@ -84,6 +84,8 @@ pub enum Action {
     SendKeepalive(Announced),
     /// Send the direct probe (the seed's inquiry) to the active.
     SendProbe,
+    /// Ping the witnesses: one answer proves we are not isolated.
+    PingWitnesses,
     /// Persist `epoch`, then act as active.
     BecomeActive {
         /// The new epoch (already persisted by the driver before acting).
@@ -108,6 +110,8 @@ pub struct Settings {
     pub probe_timeout: Duration,
     /// Home role.
     pub home: HomeRole,
+    /// Whether witnesses must confirm we are not the one cut off before a takeover.
+    pub witnesses: bool,
 }
 
 /// What we know of the peer.
@@ -139,6 +143,8 @@ enum Phase {
     Probing { deadline: Instant },
     /// We asked the peer to take over; give up at `deadline`.
     HandingOver { deadline: Instant },
+    /// The probe failed; waiting for a witness to answer before taking over.
+    Witnessing { deadline: Instant },
 }
 
 /// The role machine.
@@ -160,6 +166,8 @@ pub struct RoleMachine {
     pub missed_total: u64,
     /// Takeovers performed (metrics).
     pub takeovers: u64,
+    /// The last takeover attempt found neither the peer nor any witness.
+    pub isolated: bool,
 }
 
 impl RoleMachine {
@@ -179,6 +187,7 @@ impl RoleMachine {
             actions: VecDeque::new(),
             missed_total: 0,
             takeovers: 0,
+            isolated: false,
             s,
         }
     }
@@ -280,6 +289,7 @@ impl RoleMachine {
         if peer_active {
             self.last_heard = Some(now);
             self.missed_counted = 0;
+            self.isolated = false;
         }
         if let Phase::Probing { .. } = self.phase
             && peer_active
@@ -330,6 +340,16 @@ impl RoleMachine {
         }
     }
 
+    /// A witness answered our ping.
+    pub fn on_witness_answer(&mut self) {
+        if let Phase::Witnessing { .. } = self.phase
+            && self.role == Role::Standby
+        {
+            self.isolated = false;
+            self.take_over(TakeoverReason::PeerSilent);
+        }
+    }
+
     /// An operator asked for a switchover on this node.
     pub fn request_switchover(&mut self, now: Instant) -> Result<(), &'static str> {
         match self.role {
@@ -375,7 +395,26 @@ impl RoleMachine {
             && now >= deadline
             && self.role == Role::Standby
         {
-            self.take_over(TakeoverReason::PeerSilent);
+            if self.s.witnesses {
+                self.phase = Phase::Witnessing {
+                    deadline: now + self.s.probe_timeout,
+                };
+                self.actions.push_back(Action::PingWitnesses);
+            } else {
+                self.take_over(TakeoverReason::PeerSilent);
+            }
+        }
+        if let Phase::Witnessing { deadline } = self.phase
+            && now >= deadline
+        {
+            // Neither the peer nor any witness answers: we are the one cut off.
+            self.isolated = true;
+            self.phase = Phase::Running;
+            self.last_heard = Some(now);
+            self.missed_counted = 0;
+            self.actions.push_back(Action::Warn(
+                "the active and every witness are unreachable: this node is isolated and stays stand-by".into(),
+            ));
         }
         if let Phase::HandingOver { deadline } = self.phase
             && now >= deadline
@@ -418,7 +457,9 @@ impl RoleMachine {
         }
         match self.phase {
             Phase::Starting { until } => t = t.min(until),
-            Phase::Probing { deadline } | Phase::HandingOver { deadline } => t = t.min(deadline),
+            Phase::Probing { deadline }
+            | Phase::HandingOver { deadline }
+            | Phase::Witnessing { deadline } => t = t.min(deadline),
             Phase::Running => {}
         }
         t

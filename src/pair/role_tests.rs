@@ -10,6 +10,7 @@ fn settings(home: HomeRole) -> Settings {
         missed: 3,
         probe_timeout: Duration::from_millis(200),
         home,
+        witnesses: false,
     }
 }
 
@@ -266,4 +267,35 @@ fn keepalives_are_sent_every_interval_with_the_role() {
         .map(|(t, _)| *t)
         .collect();
     assert_eq!(sent, [200, 400, 600, 800, 1000]);
+}
+
+#[test]
+fn witnesses_gate_the_takeover() {
+    let t0 = Instant::now();
+    let mut s = settings(HomeRole::Standby);
+    s.witnesses = true;
+    let mut m = RoleMachine::new(s.clone(), 1, t0);
+    hear(&mut m, t0, Announced::Active, 1);
+    m.handle_timeout(t0);
+    drain(&mut m);
+    // Probe at 600 ms fails at 800 ms: ping witnesses; nobody answers by 1000 ms: isolated.
+    let a = run(&mut m, t0, t0 + Duration::from_millis(1000), None);
+    assert!(
+        a.iter()
+            .any(|(t, a)| *t == 800 && *a == Action::PingWitnesses)
+    );
+    assert!(takeovers(&a).is_empty());
+    assert!(m.isolated);
+    assert_eq!(m.role(), Role::Standby);
+    // Next round a witness answers: takeover.
+    let a = run(
+        &mut m,
+        t0 + Duration::from_millis(1010),
+        t0 + Duration::from_millis(1900),
+        None,
+    );
+    assert!(a.iter().any(|(_, a)| *a == Action::PingWitnesses));
+    m.on_witness_answer();
+    assert_eq!(m.role(), Role::Active);
+    assert!(!m.isolated);
 }

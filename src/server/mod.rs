@@ -208,12 +208,18 @@ impl Server {
 
     /// Something arrived from the network.
     pub fn handle_inbound(&mut self, now: Instant, inbound: Inbound) {
-        if let Inbound::Message(_, flow) | Inbound::Malformed { flow, .. } = &inbound
+        if let Inbound::Message(_, flow)
+        | Inbound::Malformed { flow, .. }
+        | Inbound::Unreachable(flow) = &inbound
             && self.cut_off(flow)
         {
             return;
         }
         match inbound {
+            Inbound::Unreachable(flow) => {
+                tracing::info!(%flow, "destination unreachable");
+                self.tx.transport_error(flow);
+            }
             Inbound::Message(parsed, flow) => {
                 if let Err(rej) = validate(&parsed) {
                     match parsed.message {
@@ -339,6 +345,22 @@ impl Server {
                     }
                     let (mut env, b) = self.env_parts(now);
                     b.on_timeout(&mut env, id);
+                }
+                TxEvent::Unreachable { id } => {
+                    if let Some(t) = self.takeover.as_mut()
+                        && t.owns_tx(id)
+                    {
+                        t.on_result(id, None);
+                        continue;
+                    }
+                    if let Some(p) = self.pair.as_mut()
+                        && p.client_txs.contains(&id)
+                    {
+                        p.on_client_result(now, id, None);
+                        continue;
+                    }
+                    let (mut env, b) = self.env_parts(now);
+                    b.on_unreachable(&mut env, id);
                 }
                 TxEvent::NoAck { id } => {
                     let (mut env, b) = self.env_parts(now);

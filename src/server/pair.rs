@@ -125,6 +125,7 @@ impl PairGlue {
             missed: pair.missed_keepalives,
             probe_timeout: Duration::from_millis(pair.probe_timeout_ms),
             home: cfg.node.home_role,
+            witnesses: !pair.witnesses.is_empty(),
         };
         tracing::info!(node = cfg.node.name, epoch, peer = %pair.peer, "pair: listening for the peer before choosing a role");
         Self {
@@ -279,6 +280,23 @@ impl PairGlue {
                     self.table = DigestTable::default();
                     changes.push(RoleChange::SteppedDown);
                 }
+                Action::PingWitnesses => {
+                    for w in self.cfg.witnesses.clone() {
+                        let mut r = Request::new(Method::Options, format!("sip:{w}"));
+                        r.headers.push(HeaderName::Via, me.via(Proto::Udp));
+                        r.headers.push(HeaderName::MaxForwards, "70");
+                        r.headers.push(
+                            HeaderName::From,
+                            format!("<sip:{}@{}>;tag={}", self.node, me.udp, new_tag()),
+                        );
+                        r.headers.push(HeaderName::To, format!("<sip:{w}>"));
+                        r.headers
+                            .push(HeaderName::CallId, format!("{}-w", self.ka_call_id));
+                        r.headers.push(HeaderName::CSeq, "1 OPTIONS");
+                        tracing::info!(witness = %w, "pair: asking a witness whether we can reach the network");
+                        tx.send_stateless(Flow::udp(w), r.to_bytes());
+                    }
+                }
                 Action::Warn(w) => tracing::warn!("pair: {w}"),
             }
         }
@@ -350,6 +368,14 @@ impl PairGlue {
 
     /// A response that matched no transaction: the answer to one of our keep-alives?
     pub(crate) fn on_stray_response(&mut self, now: Instant, resp: &Response) -> bool {
+        if resp
+            .call_id()
+            .is_ok_and(|c| c.strip_suffix("-w") == Some(self.ka_call_id.as_str()))
+        {
+            // Any answer from a witness proves the network around us works.
+            self.machine.on_witness_answer();
+            return true;
+        }
         if resp.call_id().ok() != Some(self.ka_call_id.as_str()) {
             return false;
         }
@@ -763,6 +789,7 @@ impl PairGlue {
                 "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 "missed_keepalives": self.machine.missed(),
                 "partitioned": self.partitioned,
+                "isolated": self.machine.isolated,
             },
             "config_match": p.config.as_deref().is_none_or(|c| c == self.digest),
             "mode": self.cfg.mode.as_str(),

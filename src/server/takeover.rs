@@ -532,6 +532,7 @@ impl Takeover {
                         Some(now.duration_since(self.started).as_millis() as u64);
                 }
                 Outcome::Ended(_) => self.report.ended += 1,
+                Outcome::Unreachable => self.report.tcp_unreachable += 1,
                 Outcome::Failed(_) => self.report.failed += 1,
             }
         }

@@ -75,6 +75,11 @@ pub enum TxEvent {
         /// The client transaction.
         id: ClientTxId,
     },
+    /// The transport could not reach the destination (RFC 3261 §8.1.3.1: treat as 503).
+    Unreachable {
+        /// The client transaction.
+        id: ClientTxId,
+    },
     /// No ACK arrived for a final response to an INVITE (Timer H, or Timer L after a 2xx).
     NoAck {
         /// The server transaction.
@@ -467,6 +472,34 @@ impl TransactionLayer {
     pub fn cancel_target(&self, cancel: &Request) -> Option<ServerTxId> {
         let key = ServerKey::with_method(cancel, &Method::Invite)?;
         self.server_keys.get(&key).map(|&id| ServerTxId(id))
+    }
+
+    /// The transport could not reach `flow`: every client transaction still waiting for a
+    /// final response there fails at once.
+    pub fn transport_error(&mut self, flow: Flow) {
+        let ids: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.flow.proto == flow.proto && e.flow.remote == flow.remote)
+            .filter(|(_, e)| match &e.fsm {
+                ClientFsm::Invite(f) => matches!(
+                    f.state,
+                    client_invite::State::Calling { .. } | client_invite::State::Proceeding
+                ),
+                ClientFsm::NonInvite(f) => matches!(
+                    f.state,
+                    client_non_invite::State::Trying { .. } | client_non_invite::State::Proceeding
+                ),
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(e) = self.clients.remove(&id) {
+                self.client_keys.remove(&e.key);
+            }
+            self.events
+                .push_back(TxEvent::Unreachable { id: ClientTxId(id) });
+        }
     }
 
     /// Queue bytes outside any transaction (ACK for 2xx, stateless replies).

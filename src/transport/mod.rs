@@ -22,6 +22,8 @@ use crate::sip::{Parsed, parse_datagram};
 pub enum Inbound {
     /// A message that parsed.
     Message(Box<Parsed>, Flow),
+    /// A connection to a flow could not be opened (TCP connect refused or timed out).
+    Unreachable(Flow),
     /// Bytes that did not parse (the core answers 400 when it can route one).
     Malformed {
         /// What arrived.

@@ -192,7 +192,7 @@ fn defaults_are_applied() {
         TakeoverConfig {
             parallel: 64,
             query_timeout_ms: 2000,
-            fallback: Fallback::Cold
+            fallback: Fallback::None
         }
     );
     assert_eq!(
