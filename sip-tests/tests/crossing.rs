@@ -1,7 +1,8 @@
 //! Races: CANCEL crossing the callee's 200 (RFC 3261 §9.1, §15), and BYE crossing a
-//! re-INVITE. Each round sends both requests back to back from two sockets, alternating
-//! which goes first, so the server sees both orders. Whatever the order, the call must end
-//! cleanly: no hang, no call and no server transaction left.
+//! re-INVITE or an INFO (§15.1.2: the pending requests of an ending dialog are still
+//! answered). Each round sends both requests back to back from two sockets, alternating which
+//! goes first, so the server sees both orders. Whatever the order, the call must end cleanly:
+//! no hang, no call and no server transaction left.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::common::alice_and_bob;
 const ROUNDS: usize = 6;
 
 /// How long a final response to a request may take on loopback before it counts as missing.
-const REINVITE_WAIT: Duration = Duration::from_secs(2);
+const FINAL_WAIT: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn cancel_crossing_200_ends_cleanly_either_way() -> Result<()> {
@@ -91,6 +92,16 @@ async fn cancel_crossing_200_ends_cleanly_either_way() -> Result<()> {
 
 #[tokio::test]
 async fn bye_crossing_reinvite_ends_cleanly() -> Result<()> {
+    bye_crossing(Method::Invite).await
+}
+
+#[tokio::test]
+async fn bye_crossing_info_ends_cleanly() -> Result<()> {
+    bye_crossing(Method::Info).await
+}
+
+/// alice sends `method` in the dialog while bob sends BYE.
+async fn bye_crossing(method: Method) -> Result<()> {
     let (server, mut alice, mut bob) = alice_and_bob().await?;
     let mut problems = Vec::new();
     for round in 0..ROUNDS {
@@ -100,18 +111,18 @@ async fn bye_crossing_reinvite_ends_cleanly() -> Result<()> {
         bob.expect_request_in(inv.call_id()?, Method::Ack).await?;
         let b_d = bob.dialog_for(&inv).expect("bob answered");
 
-        let reinvite_first = round % 2 == 0;
-        let (re, bye) = if reinvite_first {
-            let re = alice.send_in_dialog(&a_d, Method::Invite)?;
+        let request_first = round % 2 == 0;
+        let (re, bye) = if request_first {
+            let re = alice.send_in_dialog(&a_d, method.clone())?;
             (re, bob.send_in_dialog(&b_d, Method::Bye)?)
         } else {
             let bye = bob.send_in_dialog(&b_d, Method::Bye)?;
-            (alice.send_in_dialog(&a_d, Method::Invite)?, bye)
+            (alice.send_in_dialog(&a_d, method.clone())?, bye)
         };
-        let order = if reinvite_first {
-            "re-INVITE sent first"
+        let order = if request_first {
+            format!("{method} sent first")
         } else {
-            "BYE sent first"
+            "BYE sent first".to_string()
         };
 
         let bye_resp = bob.expect_final(&b_d.call_id, Method::Bye).await?;
@@ -123,8 +134,8 @@ async fn bye_crossing_reinvite_ends_cleanly() -> Result<()> {
             .map_err(|e| e.context(format!("round {round} ({order}): alice never got the BYE")))?;
         // Every request gets a final response (RFC 3261 §8.2.6), even when its dialog ends.
         let re_resp = alice
-            .expect_within(REINVITE_WAIT, "final response to the re-INVITE", |m| {
-                m.is_response_to(&a_d.call_id, &Method::Invite)
+            .expect_within(FINAL_WAIT, "final response to the crossing request", |m| {
+                m.is_response_to(&a_d.call_id, &method)
                     && m.response().is_some_and(|r| {
                         r.status >= 200
                             && r.cseq()
@@ -134,11 +145,11 @@ async fn bye_crossing_reinvite_ends_cleanly() -> Result<()> {
             .await;
         match re_resp {
             Ok(m) => println!(
-                "round {round} ({order}): re-INVITE answered {}",
+                "round {round} ({order}): {method} answered {}",
                 m.response().map_or(0, |r| r.status)
             ),
-            Err(_) => problems.push(format!(
-                "round {round} ({order}): alice's re-INVITE (CSeq {}) got no final response within {REINVITE_WAIT:?}",
+            Err(e) => problems.push(format!(
+                "round {round} ({order}): alice's {method} (CSeq {}) got no final response: {e}",
                 re.cseq()?.seq
             )),
         }
@@ -150,7 +161,7 @@ async fn bye_crossing_reinvite_ends_cleanly() -> Result<()> {
     if let Err(e) = server.wait_idle().await {
         problems.push(e.to_string());
     }
-    assert!(problems.is_empty(), "BYE crossing re-INVITE: {problems:#?}");
+    assert!(problems.is_empty(), "BYE crossing {method}: {problems:#?}");
     let cdrs = server.stop().await?;
     assert_eq!(cdrs.len(), ROUNDS);
     assert!(cdrs.iter().all(|c| c.end_reason == "normal"), "{cdrs:?}");

@@ -7,6 +7,7 @@ mod crossing;
 mod flood;
 mod malformed;
 mod options;
+mod pair;
 mod registration;
 mod routing;
 mod torture;
