@@ -1,1 +1,34 @@
-//! test UA
+//! Test harness for Understudy: an in-process server on loopback and a scriptable SIP user
+//! agent, used by the integration tests in `tests/` (one binary, `tests/main.rs`).
+//!
+//! # Layout
+//! - [`server`]: [`TestServer`] starts `understudy::node::run` on `127.0.0.1:0` with a temporary
+//!   state directory (CDR database inside) and short timers (T1 = 50 ms), exposes its SIP and
+//!   admin addresses, polls `/status`, and stops the node so that CDRs are flushed.
+//! - [`ua`]: [`Ua`], a test user agent over a real UDP socket. A background task answers what
+//!   a phone answers by itself (retransmissions, in-dialog BYE/re-INVITE/OPTIONS/INFO, CANCEL,
+//!   digest challenges, ACK for 2xx) and queues every message it receives; tests drive it with
+//!   verbs (`register`, `invite`, `bye`, `cancel`, `reinvite`) and read its queue with
+//!   [`Ua::expect`].
+//! - [`raw`]: [`RawClient`], a bare socket that sends arbitrary bytes and collects what comes
+//!   back, using an OPTIONS probe as a barrier instead of waiting a fixed time.
+//! - [`sdp`]: minimal SDP offers and answers.
+//!
+//! Everything runs in real time on loopback (STYLE §4.4.3): waiting means awaiting a message
+//! with a timeout, never sleeping.
+
+#![warn(missing_docs)]
+
+pub mod raw;
+pub mod sdp;
+pub mod server;
+pub mod ua;
+
+use std::time::Duration;
+
+pub use raw::RawClient;
+pub use server::{Counts, TestServer, trunk};
+pub use ua::{Answer, DialogId, DialogState, Incoming, Outgoing, Policy, Reply, Ua};
+
+/// How long an expectation waits by default before it fails.
+pub const WAIT: Duration = Duration::from_secs(5);

@@ -1,0 +1,14 @@
+//! Integration tests: Understudy in-process on loopback, driven by test UAs over real
+//! sockets (STYLE §4.4.3). One test binary; one module per area.
+
+mod calls;
+mod common;
+mod crossing;
+mod flood;
+mod malformed;
+mod options;
+mod pair;
+mod registration;
+mod routing;
+mod torture;
+mod ua;
