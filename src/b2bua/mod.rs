@@ -917,6 +917,16 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&token) else {
             return;
         };
+        // Requests relayed across the call that have no final answer yet: the call is gone,
+        // so they end with 487 (RFC 3261 §15.1.2) instead of hanging.
+        let mut pending: Vec<Relay> = call.relays.drain().map(|(_, r)| r).collect();
+        pending.extend(call.reinvite.take());
+        for r in pending {
+            if env.tx.is_pending(r.server) {
+                let resp = response_to(&r.request, 487, None);
+                let _ = env.tx.respond(env.now, r.server, &resp);
+            }
+        }
         {
             for &side in bye {
                 let up = match side {

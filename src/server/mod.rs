@@ -28,6 +28,16 @@ use crate::transport::{Flow, Inbound, Transmit};
 use pair::{PairGlue, RoleChange};
 use takeover::{Step, Takeover};
 
+/// Whether a response to `req` can be routed back (RFC 3261 §8.2.6.2: it must copy a usable
+/// Via, From, To, Call-ID and CSeq).
+fn routable(req: &Request) -> bool {
+    req.top_via().is_ok()
+        && req.headers.get(&HeaderName::From).is_some()
+        && req.headers.get(&HeaderName::To).is_some()
+        && req.headers.get(&HeaderName::CallId).is_some()
+        && req.headers.get(&HeaderName::CSeq).is_some()
+}
+
 /// How often bindings and nonces are expired.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -223,7 +233,7 @@ impl Server {
             Inbound::Message(parsed, flow) => {
                 if let Err(rej) = validate(&parsed) {
                     match parsed.message {
-                        Message::Request(req) if req.method != Method::Ack => {
+                        Message::Request(req) if req.method != Method::Ack && routable(&req) => {
                             tracing::debug!(%flow, status = rej.status, reason = rej.reason, "invalid request");
                             let mut r = response_to(&req, rej.status, Some(&new_tag()));
                             r.reason = rej.reason;

@@ -25,7 +25,14 @@ impl Via {
         let name = parts.next().ok_or("missing protocol")?.trim();
         let version = parts.next().ok_or("missing protocol version")?.trim();
         let rest = parts.next().ok_or("missing transport")?.trim_start();
-        if !name.eq_ignore_ascii_case("SIP") || version != "2.0" {
+        // Any SIP version parses, so that a request from a newer version can still be answered
+        // 505 (RFC 4475 §3.1.2.16); the version itself is checked on the request line.
+        let numeric = version.split_once('.').is_some_and(|(a, b)| {
+            !a.is_empty()
+                && !b.is_empty()
+                && (a.to_string() + b).bytes().all(|c| c.is_ascii_digit())
+        });
+        if !name.eq_ignore_ascii_case("SIP") || !numeric {
             return Err("unsupported Via protocol");
         }
         let tend = rest
@@ -133,7 +140,8 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(Via::parse("SIP/3.0/UDP a").is_err());
+        assert!(Via::parse("SIP/x/UDP a").is_err());
+        assert!(Via::parse("HTTP/2.0/UDP a").is_err());
         assert!(Via::parse("SIP/2.0/UDP").is_err());
         assert!(Via::parse("SIP/2.0/UDP a:b").is_err());
     }
