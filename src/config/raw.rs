@@ -74,6 +74,7 @@ struct RawPair {
     witnesses: Vec<String>,
     redirect_when_standby: Option<bool>,
     test_hooks: Option<bool>,
+    dialog_digest: Option<bool>,
     ping_endpoints: Option<bool>,
 }
 
@@ -247,6 +248,7 @@ fn build_pair(raw: RawPair, errors: &mut Errors) -> PairConfig {
         witnesses,
         redirect_when_standby: raw.redirect_when_standby.unwrap_or(false),
         test_hooks: raw.test_hooks.unwrap_or(false),
+        dialog_digest: raw.dialog_digest.unwrap_or(true),
         ping_endpoints: raw.ping_endpoints.unwrap_or(false),
     }
 }

@@ -100,6 +100,9 @@ pub struct PairConfig {
     /// `test_hooks`: enable `POST /test/partition` on the admin API, which drops the peer's
     /// packets to simulate a network split (tests only; default false).
     pub test_hooks: bool,
+    /// `dialog_digest`: carry the identifiers of call legs on the keep-alives so the stand-by
+    /// can re-bind calls without asking the endpoints (default true).
+    pub dialog_digest: bool,
     /// `ping_endpoints`: OPTIONS-ping endpoints while standby (default false).
     pub ping_endpoints: bool,
 }

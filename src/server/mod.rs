@@ -114,6 +114,7 @@ impl Server {
             }
         }
         let me_hostports = vec![me.udp.clone(), me.tcp.clone()];
+        let digest_on = cfg.pair.as_ref().is_some_and(|p| p.dialog_digest);
         let pair = cfg
             .pair
             .as_ref()
@@ -126,7 +127,7 @@ impl Server {
             registrar,
             b2bua: {
                 let mut b = B2bua::new();
-                b.enable_digest(pair.is_some());
+                b.enable_digest(digest_on);
                 b
             },
             base: (now, wall_ms),
