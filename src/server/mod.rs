@@ -3,6 +3,7 @@
 //! send, CDRs and the next deadline come out. The `node` module drives it with real sockets;
 //! tests and benchmarks drive it directly.
 
+mod blf;
 mod pair;
 mod takeover;
 mod uas;
@@ -66,6 +67,7 @@ pub struct Server {
     base: (Instant, u64),
     pair: Option<PairGlue>,
     takeover: Option<Takeover>,
+    blf: blf::Blf,
     next_housekeeping: Instant,
     counters: Counters,
     cdrs: Vec<CdrRecord>,
@@ -133,6 +135,7 @@ impl Server {
             base: (now, wall_ms),
             pair,
             takeover: None,
+            blf: blf::Blf::default(),
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),
             cdrs: Vec::new(),
@@ -425,6 +428,20 @@ impl Server {
             return;
         }
         if req.to_tag().is_some() {
+            if self.blf.owns(&req) {
+                let domain = self.cfg.node.domain.clone();
+                self.blf.on_subscribe(
+                    now,
+                    &mut self.tx,
+                    &self.b2bua,
+                    &self.me,
+                    &domain,
+                    id,
+                    &req,
+                    source,
+                );
+                return;
+            }
             if let Some(t) = self.takeover.as_mut()
                 && t.owns_notify(&req)
             {
@@ -516,8 +533,43 @@ impl Server {
                     );
                 }
             }
+            Method::Subscribe
+                if req
+                    .headers
+                    .get(&HeaderName::Event)
+                    .is_some_and(|e| e.split(';').next().is_some_and(|t| t.trim() == "dialog")) =>
+            {
+                let user_ok = crate::sip::Uri::parse(&req.uri)
+                    .ok()
+                    .and_then(|u| u.user_unescaped())
+                    .is_some_and(|u| self.cfg.user(&u).is_some());
+                if !user_ok {
+                    self.reply(now, id, &req, 404);
+                    return;
+                }
+                if self.cfg.trunk_for_source(source.remote).is_none()
+                    && let AuthOutcome::Reject(r) =
+                        self.registrar.authenticate(now, now_s, &req, source, true)
+                {
+                    let _ = self.tx.respond(now, id, &r);
+                    return;
+                }
+                let domain = self.cfg.node.domain.clone();
+                self.blf.on_subscribe(
+                    now,
+                    &mut self.tx,
+                    &self.b2bua,
+                    &self.me,
+                    &domain,
+                    id,
+                    &req,
+                    source,
+                );
+            }
             Method::Subscribe => {
-                self.reply(now, id, &req, 489);
+                let mut r = response_to(&req, 489, Some(&new_tag()));
+                r.headers.push(HeaderName::AllowEvents, "dialog, reg");
+                let _ = self.tx.respond(now, id, &r);
             }
             _ => self.reply(now, id, &req, 481),
         }
@@ -738,6 +790,9 @@ impl Server {
         if now >= self.next_housekeeping {
             let now_s = self.wall_ms(now) / 1000;
             self.registrar.expire(now, now_s);
+            let domain = self.cfg.node.domain.clone();
+            self.blf
+                .tick(now, &mut self.tx, &self.b2bua, &self.me, &domain);
             self.next_housekeeping = now + HOUSEKEEPING;
         }
     }

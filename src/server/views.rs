@@ -26,6 +26,7 @@ impl Server {
                 "registrations": self.registrar.location().binding_count(),
                 "client_transactions": self.tx.client_count(),
                 "server_transactions": self.tx.server_count(),
+                "dialog_subscriptions": self.blf.len(),
             },
         });
         if let (Value::Object(m), Some(Value::Object(p))) =
