@@ -4,6 +4,7 @@ pub mod b2bua;
 pub mod cdr;
 pub mod config;
 pub mod dialog;
+pub mod media;
 pub mod node;
 pub mod pair;
 pub mod registrar;

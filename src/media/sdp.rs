@@ -1,0 +1,162 @@
+//! SDP as the media relay needs it (RFC 4566, RFC 3264): where a party wants media, and the
+//! same description with our relay address in it. Everything else passes untouched; hold
+//! directions are kept and `c=0.0.0.0` (RFC 2543 hold) never leaves us.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+
+/// Where a party wants to receive RTP and RTCP (the first media stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaAddr {
+    /// RTP destination.
+    pub rtp: SocketAddr,
+    /// RTCP destination (`a=rtcp`, else RTP port + 1).
+    pub rtcp: SocketAddr,
+    /// Whether the stream is on hold by address (`c=0.0.0.0`) or port 0.
+    pub held: bool,
+}
+
+/// Read the first media stream's address.
+pub fn media_addr(sdp: &[u8]) -> Option<MediaAddr> {
+    let text = std::str::from_utf8(sdp).ok()?;
+    let mut session_c: Option<IpAddr> = None;
+    let mut media_c: Option<IpAddr> = None;
+    let mut port: Option<u16> = None;
+    let mut rtcp: Option<(u16, Option<IpAddr>)> = None;
+    let mut in_first = false;
+    let mut seen_m = false;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("m=") {
+            if seen_m {
+                break;
+            }
+            seen_m = true;
+            in_first = true;
+            port = rest.split_whitespace().nth(1).and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("c=") {
+            let ip = rest.split_whitespace().nth(2).and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
+            if in_first {
+                media_c = ip;
+            } else {
+                session_c = ip;
+            }
+        } else if let Some(rest) = line.strip_prefix("a=rtcp:")
+            && in_first
+        {
+            let mut it = rest.split_whitespace();
+            let p = it.next().and_then(|p| p.parse().ok());
+            let ip = it.nth(2).and_then(|a| a.parse().ok());
+            if let Some(p) = p {
+                rtcp = Some((p, ip));
+            }
+        }
+    }
+    let ip = media_c.or(session_c)?;
+    let port = port?;
+    let held = ip.is_unspecified() || port == 0;
+    let rtcp_addr = match rtcp {
+        Some((p, Some(a))) => SocketAddr::new(a, p),
+        Some((p, None)) => SocketAddr::new(ip, p),
+        None => SocketAddr::new(ip, port.saturating_add(1)),
+    };
+    Some(MediaAddr {
+        rtp: SocketAddr::new(ip, port),
+        rtcp: rtcp_addr,
+        held,
+    })
+}
+
+fn addr_line(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("c=IN IP4 {a}"),
+        IpAddr::V6(a) => format!("c=IN IP6 {a}"),
+    }
+}
+
+/// The same SDP with our relay address: every `c=` line points at `ip`, the first stream at
+/// `rtp_port` (its `a=rtcp` at `rtp_port + 1`), further streams are refused (port 0). An old
+/// style hold (`c=0.0.0.0`) becomes `a=inactive` unless a direction attribute is present.
+pub fn rewrite(sdp: &[u8], ip: IpAddr, rtp_port: u16) -> Option<Bytes> {
+    let text = std::str::from_utf8(sdp).ok()?;
+    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let old_hold = text
+        .lines()
+        .any(|l| l.trim_end_matches('\r').starts_with("c=") && l.contains(" 0.0.0.0"));
+    let has_dir = text.lines().any(|l| {
+        matches!(
+            l.trim_end_matches('\r'),
+            "a=sendonly" | "a=recvonly" | "a=inactive" | "a=sendrecv"
+        )
+    });
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut m_index = 0usize;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with("c=") {
+            out.push_str(&addr_line(ip));
+        } else if let Some(rest) = line.strip_prefix("m=") {
+            m_index += 1;
+            let mut parts = rest.splitn(3, ' ');
+            let media = parts.next().unwrap_or("audio");
+            let _ = parts.next();
+            let tail = parts.next().unwrap_or("RTP/AVP 0");
+            let port = if m_index == 1 { rtp_port } else { 0 };
+            out.push_str(&format!("m={media} {port} {tail}"));
+            if m_index == 1 && old_hold && !has_dir {
+                out.push_str(eol);
+                out.push_str("a=inactive");
+            }
+        } else if line.starts_with("a=rtcp:") && m_index == 1 {
+            out.push_str(&format!("a=rtcp:{}", rtp_port.saturating_add(1)));
+        } else if line.starts_with("a=rtcp:") {
+            continue;
+        } else {
+            out.push_str(line);
+        }
+        out.push_str(eol);
+    }
+    Some(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=alice 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0 8 101\r\na=rtcp:40001\r\na=sendonly\r\nm=video 40002 RTP/AVP 31\r\n";
+
+    #[test]
+    fn reads_the_first_stream() {
+        let m = media_addr(OFFER.as_bytes()).unwrap();
+        assert_eq!(m.rtp, "10.0.0.5:40000".parse().unwrap());
+        assert_eq!(m.rtcp, "10.0.0.5:40001".parse().unwrap());
+        assert!(!m.held);
+    }
+
+    #[test]
+    fn rewrites_address_ports_and_keeps_direction() {
+        let r = rewrite(OFFER.as_bytes(), "127.0.0.1".parse().unwrap(), 20000).unwrap();
+        let t = std::str::from_utf8(&r).unwrap();
+        assert!(t.contains("c=IN IP4 127.0.0.1\r\n"));
+        assert!(t.contains("m=audio 20000 RTP/AVP 0 8 101\r\n"));
+        assert!(t.contains("a=rtcp:20001\r\n"));
+        assert!(t.contains("a=sendonly\r\n"));
+        assert!(t.contains("m=video 0 RTP/AVP 31\r\n"), "extra streams refused");
+        assert!(!t.contains("10.0.0.5\r\nt="));
+        assert!(t.contains("o=alice 1 1 IN IP4 10.0.0.5"), "origin untouched");
+    }
+
+    #[test]
+    fn old_style_hold_becomes_inactive_not_zero_address() {
+        let held = "v=0\no=a 1 2 IN IP4 0.0.0.0\ns=-\nc=IN IP4 0.0.0.0\nt=0 0\nm=audio 4000 RTP/AVP 0\n";
+        assert!(media_addr(held.as_bytes()).unwrap().held);
+        let r = rewrite(held.as_bytes(), "127.0.0.1".parse().unwrap(), 20002).unwrap();
+        let t = std::str::from_utf8(&r).unwrap();
+        assert!(!t.contains("c=IN IP4 0.0.0.0"));
+        assert!(t.contains("a=inactive"));
+    }
+}
