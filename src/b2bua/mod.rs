@@ -5,6 +5,7 @@
 
 mod call;
 mod digest;
+mod media;
 mod rebind;
 mod routing;
 mod session;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 
 pub use call::{Call, CallState, Side, parse_tag, tag_for};
 use call::{Fork, Relay, idx};
+pub use media::{MediaCommand, MediaPlan};
 pub use rebind::{Adopted, Outcome, Source};
 pub use routing::{Route, Target, resolve};
 
@@ -120,6 +122,7 @@ pub struct B2bua {
     rebind_outcomes: Vec<(u64, Outcome)>,
     digest_on: bool,
     digest_out: Vec<crate::pair::digest::Entry>,
+    media: Option<MediaPlan>,
     /// Counters.
     pub stats: Stats,
 }
@@ -164,8 +167,32 @@ impl B2bua {
         self.calls.values()
     }
 
+    /// Relay media through this node from `ip`, with RTP ports `lo..=hi`.
+    pub fn enable_relay(&mut self, ip: std::net::IpAddr, lo: u16, hi: u16) {
+        self.media = Some(MediaPlan::new(ip, lo, hi));
+    }
+
+    /// Commands for the media relay since the last call.
+    pub fn take_media_commands(&mut self) -> Vec<MediaCommand> {
+        self.media
+            .as_mut()
+            .map(MediaPlan::take_commands)
+            .unwrap_or_default()
+    }
+
+    /// Free media port pairs (relay mode).
+    pub fn media_ports_available(&self) -> Option<usize> {
+        self.media.as_ref().map(MediaPlan::available)
+    }
+
     /// Forget every call without sending anything (this node no longer owns them).
     pub fn abandon_all(&mut self) -> usize {
+        let tokens: Vec<u64> = self.calls.keys().copied().collect();
+        if let Some(m) = self.media.as_mut() {
+            for t in tokens {
+                m.release(t);
+            }
+        }
         let n = self.calls.len();
         self.calls.clear();
         self.client.clear();
@@ -251,6 +278,13 @@ impl B2bua {
             rand::random::<u64>(),
             rand::random::<u32>()
         );
+        if let Some(m) = self.media.as_mut()
+            && !m.alloc(token)
+        {
+            self.stats.refused += 1;
+            tracing::warn!("no free media ports: call refused");
+            return refuse(env, 503, Some("No Media Ports"));
+        }
         let b_cseq = env.cseq_base() + 1;
         let mut b_from = from.clone();
         b_from.params.set("tag", Some(&tag_for(token, Side::B)));
@@ -280,7 +314,8 @@ impl B2bua {
                     h.push(n.clone(), v);
                 }
             }
-            b.body = copy_body(&req, &req.body, &mut b.headers);
+            let body = copy_body(&req, &req.body, &mut b.headers);
+            b.body = media::relay(&mut self.media, token, Side::A, body);
             match env.tx.send_request(env.now, &b, target.flow) {
                 Ok(tx) => {
                     self.client.insert(tx, (token, Purpose::Fork));
@@ -300,6 +335,9 @@ impl B2bua {
         }
         if forks.is_empty() {
             self.stats.refused += 1;
+            if let Some(m) = self.media.as_mut() {
+                m.release(token);
+            }
             return refuse(env, 500, None);
         }
         tracing::debug!(
@@ -554,7 +592,8 @@ impl B2bua {
                     r.headers
                         .push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
                 }
-                r.body = copy_body(&resp, &resp.body, &mut r.headers);
+                let body = copy_body(&resp, &resp.body, &mut r.headers);
+                r.body = media::relay(&mut self.media, token, Side::B, body);
                 let _ = env.tx.respond(env.now, *sid, &r);
                 call.state = CallState::Ringing;
             }
@@ -610,7 +649,8 @@ impl B2bua {
             r.headers.push(HeaderName::Allow, ALLOW);
             r.headers.push(HeaderName::Supported, "timer");
             session::arm_a(call, env, &req, &mut r);
-            r.body = copy_body(&resp, &resp.body, &mut r.headers);
+            let body = copy_body(&resp, &resp.body, &mut r.headers);
+            r.body = media::relay(&mut self.media, token, Side::B, body);
             if !r.body.is_empty() {
                 call.last_sdp[idx(Side::A)] = Some(r.body.clone());
             }
@@ -654,7 +694,7 @@ impl B2bua {
         let Some((token, side)) = req.to_tag().as_deref().and_then(parse_tag) else {
             return;
         };
-        let Some(call) = self.calls.get_mut(&token) else {
+        let Some(call) = self.calls.get(&token) else {
             return;
         };
         let Some(leg) = call.leg(side) else {
@@ -669,9 +709,18 @@ impl B2bua {
                 .get(&HeaderName::ContentType)
                 .unwrap_or("application/sdp")
                 .to_string();
-            (Bytes::copy_from_slice(&req.body), ct)
+            let body = media::relay(
+                &mut self.media,
+                token,
+                side,
+                Bytes::copy_from_slice(&req.body),
+            );
+            (body, ct)
         });
         let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
         if side == Side::A
             && call.state == CallState::Answered
             && cseq == call.a.remote_cseq.unwrap_or(cseq)
@@ -810,7 +859,8 @@ impl B2bua {
             out.headers.push(HeaderName::Allow, ALLOW);
             out.headers.push(HeaderName::Supported, "timer");
         }
-        out.body = copy_body(&req, &req.body, &mut out.headers);
+        let body = copy_body(&req, &req.body, &mut out.headers);
+        out.body = media::relay(&mut self.media, token, side, body);
         if !out.body.is_empty() && (is_invite || req.method == Method::Update) {
             call.last_sdp[idx(other)] = Some(out.body.clone());
         }
@@ -875,7 +925,8 @@ impl B2bua {
                 self.timers.push(Reverse(t));
             }
         }
-        r.body = copy_body(&resp, &resp.body, &mut r.headers);
+        let body = copy_body(&resp, &resp.body, &mut r.headers);
+        r.body = media::relay(&mut self.media, token, other, body);
         if !r.body.is_empty() && original.method == Method::Invite {
             call.last_sdp[idx(from)] = Some(r.body.clone());
         }
@@ -959,6 +1010,9 @@ impl B2bua {
         self.server_invites.retain(|_, t| *t != token);
         self.stats.ended += 1;
         self.digest_gone(token);
+        if let Some(m) = self.media.as_mut() {
+            m.release(token);
+        }
         let answer = call.answer_ms;
         let end = env.now_ms;
         self.cdrs.push(CdrRecord {

@@ -141,6 +141,11 @@ impl B2bua {
         };
         self.calls.insert(token, c);
         self.stats.adopted += 1;
+        if let Some(m) = self.media.as_mut()
+            && !m.alloc(token)
+        {
+            tracing::warn!("no free media ports for an adopted call: its media is not relayed");
+        }
         self.send_rebind_a(env, token);
     }
 
@@ -250,7 +255,12 @@ impl B2bua {
                         .get(&HeaderName::ContentType)
                         .unwrap_or("application/sdp")
                         .to_string();
-                    let offer = Bytes::copy_from_slice(&resp.body);
+                    let offer = super::media::relay(
+                        &mut self.media,
+                        token,
+                        Side::A,
+                        Bytes::copy_from_slice(&resp.body),
+                    );
                     self.send_rebind_b(env, token, cseq, offer, ctype);
                 } else if status == 491 {
                     // We do not own A's Call-ID: retry after 0–2 s (RFC 3261 §14.1).
@@ -283,7 +293,12 @@ impl B2bua {
                     b.refresh_target(resp.contact());
                     let ack_b = b.ack(env.me, b_cseq, None).to_bytes();
                     env.tx.send_stateless(b.next_hop(), ack_b.clone());
-                    let answer = Bytes::copy_from_slice(&resp.body);
+                    let answer = super::media::relay(
+                        &mut self.media,
+                        token,
+                        Side::B,
+                        Bytes::copy_from_slice(&resp.body),
+                    );
                     let ctype = resp
                         .headers
                         .get(&HeaderName::ContentType)

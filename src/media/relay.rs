@@ -70,8 +70,10 @@ pub struct Relay {
 }
 
 fn bind(ip: IpAddr, port: u16) -> Result<Arc<UdpSocket>, RelayError> {
-    let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port)).map_err(|source| RelayError { port, source })?;
-    s.set_nonblocking(true).map_err(|source| RelayError { port, source })?;
+    let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))
+        .map_err(|source| RelayError { port, source })?;
+    s.set_nonblocking(true)
+        .map_err(|source| RelayError { port, source })?;
     UdpSocket::from_std(s)
         .map(Arc::new)
         .map_err(|source| RelayError { port, source })
@@ -143,7 +145,11 @@ impl Relay {
 
     /// Tell the relay where leg `side` wants media (from its SDP); resets latching.
     pub fn set_peer(&mut self, token: u64, side: usize, rtp: SocketAddr, rtcp: SocketAddr) {
-        if let Some(l) = self.sessions.get(&token).and_then(|s| s.legs.get(side)).and_then(Option::as_ref)
+        if let Some(l) = self
+            .sessions
+            .get(&token)
+            .and_then(|s| s.legs.get(side))
+            .and_then(Option::as_ref)
             && let Ok(mut p) = l.peer.lock()
         {
             if p.sdp_rtp != Some(rtp) {

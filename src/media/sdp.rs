@@ -34,9 +34,17 @@ pub fn media_addr(sdp: &[u8]) -> Option<MediaAddr> {
             }
             seen_m = true;
             in_first = true;
-            port = rest.split_whitespace().nth(1).and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok());
+            port = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.split('/').next())
+                .and_then(|p| p.parse().ok());
         } else if let Some(rest) = line.strip_prefix("c=") {
-            let ip = rest.split_whitespace().nth(2).and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
+            let ip = rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok());
             if in_first {
                 media_c = ip;
             } else {
@@ -145,14 +153,21 @@ mod tests {
         assert!(t.contains("m=audio 20000 RTP/AVP 0 8 101\r\n"));
         assert!(t.contains("a=rtcp:20001\r\n"));
         assert!(t.contains("a=sendonly\r\n"));
-        assert!(t.contains("m=video 0 RTP/AVP 31\r\n"), "extra streams refused");
+        assert!(
+            t.contains("m=video 0 RTP/AVP 31\r\n"),
+            "extra streams refused"
+        );
         assert!(!t.contains("10.0.0.5\r\nt="));
-        assert!(t.contains("o=alice 1 1 IN IP4 10.0.0.5"), "origin untouched");
+        assert!(
+            t.contains("o=alice 1 1 IN IP4 10.0.0.5"),
+            "origin untouched"
+        );
     }
 
     #[test]
     fn old_style_hold_becomes_inactive_not_zero_address() {
-        let held = "v=0\no=a 1 2 IN IP4 0.0.0.0\ns=-\nc=IN IP4 0.0.0.0\nt=0 0\nm=audio 4000 RTP/AVP 0\n";
+        let held =
+            "v=0\no=a 1 2 IN IP4 0.0.0.0\ns=-\nc=IN IP4 0.0.0.0\nt=0 0\nm=audio 4000 RTP/AVP 0\n";
         assert!(media_addr(held.as_bytes()).unwrap().held);
         let r = rewrite(held.as_bytes(), "127.0.0.1".parse().unwrap(), 20002).unwrap();
         let t = std::str::from_utf8(&r).unwrap();

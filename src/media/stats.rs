@@ -89,7 +89,13 @@ mod tests {
         let mut j = StreamStats::default();
         for i in 0u16..100 {
             let jitter = if i % 2 == 0 { 0.0 } else { 10.0 };
-            j.on_packet(i, u32::from(i) * 160, 172, f64::from(i) * 20.0 + jitter, 8000);
+            j.on_packet(
+                i,
+                u32::from(i) * 160,
+                172,
+                f64::from(i) * 20.0 + jitter,
+                8000,
+            );
         }
         assert!(j.jitter_ms > 5.0, "{}", j.jitter_ms);
     }

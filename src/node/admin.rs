@@ -35,7 +35,13 @@ pub(crate) fn handler(tx: mpsc::Sender<AdminQuery>) -> Handler {
 }
 
 /// Answer one admin request.
-pub(crate) fn answer(server: &mut Server, transport: &Transport, now: Instant, q: AdminQuery) {
+pub(crate) fn answer(
+    server: &mut Server,
+    transport: &Transport,
+    relay: &crate::media::Relay,
+    now: Instant,
+    q: AdminQuery,
+) {
     let r = &q.request;
     let resp = match (r.method.as_str(), r.path.as_str()) {
         ("GET", "/status") => HttpResponse::json(
@@ -45,7 +51,21 @@ pub(crate) fn answer(server: &mut Server, transport: &Transport, now: Instant, q
                 json!({ "tcp_connections": transport.tcp_connections() }),
             ),
         ),
-        ("GET", "/calls") => HttpResponse::json(200, &server.calls_json(now)),
+        ("GET", "/calls") => {
+            let mut v = server.calls_json(now);
+            if let Some(calls) = v["calls"].as_array_mut() {
+                for c in calls {
+                    let media = c["token"]
+                        .as_str()
+                        .and_then(|t| u64::from_str_radix(t, 16).ok())
+                        .and_then(|t| relay.live(t));
+                    if let Some(m) = media {
+                        c["media"] = serde_json::to_value(m).unwrap_or_default();
+                    }
+                }
+            }
+            HttpResponse::json(200, &v)
+        }
         ("GET", "/registrations") => HttpResponse::json(200, &server.registrations_json(now)),
         ("GET", "/metrics") => {
             let m = server.metrics_text();

@@ -76,6 +76,26 @@ fn hostport(
     addr.to_string()
 }
 
+fn apply_media(relay: &mut crate::media::Relay, c: crate::b2bua::MediaCommand) {
+    use crate::b2bua::MediaCommand;
+    match c {
+        MediaCommand::Open { token, side, port } => {
+            if let Err(e) = relay.open(token, side, port) {
+                tracing::error!(error = %e, "media relay");
+            }
+        }
+        MediaCommand::Peer {
+            token,
+            side,
+            rtp,
+            rtcp,
+        } => relay.set_peer(token, side, rtp, rtcp),
+        MediaCommand::Close { token } => {
+            relay.close(token);
+        }
+    }
+}
+
 /// Run a node until `shutdown` becomes true. `bound` receives the bound addresses once the
 /// sockets are open.
 pub async fn run(
@@ -139,7 +159,13 @@ pub async fn run(
     } else {
         Box::new(crate::pair::epoch::MemoryEpochStore(1))
     };
+    let relay_ip = me
+        .udp
+        .rsplit_once(':')
+        .and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let mut server = Server::new(cfg.clone(), me, start, wall_ms(), epochs);
+    let mut relay = crate::media::Relay::new(relay_ip);
     loop {
         let now = tokio::time::Instant::now();
         let deadline = server
@@ -155,7 +181,7 @@ pub async fn run(
             }
             Some(q) = admin_rx.recv() => {
                 let now = tokio::time::Instant::now().into_std();
-                admin::answer(&mut server, &transport, now, q);
+                admin::answer(&mut server, &transport, &relay, now, q);
             }
             Some(ib) = in_rx.recv() => {
                 let now = tokio::time::Instant::now().into_std();
@@ -175,8 +201,14 @@ pub async fn run(
         while let Some(t) = server.poll_transmit() {
             transport.send(t);
         }
+        for c in server.take_media_commands() {
+            apply_media(&mut relay, c);
+        }
         if let Some(w) = &cdr {
-            for r in server.take_cdrs() {
+            for mut r in server.take_cdrs() {
+                if let Ok(token) = u64::from_str_radix(&r.token, 16) {
+                    r.media = relay.take_final(token);
+                }
                 w.record(r);
             }
         }

@@ -117,6 +117,16 @@ impl Server {
         }
         let me_hostports = vec![me.udp.clone(), me.tcp.clone()];
         let digest_on = cfg.pair.as_ref().is_some_and(|p| p.dialog_digest);
+        let mut b2bua = B2bua::new();
+        b2bua.enable_digest(digest_on);
+        if cfg.media.mode == crate::config::MediaMode::Relay {
+            let ip = me
+                .udp
+                .rsplit_once(':')
+                .and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok())
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            b2bua.enable_relay(ip, cfg.media.rtp_ports.0, cfg.media.rtp_ports.1);
+        }
         let pair = cfg
             .pair
             .as_ref()
@@ -127,11 +137,7 @@ impl Server {
             me,
             me_hostports,
             registrar,
-            b2bua: {
-                let mut b = B2bua::new();
-                b.enable_digest(digest_on);
-                b
-            },
+            b2bua,
             base: (now, wall_ms),
             pair,
             takeover: None,
@@ -812,6 +818,11 @@ impl Server {
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// Commands for the media relay (relay mode).
+    pub fn take_media_commands(&mut self) -> Vec<crate::b2bua::MediaCommand> {
+        self.b2bua.take_media_commands()
     }
 
     /// The next message to send.
