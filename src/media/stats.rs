@@ -24,7 +24,16 @@ pub struct StreamStats {
     transit: Option<i64>,
     #[serde(skip)]
     jitter: f64,
+    /// Packets expected and received before the last sequence restart.
+    #[serde(skip)]
+    prior: (u64, u64),
 }
+
+/// RFC 3550 A.1: a forward jump larger than this restarts the sequence (a new source or a
+/// sender that looped), it is not counted as loss.
+const MAX_DROPOUT: u32 = 3000;
+/// ... and so does a backward jump larger than this.
+const MAX_MISORDER: u32 = 100;
 
 impl StreamStats {
     /// Account for an RTP packet (`arrival_ms` on any monotonic millisecond clock, `clock`
@@ -37,16 +46,25 @@ impl StreamStats {
         } else {
             let max16 = self.max_seq & 0xffff;
             let delta = seq.wrapping_sub(max16) & 0xffff;
-            if delta > 0 && delta < 0x8000 {
+            if delta > 0 && delta < MAX_DROPOUT {
                 if seq < max16 {
                     self.cycles += 1;
                 }
                 self.max_seq = (self.cycles << 16) | seq;
+            } else if delta >= MAX_DROPOUT && delta <= 0xffff - MAX_MISORDER {
+                // Restart: what came before is settled, counting starts again here.
+                let expected = u64::from(self.max_seq - self.base_seq) + 1;
+                let received = self.packets - self.prior.1;
+                self.prior = (self.prior.0 + expected, self.prior.1 + received);
+                self.cycles = 0;
+                self.base_seq = seq;
+                self.max_seq = seq;
+                self.transit = None;
             }
         }
         self.packets += 1;
         self.bytes += len as u64;
-        let expected = u64::from(self.max_seq - self.base_seq) + 1;
+        let expected = self.prior.0 + u64::from(self.max_seq - self.base_seq) + 1;
         self.lost = expected.saturating_sub(self.packets);
         // RFC 3550 A.8: J += (|D| - J) / 16, in timestamp units.
         let arrival_ts = (arrival_ms * f64::from(clock) / 1000.0) as i64;
@@ -98,5 +116,15 @@ mod tests {
             );
         }
         assert!(j.jitter_ms > 5.0, "{}", j.jitter_ms);
+        // a sender that loops its recording (sequence restarts far back) is not loss
+        let mut l = StreamStats::default();
+        for round in 0..3u32 {
+            for i in 0..236u32 {
+                let n = round * 236 + i;
+                l.on_packet((59133 + i) as u16, i * 240, 240, f64::from(n) * 30.0, 8000);
+            }
+        }
+        assert_eq!(l.packets, 708);
+        assert_eq!(l.lost, 0);
     }
 }
