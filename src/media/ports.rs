@@ -13,7 +13,7 @@ impl PortPool {
     /// Pairs from `lo` to `hi` (inclusive), RTP on even ports.
     pub fn new(lo: u16, hi: u16) -> Self {
         let start = lo + (lo % 2);
-        let free: VecDeque<u16> = (start..hi).step_by(2).filter(|p| p + 1 <= hi).collect();
+        let free: VecDeque<u16> = (start..hi).step_by(2).filter(|p| *p < hi).collect();
         Self {
             total: free.len(),
             free,

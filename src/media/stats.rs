@@ -51,7 +51,7 @@ impl StreamStats {
                     self.cycles += 1;
                 }
                 self.max_seq = (self.cycles << 16) | seq;
-            } else if delta >= MAX_DROPOUT && delta <= 0xffff - MAX_MISORDER {
+            } else if (MAX_DROPOUT..=0xffff - MAX_MISORDER).contains(&delta) {
                 // Restart: what came before is settled, counting starts again here.
                 let expected = u64::from(self.max_seq - self.base_seq) + 1;
                 let received = self.packets - self.prior.1;

@@ -163,7 +163,7 @@ pub async fn run(
         .udp
         .rsplit_once(':')
         .and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok())
-        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     let mut server = Server::new(cfg.clone(), me, start, wall_ms(), epochs);
     let mut relay = crate::media::Relay::new(relay_ip);
     loop {

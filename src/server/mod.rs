@@ -124,7 +124,7 @@ impl Server {
                 .udp
                 .rsplit_once(':')
                 .and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok())
-                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
             b2bua.enable_relay(ip, cfg.media.rtp_ports.0, cfg.media.rtp_ports.1);
         }
         let pair = cfg
