@@ -5,6 +5,7 @@ pub mod cdr;
 pub mod config;
 pub mod dialog;
 pub mod node;
+pub mod pair;
 pub mod registrar;
 pub mod server;
 pub mod sip;

@@ -42,7 +42,11 @@ enum Command {
 #[derive(clap::Args)]
 struct AdminArgs {
     /// Admin API address.
-    #[arg(long, default_value = "http://127.0.0.1:8060", env = "UNDERSTUDY_ADMIN")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8060",
+        env = "UNDERSTUDY_ADMIN"
+    )]
     admin: String,
     /// Bearer token (needed when the admin API is not on loopback).
     #[arg(long, env = "UNDERSTUDY_TOKEN")]
@@ -90,7 +94,10 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => {
             let cfg = Config::builtin_default();
-            println!("understudy: built-in single-node PBX on {} (UDP and TCP)", cfg.node.sip_udp.map(|a| a.to_string()).unwrap_or_default());
+            println!(
+                "understudy: built-in single-node PBX on {} (UDP and TCP)",
+                cfg.node.sip_udp.map(|a| a.to_string()).unwrap_or_default()
+            );
             println!("  domain {}; demo users:", cfg.node.domain);
             for u in &cfg.users {
                 println!("    {} / {}", u.name, u.password);
@@ -120,7 +127,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -136,14 +146,23 @@ async fn wait_for_signal() {
 }
 
 fn admin(a: AdminArgs, method: &str, path: &str) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let res = rt.block_on(understudy::admin::http::request(&a.admin, method, path, a.token.as_deref(), None));
+    let res = rt.block_on(understudy::admin::http::request(
+        &a.admin,
+        method,
+        path,
+        a.token.as_deref(),
+        None,
+    ));
     match res {
         Ok((status, body)) => {
             if a.json {

@@ -32,7 +32,11 @@ pub fn render(path: &str, body: &str) -> String {
                     p["state"].as_str().unwrap_or("?"),
                     p["last_keepalive_age_ms"],
                     p["rtt_ms"],
-                    if v["config_match"].as_bool() == Some(false) { "MISMATCH" } else { "match" }
+                    if v["config_match"].as_bool() == Some(false) {
+                        "MISMATCH"
+                    } else {
+                        "match"
+                    }
                 );
             } else {
                 let _ = writeln!(s, "no peer (single node)");
@@ -56,7 +60,11 @@ pub fn render(path: &str, body: &str) -> String {
                     c["age_s"],
                     c["caller"].as_str().unwrap_or("?"),
                     c["callee"].as_str().unwrap_or("?"),
-                    if c["recovered"].as_bool() == Some(true) { "  (recovered)" } else { "" }
+                    if c["recovered"].as_bool() == Some(true) {
+                        "  (recovered)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -75,7 +83,11 @@ pub fn render(path: &str, body: &str) -> String {
             }
         }
         _ => {
-            let _ = write!(s, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            let _ = write!(
+                s,
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            );
         }
     }
     s.trim_end().to_string()

@@ -72,6 +72,8 @@ pub enum CallState {
     Answered,
     /// Both legs confirmed.
     Confirmed,
+    /// Adopted at takeover; the re-bind exchange is in progress.
+    Rebinding,
 }
 
 /// One branch of the B leg's INVITE (parallel forking to several contacts).
@@ -164,6 +166,12 @@ pub struct Call {
     pub recovered: bool,
     /// CANCEL received from A before the answer.
     pub cancelled: bool,
+    /// Re-bind exchange in progress (adopted calls).
+    pub(super) rebind: Option<super::rebind::Rebind>,
+    /// ACKs of the finished re-bind, per leg.
+    pub(super) rebind_acks: [Option<Bytes>; 2],
+    /// Client transactions of the re-bind.
+    pub(super) rebind_txs: Vec<ClientTxId>,
 }
 
 impl Call {

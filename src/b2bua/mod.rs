@@ -4,6 +4,7 @@
 //! [`Env`], and drains CDRs with [`B2bua::take_cdrs`].
 
 mod call;
+mod rebind;
 mod routing;
 mod session;
 
@@ -15,6 +16,7 @@ use bytes::Bytes;
 
 pub use call::{Call, CallState, Side, parse_tag, tag_for};
 use call::{Fork, Relay, idx};
+pub use rebind::{Adopted, Outcome, Source};
 pub use routing::{Route, Target, resolve};
 
 use crate::cdr::CdrRecord;
@@ -26,7 +28,8 @@ use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use crate::transport::Flow;
 
 /// Methods we accept and advertise in `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REGISTER, SUBSCRIBE, NOTIFY";
+pub const ALLOW: &str =
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REGISTER, SUBSCRIBE, NOTIFY";
 
 /// Headers copied from the caller's INVITE to the callee's.
 const COPIED: [&str; 6] = [
@@ -75,12 +78,15 @@ enum Purpose {
     Bye,
     Cancel,
     Refresh { side: Side, cseq: u32 },
+    RebindA,
+    RebindB,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     Ring,
     Session(u8),
+    RebindRetry,
 }
 
 /// Counters for metrics.
@@ -94,6 +100,12 @@ pub struct Stats {
     pub ended: u64,
     /// Initial INVITEs refused before a call was created (404, 480, 503...).
     pub refused: u64,
+    /// Calls adopted at takeover.
+    pub adopted: u64,
+    /// Adopted calls whose re-bind succeeded.
+    pub recovered: u64,
+    /// Legs hung up at takeover because their partner never turned up.
+    pub orphaned: u64,
 }
 
 /// The B2BUA.
@@ -104,6 +116,7 @@ pub struct B2bua {
     server_invites: HashMap<ServerTxId, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
     cdrs: Vec<CdrRecord>,
+    rebind_outcomes: Vec<(u64, Outcome)>,
     /// Counters.
     pub stats: Stats,
 }
@@ -146,6 +159,16 @@ impl B2bua {
     /// All calls.
     pub fn calls(&self) -> impl Iterator<Item = &Call> {
         self.calls.values()
+    }
+
+    /// Forget every call without sending anything (this node no longer owns them).
+    pub fn abandon_all(&mut self) -> usize {
+        let n = self.calls.len();
+        self.calls.clear();
+        self.client.clear();
+        self.server_invites.clear();
+        self.timers.clear();
+        n
     }
 
     /// Take the CDRs of calls that ended.
@@ -220,7 +243,11 @@ impl B2bua {
             .unwrap_or(70)
             .saturating_sub(1);
         let host = env.me.udp.split(':').next().unwrap_or("understudy");
-        let b_call_id = format!("{:016x}{:08x}@{host}", rand::random::<u64>(), rand::random::<u32>());
+        let b_call_id = format!(
+            "{:016x}{:08x}@{host}",
+            rand::random::<u64>(),
+            rand::random::<u32>()
+        );
         let b_cseq = env.cseq_base() + 1;
         let mut b_from = from.clone();
         b_from.params.set("tag", Some(&tag_for(token, Side::B)));
@@ -270,7 +297,12 @@ impl B2bua {
             self.stats.refused += 1;
             return refuse(env, 500, None);
         }
-        tracing::debug!(token = format!("{token:016x}"), user, forks = forks.len(), "call created");
+        tracing::debug!(
+            token = format!("{token:016x}"),
+            user,
+            forks = forks.len(),
+            "call created"
+        );
         let last_a_sdp = (!req.body.is_empty()).then(|| Bytes::copy_from_slice(&req.body));
         let call = Call {
             token,
@@ -296,6 +328,9 @@ impl B2bua {
             created: env.now,
             recovered: false,
             cancelled: false,
+            rebind: None,
+            rebind_acks: [None, None],
+            rebind_txs: Vec::new(),
         };
         self.stats.created += 1;
         self.server_invites.insert(id, token);
@@ -328,7 +363,11 @@ impl B2bua {
             return;
         };
         let mut sends = Vec::new();
-        for f in call.forks.iter_mut().filter(|f| !f.done && Some(f.tx) != except) {
+        for f in call
+            .forks
+            .iter_mut()
+            .filter(|f| !f.done && Some(f.tx) != except)
+        {
             if f.provisional {
                 sends.push((cancel_for(&f.request), f.flow));
             } else {
@@ -348,7 +387,11 @@ impl B2bua {
             return;
         };
         if call.b.is_none() && call.forks.iter().all(|f| f.done) {
-            let reason = if call.cancelled { "cancelled".to_string() } else { "failed:500".to_string() };
+            let reason = if call.cancelled {
+                "cancelled".to_string()
+            } else {
+                "failed:500".to_string()
+            };
             self.finish(env, token, &reason, &[]);
         }
     }
@@ -358,7 +401,9 @@ impl B2bua {
         let Some(&(token, purpose)) = self.client.get(&id) else {
             return false;
         };
-        if resp.status >= 200 && !matches!(purpose, Purpose::Fork | Purpose::Relay) {
+        if resp.status >= 200
+            && !matches!(purpose, Purpose::Fork | Purpose::Relay | Purpose::RebindA | Purpose::RebindB)
+        {
             self.client.remove(&id);
         }
         if !self.calls.contains_key(&token) {
@@ -368,7 +413,18 @@ impl B2bua {
         match purpose {
             Purpose::Fork => self.fork_response(env, token, id, resp),
             Purpose::Relay => self.relay_response(env, token, id, resp),
-            Purpose::Refresh { side, cseq } => session::refresh_response(self, env, token, side, cseq, &resp),
+            Purpose::Refresh { side, cseq } => {
+                session::refresh_response(self, env, token, side, cseq, &resp)
+            }
+            Purpose::RebindA | Purpose::RebindB => {
+                let side = if matches!(purpose, Purpose::RebindA) { Side::A } else { Side::B };
+                let done = self.calls.get(&token).is_some_and(|c| c.rebind.is_none());
+                if done && (200..300).contains(&resp.status) {
+                    self.rebind_reack(env, token, side);
+                } else {
+                    self.rebind_response(env, token, side, resp);
+                }
+            }
             Purpose::Bye | Purpose::Cancel => {}
         }
         true
@@ -384,7 +440,11 @@ impl B2bua {
             return true;
         };
         let req = match purpose {
-            Purpose::Fork => call.forks.iter().find(|f| f.tx == id).map(|f| f.request.clone()),
+            Purpose::Fork => call
+                .forks
+                .iter()
+                .find(|f| f.tx == id)
+                .map(|f| f.request.clone()),
             _ => None,
         };
         match (purpose, req) {
@@ -401,6 +461,11 @@ impl B2bua {
                     let _ = env.tx.respond(env.now, r.server, &resp);
                 }
                 self.finish(env, token, "failed:408", &[Side::A, Side::B]);
+            }
+            (Purpose::RebindA | Purpose::RebindB, _) => {
+                let side = if matches!(purpose, Purpose::RebindA) { Side::A } else { Side::B };
+                let resp = Response::new(408);
+                self.rebind_response(env, token, side, resp);
             }
             (Purpose::Refresh { side, cseq }, _) => {
                 self.client.remove(&id);
@@ -441,7 +506,8 @@ impl B2bua {
                 let mut r = response_to(req, status, Some(&call.a.local_tag));
                 r.reason = resp.reason.clone();
                 if resp.to_tag().is_some() {
-                    r.headers.push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
+                    r.headers
+                        .push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
                 }
                 r.body = copy_body(&resp, &resp.body, &mut r.headers);
                 let _ = env.tx.respond(env.now, *sid, &r);
@@ -451,7 +517,10 @@ impl B2bua {
         }
         if (200..300).contains(&status) {
             let tag = resp.to_tag();
-            let same_dialog = call.b.as_ref().is_some_and(|b| Some(&b.remote_tag) == tag.as_ref());
+            let same_dialog = call
+                .b
+                .as_ref()
+                .is_some_and(|b| Some(&b.remote_tag) == tag.as_ref());
             if call.forks[fi].done && same_dialog {
                 // A retransmitted 2xx: re-send our ACK if we sent one.
                 if let (Some(ack), Some(b)) = (&call.b_ack, &call.b) {
@@ -488,7 +557,8 @@ impl B2bua {
             };
             let mut r = response_to(&req, status, Some(&call.a.local_tag));
             r.reason = resp.reason.clone();
-            r.headers.push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
+            r.headers
+                .push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
             r.headers.push(HeaderName::Allow, ALLOW);
             r.headers.push(HeaderName::Supported, "timer");
             session::arm_a(call, env, &req, &mut r);
@@ -514,7 +584,11 @@ impl B2bua {
         if let Some((sid, req)) = call.a_invite.take() {
             let mut r = response_to(&req, status, Some(&call.a.local_tag));
             r.reason = resp.reason.clone();
-            for name in [HeaderName::RetryAfter, HeaderName::Warning, HeaderName::Reason] {
+            for name in [
+                HeaderName::RetryAfter,
+                HeaderName::Warning,
+                HeaderName::Reason,
+            ] {
                 for v in resp.headers.get_all(&name) {
                     r.headers.push(name.clone(), v);
                 }
@@ -549,7 +623,10 @@ impl B2bua {
             (Bytes::copy_from_slice(&req.body), ct)
         });
         let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
-        if side == Side::A && call.state == CallState::Answered && cseq == call.a.remote_cseq.unwrap_or(cseq) {
+        if side == Side::A
+            && call.state == CallState::Answered
+            && cseq == call.a.remote_cseq.unwrap_or(cseq)
+        {
             call.state = CallState::Confirmed;
             if let Some(b) = call.b.as_mut() {
                 if let Some((body, _)) = &sdp {
@@ -581,7 +658,13 @@ impl B2bua {
 
     /// A request inside a dialog (To tag present). Returns `false` when no call matches: the
     /// caller answers 481.
-    pub fn on_in_dialog(&mut self, env: &mut Env<'_>, id: ServerTxId, req: Request, source: Flow) -> bool {
+    pub fn on_in_dialog(
+        &mut self,
+        env: &mut Env<'_>,
+        id: ServerTxId,
+        req: Request,
+        source: Flow,
+    ) -> bool {
         let Some((token, side)) = req.to_tag().as_deref().and_then(parse_tag) else {
             return false;
         };
@@ -617,7 +700,8 @@ impl B2bua {
                 // A session refresh without an offer: answered here, for this leg only.
                 let mut r = response_to(&req, 200, None);
                 session::refreshed_by_peer(call, env, side, &req, &mut r);
-                r.headers.push(HeaderName::Contact, env.me.contact(source.proto));
+                r.headers
+                    .push(HeaderName::Contact, env.me.contact(source.proto));
                 let _ = env.tx.respond(env.now, id, &r);
                 for t in session::deadlines(call) {
                     self.timers.push(Reverse(t));
@@ -628,12 +712,19 @@ impl B2bua {
         true
     }
 
-    fn relay_request(&mut self, env: &mut Env<'_>, token: u64, side: Side, id: ServerTxId, req: Request) {
+    fn relay_request(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        side: Side,
+        id: ServerTxId,
+        req: Request,
+    ) {
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
         let is_invite = req.method == Method::Invite;
-        if is_invite && call.reinvite.is_some() {
+        if (is_invite || req.method == Method::Update) && (call.reinvite.is_some() || call.rebind.is_some()) {
             // Glare (RFC 3261 §14.2): one re-INVITE at a time per call.
             let mut r = response_to(&req, 491, None);
             r.headers.push(HeaderName::RetryAfter, "1");
@@ -654,7 +745,12 @@ impl B2bua {
         let mut out = out_leg.request(req.method.clone(), env.me, None);
         let out_cseq = out_leg.local_cseq;
         let hop = out_leg.next_hop();
-        for name in [HeaderName::Event, HeaderName::SubscriptionState, HeaderName::Accept, HeaderName::Reason] {
+        for name in [
+            HeaderName::Event,
+            HeaderName::SubscriptionState,
+            HeaderName::Accept,
+            HeaderName::Reason,
+        ] {
             for v in req.headers.get_all(&name) {
                 out.headers.push(name.clone(), v);
             }
@@ -722,7 +818,8 @@ impl B2bua {
             if let Some(d) = call.leg_mut(other) {
                 d.refresh_target(resp.contact());
             }
-            r.headers.push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
+            r.headers
+                .push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
             for t in session::touch(call, env) {
                 self.timers.push(Reverse(t));
             }
@@ -756,7 +853,10 @@ impl B2bua {
             && let Some(call) = self.calls.get(&token)
             && call.state == CallState::Answered
         {
-            tracing::info!(token = format!("{token:016x}"), "caller never ACKed the 2xx; ending call");
+            tracing::info!(
+                token = format!("{token:016x}"),
+                "caller never ACKed the 2xx; ending call"
+            );
             self.finish(env, token, "failed:408", &[Side::A, Side::B]);
         }
     }
@@ -785,6 +885,9 @@ impl B2bua {
         }
         for f in &call.forks {
             self.client.remove(&f.tx);
+        }
+        for tx in &call.rebind_txs {
+            self.client.remove(tx);
         }
         if let Some(tx) = call.relay_tx {
             self.client.remove(&tx);
@@ -836,6 +939,7 @@ impl B2bua {
                     }
                 }
                 TimerKind::Session(i) => session::fire(self, env, token, i, at),
+                TimerKind::RebindRetry => self.rebind_retry(env, token),
             }
         }
     }
@@ -868,7 +972,8 @@ fn cancel_for(req: &Request) -> Request {
         }
     }
     if let Ok(cs) = req.cseq() {
-        c.headers.push(HeaderName::CSeq, format!("{} CANCEL", cs.seq));
+        c.headers
+            .push(HeaderName::CSeq, format!("{} CANCEL", cs.seq));
     }
     c
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::config::{Config, TrunkTransport};
 use crate::dialog::uri_flow;
-use crate::registrar::{Origin, Registrar};
+use crate::registrar::Registrar;
 use crate::transport::Flow;
 
 /// One destination of the B leg.
@@ -42,11 +42,11 @@ pub fn resolve(
             .iter()
             .filter_map(|b| {
                 let uri = b.contact.uri.clone();
-                // Requests go where the REGISTER came from (NAT-friendly), static and
-                // peer-learned bindings to the contact address itself.
-                let flow = match (b.origin, b.source) {
-                    (Origin::Local, Some(src)) => src,
-                    _ => uri_flow(&uri)?,
+                // Requests go where the REGISTER came from (NAT-friendly; for peer-learned
+                // bindings the peer tells us), static bindings to the contact address itself.
+                let flow = match b.source {
+                    Some(src) => src,
+                    None => uri_flow(&uri)?,
                 };
                 Some(Target {
                     uri: uri.to_string(),

@@ -57,11 +57,15 @@ pub(super) fn arm_a(call: &mut Call, env: &Env<'_>, req: &Request, resp: &mut Re
             let r = r.unwrap_or_else(|| if supports { "uac".into() } else { "uas".into() });
             (s, r)
         }
-        None if env.cfg.calls.session_expires_s > 0 => (env.cfg.calls.session_expires_s, "uas".into()),
+        None if env.cfg.calls.session_expires_s > 0 => {
+            (env.cfg.calls.session_expires_s, "uas".into())
+        }
         None => return,
     };
-    resp.headers
-        .push(HeaderName::SessionExpires, format!("{interval};refresher={refresher}"));
+    resp.headers.push(
+        HeaderName::SessionExpires,
+        format!("{interval};refresher={refresher}"),
+    );
     if refresher == "uac" {
         resp.headers.push(HeaderName::Require, "timer");
     }
@@ -100,13 +104,15 @@ pub(super) fn refreshed_by_peer(
 ) {
     let interval = requested(req)
         .map(|(s, _)| s)
-        .or(call.timers[idx(side)].map(|t| t.interval_s))
+        .or_else(|| call.timers[idx(side)].map(|t| t.interval_s))
         .unwrap_or(env.cfg.calls.session_expires_s);
     if interval == 0 {
         return;
     }
-    resp.headers
-        .push(HeaderName::SessionExpires, format!("{interval};refresher=uac"));
+    resp.headers.push(
+        HeaderName::SessionExpires,
+        format!("{interval};refresher=uac"),
+    );
     call.timers[idx(side)] = Some(SessionTimer {
         interval_s: interval,
         we_refresh: false,
@@ -127,7 +133,11 @@ pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std:
         return;
     }
     if !t.we_refresh {
-        tracing::info!(token = format!("{token:016x}"), ?side, "no session refresh from the peer; ending call");
+        tracing::info!(
+            token = format!("{token:016x}"),
+            ?side,
+            "no session refresh from the peer; ending call"
+        );
         b.finish(env, token, "session_timeout", &[Side::A, Side::B]);
         return;
     }
@@ -145,11 +155,17 @@ pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std:
     let Some(leg) = call.leg_mut(side) else {
         return;
     };
-    let method = if use_update || sdp.is_none() { Method::Update } else { Method::Invite };
+    let method = if use_update || sdp.is_none() {
+        Method::Update
+    } else {
+        Method::Invite
+    };
     let mut r = leg.request(method.clone(), env.me, None);
     let cseq = leg.local_cseq;
-    r.headers
-        .push(HeaderName::SessionExpires, format!("{};refresher=uac", t.interval_s));
+    r.headers.push(
+        HeaderName::SessionExpires,
+        format!("{};refresher=uac", t.interval_s),
+    );
     r.headers.push(HeaderName::Supported, "timer");
     if method == Method::Invite
         && let Some(body) = sdp
@@ -160,7 +176,8 @@ pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std:
     let hop = leg.next_hop();
     match env.tx.send_request(env.now, &r, hop) {
         Ok(tx) => {
-            b.client.insert(tx, (token, Purpose::Refresh { side, cseq }));
+            b.client
+                .insert(tx, (token, Purpose::Refresh { side, cseq }));
         }
         Err(_) => b.finish(env, token, "session_timeout", &[Side::A, Side::B]),
     }
@@ -193,7 +210,8 @@ pub(super) fn refresh_response(
                     t.we_refresh = r.as_deref() != Some("uas");
                 }
                 t.deadline = deadline_for(env, t.interval_s, t.we_refresh);
-                b.timers.push(Reverse((t.deadline, token, TimerKind::Session(i as u8))));
+                b.timers
+                    .push(Reverse((t.deadline, token, TimerKind::Session(i as u8))));
             }
         }
         491 => {
@@ -201,17 +219,24 @@ pub(super) fn refresh_response(
             if let Some(t) = call.timers[i].as_mut() {
                 t.deadline = at;
             }
-            b.timers.push(Reverse((at, token, TimerKind::Session(i as u8))));
+            b.timers
+                .push(Reverse((at, token, TimerKind::Session(i as u8))));
         }
         405 | 501 if !was_invite => {
             call.peer_update[i] = false;
             if let Some(t) = call.timers[i].as_mut() {
                 t.deadline = env.now;
             }
-            b.timers.push(Reverse((env.now, token, TimerKind::Session(i as u8))));
+            b.timers
+                .push(Reverse((env.now, token, TimerKind::Session(i as u8))));
         }
         _ => {
-            tracing::info!(token = format!("{token:016x}"), ?side, status = resp.status, "session refresh failed; ending call");
+            tracing::info!(
+                token = format!("{token:016x}"),
+                ?side,
+                status = resp.status,
+                "session refresh failed; ending call"
+            );
             b.finish(env, token, "session_timeout", &[Side::A, Side::B]);
         }
     }

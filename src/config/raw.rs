@@ -73,6 +73,7 @@ struct RawPair {
     #[serde(default)]
     witnesses: Vec<String>,
     redirect_when_standby: Option<bool>,
+    test_hooks: Option<bool>,
     ping_endpoints: Option<bool>,
 }
 
@@ -245,6 +246,7 @@ fn build_pair(raw: RawPair, errors: &mut Errors) -> PairConfig {
         preempt_after_s: raw.preempt_after_s.unwrap_or(60),
         witnesses,
         redirect_when_standby: raw.redirect_when_standby.unwrap_or(false),
+        test_hooks: raw.test_hooks.unwrap_or(false),
         ping_endpoints: raw.ping_endpoints.unwrap_or(false),
     }
 }

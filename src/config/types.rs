@@ -97,6 +97,9 @@ pub struct PairConfig {
     pub witnesses: Vec<SocketAddr>,
     /// `redirect_when_standby`: answer new INVITEs with 302 to the active node (default false).
     pub redirect_when_standby: bool,
+    /// `test_hooks`: enable `POST /test/partition` on the admin API, which drops the peer's
+    /// packets to simulate a network split (tests only; default false).
+    pub test_hooks: bool,
     /// `ping_endpoints`: OPTIONS-ping endpoints while standby (default false).
     pub ping_endpoints: bool,
 }

@@ -190,9 +190,7 @@ impl Dialog {
             }
         };
         let (uri, routes) = match self.route_set.first() {
-            Some(first)
-                if NameAddr::parse(first).is_ok_and(|r| !r.uri.params.has("lr")) =>
-            {
+            Some(first) if NameAddr::parse(first).is_ok_and(|r| !r.uri.params.has("lr")) => {
                 // Strict routing (RFC 3261 §12.2.1.1): first route becomes the Request-URI.
                 let u = NameAddr::parse(first)
                     .map(|r| r.uri.to_string())
@@ -210,11 +208,20 @@ impl Dialog {
         for route in routes {
             h.push(HeaderName::Route, route);
         }
-        h.push(HeaderName::From, format!("{};tag={}", self.local_uri, self.local_tag));
-        h.push(HeaderName::To, format!("{};tag={}", self.remote_uri, self.remote_tag));
+        h.push(
+            HeaderName::From,
+            format!("{};tag={}", self.local_uri, self.local_tag),
+        );
+        h.push(
+            HeaderName::To,
+            format!("{};tag={}", self.remote_uri, self.remote_tag),
+        );
         h.push(HeaderName::CallId, self.call_id.clone());
         h.push(HeaderName::CSeq, format!("{seq} {method}"));
-        if matches!(method, Method::Invite | Method::Update | Method::Subscribe | Method::Notify | Method::Refer) {
+        if matches!(
+            method,
+            Method::Invite | Method::Update | Method::Subscribe | Method::Notify | Method::Refer
+        ) {
             h.push(HeaderName::Contact, me.contact(self.flow.proto));
         }
         r

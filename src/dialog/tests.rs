@@ -6,7 +6,10 @@ use crate::sip::{Headers, response_to};
 fn invite() -> Request {
     let mut r = Request::new(Method::Invite, "sip:bob@127.0.0.1:5070");
     let mut h = Headers::new();
-    h.push(HeaderName::Via, "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKx");
+    h.push(
+        HeaderName::Via,
+        "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKx",
+    );
     h.push(HeaderName::RecordRoute, "<sip:p1.example;lr>");
     h.push(HeaderName::RecordRoute, "<sip:p2.example;lr>");
     h.push(HeaderName::From, "\"A\" <sip:alice@pbx.local>;tag=ta");
@@ -45,9 +48,12 @@ fn uas_dialog_uses_record_route_in_order_and_contact_as_target() {
 fn uac_dialog_reverses_record_route_and_tracks_cseq() {
     let req = invite();
     let mut resp = response_to(&req, 200, Some("tb"));
-    resp.headers.push(HeaderName::RecordRoute, "<sip:p2.example;lr>");
-    resp.headers.push(HeaderName::RecordRoute, "<sip:p1.example;lr>");
-    resp.headers.push(HeaderName::Contact, "<sip:bob@127.0.0.1:5070>");
+    resp.headers
+        .push(HeaderName::RecordRoute, "<sip:p2.example;lr>");
+    resp.headers
+        .push(HeaderName::RecordRoute, "<sip:p1.example;lr>");
+    resp.headers
+        .push(HeaderName::Contact, "<sip:bob@127.0.0.1:5070>");
     let flow = Flow::udp(SocketAddr::from(([127, 0, 0, 1], 5070)));
     let mut d = Dialog::as_uac(&req, &resp, flow).unwrap();
     assert_eq!(d.state, DialogState::Confirmed);
@@ -77,5 +83,8 @@ fn target_refresh_changes_next_hop() {
     let mut d = Dialog::as_uas(&invite(), "ours", src).unwrap();
     d.route_set.clear();
     d.refresh_target(NameAddr::parse("<sip:alice@127.0.0.9:6000>").ok());
-    assert_eq!(d.next_hop().remote, SocketAddr::from(([127, 0, 0, 9], 6000)));
+    assert_eq!(
+        d.next_hop().remote,
+        SocketAddr::from(([127, 0, 0, 9], 6000))
+    );
 }

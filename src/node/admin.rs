@@ -40,27 +40,42 @@ pub(crate) fn answer(server: &mut Server, transport: &Transport, now: Instant, q
     let resp = match (r.method.as_str(), r.path.as_str()) {
         ("GET", "/status") => HttpResponse::json(
             200,
-            &server.status_json(now, "active", json!({ "peer": null, "tcp_connections": transport.tcp_connections() })),
+            &server.status_json(
+                now,
+                json!({ "tcp_connections": transport.tcp_connections() }),
+            ),
         ),
         ("GET", "/calls") => HttpResponse::json(200, &server.calls_json(now)),
         ("GET", "/registrations") => HttpResponse::json(200, &server.registrations_json(now)),
         ("GET", "/metrics") => {
-            let mut m = server.metrics_text();
-            m.push_str("# TYPE understudy_role gauge\nunderstudy_role{role=\"active\"} 1\n");
+            let m = server.metrics_text();
             HttpResponse {
                 status: 200,
                 content_type: "text/plain; version=0.0.4".into(),
                 body: m.into_bytes(),
             }
         }
-        ("POST", "/switchover") => HttpResponse::json(
-            409,
-            &json!({"error": "this node has no [pair] section: nothing to switch over to"}),
-        ),
+        ("POST", "/switchover") => match server.switchover(now) {
+            Ok(msg) => HttpResponse::json(
+                200,
+                &json!({"result": msg, "role": server.role(), "epoch": server.epoch()}),
+            ),
+            Err(e) => HttpResponse::json(409, &json!({"error": e})),
+        },
+        ("POST", "/test/partition") => {
+            let on = r.query.as_deref() != Some("off");
+            match server.set_partition(on) {
+                Ok(()) => HttpResponse::json(200, &json!({"partitioned": on})),
+                Err(e) => HttpResponse::json(403, &json!({"error": e})),
+            }
+        }
         (_, "/status" | "/calls" | "/registrations" | "/metrics" | "/switchover") => {
             HttpResponse::json(405, &json!({"error": "method not allowed"}))
         }
-        _ => HttpResponse::json(404, &json!({"error": format!("no such endpoint: {}", r.path)})),
+        _ => HttpResponse::json(
+            404,
+            &json!({"error": format!("no such endpoint: {}", r.path)}),
+        ),
     };
     let _ = q.reply.send(resp);
 }

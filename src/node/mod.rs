@@ -43,6 +43,9 @@ pub enum NodeError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The state directory is unusable.
+    #[error("state directory: {0}")]
+    State(String),
     /// The CDR database could not be opened or flushed.
     #[error(transparent)]
     Cdr(#[from] crate::cdr::CdrError),
@@ -55,7 +58,11 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn hostport(configured: Option<&str>, bound: Option<SocketAddr>, other: Option<SocketAddr>) -> String {
+fn hostport(
+    configured: Option<&str>,
+    bound: Option<SocketAddr>,
+    other: Option<SocketAddr>,
+) -> String {
     if let Some(a) = configured {
         return a.to_string();
     }
@@ -87,8 +94,16 @@ pub async fn run(
         })?;
     let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
     let me = LocalContact {
-        udp: hostport(cfg.node.advertise.as_deref(), transport.udp_local(), transport.tcp_local()),
-        tcp: hostport(cfg.node.advertise.as_deref(), transport.tcp_local(), transport.udp_local()),
+        udp: hostport(
+            cfg.node.advertise.as_deref(),
+            transport.udp_local(),
+            transport.tcp_local(),
+        ),
+        tcp: hostport(
+            cfg.node.advertise.as_deref(),
+            transport.tcp_local(),
+            transport.udp_local(),
+        ),
     };
     let cdr = if cfg.cdr.enabled {
         Some(CdrWriter::open(&cfg.cdr.path)?)
@@ -119,7 +134,12 @@ pub async fn run(
         });
     }
     let start = tokio::time::Instant::now().into_std();
-    let mut server = Server::new(cfg.clone(), me, start, wall_ms());
+    let epochs: Box<dyn crate::pair::epoch::EpochStore> = if cfg.pair.is_some() {
+        Box::new(crate::pair::epoch::FileEpochStore::new(&cfg.state.dir).map_err(NodeError::State)?)
+    } else {
+        Box::new(crate::pair::epoch::MemoryEpochStore(1))
+    };
+    let mut server = Server::new(cfg.clone(), me, start, wall_ms(), epochs);
     loop {
         let now = tokio::time::Instant::now();
         let deadline = server
@@ -161,7 +181,11 @@ pub async fn run(
             }
         }
     }
-    tracing::info!(node = cfg.node.name, calls = server.b2bua().call_count(), "shutting down");
+    tracing::info!(
+        node = cfg.node.name,
+        calls = server.b2bua().call_count(),
+        "shutting down"
+    );
     let _ = stop_admin_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     if let Some(w) = cdr {

@@ -58,7 +58,7 @@ pub enum Change {
         /// AOR user.
         aor: String,
         /// The binding.
-        binding: Binding,
+        binding: Box<Binding>,
     },
     /// A binding was removed; `expired` tells whether by expiry or by request.
     Removed {
@@ -91,7 +91,7 @@ impl Location {
         list.retain(|x| x.contact.uri.to_string() != key);
         self.changes.push(Change::Bound {
             aor: aor.to_string(),
-            binding: b.clone(),
+            binding: Box::new(b.clone()),
         });
         list.push(b);
     }

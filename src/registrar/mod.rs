@@ -71,7 +71,10 @@ pub struct Stats {
 
 impl Registrar {
     /// A registrar for these users (`name`, `password`).
-    pub fn new<'a>(settings: Settings, users: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+    pub fn new<'a>(
+        settings: Settings,
+        users: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
         let digest = DigestServer::new(
             &settings.realm,
             &settings.nonce_secret,

@@ -26,7 +26,10 @@ fn src() -> Flow {
 fn register(user: &str, cseq: u32, contact: &str, expires: Option<u32>) -> Request {
     let mut r = Request::new(Method::Register, "sip:pbx.local");
     let mut h = Headers::new();
-    h.push(HeaderName::Via, format!("SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK{cseq}"));
+    h.push(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK{cseq}"),
+    );
     h.push(HeaderName::From, format!("<sip:{user}@pbx.local>;tag=ft"));
     h.push(HeaderName::To, format!("<sip:{user}@pbx.local>"));
     h.push(HeaderName::CallId, "reg-1");
@@ -58,7 +61,18 @@ fn challenge_then_200_with_bindings() {
     let ch = r.handle_register(t0, 1000, &req, src());
     assert_eq!(ch.status, 401);
     assert_eq!(ch.headers.count(&HeaderName::WwwAuthenticate), 2);
-    let ok = r.handle_register(t0, 1000, &with_auth(register("alice", 2, "<sip:alice@127.0.0.1:5090>", Some(600)), &ch, "alice", "pw-a", 1), src());
+    let ok = r.handle_register(
+        t0,
+        1000,
+        &with_auth(
+            register("alice", 2, "<sip:alice@127.0.0.1:5090>", Some(600)),
+            &ch,
+            "alice",
+            "pw-a",
+            1,
+        ),
+        src(),
+    );
     assert_eq!(ok.status, 200);
     let contacts: Vec<_> = ok.headers.get_all(&HeaderName::Contact).collect();
     assert_eq!(contacts, ["<sip:alice@127.0.0.1:5090>;expires=600"]);
@@ -74,12 +88,34 @@ fn challenge_then_200_with_bindings() {
 fn wrong_password_is_403_never_200() {
     let mut r = reg();
     let t0 = Instant::now();
-    let ch = r.handle_register(t0, 1000, &register("alice", 1, "<sip:a@1.2.3.4>", None), src());
-    let bad = with_auth(register("alice", 2, "<sip:a@1.2.3.4>", None), &ch, "alice", "wrong", 1);
+    let ch = r.handle_register(
+        t0,
+        1000,
+        &register("alice", 1, "<sip:a@1.2.3.4>", None),
+        src(),
+    );
+    let bad = with_auth(
+        register("alice", 2, "<sip:a@1.2.3.4>", None),
+        &ch,
+        "alice",
+        "wrong",
+        1,
+    );
     assert_eq!(r.handle_register(t0, 1000, &bad, src()).status, 403);
     // Credentials for another user than the To AOR
-    let ch = r.handle_register(t0, 1000, &register("alice", 3, "<sip:a@1.2.3.4>", None), src());
-    let other = with_auth(register("alice", 4, "<sip:a@1.2.3.4>", None), &ch, "bob", "pw-b", 1);
+    let ch = r.handle_register(
+        t0,
+        1000,
+        &register("alice", 3, "<sip:a@1.2.3.4>", None),
+        src(),
+    );
+    let other = with_auth(
+        register("alice", 4, "<sip:a@1.2.3.4>", None),
+        &ch,
+        "bob",
+        "pw-b",
+        1,
+    );
     assert_eq!(r.handle_register(t0, 1000, &other, src()).status, 403);
     assert_eq!(r.location().binding_count(), 0);
 }
@@ -89,19 +125,55 @@ fn repeated_failures_lock_out_the_source() {
     let mut r = reg();
     let t0 = Instant::now();
     for i in 0..3 {
-        let ch = r.handle_register(t0, 1000, &register("alice", 10 + i * 2, "<sip:a@x>", None), src());
-        let bad = with_auth(register("alice", 11 + i * 2, "<sip:a@x>", None), &ch, "alice", "bad", 1);
+        let ch = r.handle_register(
+            t0,
+            1000,
+            &register("alice", 10 + i * 2, "<sip:a@x>", None),
+            src(),
+        );
+        let bad = with_auth(
+            register("alice", 11 + i * 2, "<sip:a@x>", None),
+            &ch,
+            "alice",
+            "bad",
+            1,
+        );
         assert_eq!(r.handle_register(t0, 1000, &bad, src()).status, 403);
     }
-    assert_eq!(r.handle_register(t0, 1000, &register("alice", 99, "<sip:a@x>", None), src()).status, 403);
+    assert_eq!(
+        r.handle_register(t0, 1000, &register("alice", 99, "<sip:a@x>", None), src())
+            .status,
+        403
+    );
     // after a minute it may try again
     let later = t0 + Duration::from_secs(61);
-    assert_eq!(r.handle_register(later, 1061, &register("alice", 100, "<sip:a@x>", None), src()).status, 401);
+    assert_eq!(
+        r.handle_register(
+            later,
+            1061,
+            &register("alice", 100, "<sip:a@x>", None),
+            src()
+        )
+        .status,
+        401
+    );
 }
 
-fn authed(r: &mut Registrar, t: Instant, cseq: u32, contact: &str, expires: Option<u32>) -> Response {
+fn authed(
+    r: &mut Registrar,
+    t: Instant,
+    cseq: u32,
+    contact: &str,
+    expires: Option<u32>,
+) -> Response {
     let ch = r.handle_register(t, 1000, &register("alice", cseq, contact, expires), src());
-    let req = with_auth(register("alice", cseq + 1, contact, expires), &ch, "alice", "pw-a", 1);
+    let req = with_auth(
+        register("alice", cseq + 1, contact, expires),
+        &ch,
+        "alice",
+        "pw-a",
+        1,
+    );
     r.handle_register(t, 1000, &req, src())
 }
 
@@ -114,19 +186,30 @@ fn interval_too_brief_and_clamping() {
     assert_eq!(resp.headers.get(&HeaderName::MinExpires), Some("60"));
     let resp = authed(&mut r, t0, 3, "<sip:alice@h>;expires=99999", None);
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.headers.get(&HeaderName::Contact), Some("<sip:alice@h>;expires=3600"));
+    assert_eq!(
+        resp.headers.get(&HeaderName::Contact),
+        Some("<sip:alice@h>;expires=3600")
+    );
 }
 
 #[test]
 fn several_contacts_removal_and_wildcard() {
     let mut r = reg();
     let t0 = Instant::now();
-    assert_eq!(authed(&mut r, t0, 1, "<sip:alice@h1>", Some(300)).status, 200);
+    assert_eq!(
+        authed(&mut r, t0, 1, "<sip:alice@h1>", Some(300)).status,
+        200
+    );
     let resp = authed(&mut r, t0, 3, "<sip:alice@h2>", Some(300));
     assert_eq!(resp.headers.count(&HeaderName::Contact), 2);
     let resp = authed(&mut r, t0, 5, "<sip:alice@h1>", Some(0));
     assert_eq!(resp.headers.count(&HeaderName::Contact), 1);
-    assert_eq!(authed(&mut r, t0, 7, "<sip:alice@h3>", Some(300)).headers.count(&HeaderName::Contact), 2);
+    assert_eq!(
+        authed(&mut r, t0, 7, "<sip:alice@h3>", Some(300))
+            .headers
+            .count(&HeaderName::Contact),
+        2
+    );
     let resp = authed(&mut r, t0, 9, "*", Some(0));
     assert_eq!(resp.status, 200);
     assert_eq!(resp.headers.count(&HeaderName::Contact), 0);
@@ -149,6 +232,12 @@ fn unknown_user_looks_like_a_wrong_password() {
     let t0 = Instant::now();
     let ch = r.handle_register(t0, 1000, &register("mallory", 1, "<sip:m@x>", None), src());
     assert_eq!(ch.status, 401);
-    let req = with_auth(register("mallory", 2, "<sip:m@x>", None), &ch, "mallory", "x", 1);
+    let req = with_auth(
+        register("mallory", 2, "<sip:m@x>", None),
+        &ch,
+        "mallory",
+        "x",
+        1,
+    );
     assert_eq!(r.handle_register(t0, 1000, &req, src()).status, 403);
 }

@@ -3,6 +3,8 @@
 //! send, CDRs and the next deadline come out. The `node` module drives it with real sockets;
 //! tests and benchmarks drive it directly.
 
+mod pair;
+mod takeover;
 mod uas;
 mod views;
 
@@ -14,6 +16,8 @@ use crate::b2bua::{B2bua, Env};
 use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::dialog::LocalContact;
+use crate::pair::epoch::EpochStore;
+use crate::pair::{Role, keepalive};
 use crate::registrar::{self, AuthOutcome, Registrar};
 use crate::sip::{
     HeaderName, Message, Method, Request, SipMessage, new_tag, response_to, salvage_request,
@@ -21,6 +25,8 @@ use crate::sip::{
 };
 use crate::transaction::{ServerTxId, Timers, TransactionLayer, TxEvent};
 use crate::transport::{Flow, Inbound, Transmit};
+use pair::{PairGlue, RoleChange};
+use takeover::{Step, Takeover};
 
 /// How often bindings and nonces are expired.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -48,7 +54,8 @@ pub struct Server {
     registrar: Registrar,
     b2bua: B2bua,
     base: (Instant, u64),
-    epoch: u32,
+    pair: Option<PairGlue>,
+    takeover: Option<Takeover>,
     next_housekeeping: Instant,
     counters: Counters,
     cdrs: Vec<CdrRecord>,
@@ -56,8 +63,14 @@ pub struct Server {
 
 impl Server {
     /// A server for `cfg`, advertising `me`, with the clock read once at start (`now`, and
-    /// the wall clock `wall_ms` at that instant).
-    pub fn new(cfg: Arc<Config>, me: LocalContact, now: Instant, wall_ms: u64) -> Self {
+    /// the wall clock `wall_ms` at that instant). `epochs` persists the pair's epoch.
+    pub fn new(
+        cfg: Arc<Config>,
+        me: LocalContact,
+        now: Instant,
+        wall_ms: u64,
+        epochs: Box<dyn EpochStore>,
+    ) -> Self {
         let timers = Timers {
             t1: Duration::from_millis(cfg.timers.t1_ms),
             t2: Duration::from_millis(cfg.timers.t2_ms),
@@ -91,6 +104,10 @@ impl Server {
             }
         }
         let me_hostports = vec![me.udp.clone(), me.tcp.clone()];
+        let pair = cfg
+            .pair
+            .as_ref()
+            .map(|p| PairGlue::new(&cfg, p, epochs, now));
         Self {
             tx: TransactionLayer::new(timers, cfg.node.force_rport),
             cfg,
@@ -99,7 +116,8 @@ impl Server {
             registrar,
             b2bua: B2bua::new(),
             base: (now, wall_ms),
-            epoch: 1,
+            pair,
+            takeover: None,
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),
             cdrs: Vec::new(),
@@ -135,13 +153,62 @@ impl Server {
         &self.counters
     }
 
-    /// The current epoch.
-    pub fn epoch(&self) -> u32 {
-        self.epoch
+    /// The current epoch (1 for a single node).
+    pub fn epoch(&self) -> u64 {
+        self.pair.as_ref().map_or(1, |p| p.machine.epoch())
+    }
+
+    /// The current role (a single node is always active).
+    pub fn role(&self) -> Role {
+        self.pair
+            .as_ref()
+            .map_or(Role::Active, |p| p.machine.role())
+    }
+
+    /// Whether new calls are accepted here now.
+    pub fn accepts_calls(&self) -> bool {
+        self.pair.as_ref().is_none_or(PairGlue::accepts_calls)
+    }
+
+    /// Ask for a switchover (DESIGN "Manual switchover").
+    pub fn switchover(&mut self, now: Instant) -> Result<String, String> {
+        let Some(p) = self.pair.as_mut() else {
+            return Err("this node has no [pair] section: nothing to switch over to".into());
+        };
+        let before = p.machine.role();
+        p.machine.request_switchover(now).map_err(str::to_string)?;
+        self.handle_timeout(now);
+        Ok(match before {
+            Role::Active => "handing over to the peer".into(),
+            _ => "taking over from the peer".into(),
+        })
+    }
+
+    /// Test hook: drop everything to and from the peer (simulated network split).
+    pub fn set_partition(&mut self, on: bool) -> Result<(), String> {
+        match self.pair.as_mut() {
+            Some(p) if self.cfg.pair.as_ref().is_some_and(|c| c.test_hooks) => {
+                tracing::warn!(on, "pair: test partition");
+                p.partitioned = on;
+                Ok(())
+            }
+            _ => Err("test hooks are disabled ([pair] test_hooks = false)".into()),
+        }
+    }
+
+    fn cut_off(&self, flow: &Flow) -> bool {
+        self.pair
+            .as_ref()
+            .is_some_and(|p| p.partitioned && flow.remote == p.peer())
     }
 
     /// Something arrived from the network.
     pub fn handle_inbound(&mut self, now: Instant, inbound: Inbound) {
+        if let Inbound::Message(_, flow) | Inbound::Malformed { flow, .. } = &inbound
+            && self.cut_off(flow)
+        {
+            return;
+        }
         match inbound {
             Inbound::Message(parsed, flow) => {
                 if let Err(rej) = validate(&parsed) {
@@ -185,7 +252,10 @@ impl Server {
                 Some(s) if s.method != "ACK" => {
                     tracing::debug!(%flow, error, "malformed request answered 400");
                     let mut r = crate::sip::Response::new(400);
-                    r.reason = format!("Bad Request ({})", error.chars().take(80).collect::<String>());
+                    r.reason = format!(
+                        "Bad Request ({})",
+                        error.chars().take(80).collect::<String>()
+                    );
                     for h in s.headers.iter() {
                         r.headers.push(h.name.clone(), h.value.clone());
                     }
@@ -199,6 +269,7 @@ impl Server {
             },
         }
         self.drain_events(now);
+        self.drive_takeover(now);
     }
 
     fn env_parts(&mut self, now: Instant) -> (Env<'_>, &mut B2bua) {
@@ -211,7 +282,9 @@ impl Server {
                 registrar: &self.registrar,
                 cfg: &self.cfg,
                 me: &self.me,
-                epoch: self.epoch,
+                epoch: u32::try_from(self.pair.as_ref().map_or(1, |p| p.machine.epoch()))
+                    .unwrap_or(u32::MAX / 65536)
+                    .min(32767),
                 node: &self.cfg.node.name,
             },
             &mut self.b2bua,
@@ -231,10 +304,34 @@ impl Server {
                     b.on_ack(&mut env, &request);
                 }
                 TxEvent::Response { id, response } => {
+                    if let Some(t) = self.takeover.as_mut()
+                        && t.owns_tx(id)
+                    {
+                        t.on_result(id, Some(&response));
+                        continue;
+                    }
+                    if let Some(p) = self.pair.as_mut()
+                        && p.client_txs.contains(&id)
+                    {
+                        p.on_client_result(now, id, Some(&response));
+                        continue;
+                    }
                     let (mut env, b) = self.env_parts(now);
                     b.on_response(&mut env, id, response);
                 }
                 TxEvent::Timeout { id } => {
+                    if let Some(t) = self.takeover.as_mut()
+                        && t.owns_tx(id)
+                    {
+                        t.on_result(id, None);
+                        continue;
+                    }
+                    if let Some(p) = self.pair.as_mut()
+                        && p.client_txs.contains(&id)
+                    {
+                        p.on_client_result(now, id, None);
+                        continue;
+                    }
                     let (mut env, b) = self.env_parts(now);
                     b.on_timeout(&mut env, id);
                 }
@@ -243,11 +340,21 @@ impl Server {
                     b.on_no_ack(&mut env, id);
                 }
                 TxEvent::StrayResponse { response, source } => {
-                    tracing::trace!(%source, status = response.status, "stray response");
+                    let ours = self
+                        .pair
+                        .as_mut()
+                        .is_some_and(|p| p.on_stray_response(now, &response));
+                    if !ours {
+                        tracing::trace!(%source, status = response.status, "stray response");
+                    }
                 }
             }
         }
         self.cdrs.extend(self.b2bua.take_cdrs());
+        let changes = self.registrar.location_mut().take_changes();
+        if let Some(p) = self.pair.as_mut() {
+            p.publish_changes(now, &mut self.tx, &self.me, &changes);
+        }
     }
 
     fn reply(&mut self, now: Instant, id: ServerTxId, req: &Request, status: u16) {
@@ -280,6 +387,19 @@ impl Server {
             return;
         }
         if req.to_tag().is_some() {
+            if let Some(t) = self.takeover.as_mut()
+                && t.owns_notify(&req)
+            {
+                let steps = t.on_notify(now, &mut self.tx, id, &req);
+                self.apply_takeover(now, steps);
+                return;
+            }
+            if let Some(p) = self.pair.as_mut()
+                && p.owns_in_dialog(&req)
+            {
+                p.on_in_dialog(now, &mut self.tx, &mut self.registrar, id, &req, &self.me);
+                return;
+            }
             let (mut env, b) = self.env_parts(now);
             if !b.on_in_dialog(&mut env, id, req.clone(), source) {
                 self.reply(now, id, &req, 481);
@@ -292,11 +412,34 @@ impl Server {
                 let r = self.registrar.handle_register(now, now_s, &req, source);
                 let _ = self.tx.respond(now, id, &r);
             }
+            Method::Options if keepalive::is_keepalive(&req) && self.pair.is_some() => {
+                let calls = self.b2bua.call_count();
+                if let Some(p) = self.pair.as_mut() {
+                    p.on_keepalive_request(now, &mut self.tx, id, &req, calls);
+                }
+            }
             Method::Options => {
                 let mut r = response_to(&req, 200, Some(&new_tag()));
                 r.headers.push(HeaderName::Allow, crate::b2bua::ALLOW);
                 r.headers.push(HeaderName::Accept, uas::ACCEPT);
                 r.headers.push(HeaderName::Supported, uas::SUPPORTED);
+                let _ = self.tx.respond(now, id, &r);
+            }
+            Method::Invite if !self.accepts_calls() => {
+                let redirect = self.pair.as_ref().is_some_and(PairGlue::redirect);
+                let mut r = response_to(&req, if redirect { 302 } else { 503 }, Some(&new_tag()));
+                if let Some(p) = self.pair.as_ref().filter(|_| redirect) {
+                    let user = crate::sip::Uri::parse(&req.uri)
+                        .ok()
+                        .and_then(|u| u.user)
+                        .map(|u| format!("{u}@"))
+                        .unwrap_or_default();
+                    r.headers
+                        .push(HeaderName::Contact, format!("<sip:{user}{}>", p.peer()));
+                } else {
+                    r.reason = "Stand-by Node".into();
+                    r.headers.push(HeaderName::RetryAfter, "5");
+                }
                 let _ = self.tx.respond(now, id, &r);
             }
             Method::Invite => {
@@ -317,6 +460,24 @@ impl Server {
                 b.on_invite(&mut env, id, req, source, trunk.as_deref());
                 self.cdrs.extend(self.b2bua.take_cdrs());
             }
+            Method::Subscribe
+                if self.pair.is_some()
+                    && req.headers.get(&HeaderName::Event).is_some_and(|e| {
+                        e.split(';').next().is_some_and(|t| t.trim() == "reg")
+                    }) =>
+            {
+                if let Some(p) = self.pair.as_mut() {
+                    p.on_subscribe(
+                        now,
+                        &mut self.tx,
+                        &mut self.registrar,
+                        id,
+                        &req,
+                        source,
+                        &self.me,
+                    );
+                }
+            }
             Method::Subscribe => {
                 self.reply(now, id, &req, 489);
             }
@@ -324,10 +485,85 @@ impl Server {
         }
     }
 
+    fn apply_takeover(&mut self, now: Instant, steps: Vec<Step>) {
+        for step in steps {
+            let (mut env, b) = self.env_parts(now);
+            match step {
+                Step::Adopt(call) => b.adopt(&mut env, *call),
+                Step::Orphan {
+                    leg,
+                    caller,
+                    callee,
+                    start_ms,
+                } => b.bye_orphan(&mut env, *leg, &caller, &callee, start_ms),
+            }
+        }
+        self.cdrs.extend(self.b2bua.take_cdrs());
+    }
+
+    fn drive_takeover(&mut self, now: Instant) {
+        let Some(t) = self.takeover.as_mut() else {
+            return;
+        };
+        let outcomes = self.b2bua.take_rebind_outcomes();
+        t.record(now, &outcomes);
+        if !t.report.in_progress {
+            return;
+        }
+        let steps = t.tick(now, &mut self.tx, &self.me);
+        self.apply_takeover(now, steps);
+        let rebinding = self.b2bua.rebinding();
+        if let Some(t) = self.takeover.as_mut() {
+            let outcomes = self.b2bua.take_rebind_outcomes();
+            t.record(now, &outcomes);
+            if t.idle() && rebinding == 0 {
+                t.finish(now);
+            }
+        }
+    }
+
+    /// The current (or last) takeover report.
+    pub fn takeover_report(&self) -> Option<serde_json::Value> {
+        self.takeover
+            .as_ref()
+            .and_then(|t| serde_json::to_value(&t.report).ok())
+    }
+
     /// Fire everything due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         self.drain_events(now);
+        let calls = self.b2bua.call_count();
+        if let Some(p) = self.pair.as_mut() {
+            let changes = p.tick(now, &mut self.tx, &self.me, calls);
+            p.drive_subscriber(now, &mut self.tx, &self.me);
+            for c in changes {
+                match c {
+                    RoleChange::BecameActive(reason) => {
+                        tracing::info!(
+                            calls = self.b2bua.call_count(),
+                            "now active: handling new calls and registrations"
+                        );
+                        if reason != crate::pair::TakeoverReason::Startup {
+                            let now_ms = self.wall_ms(now);
+                            self.takeover =
+                                Some(Takeover::start(&self.cfg, &self.registrar, now, now_ms));
+                        }
+                    }
+                    RoleChange::SteppedDown => {
+                        let n = self.b2bua.abandon_all();
+                        if n > 0 {
+                            tracing::warn!(
+                                calls = n,
+                                "stepped down: no longer sending requests in {n} calls"
+                            );
+                        }
+                    }
+                }
+            }
+            self.drain_events(now);
+        }
+        self.drive_takeover(now);
         {
             let (mut env, b) = self.env_parts(now);
             b.handle_timeout(&mut env);
@@ -346,6 +582,11 @@ impl Server {
             self.tx.poll_timeout(),
             self.b2bua.poll_timeout(),
             Some(self.next_housekeeping),
+            self.pair.as_ref().map(|p| p.machine.poll_timeout()),
+            self.takeover
+                .as_ref()
+                .filter(|t| t.report.in_progress)
+                .and_then(Takeover::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -354,7 +595,12 @@ impl Server {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.tx.poll_transmit()
+        loop {
+            let t = self.tx.poll_transmit()?;
+            if !self.cut_off(&t.flow) {
+                return Some(t);
+            }
+        }
     }
 
     /// CDRs of calls that ended since the last call.

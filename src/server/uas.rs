@@ -71,7 +71,12 @@ pub(crate) fn check(req: &Request, me: &[&str]) -> Result<(), Refusal> {
             .chain(req.headers.get_all(&HeaderName::ProxyRequire))
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|t| !t.is_empty() && !SUPPORTED.split(',').any(|s| s.trim().eq_ignore_ascii_case(t)))
+            .filter(|t| {
+                !t.is_empty()
+                    && !SUPPORTED
+                        .split(',')
+                        .any(|s| s.trim().eq_ignore_ascii_case(t))
+            })
             .map(str::to_string)
             .collect();
         if !unsupported.is_empty() {
@@ -86,7 +91,13 @@ pub(crate) fn check(req: &Request, me: &[&str]) -> Result<(), Refusal> {
             let ct = req
                 .headers
                 .get(&HeaderName::ContentType)
-                .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+                .map(|c| {
+                    c.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                })
                 .unwrap_or_default();
             if ct != "application/sdp" && ct != "multipart/mixed" {
                 return Err(Refusal {
@@ -100,8 +111,16 @@ pub(crate) fn check(req: &Request, me: &[&str]) -> Result<(), Refusal> {
                 .headers
                 .get_all(&HeaderName::Accept)
                 .flat_map(|v| v.split(','))
-                .map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-                .any(|t| t.is_empty() || t == "application/sdp" || t == "application/*" || t == "*/*");
+                .map(|t| {
+                    t.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .any(|t| {
+                    t.is_empty() || t == "application/sdp" || t == "application/*" || t == "*/*"
+                });
             if !ok {
                 return Err(Refusal {
                     status: 406,
@@ -110,7 +129,9 @@ pub(crate) fn check(req: &Request, me: &[&str]) -> Result<(), Refusal> {
             }
         }
     }
-    let mf = req.header_u32(&HeaderName::MaxForwards).and_then(Result::ok);
+    let mf = req
+        .header_u32(&HeaderName::MaxForwards)
+        .and_then(Result::ok);
     if mf == Some(0) && !matches!(req.method, Method::Options | Method::Register) {
         return Err(Refusal::plain(483));
     }

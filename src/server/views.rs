@@ -10,13 +10,15 @@ use super::Server;
 use crate::b2bua::Side;
 
 impl Server {
-    /// `/status`.
-    pub fn status_json(&self, now: Instant, role: &str, extra: Value) -> Value {
+    /// `/status`. `extra` fields (from the node) are merged in.
+    pub fn status_json(&self, now: Instant, extra: Value) -> Value {
+        let role = self.role();
         let mut v = json!({
             "node": self.cfg.node.name,
             "home_role": self.cfg.node.home_role.as_str(),
             "role": role,
-            "epoch": self.epoch,
+            "accepts_calls": self.accepts_calls(),
+            "epoch": self.epoch(),
             "config_digest": self.cfg.shared_digest(),
             "uptime_s": now.saturating_duration_since(self.base.0).as_secs(),
             "counts": {
@@ -26,6 +28,16 @@ impl Server {
                 "server_transactions": self.tx.server_count(),
             },
         });
+        if let (Value::Object(m), Some(Value::Object(p))) =
+            (&mut v, self.pair.as_ref().map(|p| p.status(now)))
+        {
+            m.extend(p);
+        } else if let Value::Object(m) = &mut v {
+            m.insert("peer".into(), Value::Null);
+        }
+        if let Value::Object(m) = &mut v {
+            m.insert("takeover".into(), self.takeover_report().unwrap_or(Value::Null));
+        }
         if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
             m.extend(e);
         }
@@ -100,37 +112,153 @@ impl Server {
         let c = &self.counters;
         let _ = writeln!(s, "# TYPE understudy_requests_received_total counter");
         for (m, n) in &c.requests {
-            let _ = writeln!(s, "understudy_requests_received_total{{method=\"{m}\"}} {n}");
+            let _ = writeln!(
+                s,
+                "understudy_requests_received_total{{method=\"{m}\"}} {n}"
+            );
         }
         let _ = writeln!(s, "# TYPE understudy_responses_received_total counter");
         for (class, n) in c.responses.iter().enumerate().skip(1) {
-            let _ = writeln!(s, "understudy_responses_received_total{{class=\"{class}xx\"}} {n}");
+            let _ = writeln!(
+                s,
+                "understudy_responses_received_total{{class=\"{class}xx\"}} {n}"
+            );
         }
         let _ = writeln!(s, "# TYPE understudy_malformed_total counter");
-        let _ = writeln!(s, "understudy_malformed_total{{action=\"answered\"}} {}", c.malformed_answered);
-        let _ = writeln!(s, "understudy_malformed_total{{action=\"dropped\"}} {}", c.malformed_dropped);
+        let _ = writeln!(
+            s,
+            "understudy_malformed_total{{action=\"answered\"}} {}",
+            c.malformed_answered
+        );
+        let _ = writeln!(
+            s,
+            "understudy_malformed_total{{action=\"dropped\"}} {}",
+            c.malformed_dropped
+        );
         let ts = self.tx.stats();
         let _ = writeln!(s, "# TYPE understudy_transactions gauge");
-        let _ = writeln!(s, "understudy_transactions{{kind=\"client\"}} {}", self.tx.client_count());
-        let _ = writeln!(s, "understudy_transactions{{kind=\"server\"}} {}", self.tx.server_count());
+        let _ = writeln!(
+            s,
+            "understudy_transactions{{kind=\"client\"}} {}",
+            self.tx.client_count()
+        );
+        let _ = writeln!(
+            s,
+            "understudy_transactions{{kind=\"server\"}} {}",
+            self.tx.server_count()
+        );
         let _ = writeln!(s, "# TYPE understudy_transactions_created_total counter");
-        let _ = writeln!(s, "understudy_transactions_created_total{{kind=\"client\"}} {}", ts.client_created);
-        let _ = writeln!(s, "understudy_transactions_created_total{{kind=\"server\"}} {}", ts.server_created);
+        let _ = writeln!(
+            s,
+            "understudy_transactions_created_total{{kind=\"client\"}} {}",
+            ts.client_created
+        );
+        let _ = writeln!(
+            s,
+            "understudy_transactions_created_total{{kind=\"server\"}} {}",
+            ts.server_created
+        );
         let _ = writeln!(s, "understudy_transaction_timeouts_total {}", ts.timeouts);
-        let _ = writeln!(s, "understudy_retransmissions_absorbed_total {}", ts.retransmissions_absorbed);
+        let _ = writeln!(
+            s,
+            "understudy_retransmissions_absorbed_total {}",
+            ts.retransmissions_absorbed
+        );
         let _ = writeln!(s, "# TYPE understudy_registrations gauge");
-        let _ = writeln!(s, "understudy_registrations {}", self.registrar.location().binding_count());
+        let _ = writeln!(
+            s,
+            "understudy_registrations {}",
+            self.registrar.location().binding_count()
+        );
         let rs = self.registrar.stats;
-        let _ = writeln!(s, "understudy_register_total{{result=\"accepted\"}} {}", rs.accepted);
-        let _ = writeln!(s, "understudy_register_total{{result=\"challenged\"}} {}", rs.challenged);
-        let _ = writeln!(s, "understudy_register_total{{result=\"forbidden\"}} {}", rs.forbidden);
+        let _ = writeln!(
+            s,
+            "understudy_register_total{{result=\"accepted\"}} {}",
+            rs.accepted
+        );
+        let _ = writeln!(
+            s,
+            "understudy_register_total{{result=\"challenged\"}} {}",
+            rs.challenged
+        );
+        let _ = writeln!(
+            s,
+            "understudy_register_total{{result=\"forbidden\"}} {}",
+            rs.forbidden
+        );
         let bs = self.b2bua.stats;
         let _ = writeln!(s, "# TYPE understudy_calls gauge");
         let _ = writeln!(s, "understudy_calls {}", self.b2bua.call_count());
-        let _ = writeln!(s, "understudy_calls_total{{event=\"created\"}} {}", bs.created);
-        let _ = writeln!(s, "understudy_calls_total{{event=\"answered\"}} {}", bs.answered);
+        let _ = writeln!(
+            s,
+            "understudy_calls_total{{event=\"created\"}} {}",
+            bs.created
+        );
+        let _ = writeln!(
+            s,
+            "understudy_calls_total{{event=\"answered\"}} {}",
+            bs.answered
+        );
         let _ = writeln!(s, "understudy_calls_total{{event=\"ended\"}} {}", bs.ended);
-        let _ = writeln!(s, "understudy_calls_total{{event=\"refused\"}} {}", bs.refused);
+        let _ = writeln!(
+            s,
+            "understudy_calls_total{{event=\"refused\"}} {}",
+            bs.refused
+        );
+        let role = self.role();
+        let _ = writeln!(s, "# TYPE understudy_role gauge");
+        for (name, r) in [
+            ("active", crate::pair::Role::Active),
+            ("standby", crate::pair::Role::Standby),
+            ("taking_over", crate::pair::Role::TakingOver),
+        ] {
+            let _ = writeln!(
+                s,
+                "understudy_role{{role=\"{name}\"}} {}",
+                u8::from(role == r)
+            );
+        }
+        let _ = writeln!(s, "understudy_epoch {}", self.epoch());
+        if let Some(p) = &self.pair {
+            let st = p.stats;
+            let _ = writeln!(s, "# TYPE understudy_keepalives_total counter");
+            let _ = writeln!(
+                s,
+                "understudy_keepalives_total{{dir=\"sent\"}} {}",
+                st.keepalives_sent
+            );
+            let _ = writeln!(
+                s,
+                "understudy_keepalives_total{{dir=\"received\"}} {}",
+                st.keepalives_received
+            );
+            let _ = writeln!(
+                s,
+                "understudy_keepalives_total{{dir=\"rejected\"}} {}",
+                st.keepalives_rejected
+            );
+            let _ = writeln!(
+                s,
+                "understudy_keepalives_missed_total {}",
+                p.machine.missed_total
+            );
+            let _ = writeln!(s, "understudy_takeovers_total {}", p.machine.takeovers);
+            let _ = writeln!(
+                s,
+                "understudy_config_mismatch {}",
+                u8::from(!p.config_match())
+            );
+            let _ = writeln!(
+                s,
+                "understudy_reg_notifies_total{{dir=\"sent\"}} {}",
+                st.reg_notifies_sent
+            );
+            let _ = writeln!(
+                s,
+                "understudy_reg_notifies_total{{dir=\"received\"}} {}",
+                st.reg_notifies_received
+            );
+        }
         s
     }
 }

@@ -212,7 +212,11 @@ impl DigestServer {
     /// `<issued>.<serial>.<signature>`.
     pub fn nonce(&mut self, now_s: u64) -> String {
         self.counter = self.counter.wrapping_add(1);
-        format!("{now_s:x}.{:x}.{}", self.counter, self.sign(now_s, self.counter))
+        format!(
+            "{now_s:x}.{:x}.{}",
+            self.counter,
+            self.sign(now_s, self.counter)
+        )
     }
 
     /// The `WWW-Authenticate`/`Proxy-Authenticate` values: MD5 first for the many clients
@@ -250,7 +254,8 @@ impl DigestServer {
         let uri = p.get("uri").ok_or(AuthError::Malformed("uri"))?;
         let response = p.get("response").ok_or(AuthError::Malformed("response"))?;
         let mut parts = nonce.splitn(3, '.');
-        let (Some(issued_hex), Some(serial_hex), Some(sig)) = (parts.next(), parts.next(), parts.next())
+        let (Some(issued_hex), Some(serial_hex), Some(sig)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::BadNonce);
         };
@@ -347,7 +352,11 @@ mod tests {
     fn wrong_password_stale_and_forged() {
         let mut s = DigestServer::new("pbx.local", b"k", 300);
         let ch = &s.challenges(1000, false)[1];
-        let nonce = DigestParams::parse(ch).unwrap().get("nonce").unwrap().to_string();
+        let nonce = DigestParams::parse(ch)
+            .unwrap()
+            .get("nonce")
+            .unwrap()
+            .to_string();
         let bad = answer_challenge(ch, "alice", "nope", "INVITE", "sip:bob@x", 1, "c").unwrap();
         assert_eq!(
             s.verify(1000, &bad, "INVITE", pw),

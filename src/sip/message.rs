@@ -398,6 +398,7 @@ pub trait SipMessage {
     }
 
     /// The From tag.
+    #[allow(clippy::wrong_self_convention)]
     fn from_tag(&self) -> Option<String> {
         self.from().ok().and_then(|a| a.tag().map(str::to_string))
     }

@@ -15,7 +15,7 @@ fn outcome(bytes: &[u8]) -> Result<(), u16> {
         Err(_) => Err(0),
         Ok(p) => match validate(&p) {
             Ok(()) => Ok(()),
-            Err(r) if matches!(p.message, Message::Response(_)) => Err(r.status.min(0)),
+            Err(_) if matches!(p.message, Message::Response(_)) => Err(0),
             Err(r) => Err(r.status),
         },
     }

@@ -537,8 +537,7 @@ impl TransactionLayer {
                     };
                     self.flush_scratch();
                     if up == ServerUp::NoAck {
-                        self.events
-                            .push_back(TxEvent::NoAck { id: ServerTxId(id) });
+                        self.events.push_back(TxEvent::NoAck { id: ServerTxId(id) });
                     }
                     self.reap_server(id);
                 }
@@ -639,7 +638,8 @@ fn stamp_via(req: &mut Request, source: Flow) {
         changed = true;
     }
     if via.params.get("rport") == Some(None) {
-        via.params.set("rport", Some(&source.remote.port().to_string()));
+        via.params
+            .set("rport", Some(&source.remote.port().to_string()));
         changed = true;
     }
     if changed {

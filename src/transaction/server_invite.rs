@@ -54,7 +54,9 @@ impl ServerInvite {
         match &self.state {
             State::Proceeding { last: Some(b) } => ctx.send(b.clone()),
             State::Completed { response, .. } => ctx.send(response.clone()),
-            State::Accepted { response, acked, .. } if !acked => ctx.send(response.clone()),
+            State::Accepted {
+                response, acked, ..
+            } if !acked => ctx.send(response.clone()),
             _ => {}
         }
     }

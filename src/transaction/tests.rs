@@ -60,8 +60,12 @@ fn run(
 fn invite_client_udp_retransmits_at_rfc_instants_and_times_out_at_64_t1() {
     let mut l = layer();
     let t0 = Instant::now();
-    l.send_request(t0, &request(Method::Invite, "z9hG4bKa"), Flow::udp(addr(5070)))
-        .unwrap();
+    l.send_request(
+        t0,
+        &request(Method::Invite, "z9hG4bKa"),
+        Flow::udp(addr(5070)),
+    )
+    .unwrap();
     let first = l.poll_transmit();
     assert!(first.is_some());
     let (sent, events) = run(&mut l, t0, Duration::from_secs(40));
@@ -75,8 +79,12 @@ fn invite_client_udp_retransmits_at_rfc_instants_and_times_out_at_64_t1() {
 fn invite_client_tcp_never_retransmits() {
     let mut l = layer();
     let t0 = Instant::now();
-    l.send_request(t0, &request(Method::Invite, "z9hG4bKb"), Flow::tcp(addr(5070)))
-        .unwrap();
+    l.send_request(
+        t0,
+        &request(Method::Invite, "z9hG4bKb"),
+        Flow::tcp(addr(5070)),
+    )
+    .unwrap();
     assert!(l.poll_transmit().is_some());
     let (sent, events) = run(&mut l, t0, Duration::from_secs(40));
     assert!(sent.is_empty());
@@ -91,20 +99,36 @@ fn invite_client_provisional_stops_a_and_b_non_2xx_is_acked_and_waits_d() {
     l.send_request(t0, &req, Flow::udp(addr(5070))).unwrap();
     l.poll_transmit();
     let t1 = t0 + Duration::from_millis(100);
-    l.handle_response(t1, response_to(&req, 180, Some("tt")), Flow::udp(addr(5070)));
-    assert!(matches!(l.poll_event(), Some(TxEvent::Response { ref response, .. }) if response.status == 180));
+    l.handle_response(
+        t1,
+        response_to(&req, 180, Some("tt")),
+        Flow::udp(addr(5070)),
+    );
+    assert!(
+        matches!(l.poll_event(), Some(TxEvent::Response { ref response, .. }) if response.status == 180)
+    );
     let (sent, events) = run(&mut l, t1, Duration::from_secs(60));
     assert!(sent.is_empty() && events.is_empty(), "1xx stops A and B");
     let t2 = t0 + Duration::from_secs(61);
-    l.handle_response(t2, response_to(&req, 486, Some("tt")), Flow::udp(addr(5070)));
+    l.handle_response(
+        t2,
+        response_to(&req, 486, Some("tt")),
+        Flow::udp(addr(5070)),
+    );
     let ack = l.poll_transmit().expect("ACK for non-2xx");
     assert!(ack.bytes.starts_with(b"ACK sip:bob@127.0.0.1:5070 SIP/2.0"));
     let ack_text = String::from_utf8_lossy(&ack.bytes).to_string();
     assert!(ack_text.contains("tag=tt") && ack_text.contains("CSeq: 1 ACK"));
     assert!(ack_text.contains("branch=z9hG4bKc"));
-    assert!(matches!(l.poll_event(), Some(TxEvent::Response { ref response, .. }) if response.status == 486));
+    assert!(
+        matches!(l.poll_event(), Some(TxEvent::Response { ref response, .. }) if response.status == 486)
+    );
     // a retransmitted 486 is re-ACKed, not passed up
-    l.handle_response(t2 + Duration::from_secs(1), response_to(&req, 486, Some("tt")), Flow::udp(addr(5070)));
+    l.handle_response(
+        t2 + Duration::from_secs(1),
+        response_to(&req, 486, Some("tt")),
+        Flow::udp(addr(5070)),
+    );
     assert!(l.poll_transmit().is_some());
     assert!(l.poll_event().is_none());
     // Timer D: 32 s on UDP
@@ -123,14 +147,24 @@ fn invite_client_2xx_moves_to_accepted_and_passes_retransmissions_until_m() {
     l.poll_transmit();
     let ok = response_to(&req, 200, Some("tt"));
     l.handle_response(t0, ok.clone(), Flow::udp(addr(5070)));
-    l.handle_response(t0 + Duration::from_secs(1), ok.clone(), Flow::udp(addr(5070)));
+    l.handle_response(
+        t0 + Duration::from_secs(1),
+        ok.clone(),
+        Flow::udp(addr(5070)),
+    );
     let mut n = 0;
     while let Some(e) = l.poll_event() {
         assert!(matches!(e, TxEvent::Response { ref response, .. } if response.status == 200));
         n += 1;
     }
-    assert_eq!(n, 2, "2xx retransmission reaches the TU (it re-sends the ACK)");
-    assert!(l.poll_transmit().is_none(), "the transaction never ACKs a 2xx");
+    assert_eq!(
+        n, 2,
+        "2xx retransmission reaches the TU (it re-sends the ACK)"
+    );
+    assert!(
+        l.poll_transmit().is_none(),
+        "the transaction never ACKs a 2xx"
+    );
     l.handle_timeout(t0 + Duration::from_millis(31_999));
     assert_eq!(l.client_count(), 1);
     l.handle_timeout(t0 + Duration::from_secs(32));
@@ -141,14 +175,20 @@ fn invite_client_2xx_moves_to_accepted_and_passes_retransmissions_until_m() {
 fn non_invite_client_e_doubles_to_t2_then_f() {
     let mut l = layer();
     let t0 = Instant::now();
-    l.send_request(t0, &request(Method::Options, "z9hG4bKe"), Flow::udp(addr(5070)))
-        .unwrap();
+    l.send_request(
+        t0,
+        &request(Method::Options, "z9hG4bKe"),
+        Flow::udp(addr(5070)),
+    )
+    .unwrap();
     l.poll_transmit();
     let (sent, events) = run(&mut l, t0, Duration::from_secs(40));
     // 0.5, 1.5, 3.5, 7.5, then every T2 = 4 s: 11.5 ... 31.5
     assert_eq!(
         sent,
-        [500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+        [
+            500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500
+        ]
     );
     assert!(matches!(events[..], [(32000, TxEvent::Timeout { .. })]));
 }
@@ -160,9 +200,17 @@ fn non_invite_client_proceeding_retransmits_every_t2_and_k_after_final() {
     let req = request(Method::Options, "z9hG4bKf");
     l.send_request(t0, &req, Flow::udp(addr(5070))).unwrap();
     l.poll_transmit();
-    l.handle_response(t0 + Duration::from_millis(100), response_to(&req, 100, None), Flow::udp(addr(5070)));
+    l.handle_response(
+        t0 + Duration::from_millis(100),
+        response_to(&req, 100, None),
+        Flow::udp(addr(5070)),
+    );
     // E still at 0.5 (armed in Trying), then T2 steps: 4.5, 8.5 ...
-    let (sent, _) = run(&mut l, t0 + Duration::from_millis(100), Duration::from_millis(9_000));
+    let (sent, _) = run(
+        &mut l,
+        t0 + Duration::from_millis(100),
+        Duration::from_millis(9_000),
+    );
     assert_eq!(sent, [400, 4400, 8400]);
     let tf = t0 + Duration::from_secs(10);
     l.handle_response(tf, response_to(&req, 200, Some("x")), Flow::udp(addr(5070)));
@@ -210,17 +258,24 @@ fn invite_server_absorbs_retransmissions_and_g_h_edges() {
     let t0 = Instant::now();
     let id = inbound_invite(&mut l, t0, "z9hG4bKs1", Proto::Udp);
     // retransmitted INVITE: 100 again, no new event
-    l.handle_request(t0 + Duration::from_millis(500), request(Method::Invite, "z9hG4bKs1"), Flow::udp(addr(5061)));
+    l.handle_request(
+        t0 + Duration::from_millis(500),
+        request(Method::Invite, "z9hG4bKs1"),
+        Flow::udp(addr(5061)),
+    );
     assert!(l.poll_transmit().is_some());
     assert!(l.poll_event().is_none());
     let req = request(Method::Invite, "z9hG4bKs1");
-    l.respond(t0, id, &response_to(&req, 486, Some("t"))).unwrap();
+    l.respond(t0, id, &response_to(&req, 486, Some("t")))
+        .unwrap();
     l.poll_transmit();
     let (sent, events) = run(&mut l, t0, Duration::from_secs(40));
     // G: 0.5, 1.5, 3.5, 7.5, then T2: 11.5, ... 31.5; H at 32 s
     assert_eq!(
         sent,
-        [500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+        [
+            500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500
+        ]
     );
     assert!(matches!(events[..], [(32000, TxEvent::NoAck { .. })]));
     assert_eq!(l.server_count(), 0);
@@ -232,13 +287,22 @@ fn invite_server_ack_confirms_and_i_terminates() {
     let t0 = Instant::now();
     let id = inbound_invite(&mut l, t0, "z9hG4bKs2", Proto::Udp);
     let req = request(Method::Invite, "z9hG4bKs2");
-    l.respond(t0, id, &response_to(&req, 404, Some("t"))).unwrap();
+    l.respond(t0, id, &response_to(&req, 404, Some("t")))
+        .unwrap();
     l.poll_transmit();
     let mut ack = request(Method::Ack, "z9hG4bKs2");
     ack.headers.set(HeaderName::CSeq, "1 ACK");
-    l.handle_request(t0 + Duration::from_millis(200), ack.clone(), Flow::udp(addr(5061)));
+    l.handle_request(
+        t0 + Duration::from_millis(200),
+        ack.clone(),
+        Flow::udp(addr(5061)),
+    );
     assert!(l.poll_event().is_none(), "ACK for non-2xx is absorbed");
-    let (sent, _) = run(&mut l, t0 + Duration::from_millis(200), Duration::from_secs(2));
+    let (sent, _) = run(
+        &mut l,
+        t0 + Duration::from_millis(200),
+        Duration::from_secs(2),
+    );
     assert!(sent.is_empty(), "G stops on ACK");
     l.handle_timeout(t0 + Duration::from_millis(5_199));
     assert_eq!(l.server_count(), 1);
@@ -252,16 +316,25 @@ fn invite_server_2xx_retransmitted_until_ack_then_l() {
     let t0 = Instant::now();
     let id = inbound_invite(&mut l, t0, "z9hG4bKs3", Proto::Udp);
     let req = request(Method::Invite, "z9hG4bKs3");
-    l.respond(t0, id, &response_to(&req, 200, Some("t"))).unwrap();
+    l.respond(t0, id, &response_to(&req, 200, Some("t")))
+        .unwrap();
     l.poll_transmit();
     let (sent, _) = run(&mut l, t0, Duration::from_millis(4_000));
     assert_eq!(sent, [500, 1500, 3500]);
     // the 2xx ACK has its own branch: matched by Call-ID and CSeq, and passed up
     let mut ack = request(Method::Ack, "z9hG4bKother");
     ack.headers.set(HeaderName::CSeq, "1 ACK");
-    l.handle_request(t0 + Duration::from_millis(4_000), ack, Flow::udp(addr(5061)));
+    l.handle_request(
+        t0 + Duration::from_millis(4_000),
+        ack,
+        Flow::udp(addr(5061)),
+    );
     assert!(matches!(l.poll_event(), Some(TxEvent::Ack { .. })));
-    let (sent, events) = run(&mut l, t0 + Duration::from_millis(4_000), Duration::from_secs(30));
+    let (sent, events) = run(
+        &mut l,
+        t0 + Duration::from_millis(4_000),
+        Duration::from_secs(30),
+    );
     assert!(sent.is_empty() && events.is_empty());
     assert_eq!(l.server_count(), 0, "Timer L = 64*T1 ended it");
 }
@@ -272,7 +345,8 @@ fn invite_server_2xx_without_ack_reports_no_ack_at_l() {
     let t0 = Instant::now();
     let id = inbound_invite(&mut l, t0, "z9hG4bKs4", Proto::Tcp);
     let req = request(Method::Invite, "z9hG4bKs4");
-    l.respond(t0, id, &response_to(&req, 200, Some("t"))).unwrap();
+    l.respond(t0, id, &response_to(&req, 200, Some("t")))
+        .unwrap();
     l.poll_transmit();
     let (sent, events) = run(&mut l, t0, Duration::from_secs(33));
     assert!(sent.is_empty(), "no 2xx retransmission on TCP");
@@ -285,17 +359,42 @@ fn non_invite_server_j_edges_udp_and_tcp() {
         let mut l = layer();
         let t0 = Instant::now();
         let req = request(Method::Options, "z9hG4bKn1");
-        l.handle_request(t0, req.clone(), Flow { proto, remote: addr(5061), conn: None });
+        l.handle_request(
+            t0,
+            req.clone(),
+            Flow {
+                proto,
+                remote: addr(5061),
+                conn: None,
+            },
+        );
         let Some(TxEvent::Request { id, .. }) = l.poll_event() else {
             panic!("request event");
         };
         // retransmission before the final: absorbed silently (Trying)
-        l.handle_request(t0, req.clone(), Flow { proto, remote: addr(5061), conn: None });
+        l.handle_request(
+            t0,
+            req.clone(),
+            Flow {
+                proto,
+                remote: addr(5061),
+                conn: None,
+            },
+        );
         assert!(l.poll_transmit().is_none());
-        l.respond(t0, id, &response_to(&req, 200, Some("t"))).unwrap();
+        l.respond(t0, id, &response_to(&req, 200, Some("t")))
+            .unwrap();
         assert!(l.poll_transmit().is_some());
         // retransmission after the final: the final again
-        l.handle_request(t0, req.clone(), Flow { proto, remote: addr(5061), conn: None });
+        l.handle_request(
+            t0,
+            req.clone(),
+            Flow {
+                proto,
+                remote: addr(5061),
+                conn: None,
+            },
+        );
         assert!(l.poll_transmit().is_some());
         if j > 0 {
             l.handle_timeout(t0 + Duration::from_millis(j - 1));
@@ -317,8 +416,12 @@ fn custom_t1_scales_every_timer() {
         true,
     );
     let t0 = Instant::now();
-    l.send_request(t0, &request(Method::Invite, "z9hG4bKt1"), Flow::udp(addr(5070)))
-        .unwrap();
+    l.send_request(
+        t0,
+        &request(Method::Invite, "z9hG4bKt1"),
+        Flow::udp(addr(5070)),
+    )
+    .unwrap();
     l.poll_transmit();
     let (sent, events) = run(&mut l, t0, Duration::from_secs(4));
     assert_eq!(sent, [50, 150, 350, 750, 1550, 3150]);
@@ -334,14 +437,18 @@ fn cancel_matches_its_invite_and_responses_go_to_the_source_port() {
     cancel.headers.set(HeaderName::CSeq, "1 CANCEL");
     assert_eq!(l.cancel_target(&cancel), Some(id));
     l.handle_request(t0, cancel, Flow::udp(addr(5099)));
-    let Some(TxEvent::Request { id: cid, request, .. }) = l.poll_event() else {
+    let Some(TxEvent::Request {
+        id: cid, request, ..
+    }) = l.poll_event()
+    else {
         panic!("CANCEL is its own transaction");
     };
     assert_ne!(cid, id);
     let via = request.top_via().unwrap();
     assert_eq!(via.params.value("received"), None, "same host: no received");
     // responses follow the source address (rport behaviour)
-    l.respond(t0, cid, &response_to(&request, 200, None)).unwrap();
+    l.respond(t0, cid, &response_to(&request, 200, None))
+        .unwrap();
     let tx = l.poll_transmit().unwrap();
     assert_eq!(tx.flow.remote, addr(5099));
 }
@@ -350,6 +457,13 @@ fn cancel_matches_its_invite_and_responses_go_to_the_source_port() {
 fn stray_responses_are_reported() {
     let mut l = layer();
     let req = request(Method::Bye, "z9hG4bKnone");
-    l.handle_response(Instant::now(), response_to(&req, 200, None), Flow::udp(addr(1)));
-    assert!(matches!(l.poll_event(), Some(TxEvent::StrayResponse { .. })));
+    l.handle_response(
+        Instant::now(),
+        response_to(&req, 200, None),
+        Flow::udp(addr(1)),
+    );
+    assert!(matches!(
+        l.poll_event(),
+        Some(TxEvent::StrayResponse { .. })
+    ));
 }

@@ -88,11 +88,13 @@ impl Transport {
         let conns = tcp::Connections::new(inbound);
         let mut tcp_local = None;
         if let Some(addr) = tcp_addr {
-            let l = TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-                proto: Proto::Tcp,
-                addr,
-                source,
-            })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    proto: Proto::Tcp,
+                    addr,
+                    source,
+                })?;
             tcp_local = l.local_addr().ok();
             tokio::spawn(tcp::accept_loop(l, conns.clone()));
         }

@@ -82,20 +82,28 @@ impl Connections {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(flow.remote)).await {
+            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(flow.remote))
+                .await
+            {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     let w = this.start(stream, flow.remote);
                     let _ = w.send(bytes);
                 }
-                Ok(Err(e)) => tracing::info!(remote = %flow.remote, error = %e, "tcp connect failed"),
+                Ok(Err(e)) => {
+                    tracing::info!(remote = %flow.remote, error = %e, "tcp connect failed")
+                }
                 Err(_) => tracing::info!(remote = %flow.remote, "tcp connect timed out"),
             }
         });
     }
 
     /// Run reader and writer tasks for a connection; returns its writer.
-    pub(crate) fn start(&self, stream: TcpStream, remote: SocketAddr) -> mpsc::UnboundedSender<Bytes> {
+    pub(crate) fn start(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+    ) -> mpsc::UnboundedSender<Bytes> {
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Bytes>();
         let id = self.register(remote, wtx.clone());
         let (mut rd, mut wr) = stream.into_split();
@@ -123,18 +131,26 @@ impl Connections {
                 match framer.push(&buf[..n]) {
                     Ok(msgs) => {
                         for m in msgs {
-                            if this.inbound.send(Inbound::Message(Box::new(m), flow)).await.is_err() {
+                            if this
+                                .inbound
+                                .send(Inbound::Message(Box::new(m), flow))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
                     }
                     Err(e) => {
                         tracing::info!(%remote, error = %e, "tcp framing lost; closing connection");
-                        let _ = this.inbound.send(Inbound::Malformed {
-                            raw: Bytes::copy_from_slice(&buf[..n]),
-                            error: e.to_string(),
-                            flow,
-                        }).await;
+                        let _ = this
+                            .inbound
+                            .send(Inbound::Malformed {
+                                raw: Bytes::copy_from_slice(&buf[..n]),
+                                error: e.to_string(),
+                                flow,
+                            })
+                            .await;
                         break;
                     }
                 }

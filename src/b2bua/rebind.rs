@@ -1,0 +1,388 @@
+//! Adopting calls after a takeover: the RFC 3725 re-bind exchange (offerless re-INVITE to
+//! leg A; A's offer in a re-INVITE to leg B; B's answer in the ACK to A), with our Contact
+//! in both, so both endpoints send their later requests here. Glare (491) is retried after
+//! the RFC 3261 §14.1 random delay; a leg that no longer knows its dialog (481/408) or
+//! refuses ends the call cleanly on the other leg.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+
+use super::call::{Call, CallState, SessionTimer, Side, idx};
+use super::{B2bua, Env, Purpose, TimerKind};
+use crate::dialog::Dialog;
+use crate::sip::{HeaderName, Method, Response, SipMessage};
+
+/// How a call was found at takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// From the endpoints' answers to the dialog query (RFC 4235).
+    Query,
+    /// From the dialog digest on the keep-alives.
+    Digest,
+}
+
+/// A call to adopt: both legs as rebuilt from what the endpoints (or the digest) said.
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    /// The call token from the tags.
+    pub token: u64,
+    /// Leg A (the caller).
+    pub a: Dialog,
+    /// Leg B (the callee).
+    pub b: Dialog,
+    /// Caller URI.
+    pub caller: String,
+    /// Callee.
+    pub callee: String,
+    /// When the call started (unix ms), from the reported duration when known.
+    pub start_ms: u64,
+    /// How it was found.
+    pub source: Source,
+}
+
+/// The result of re-binding one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Both legs now talk to this node.
+    Recovered(Source),
+    /// An endpoint no longer knew the dialog (481/408): the call was cleaned up.
+    Ended(u16),
+    /// An endpoint refused the re-INVITE: the call was ended on both legs.
+    Failed(u16),
+}
+
+/// Where a re-bind is.
+#[derive(Debug, Clone)]
+pub(super) enum Step {
+    /// Offerless re-INVITE sent to A.
+    A { cseq: u32 },
+    /// A answered with `offer`; re-INVITE with it sent to B. A's 2xx waits for our ACK.
+    B { a_cseq: u32, offer: Bytes, b_cseq: u32 },
+}
+
+/// Re-bind state of a call.
+#[derive(Debug, Clone)]
+pub(super) struct Rebind {
+    pub(super) step: Step,
+    pub(super) source: Source,
+}
+
+/// An SDP answer that rejects every stream of `offer` (ports 0), for ending a half-done
+/// exchange cleanly (RFC 3264 §6).
+fn rejecting_answer(offer: &Bytes) -> Bytes {
+    let text = String::from_utf8_lossy(offer);
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix("m=") {
+            let mut parts = rest.splitn(3, ' ');
+            let media = parts.next().unwrap_or("audio");
+            let _port = parts.next();
+            let tail = parts.next().unwrap_or("RTP/AVP 0\r\n");
+            out.push_str(&format!("m={media} 0 {tail}"));
+        } else {
+            out.push_str(line);
+        }
+    }
+    Bytes::from(out)
+}
+
+impl B2bua {
+    /// Adopt a call found at takeover and start re-binding it.
+    pub fn adopt(&mut self, env: &mut Env<'_>, mut call: Adopted) {
+        if self.calls.contains_key(&call.token) {
+            return;
+        }
+        let base = env.cseq_base();
+        call.a.local_cseq = call.a.local_cseq.max(base);
+        call.b.local_cseq = call.b.local_cseq.max(base);
+        let token = call.token;
+        let c = Call {
+            token,
+            state: CallState::Rebinding,
+            b_call_id: call.b.call_id.clone(),
+            a: call.a,
+            a_invite: None,
+            b: Some(call.b),
+            b_invite_cseq: 0,
+            forks: Vec::new(),
+            b_ack: None,
+            reinvite: None,
+            relay_tx: None,
+            relays: HashMap::new(),
+            last_sdp: [None, None],
+            timers: [None, None],
+            peer_update: [false, false],
+            caller: call.caller,
+            callee: call.callee,
+            trunk: None,
+            start_ms: call.start_ms,
+            answer_ms: Some(call.start_ms),
+            created: env.now,
+            recovered: true,
+            cancelled: false,
+            rebind: Some(Rebind {
+                step: Step::A { cseq: 0 },
+                source: call.source,
+            }),
+            rebind_acks: [None, None],
+            rebind_txs: Vec::new(),
+        };
+        self.calls.insert(token, c);
+        self.stats.adopted += 1;
+        self.send_rebind_a(env, token);
+    }
+
+    fn send_rebind_a(&mut self, env: &mut Env<'_>, token: u64) {
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let mut r = call.a.request(Method::Invite, env.me, None);
+        let cseq = call.a.local_cseq;
+        r.headers.push(HeaderName::Allow, super::ALLOW);
+        r.headers.push(HeaderName::Supported, "timer");
+        let hop = call.a.next_hop();
+        match env.tx.send_request(env.now, &r, hop) {
+            Ok(tx) => {
+                self.client.insert(tx, (token, Purpose::RebindA));
+                call.rebind_txs.push(tx);
+                if let Some(rb) = call.rebind.as_mut() {
+                    rb.step = Step::A { cseq };
+                }
+            }
+            Err(_) => self.rebind_done(env, token, Outcome::Failed(500), &[Side::B]),
+        }
+    }
+
+    fn send_rebind_b(&mut self, env: &mut Env<'_>, token: u64, a_cseq: u32, offer: Bytes, ctype: String) {
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some(b) = call.b.as_mut() else {
+            return;
+        };
+        let mut r = b.request(Method::Invite, env.me, None);
+        let b_cseq = b.local_cseq;
+        r.headers.push(HeaderName::Allow, super::ALLOW);
+        r.headers.push(HeaderName::Supported, "timer");
+        r.headers.push(HeaderName::ContentType, ctype);
+        r.body = offer.clone();
+        let hop = b.next_hop();
+        call.last_sdp[idx(Side::B)] = Some(offer.clone());
+        match env.tx.send_request(env.now, &r, hop) {
+            Ok(tx) => {
+                self.client.insert(tx, (token, Purpose::RebindB));
+                call.rebind_txs.push(tx);
+                if let Some(rb) = call.rebind.as_mut() {
+                    rb.step = Step::B { a_cseq, offer, b_cseq };
+                }
+            }
+            Err(_) => self.rebind_done(env, token, Outcome::Failed(500), &[Side::A]),
+        }
+    }
+
+    fn rebind_done(&mut self, env: &mut Env<'_>, token: u64, outcome: Outcome, bye: &[Side]) {
+        self.rebind_outcomes.push((token, outcome));
+        match outcome {
+            Outcome::Recovered(_) => {}
+            Outcome::Ended(code) | Outcome::Failed(code) => {
+                self.finish(env, token, &format!("failed:{code}"), bye);
+            }
+        }
+    }
+
+    /// A response to a re-bind re-INVITE.
+    pub(super) fn rebind_response(&mut self, env: &mut Env<'_>, token: u64, side: Side, resp: Response) {
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some(rb) = call.rebind.clone() else {
+            // Re-bind finished: a retransmitted 2xx gets our ACK again.
+            return;
+        };
+        let status = resp.status;
+        if status < 200 {
+            return;
+        }
+        match (side, &rb.step) {
+            (Side::A, Step::A { cseq }) => {
+                let cseq = *cseq;
+                if (200..300).contains(&status) {
+                    call.a.refresh_target(resp.contact());
+                    call.peer_update[idx(Side::A)] = resp.has_token(&HeaderName::Allow, "UPDATE");
+                    if resp.body.is_empty() {
+                        // No offer: nothing to give B. Close A's transaction and end.
+                        let ack = call.a.ack(env.me, cseq, None);
+                        env.tx.send_stateless(call.a.next_hop(), ack.to_bytes());
+                        self.rebind_done(env, token, Outcome::Failed(488), &[Side::A, Side::B]);
+                        return;
+                    }
+                    let ctype = resp
+                        .headers
+                        .get(&HeaderName::ContentType)
+                        .unwrap_or("application/sdp")
+                        .to_string();
+                    let offer = Bytes::copy_from_slice(&resp.body);
+                    self.send_rebind_b(env, token, cseq, offer, ctype);
+                } else if status == 491 {
+                    // We do not own A's Call-ID: retry after 0–2 s (RFC 3261 §14.1).
+                    let d = Duration::from_millis(rand::thread_rng().gen_range(0..=2000));
+                    self.timers.push(Reverse((env.now + d, token, TimerKind::RebindRetry)));
+                } else if matches!(status, 481 | 408) {
+                    self.rebind_done(env, token, Outcome::Ended(status), &[Side::B]);
+                } else {
+                    self.rebind_done(env, token, Outcome::Failed(status), &[Side::B]);
+                }
+            }
+            (Side::A, Step::B { a_cseq, .. }) if (200..300).contains(&status) => {
+                // A's 2xx retransmitted while B is being re-INVITEd: its ACK comes later.
+                let _ = a_cseq;
+            }
+            (Side::B, Step::B { a_cseq, offer, b_cseq }) => {
+                let (a_cseq, offer, b_cseq) = (*a_cseq, offer.clone(), *b_cseq);
+                if (200..300).contains(&status) {
+                    let Some(b) = call.b.as_mut() else {
+                        return;
+                    };
+                    b.refresh_target(resp.contact());
+                    let ack_b = b.ack(env.me, b_cseq, None).to_bytes();
+                    env.tx.send_stateless(b.next_hop(), ack_b.clone());
+                    let answer = Bytes::copy_from_slice(&resp.body);
+                    let ctype = resp
+                        .headers
+                        .get(&HeaderName::ContentType)
+                        .unwrap_or("application/sdp")
+                        .to_string();
+                    let ack_a = call.a.ack(env.me, a_cseq, Some((answer.clone(), ctype))).to_bytes();
+                    env.tx.send_stateless(call.a.next_hop(), ack_a.clone());
+                    call.last_sdp[idx(Side::A)] = Some(answer);
+                    call.peer_update[idx(Side::B)] = resp.has_token(&HeaderName::Allow, "UPDATE");
+                    call.state = CallState::Confirmed;
+                    let source = rb.source;
+                    call.rebind = None;
+                    call.rebind_acks = [Some(ack_a), Some(ack_b)];
+                    // The new active refreshes both legs from now on.
+                    let s = env.cfg.calls.session_expires_s;
+                    if s > 0 {
+                        for side in [Side::A, Side::B] {
+                            call.timers[idx(side)] = Some(SessionTimer {
+                                interval_s: s,
+                                we_refresh: true,
+                                deadline: env.now + Duration::from_secs(u64::from(s / 2)),
+                            });
+                        }
+                        for t in super::session::deadlines(call) {
+                            self.timers.push(Reverse(t));
+                        }
+                    }
+                    self.rebind_outcomes.push((token, Outcome::Recovered(source)));
+                    self.stats.recovered += 1;
+                } else if status == 491 {
+                    // We own B's Call-ID: retry after 2.1–4 s (RFC 3261 §14.1).
+                    let d = Duration::from_millis(rand::thread_rng().gen_range(2100..=4000));
+                    self.timers.push(Reverse((env.now + d, token, TimerKind::RebindRetry)));
+                } else {
+                    // B refused or is gone: close A's exchange with a rejecting answer, then
+                    // hang up A.
+                    let ack = call
+                        .a
+                        .ack(env.me, a_cseq, Some((rejecting_answer(&offer), "application/sdp".into())));
+                    env.tx.send_stateless(call.a.next_hop(), ack.to_bytes());
+                    let outcome = if matches!(status, 481 | 408) {
+                        Outcome::Ended(status)
+                    } else {
+                        Outcome::Failed(status)
+                    };
+                    self.rebind_done(env, token, outcome, &[Side::A]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A 2xx retransmission for a finished re-bind re-INVITE: send the ACK again.
+    pub(super) fn rebind_reack(&mut self, env: &mut Env<'_>, token: u64, side: Side) {
+        if let Some(call) = self.calls.get(&token)
+            && call.rebind.is_none()
+            && let (Some(ack), Some(d)) = (&call.rebind_acks[idx(side)], call.leg(side))
+        {
+            env.tx.send_stateless(d.next_hop(), ack.clone());
+        }
+    }
+
+    /// The glare retry timer fired.
+    pub(super) fn rebind_retry(&mut self, env: &mut Env<'_>, token: u64) {
+        let Some(step) = self.calls.get(&token).and_then(|c| c.rebind.as_ref()).map(|r| r.step.clone()) else {
+            return;
+        };
+        match step {
+            Step::A { .. } => self.send_rebind_a(env, token),
+            Step::B { a_cseq, offer, .. } => {
+                self.send_rebind_b(env, token, a_cseq, offer, "application/sdp".into());
+            }
+        }
+    }
+
+    /// Hang up a leg whose partner never turned up at takeover, and write its CDR.
+    pub fn bye_orphan(&mut self, env: &mut Env<'_>, mut leg: Dialog, caller: &str, callee: &str, start_ms: u64) {
+        leg.local_cseq = leg.local_cseq.max(env.cseq_base());
+        let bye = leg.request(Method::Bye, env.me, None);
+        let _ = env.tx.send_request(env.now, &bye, leg.next_hop());
+        self.cdrs.push(crate::cdr::CdrRecord {
+            call_id: leg.call_id.clone(),
+            b_call_id: String::new(),
+            token: super::parse_tag(&leg.local_tag)
+                .map(|(t, _)| format!("{t:016x}"))
+                .unwrap_or_default(),
+            caller: caller.to_string(),
+            callee: callee.to_string(),
+            trunk: None,
+            start_ms: start_ms as i64,
+            answer_ms: Some(start_ms as i64),
+            end_ms: env.now_ms as i64,
+            duration_ms: env.now_ms.saturating_sub(start_ms) as i64,
+            end_reason: "takeover_orphan".into(),
+            recovered: true,
+            node: env.node.to_string(),
+            media: None,
+        });
+        self.stats.orphaned += 1;
+    }
+
+    /// Re-bind results since the last call.
+    pub fn take_rebind_outcomes(&mut self) -> Vec<(u64, Outcome)> {
+        std::mem::take(&mut self.rebind_outcomes)
+    }
+
+    /// Calls still being re-bound.
+    pub fn rebinding(&self) -> usize {
+        self.calls.values().filter(|c| c.rebind.is_some()).count()
+    }
+}
+
+impl Call {
+    /// Whether a message's Call-ID belongs to one of this call's legs.
+    pub fn has_call_id(&self, call_id: &str) -> bool {
+        self.a.call_id == call_id || self.b.as_ref().is_some_and(|b| b.call_id == call_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejecting_answer_zeroes_ports() {
+        let offer = Bytes::from_static(b"v=0\r\nm=audio 4000 RTP/AVP 0 8\r\na=sendrecv\r\nm=video 5000 RTP/AVP 31\r\n");
+        let a = rejecting_answer(&offer);
+        assert_eq!(
+            &a[..],
+            b"v=0\r\nm=audio 0 RTP/AVP 0 8\r\na=sendrecv\r\nm=video 0 RTP/AVP 31\r\n"
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! The pair: keep-alives with their authentication, the role machine, epoch persistence and
+//! registration sync (DESIGN "The pair protocol").
+
+pub mod dialoginfo;
+pub mod epoch;
+pub mod keepalive;
+pub mod regsync;
+pub mod role;
+
+pub use role::{
+    Action, Announced, PeerView, Role, RoleMachine, Settings, StepDownReason, TakeoverReason,
+};

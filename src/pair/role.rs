@@ -1,0 +1,435 @@
+//! The role machine of the pair (DESIGN "Roles and epochs", seed steps 204–208): keep-alive
+//! schedule, the stand-by's miss counter, the direct probe, takeover, handover, fencing by
+//! epoch and the tie rule. Sans-IO: keep-alives in, clock readings in, actions out.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::HomeRole;
+
+/// What a node does now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Watching the active peer.
+    Standby,
+    /// Raising the epoch and becoming active.
+    TakingOver,
+    /// Handling calls.
+    Active,
+}
+
+/// The role a keep-alive announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// `active`
+    Active,
+    /// `standby`
+    Standby,
+    /// `handover`: the active asks the stand-by to take over now.
+    Handover,
+}
+
+impl Announced {
+    /// Header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Standby => "standby",
+            Self::Handover => "handover",
+        }
+    }
+
+    /// Parse a header value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "active" => Some(Self::Active),
+            "standby" => Some(Self::Standby),
+            "handover" => Some(Self::Handover),
+            _ => None,
+        }
+    }
+}
+
+/// Why a node took over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TakeoverReason {
+    /// The active missed keep-alives and did not answer the probe.
+    PeerSilent,
+    /// The active handed over (switchover requested on the active).
+    Handover,
+    /// An operator asked this node (the stand-by) to take over.
+    Switchover,
+    /// No active peer seen during start-up, and this node's home role is `main`.
+    Startup,
+}
+
+/// Why a node stepped down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepDownReason {
+    /// The peer is active with a higher epoch (fencing).
+    HigherEpoch,
+    /// Same epoch, both active: the home `main` wins.
+    Tie,
+    /// We handed over and the peer took over.
+    HandedOver,
+}
+
+/// What the machine asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send a keep-alive OPTIONS to the peer announcing this role.
+    SendKeepalive(Announced),
+    /// Send the direct probe (the seed's inquiry) to the active.
+    SendProbe,
+    /// Persist `epoch`, then act as active.
+    BecomeActive {
+        /// The new epoch (already persisted by the driver before acting).
+        epoch: u64,
+        /// Why.
+        reason: TakeoverReason,
+    },
+    /// Stop acting as active.
+    StepDown(StepDownReason),
+    /// Something an operator should know.
+    Warn(String),
+}
+
+/// Timing and identity.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Keep-alive interval.
+    pub keepalive: Duration,
+    /// Missed intervals before the probe.
+    pub missed: u32,
+    /// How long the probe may take.
+    pub probe_timeout: Duration,
+    /// Home role.
+    pub home: HomeRole,
+}
+
+/// What we know of the peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerView {
+    /// Its node name.
+    pub name: Option<String>,
+    /// Its announced role.
+    pub role: Option<Announced>,
+    /// Its epoch.
+    pub epoch: u64,
+    /// When its last valid keep-alive (request or answer) arrived.
+    pub last_seen: Option<Instant>,
+    /// Round-trip time of our last answered keep-alive.
+    pub rtt: Option<Duration>,
+    /// Its calls count.
+    pub calls: u64,
+    /// Its config digest.
+    pub config: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Listening for one detection period before deciding (DESIGN "Start-up").
+    Starting { until: Instant },
+    /// Normal operation.
+    Running,
+    /// The probe is out; takeover if no answer by `deadline`.
+    Probing { deadline: Instant },
+    /// We asked the peer to take over; give up at `deadline`.
+    HandingOver { deadline: Instant },
+}
+
+/// The role machine.
+#[derive(Debug)]
+pub struct RoleMachine {
+    s: Settings,
+    role: Role,
+    epoch: u64,
+    phase: Phase,
+    next_tick: Instant,
+    /// When the last valid keep-alive from an active peer arrived (or when we started
+    /// watching, if it never did).
+    last_heard: Option<Instant>,
+    /// Missed intervals already counted into `missed_total`.
+    missed_counted: u32,
+    peer: PeerView,
+    actions: VecDeque<Action>,
+    /// Keep-alive intervals missed in total (metrics).
+    pub missed_total: u64,
+    /// Takeovers performed (metrics).
+    pub takeovers: u64,
+}
+
+impl RoleMachine {
+    /// A machine starting at `now` with the persisted `epoch`.
+    pub fn new(s: Settings, epoch: u64, now: Instant) -> Self {
+        let detection = s.keepalive * s.missed + s.probe_timeout;
+        Self {
+            role: Role::Standby,
+            epoch,
+            phase: Phase::Starting {
+                until: now + detection,
+            },
+            next_tick: now,
+            last_heard: None,
+            missed_counted: 0,
+            peer: PeerView::default(),
+            actions: VecDeque::new(),
+            missed_total: 0,
+            takeovers: 0,
+            s,
+        }
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// What we know of the peer.
+    pub fn peer(&self) -> &PeerView {
+        &self.peer
+    }
+
+    /// Whether this node accepts new calls (active and not handing over).
+    pub fn accepts_calls(&self) -> bool {
+        self.role == Role::Active && !matches!(self.phase, Phase::HandingOver { .. })
+    }
+
+    /// The role our keep-alives announce.
+    pub fn announced(&self) -> Announced {
+        match (self.role, self.phase) {
+            (Role::Active, Phase::HandingOver { .. }) => Announced::Handover,
+            (Role::Active, _) => Announced::Active,
+            _ => Announced::Standby,
+        }
+    }
+
+    /// Keep-alive intervals since the active was last heard (stand-by only).
+    pub fn missed(&self) -> u32 {
+        self.missed_counted
+    }
+
+    fn missed_at(&self, now: Instant) -> u32 {
+        match self.last_heard {
+            Some(h) if self.role == Role::Standby => {
+                (now.saturating_duration_since(h).as_micros() / self.s.keepalive.as_micros().max(1))
+                    as u32
+            }
+            _ => 0,
+        }
+    }
+
+    /// When the stand-by probes if nothing is heard before.
+    fn probe_due(&self) -> Option<Instant> {
+        match (self.role, self.phase, self.last_heard) {
+            (Role::Standby, Phase::Running, Some(h)) => Some(h + self.s.keepalive * self.s.missed),
+            _ => None,
+        }
+    }
+
+    fn take_over(&mut self, reason: TakeoverReason) {
+        self.epoch = self.epoch.max(self.peer.epoch) + 1;
+        self.role = Role::Active;
+        self.phase = Phase::Running;
+        self.missed_counted = 0;
+        self.takeovers += 1;
+        self.actions.push_back(Action::BecomeActive {
+            epoch: self.epoch,
+            reason,
+        });
+    }
+
+    fn step_down(&mut self, now: Instant, reason: StepDownReason) {
+        self.role = Role::Standby;
+        self.phase = Phase::Running;
+        self.missed_counted = 0;
+        self.last_heard = Some(now);
+        self.actions.push_back(Action::StepDown(reason));
+    }
+
+    /// A valid keep-alive (request, or the answer to ours) from the peer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_keepalive(
+        &mut self,
+        now: Instant,
+        name: &str,
+        announced: Announced,
+        epoch: u64,
+        calls: u64,
+        config: &str,
+        rtt: Option<Duration>,
+    ) {
+        self.peer.name = Some(name.to_string());
+        self.peer.role = Some(announced);
+        self.peer.epoch = epoch;
+        self.peer.last_seen = Some(now);
+        self.peer.calls = calls;
+        self.peer.config = Some(config.to_string());
+        if rtt.is_some() {
+            self.peer.rtt = rtt;
+        }
+        let peer_active = matches!(announced, Announced::Active | Announced::Handover);
+        if peer_active {
+            self.last_heard = Some(now);
+            self.missed_counted = 0;
+        }
+        if let Phase::Probing { .. } = self.phase
+            && peer_active
+        {
+            self.phase = Phase::Running;
+            self.actions.push_back(Action::Warn(format!(
+                "the active missed {} keep-alives but answered the probe: not taking over",
+                self.s.missed
+            )));
+        }
+        match (self.role, announced) {
+            (Role::Standby, Announced::Handover) => self.take_over(TakeoverReason::Handover),
+            (Role::Standby, Announced::Active) => {
+                if let Phase::Starting { .. } = self.phase {
+                    self.phase = Phase::Running;
+                }
+            }
+            (Role::Active, Announced::Active | Announced::Handover) => {
+                if epoch > self.epoch {
+                    let reason = if matches!(self.phase, Phase::HandingOver { .. }) {
+                        StepDownReason::HandedOver
+                    } else {
+                        StepDownReason::HigherEpoch
+                    };
+                    self.step_down(now, reason);
+                } else if epoch == self.epoch && self.s.home == HomeRole::Standby {
+                    self.step_down(now, StepDownReason::Tie);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The peer answered our probe with a valid 200.
+    pub fn on_probe_answer(&mut self, now: Instant, name: &str, announced: Announced, epoch: u64) {
+        self.on_keepalive(
+            now,
+            name,
+            announced,
+            epoch,
+            self.peer.calls,
+            &self.peer.config.clone().unwrap_or_default(),
+            None,
+        );
+        if let Phase::Probing { .. } = self.phase {
+            // The peer answered but is not active (e.g. it restarted as stand-by).
+            self.phase = Phase::Running;
+        }
+    }
+
+    /// An operator asked for a switchover on this node.
+    pub fn request_switchover(&mut self, now: Instant) -> Result<(), &'static str> {
+        match self.role {
+            Role::Active => {
+                if self
+                    .peer
+                    .last_seen
+                    .is_none_or(|t| now.duration_since(t) > self.s.keepalive * self.s.missed)
+                {
+                    return Err("the peer is not answering keep-alives: no one to hand over to");
+                }
+                self.phase = Phase::HandingOver {
+                    deadline: now + self.s.keepalive * (self.s.missed + 2) + self.s.probe_timeout,
+                };
+                self.actions
+                    .push_back(Action::SendKeepalive(Announced::Handover));
+                Ok(())
+            }
+            Role::Standby => {
+                self.take_over(TakeoverReason::Switchover);
+                Ok(())
+            }
+            Role::TakingOver => Err("a takeover is already in progress"),
+        }
+    }
+
+    /// Advance the clock.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Phase::Starting { until } = self.phase
+            && now >= until
+        {
+            self.phase = Phase::Running;
+            let peer_active = self.peer.last_seen.is_some()
+                && matches!(
+                    self.peer.role,
+                    Some(Announced::Active | Announced::Handover)
+                );
+            if !peer_active && self.s.home == HomeRole::Main {
+                self.take_over(TakeoverReason::Startup);
+            }
+        }
+        if let Phase::Probing { deadline } = self.phase
+            && now >= deadline
+            && self.role == Role::Standby
+        {
+            self.take_over(TakeoverReason::PeerSilent);
+        }
+        if let Phase::HandingOver { deadline } = self.phase
+            && now >= deadline
+        {
+            self.phase = Phase::Running;
+            self.actions.push_back(Action::Warn(
+                "switchover: the peer did not take over; staying active".into(),
+            ));
+        }
+        // The stand-by's miss rule: N keep-alive intervals without a valid keep-alive from the
+        // active, counted from the last one heard, then the direct probe.
+        if self.role == Role::Standby && self.phase == Phase::Running {
+            if self.last_heard.is_none() {
+                self.last_heard = Some(now);
+            }
+            let missed = self.missed_at(now);
+            if missed > self.missed_counted {
+                self.missed_total += u64::from(missed - self.missed_counted);
+                self.missed_counted = missed;
+            }
+            if self.probe_due().is_some_and(|d| now >= d) {
+                self.actions.push_back(Action::SendProbe);
+                self.phase = Phase::Probing {
+                    deadline: now + self.s.probe_timeout,
+                };
+            }
+        }
+        while now >= self.next_tick {
+            self.next_tick += self.s.keepalive;
+            self.actions
+                .push_back(Action::SendKeepalive(self.announced()));
+        }
+    }
+
+    /// When [`Self::handle_timeout`] should run next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_tick;
+        if let Some(d) = self.probe_due() {
+            t = t.min(d);
+        }
+        match self.phase {
+            Phase::Starting { until } => t = t.min(until),
+            Phase::Probing { deadline } | Phase::HandingOver { deadline } => t = t.min(deadline),
+            Phase::Running => {}
+        }
+        t
+    }
+
+    /// The next action.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+}
+
+#[cfg(test)]
+#[path = "role_tests.rs"]
+mod tests;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run every test: unit tests, the sip-tests integration suite, and the SIPp scenarios.
+# Installs what the tests need when it is missing (SIPp from Debian's sip-tester).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_pkg() {
+  if ! command -v "$1" >/dev/null 2>&1; then
+    echo "test.sh: installing $2 (for $1)"
+    if [ "$(id -u)" -eq 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    else
+      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    fi
+  fi
+}
+need_pkg sipp sip-tester
+need_pkg unshare util-linux
+need_pkg ip iproute2
+
+echo "== cargo fmt / clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== unit and integration tests"
+cargo test --workspace
+
+echo "== SIPp scenarios"
+cargo build --release
+UNDERSTUDY_BIN=./target/release/understudy sipp-scenarios/run-functional.sh
+echo "== all tests passed"
