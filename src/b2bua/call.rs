@@ -132,6 +132,8 @@ pub struct Call {
     pub a: Dialog,
     /// The initial INVITE from A while it has no final response.
     pub a_invite: Option<(ServerTxId, Request)>,
+    /// The server transaction of A's initial INVITE (until the call ends).
+    pub invite_tx: Option<ServerTxId>,
     /// The callee's leg once answered.
     pub b: Option<Dialog>,
     /// B-leg Call-ID.
@@ -176,6 +178,18 @@ pub struct Call {
     pub(super) rebind_acks: [Option<Bytes>; 2],
     /// Client transactions of the re-bind.
     pub(super) rebind_txs: Vec<ClientTxId>,
+}
+
+impl Fork {
+    /// Drop the stored INVITE once nothing needs it (memory per held call).
+    pub fn shed(&mut self) {
+        self.request = Request {
+            method: crate::sip::Method::Invite,
+            uri: String::new(),
+            headers: crate::sip::Headers::default(),
+            body: Bytes::new(),
+        };
+    }
 }
 
 impl Call {

@@ -34,8 +34,8 @@ fn ring_record(call: &Call) -> Option<RingRecord> {
     let fork = call
         .forks
         .iter()
-        .find(|f| f.early_tag.is_some())
-        .or_else(|| call.forks.first())?;
+        .find(|f| !f.done && f.early_tag.is_some())
+        .or_else(|| call.forks.iter().find(|f| !f.done))?;
     let b = &fork.request;
     Some(RingRecord {
         token: call.token,

@@ -352,6 +352,7 @@ impl B2bua {
             state: CallState::Calling,
             a,
             a_invite: Some((id, req)),
+            invite_tx: Some(id),
             b: None,
             b_call_id,
             b_invite_cseq: b_cseq,
@@ -660,10 +661,18 @@ impl B2bua {
             }
             self.cancel_forks(env, token, Some(id));
             self.digest_legs(token);
+            if let Some(call) = self.calls.get_mut(&token) {
+                for f in call.forks.iter_mut().filter(|f| f.done) {
+                    f.shed();
+                }
+            }
             return;
         }
         // 3xx–6xx on this fork.
         call.forks[fi].done = true;
+        if call.b.is_some() {
+            call.forks[fi].shed();
+        }
         if call.b.is_some() {
             return;
         }
@@ -1007,7 +1016,9 @@ impl B2bua {
         for tx in call.relays.keys() {
             self.client.remove(tx);
         }
-        self.server_invites.retain(|_, t| *t != token);
+        if let Some(id) = call.invite_tx {
+            self.server_invites.remove(&id);
+        }
         self.stats.ended += 1;
         self.digest_gone(token);
         if let Some(m) = self.media.as_mut() {
@@ -1036,6 +1047,13 @@ impl B2bua {
 
     /// Fire due call timers (ring timeout, session timers).
     pub fn handle_timeout(&mut self, env: &mut Env<'_>) {
+        // Timers of ended calls are skipped lazily; keep the heap from growing with the call
+        // rate by dropping them once they outnumber the live calls' timers.
+        if self.timers.len() > 64 + 8 * self.calls.len() {
+            let calls = &self.calls;
+            self.timers
+                .retain(|Reverse((_, token, _))| calls.contains_key(token));
+        }
         while let Some(Reverse((at, token, kind))) = self.timers.peek().copied() {
             if at > env.now {
                 break;

@@ -114,6 +114,7 @@ impl B2bua {
             b_call_id: call.b.call_id.clone(),
             a: call.a,
             a_invite: None,
+            invite_tx: None,
             b: Some(call.b),
             b_invite_cseq: 0,
             forks: Vec::new(),

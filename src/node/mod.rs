@@ -221,7 +221,10 @@ pub async fn run(
     let _ = stop_admin_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     if let Some(w) = cdr {
-        for r in server.take_cdrs() {
+        for mut r in server.take_cdrs() {
+            if let Ok(token) = u64::from_str_radix(&r.token, 16) {
+                r.media = relay.take_final(token);
+            }
             w.record(r);
         }
         let n = w.close()?;

@@ -820,6 +820,17 @@ impl Server {
         .min()
     }
 
+    /// Graceful shutdown: every call still up gets its CDR (`end_reason = shutdown`). No BYE
+    /// is sent: in a pair the peer takes the calls over.
+    pub fn shutdown(&mut self, now: Instant) {
+        let tokens: Vec<u64> = self.b2bua.calls().map(|c| c.token).collect();
+        for t in tokens {
+            let (mut env, b) = self.env_parts(now);
+            b.finish(&mut env, t, "shutdown", &[]);
+        }
+        self.cdrs.extend(self.b2bua.take_cdrs());
+    }
+
     /// Commands for the media relay (relay mode).
     pub fn take_media_commands(&mut self) -> Vec<crate::b2bua::MediaCommand> {
         self.b2bua.take_media_commands()

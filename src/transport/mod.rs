@@ -46,6 +46,24 @@ fn parse_inbound(data: &[u8], flow: Flow) -> Inbound {
     }
 }
 
+/// Socket buffers for SIP over UDP: a burst of a few thousand messages must wait in the
+/// kernel, not be dropped, while the receiving task is descheduled.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = s.set_recv_buffer_size(UDP_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(e) = s.set_send_buffer_size(UDP_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP send buffer");
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 /// Why a transport could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -78,7 +96,7 @@ impl Transport {
     ) -> Result<Self, Error> {
         let mut udp = None;
         if let Some(addr) = udp_addr {
-            let sock = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
+            let sock = bind_udp(addr).map_err(|source| Error::Bind {
                 proto: Proto::Udp,
                 addr,
                 source,
