@@ -139,7 +139,8 @@ start_server() {
 	strip = 0
 
 	[media]
-	mode = "bypass"
+	mode = "${MEDIA_MODE:-bypass}"
+	rtp_ports = "31000-31999"
 
 	[cdr]
 	enabled = true
@@ -328,6 +329,53 @@ call_check() {
 	SUMMARY_SIPP="$SUMMARY_SIPP cdr:[$got]"
 }
 
+# relay-rtp: media relay mode. SIPp's built-in uac_pcap (from the gateway trunk address)
+# plays a G.711 recording and RFC 2833 events to the callee, SIPp's uas (the carrier trunk)
+# echoes the RTP; every packet crosses the relay twice. The CDR's per-direction packet
+# counters must match what the recordings hold within 1 %.
+check_relay_rtp() {
+	local n=3 pdir="$CUR/play"
+	mkdir -p "$pdir/pcap"
+	cp /usr/share/sip-tester/g711a.pcap /usr/share/sip-tester/dtmf_2833_1.pcap "$pdir/pcap/" 2>/dev/null \
+		|| { problem "SIPp's pcap files are missing (/usr/share/sip-tester)"; return; }
+	local per_call
+	per_call=$(python3 - "$pdir/pcap/g711a.pcap" "$pdir/pcap/dtmf_2833_1.pcap" <<-'EOF'
+	import struct, sys
+	n = 0
+	for f in sys.argv[1:]:
+	    d = open(f, "rb").read(); off = 24
+	    while off + 16 <= len(d):
+	        incl = struct.unpack("<I", d[off + 8:off + 12])[0]; off += 16 + incl; n += 1
+	print(n)
+	EOF
+	)
+	start_sipp_bg uas 40 -sn uas -rtp_echo -i 127.0.0.1 -p 5070 -mp 17000 -m "$n"
+	local uas=$BG_PID
+	sleep 0.3
+	pushd "$pdir" >/dev/null || return
+	run_sipp uac 40 127.0.0.1:"$PBX_PORT" -sn uac_pcap -s 91234 \
+		-i 127.0.0.1 -p 5080 -mp 16000 -m "$n" -r 1 -l "$n"
+	popd >/dev/null || return
+	expect_sipp uac "$n"
+	wait_bg "$uas"
+	stop_server
+	python3 - "$CUR/state/cdr.sqlite" "$per_call" "$n" >>"$CUR/problems" <<-'EOF'
+	import sqlite3, sys
+	db, per_call, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+	rows = sqlite3.connect(db).execute(
+	    "select end_reason, a_to_b_packets, b_to_a_packets from cdr").fetchall()
+	if len(rows) != n:
+	    print(f"{len(rows)} CDR rows, want {n}")
+	for reason, ab, ba in rows:
+	    for name, got in (("a_to_b", ab), ("b_to_a", ba)):
+	        if got is None or abs(got - per_call) > per_call / 100:
+	            print(f"CDR {name}_packets={got}, sent {per_call} (more than 1 % apart)")
+	    if reason != "normal":
+	        print(f"end_reason {reason}")
+	EOF
+	SUMMARY_SIPP="$SUMMARY_SIPP rtp_per_call=$per_call"
+}
+
 check_call_basic()         { call_check call-basic         answer "$CALLS"       "normal=$CALLS"; }
 check_call_callee_hangup() { call_check call-callee-hangup hangup "$CALLS_SMALL" "normal=$CALLS_SMALL"; }
 check_call_cancel()        { call_check call-cancel        cancel "$CALLS_SMALL" "cancelled=$CALLS_SMALL"; }
@@ -377,6 +425,7 @@ run_check call-basic         check_call_basic
 run_check call-callee-hangup check_call_callee_hangup
 run_check call-cancel        check_call_cancel
 run_check call-busy          check_call_busy
+MEDIA_MODE=relay run_check relay-rtp check_relay_rtp
 T1=$(date +%s)
 
 echo "SUMMARY functional passed=$PASSED failed=$FAILED${FAILED_NAMES:+ (failed:$FAILED_NAMES)} seconds=$((T1 - T0)) logs=$WORK"

@@ -191,7 +191,12 @@ pub struct Headers(Vec<Header>);
 impl Headers {
     /// No headers.
     pub fn new() -> Self {
-        Self(Vec::with_capacity(12))
+        Self(Vec::new())
+    }
+
+    /// No headers, room for `n`.
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
     }
 
     /// Append a header.

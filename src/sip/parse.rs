@@ -72,7 +72,7 @@ fn is_list_header(n: &HeaderName) -> bool {
 }
 
 fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
-    let mut out = Headers::new();
+    let mut out = Headers::with_capacity(src.len() + 2);
     for h in src.iter() {
         let name = HeaderName::from_wire(&String::from_utf8_lossy(h.name().canonical()));
         let value = String::from_utf8_lossy(&h.value()).into_owned();

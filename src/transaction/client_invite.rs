@@ -98,6 +98,9 @@ impl ClientInvite {
                     ctx.disarm(Timer::B);
                     ctx.arm(Timer::M, ctx.timers.t64());
                     self.state = State::Accepted;
+                    // Nothing is retransmitted or ACKed by the transaction from here on.
+                    self.request = Bytes::new();
+                    self.ack_base = Request::new(Method::Ack, String::new());
                     Up::Response(resp)
                 } else {
                     ctx.disarm(Timer::A);
@@ -106,6 +109,7 @@ impl ClientInvite {
                     ctx.send(ack.clone());
                     ctx.arm(Timer::D, ctx.timers.d(ctx.flow.proto));
                     self.state = State::Completed { ack };
+                    self.request = Bytes::new();
                     Up::Response(resp)
                 }
             }

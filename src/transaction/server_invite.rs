@@ -73,8 +73,13 @@ impl ServerInvite {
 
     /// The ACK for our 2xx arrived (matched by dialog, not branch).
     pub(crate) fn on_2xx_ack(&mut self, ctx: &mut Ctx<'_>) {
-        if let State::Accepted { acked, .. } = &mut self.state {
+        if let State::Accepted {
+            acked, response, ..
+        } = &mut self.state
+        {
             *acked = true;
+            // The 2xx is never sent again once ACKed: free it.
+            *response = Bytes::new();
             ctx.disarm(Timer::Retransmit2xx);
         }
     }
