@@ -142,8 +142,12 @@ pub struct Call {
     pub b_invite_cseq: u32,
     /// Outstanding forks of the initial B INVITE.
     pub forks: Vec<Fork>,
-    /// The ACK sent to B for its 2xx, resent when the 2xx is retransmitted.
-    pub b_ack: Option<Bytes>,
+    /// We ACKed B's 2xx (a retransmitted 2xx gets a fresh ACK).
+    pub b_acked: bool,
+    /// The SDP answer our ACK to B carried (late offer), if any.
+    pub b_ack_body: Option<(Bytes, String)>,
+    /// The B-leg INVITE transaction that won (kept after the forks are dropped).
+    pub b_tx: Option<ClientTxId>,
     /// A relayed re-INVITE waiting for its ACK (or final response).
     pub reinvite: Option<Relay>,
     /// The client transaction of the relayed re-INVITE.
@@ -193,6 +197,14 @@ impl Fork {
 }
 
 impl Call {
+    /// Once answered and every fork has its final response, forget the forks (memory per
+    /// held call); the winner's transaction stays in `b_tx`.
+    pub fn compact_forks(&mut self) {
+        if self.b.is_some() && self.forks.iter().all(|f| f.done) {
+            self.forks = Vec::new();
+        }
+    }
+
     /// Track a relayed non-INVITE request.
     pub fn relays_insert(&mut self, tx: ClientTxId, r: Relay) {
         self.relays.insert(tx, r);

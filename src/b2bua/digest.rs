@@ -76,7 +76,7 @@ impl B2bua {
         if !self.digest_on {
             return;
         }
-        if let Some(r) = self.calls.get(&token).and_then(ring_record) {
+        if let Some(r) = self.calls.get(&token).and_then(|c| ring_record(c)) {
             self.digest_out.push(Entry::Ringing(Box::new(r)));
         }
     }

@@ -114,7 +114,7 @@ pub struct Stats {
 /// The B2BUA.
 #[derive(Debug, Default)]
 pub struct B2bua {
-    calls: HashMap<u64, Call>,
+    calls: HashMap<u64, Box<Call>>,
     client: HashMap<ClientTxId, (u64, Purpose)>,
     server_invites: HashMap<ServerTxId, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
@@ -164,7 +164,19 @@ impl B2bua {
 
     /// All calls.
     pub fn calls(&self) -> impl Iterator<Item = &Call> {
-        self.calls.values()
+        self.calls.values().map(|c| &**c)
+    }
+
+    /// Give back table memory after a burst (see `TransactionLayer::compact`).
+    pub fn compact(&mut self) {
+        fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 1024 && m.capacity() > 4 * m.len() {
+                m.shrink_to(m.len() * 2);
+            }
+        }
+        shrink(&mut self.calls);
+        shrink(&mut self.client);
+        shrink(&mut self.server_invites);
     }
 
     /// Relay media through this node from `ip`, with RTP ports `lo..=hi`.
@@ -357,7 +369,9 @@ impl B2bua {
             b_call_id,
             b_invite_cseq: b_cseq,
             forks,
-            b_ack: None,
+            b_acked: false,
+            b_ack_body: None,
+            b_tx: None,
             reinvite: None,
             relay_tx: None,
             relays: HashMap::new(),
@@ -378,7 +392,7 @@ impl B2bua {
         };
         self.stats.created += 1;
         self.server_invites.insert(id, token);
-        self.calls.insert(token, call);
+        self.calls.insert(token, Box::new(call));
         self.timers
             .push(Reverse((env.now + RING_TIMEOUT, token, TimerKind::Ring)));
         self.digest_ringing(token);
@@ -563,6 +577,15 @@ impl B2bua {
             return;
         };
         let Some(fi) = call.forks.iter().position(|f| f.tx == id) else {
+            // The forks are gone: a retransmitted 2xx of the winner gets a fresh ACK.
+            if call.b_tx == Some(id)
+                && (200..300).contains(&resp.status)
+                && call.b_acked
+                && let Some(b) = call.b.as_mut()
+            {
+                let ack = b.ack(env.me, call.b_invite_cseq, call.b_ack_body.clone());
+                env.tx.send_stateless(b.next_hop(), ack.to_bytes());
+            }
             return;
         };
         let status = resp.status;
@@ -610,9 +633,12 @@ impl B2bua {
                 .as_ref()
                 .is_some_and(|b| Some(&b.remote_tag) == tag.as_ref());
             if call.forks[fi].done && same_dialog {
-                // A retransmitted 2xx: re-send our ACK if we sent one.
-                if let (Some(ack), Some(b)) = (&call.b_ack, &call.b) {
-                    env.tx.send_stateless(b.next_hop(), ack.clone());
+                // A retransmitted 2xx: ACK it again if we already did.
+                if call.b_acked
+                    && let Some(b) = call.b.as_mut()
+                {
+                    let ack = b.ack(env.me, call.b_invite_cseq, call.b_ack_body.clone());
+                    env.tx.send_stateless(b.next_hop(), ack.to_bytes());
                 }
                 return;
             }
@@ -662,9 +688,11 @@ impl B2bua {
             self.cancel_forks(env, token, Some(id));
             self.digest_legs(token);
             if let Some(call) = self.calls.get_mut(&token) {
+                call.b_tx = Some(id);
                 for f in call.forks.iter_mut().filter(|f| f.done) {
                     f.shed();
                 }
+                call.compact_forks();
             }
             return;
         }
@@ -672,6 +700,7 @@ impl B2bua {
         call.forks[fi].done = true;
         if call.b.is_some() {
             call.forks[fi].shed();
+            call.compact_forks();
         }
         if call.b.is_some() {
             return;
@@ -739,10 +768,10 @@ impl B2bua {
                 if let Some((body, _)) = &sdp {
                     call.last_sdp[idx(Side::B)] = Some(body.clone());
                 }
+                call.b_ack_body = sdp.clone();
                 let ack = b.ack(env.me, call.b_invite_cseq, sdp);
-                let bytes = ack.to_bytes();
-                env.tx.send_stateless(b.next_hop(), bytes.clone());
-                call.b_ack = Some(bytes);
+                env.tx.send_stateless(b.next_hop(), ack.to_bytes());
+                call.b_acked = true;
             }
             return;
         }

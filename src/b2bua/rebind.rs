@@ -118,7 +118,9 @@ impl B2bua {
             b: Some(call.b),
             b_invite_cseq: 0,
             forks: Vec::new(),
-            b_ack: None,
+            b_acked: false,
+            b_ack_body: None,
+            b_tx: None,
             reinvite: None,
             relay_tx: None,
             relays: HashMap::new(),
@@ -140,7 +142,7 @@ impl B2bua {
             rebind_acks: [None, None],
             rebind_txs: Vec::new(),
         };
-        self.calls.insert(token, c);
+        self.calls.insert(token, Box::new(c));
         self.stats.adopted += 1;
         if let Some(m) = self.media.as_mut()
             && !m.alloc(token)

@@ -796,6 +796,8 @@ impl Server {
         if now >= self.next_housekeeping {
             let now_s = self.wall_ms(now) / 1000;
             self.registrar.expire(now, now_s);
+            self.tx.compact();
+            self.b2bua.compact();
             let domain = self.cfg.node.domain.clone();
             self.blf
                 .tick(now, &mut self.tx, &self.b2bua, &self.me, &domain);

@@ -160,9 +160,9 @@ pub struct TransactionLayer {
     timers: Timers,
     force_rport: bool,
     next_id: u64,
-    clients: HashMap<u64, ClientEntry>,
+    clients: HashMap<u64, Box<ClientEntry>>,
     client_keys: HashMap<ClientKey, u64>,
-    servers: HashMap<u64, ServerEntry>,
+    servers: HashMap<u64, Box<ServerEntry>>,
     server_keys: HashMap<ServerKey, u64>,
     accepted: HashMap<(String, u32), u64>,
     heap: BinaryHeap<Reverse<Scheduled>>,
@@ -308,13 +308,13 @@ impl TransactionLayer {
         self.server_keys.insert(key.clone(), id);
         self.servers.insert(
             id,
-            ServerEntry {
+            Box::new(ServerEntry {
                 key,
                 flow,
                 slots: Slots::default(),
                 fsm,
                 dialog_key,
-            },
+            }),
         );
         if req.method == Method::Invite {
             // RFC 3261 §17.2.1: answer 100 at once so the client stops retransmitting.
@@ -415,12 +415,12 @@ impl TransactionLayer {
         self.client_keys.insert(key.clone(), id);
         self.clients.insert(
             id,
-            ClientEntry {
+            Box::new(ClientEntry {
                 key,
                 flow,
                 slots,
                 fsm,
-            },
+            }),
         );
         Ok(ClientTxId(id))
     }
@@ -600,6 +600,24 @@ impl TransactionLayer {
             {
                 self.accepted.remove(&dk);
             }
+        }
+    }
+
+    /// Give back table memory after a burst: the tables are sized for the busiest moment, and
+    /// a B2BUA holding many calls should not keep that peak forever.
+    pub fn compact(&mut self) {
+        fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 1024 && m.capacity() > 4 * m.len() {
+                m.shrink_to(m.len() * 2);
+            }
+        }
+        shrink(&mut self.clients);
+        shrink(&mut self.client_keys);
+        shrink(&mut self.servers);
+        shrink(&mut self.server_keys);
+        shrink(&mut self.accepted);
+        if self.heap.capacity() > 1024 && self.heap.capacity() > 4 * self.heap.len() {
+            self.heap.shrink_to(self.heap.len() * 2);
         }
     }
 

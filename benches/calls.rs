@@ -1,0 +1,178 @@
+//! In-process call benchmark: the whole server (transactions, B2BUA, CDR events) driven with
+//! messages as a trunk and a callee would send them, no sockets. Prints the CPU time per call
+//! (INVITE → 100/180/200 → ACK → BYE → 200 on both legs) and the live heap per held call,
+//! measured with a counting allocator, at 10,000 concurrent calls.
+
+#![allow(unsafe_code)] // the counting allocator below (a benchmark, not the product)
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use understudy::config::{Config, TrunkAddress, TrunkConfig, TrunkTransport};
+use understudy::dialog::LocalContact;
+use understudy::server::Server;
+use understudy::sip::{Message, Request, SipMessage, parse_datagram, response_to};
+use understudy::transport::{Flow, Inbound};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY-free: delegates to the system allocator and only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn trunk(name: &str, addr: SocketAddr, prefix: &str) -> TrunkConfig {
+    TrunkConfig {
+        name: name.into(),
+        address: TrunkAddress { ip: addr.ip(), port: Some(addr.port()) },
+        prefixes: vec![prefix.into()],
+        strip: 1,
+        dialog_query: false,
+        priority: 0,
+        reset_event: None,
+        transport: TrunkTransport::Udp,
+    }
+}
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+fn feed(s: &mut Server, now: Instant, bytes: &[u8], from: SocketAddr) {
+    let p = parse_datagram(bytes).expect("parses");
+    s.handle_inbound(now, Inbound::Message(Box::new(p), Flow::udp(from)));
+}
+
+/// Drain what the server sent; return the requests that went to `to`.
+fn sent_to(s: &mut Server, to: SocketAddr) -> Vec<Message> {
+    let mut out = Vec::new();
+    while let Some(t) = s.poll_transmit() {
+        if t.flow.remote == to
+            && let Ok(p) = parse_datagram(&t.bytes)
+        {
+            out.push(p.message);
+        }
+    }
+    out
+}
+
+fn invite(i: usize, from: SocketAddr) -> String {
+    format!(
+        "INVITE sip:91234@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKa{i}\r\nMax-Forwards: 70\r\nFrom: <sip:caller@{from}>;tag=f{i}\r\nTo: <sip:91234@127.0.0.1:5060>\r\nCall-ID: call-{i}@bench\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{from}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    )
+}
+
+fn main() {
+    let a: SocketAddr = "127.0.0.1:5080".parse().expect("addr");
+    let b: SocketAddr = "127.0.0.1:5070".parse().expect("addr");
+    let mut cfg = Config::builtin_default();
+    cfg.trunks = vec![trunk("carrier", b, "9"), trunk("gateway", a, "0")];
+    cfg.cdr.enabled = false;
+    let me = LocalContact { udp: "127.0.0.1:5060".into(), tcp: "127.0.0.1:5060".into() };
+    let t0 = Instant::now();
+    let mut s = Server::new(Arc::new(cfg), me, t0, 1_700_000_000_000, Box::new(understudy::pair::epoch::MemoryEpochStore(1)));
+    let n = 10_000;
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut b_dialogs: Vec<Request> = Vec::with_capacity(n);
+    let cpu0 = Instant::now();
+    let mut now = t0;
+    for i in 0..n {
+        now += Duration::from_micros(100);
+        feed(&mut s, now, invite(i, a).as_bytes(), a);
+        let msgs = sent_to(&mut s, b);
+        let Some(Message::Request(binv)) = msgs.into_iter().next() else {
+            panic!("no B INVITE")
+        };
+        let mut ringing = response_to(&binv, 180, Some(&format!("t{i}")));
+        ringing.headers.push(understudy::sip::HeaderName::Contact, format!("<sip:callee@{b}>"));
+        feed(&mut s, now, &ringing.to_bytes(), b);
+        let mut ok = response_to(&binv, 200, Some(&format!("t{i}")));
+        ok.headers.push(understudy::sip::HeaderName::Contact, format!("<sip:callee@{b}>"));
+        ok.headers.push(understudy::sip::HeaderName::ContentType, "application/sdp");
+        ok.body = bytes::Bytes::from_static(SDP.as_bytes());
+        feed(&mut s, now, &ok.to_bytes(), b);
+        let to_a = sent_to(&mut s, a);
+        let ok_a = to_a
+            .iter()
+            .find_map(|m| match m {
+                Message::Response(r) if r.status == 200 => Some(r.clone()),
+                _ => None,
+            })
+            .expect("200 to A");
+        let ack = format!(
+            "ACK sip:caller@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKack{i}\r\nMax-Forwards: 70\r\nFrom: <sip:caller@{a}>;tag=f{i}\r\nTo: {}\r\nCall-ID: call-{i}@bench\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            ok_a.headers.get(&understudy::sip::HeaderName::To).unwrap_or("")
+        );
+        feed(&mut s, now, ack.as_bytes(), a);
+        let _ = sent_to(&mut s, b);
+        b_dialogs.push(binv);
+    }
+    let setup = cpu0.elapsed();
+    // Let every transaction of the ramp end (Timer M/L/K/J), then measure the held calls.
+    now += Duration::from_secs(40);
+    s.handle_timeout(now);
+    now += Duration::from_secs(2);
+    s.handle_timeout(now);
+    let _ = sent_to(&mut s, b);
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    let kept: usize = b_dialogs.iter().map(|r| r.to_bytes().len() + 200).sum();
+    let calls = s.b2bua().call_count();
+    eprintln!(
+        "debug: tx client {} server {} tracked {} size_of Call {}",
+        s.transactions().client_count(),
+        s.transactions().server_count(),
+        s.b2bua().tracked_transactions(),
+        std::mem::size_of::<understudy::b2bua::Call>()
+    );
+    assert_eq!(calls, n);
+    println!(
+        "calls set up: {n} in {:?} → {:.1} µs of CPU per call setup (INVITE/180/200/ACK through both legs)",
+        setup,
+        setup.as_secs_f64() * 1e6 / n as f64
+    );
+    println!(
+        "live heap per held call: {:.0} bytes (server only: {} bytes total minus ~{} bytes this bench keeps)",
+        (held as f64 - kept as f64) / n as f64,
+        held,
+        kept
+    );
+    // Hang up every call from B and measure the teardown.
+    let cpu1 = Instant::now();
+    for (i, binv) in b_dialogs.iter().enumerate() {
+        let bye = format!(
+            "BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {b};branch=z9hG4bKbye{i}\r\nMax-Forwards: 70\r\nFrom: <sip:91234@127.0.0.1>;tag=t{i}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            binv.headers.get(&understudy::sip::HeaderName::From).unwrap_or(""),
+            binv.call_id().unwrap_or("")
+        );
+        feed(&mut s, now, bye.as_bytes(), b);
+        let to_a = sent_to(&mut s, a);
+        if let Some(Message::Request(bye_a)) = to_a.into_iter().find(|m| matches!(m, Message::Request(_))) {
+            let ok = response_to(&bye_a, 200, None);
+            feed(&mut s, now, &ok.to_bytes(), a);
+        }
+    }
+    println!(
+        "calls torn down: {n} in {:?} → {:.1} µs per BYE pair; calls left {}",
+        cpu1.elapsed(),
+        cpu1.elapsed().as_secs_f64() * 1e6 / n as f64,
+        s.b2bua().call_count()
+    );
+}
