@@ -17,6 +17,12 @@ need_pkg() {
 need_pkg sipp sip-tester
 need_pkg unshare util-linux
 need_pkg ip iproute2
+need_pkg curl curl
+need_pkg baresip baresip-core
+if ! python3 -c 'import pjsua2' 2>/dev/null; then
+  echo "test.sh: installing pjsua2-python (PJSIP for the soft-phone test)"
+  python3 -m pip install -q pjsua2-python
+fi
 
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
@@ -28,4 +34,7 @@ cargo test --workspace
 echo "== SIPp scenarios"
 cargo build --release
 UNDERSTUDY_BIN=./target/release/understudy sipp-scenarios/run-functional.sh
+
+echo "== real soft-phones (baresip + PJSIP) across a takeover"
+UNDERSTUDY_BIN=./target/release/understudy sip-tests/real/run.sh
 echo "== all tests passed"

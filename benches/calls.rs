@@ -43,7 +43,10 @@ static A: Counting = Counting;
 fn trunk(name: &str, addr: SocketAddr, prefix: &str) -> TrunkConfig {
     TrunkConfig {
         name: name.into(),
-        address: TrunkAddress { ip: addr.ip(), port: Some(addr.port()) },
+        address: TrunkAddress {
+            ip: addr.ip(),
+            port: Some(addr.port()),
+        },
         prefixes: vec![prefix.into()],
         strip: 1,
         dialog_query: false,
@@ -86,9 +89,18 @@ fn main() {
     let mut cfg = Config::builtin_default();
     cfg.trunks = vec![trunk("carrier", b, "9"), trunk("gateway", a, "0")];
     cfg.cdr.enabled = false;
-    let me = LocalContact { udp: "127.0.0.1:5060".into(), tcp: "127.0.0.1:5060".into() };
+    let me = LocalContact {
+        udp: "127.0.0.1:5060".into(),
+        tcp: "127.0.0.1:5060".into(),
+    };
     let t0 = Instant::now();
-    let mut s = Server::new(Arc::new(cfg), me, t0, 1_700_000_000_000, Box::new(understudy::pair::epoch::MemoryEpochStore(1)));
+    let mut s = Server::new(
+        Arc::new(cfg),
+        me,
+        t0,
+        1_700_000_000_000,
+        Box::new(understudy::pair::epoch::MemoryEpochStore(1)),
+    );
     let n = 10_000;
     let before = LIVE.load(Ordering::Relaxed);
     let mut b_dialogs: Vec<Request> = Vec::with_capacity(n);
@@ -102,11 +114,18 @@ fn main() {
             panic!("no B INVITE")
         };
         let mut ringing = response_to(&binv, 180, Some(&format!("t{i}")));
-        ringing.headers.push(understudy::sip::HeaderName::Contact, format!("<sip:callee@{b}>"));
+        ringing.headers.push(
+            understudy::sip::HeaderName::Contact,
+            format!("<sip:callee@{b}>"),
+        );
         feed(&mut s, now, &ringing.to_bytes(), b);
         let mut ok = response_to(&binv, 200, Some(&format!("t{i}")));
-        ok.headers.push(understudy::sip::HeaderName::Contact, format!("<sip:callee@{b}>"));
-        ok.headers.push(understudy::sip::HeaderName::ContentType, "application/sdp");
+        ok.headers.push(
+            understudy::sip::HeaderName::Contact,
+            format!("<sip:callee@{b}>"),
+        );
+        ok.headers
+            .push(understudy::sip::HeaderName::ContentType, "application/sdp");
         ok.body = bytes::Bytes::from_static(SDP.as_bytes());
         feed(&mut s, now, &ok.to_bytes(), b);
         let to_a = sent_to(&mut s, a);
@@ -119,7 +138,9 @@ fn main() {
             .expect("200 to A");
         let ack = format!(
             "ACK sip:caller@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKack{i}\r\nMax-Forwards: 70\r\nFrom: <sip:caller@{a}>;tag=f{i}\r\nTo: {}\r\nCall-ID: call-{i}@bench\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-            ok_a.headers.get(&understudy::sip::HeaderName::To).unwrap_or("")
+            ok_a.headers
+                .get(&understudy::sip::HeaderName::To)
+                .unwrap_or("")
         );
         feed(&mut s, now, ack.as_bytes(), a);
         let _ = sent_to(&mut s, b);
@@ -159,12 +180,16 @@ fn main() {
     for (i, binv) in b_dialogs.iter().enumerate() {
         let bye = format!(
             "BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {b};branch=z9hG4bKbye{i}\r\nMax-Forwards: 70\r\nFrom: <sip:91234@127.0.0.1>;tag=t{i}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-            binv.headers.get(&understudy::sip::HeaderName::From).unwrap_or(""),
+            binv.headers
+                .get(&understudy::sip::HeaderName::From)
+                .unwrap_or(""),
             binv.call_id().unwrap_or("")
         );
         feed(&mut s, now, bye.as_bytes(), b);
         let to_a = sent_to(&mut s, a);
-        if let Some(Message::Request(bye_a)) = to_a.into_iter().find(|m| matches!(m, Message::Request(_))) {
+        if let Some(Message::Request(bye_a)) =
+            to_a.into_iter().find(|m| matches!(m, Message::Request(_)))
+        {
             let ok = response_to(&bye_a, 200, None);
             feed(&mut s, now, &ok.to_bytes(), a);
         }

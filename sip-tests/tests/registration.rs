@@ -7,7 +7,9 @@ use understudy::sip::{HeaderName, SipMessage};
 
 #[tokio::test]
 async fn register_answers_the_challenge_and_shows_in_registrations() -> Result<()> {
-    let server = TestServer::start().await?;
+    let mut cfg = TestServer::config();
+    cfg.registrar.digest_algorithms = vec!["MD5".into(), "SHA-256".into()];
+    let server = TestServer::start_with(cfg).await?;
     let mut alice = server.ua("alice").await?;
     alice.set_policy(|p| p.auto_auth = false);
     let first = alice.register().await?;
@@ -40,8 +42,26 @@ async fn register_answers_the_challenge_and_shows_in_registrations() -> Result<(
 }
 
 #[tokio::test]
-async fn register_with_sha256_digest() -> Result<()> {
+async fn default_challenge_is_md5_only() -> Result<()> {
+    // Clients such as baresip (libre) refuse a 401 that names any algorithm they lack.
     let server = TestServer::start().await?;
+    let mut alice = server.ua("alice").await?;
+    alice.set_policy(|p| p.auto_auth = false);
+    let first = alice.register().await?;
+    let algs: Vec<&str> = first
+        .headers
+        .get_all(&HeaderName::WwwAuthenticate)
+        .collect();
+    assert_eq!(algs.len(), 1, "{algs:?}");
+    assert!(algs[0].contains("algorithm=MD5"), "{algs:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn register_with_sha256_digest() -> Result<()> {
+    let mut cfg = TestServer::config();
+    cfg.registrar.digest_algorithms = vec!["SHA-256".into(), "MD5".into()];
+    let server = TestServer::start_with(cfg).await?;
     let mut bob = server.ua("bob").await?;
     bob.set_policy(|p| p.prefer_sha256 = true);
     let ok = bob.register().await?;

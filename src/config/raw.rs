@@ -93,6 +93,7 @@ struct RawRegistrar {
     max_expires: Option<u32>,
     default_expires: Option<u32>,
     realm: Option<String>,
+    digest_algorithms: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,7 +169,7 @@ pub(super) fn build(raw: RawConfig, errors: &mut Errors) -> Config {
     };
     let pair = raw.pair.map(|pair| build_pair(pair, errors));
     let takeover = build_takeover(raw.takeover.unwrap_or_default(), errors);
-    let registrar = build_registrar(raw.registrar.unwrap_or_default(), &node.domain);
+    let registrar = build_registrar(errors, raw.registrar.unwrap_or_default(), &node.domain);
     let timers = build_timers(raw.timers.unwrap_or_default());
     let calls = build_calls(raw.calls.unwrap_or_default());
     let users = raw.users.into_iter().enumerate();
@@ -262,9 +263,33 @@ fn build_takeover(raw: RawTakeover, errors: &mut Errors) -> TakeoverConfig {
     }
 }
 
-fn build_registrar(raw: RawRegistrar, domain: &str) -> RegistrarConfig {
+fn build_registrar(errors: &mut Errors, raw: RawRegistrar, domain: &str) -> RegistrarConfig {
     let default = RegistrarConfig::default();
+    let mut algorithms = Vec::new();
+    for (i, a) in raw
+        .digest_algorithms
+        .unwrap_or_else(|| default.digest_algorithms.clone())
+        .into_iter()
+        .enumerate()
+    {
+        match a.to_ascii_uppercase().as_str() {
+            "MD5" => algorithms.push("MD5".to_string()),
+            "SHA-256" => algorithms.push("SHA-256".to_string()),
+            _ => errors.push(
+                &format!("registrar.digest_algorithms[{i}]"),
+                format!("unknown digest algorithm {a:?} (expected \"MD5\" or \"SHA-256\")"),
+            ),
+        }
+    }
+    if algorithms.is_empty() {
+        errors.push(
+            "registrar.digest_algorithms",
+            "at least one algorithm is required".to_string(),
+        );
+        algorithms = default.digest_algorithms.clone();
+    }
     RegistrarConfig {
+        digest_algorithms: algorithms,
         min_expires: raw.min_expires.unwrap_or(default.min_expires),
         max_expires: raw.max_expires.unwrap_or(default.max_expires),
         default_expires: raw.default_expires.unwrap_or(default.default_expires),

@@ -149,6 +149,10 @@ pub struct RegistrarConfig {
     /// `realm`: digest realm. Loading fills in `node.domain` when absent, so this is `Some`
     /// for a loaded config; see also `Config::realm`.
     pub realm: Option<String>,
+    /// `digest_algorithms`: the challenges offered, in order (default `["MD5"]`: several
+    /// deployed clients refuse a 401 that lists any algorithm they do not know, so SHA-256
+    /// (RFC 8760) is opt-in: `["SHA-256", "MD5"]`). Credentials in either are always accepted.
+    pub digest_algorithms: Vec<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -158,6 +162,7 @@ impl Default for RegistrarConfig {
             max_expires: 3600,
             default_expires: 3600,
             realm: None,
+            digest_algorithms: vec!["MD5".into()],
         }
     }
 }

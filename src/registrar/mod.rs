@@ -35,6 +35,8 @@ pub struct Settings {
     pub nonce_lifetime_s: u64,
     /// Failed credential checks from one source address before it gets only 403s.
     pub max_auth_failures: u32,
+    /// Digest algorithms offered in challenges, in order.
+    pub algorithms: Vec<crate::sip::digest::Algorithm>,
 }
 
 /// The result of checking a request's credentials.
@@ -75,11 +77,12 @@ impl Registrar {
         settings: Settings,
         users: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Self {
-        let digest = DigestServer::new(
+        let mut digest = DigestServer::new(
             &settings.realm,
             &settings.nonce_secret,
             settings.nonce_lifetime_s,
         );
+        digest.set_algorithms(settings.algorithms.clone());
         Self {
             users: users
                 .into_iter()

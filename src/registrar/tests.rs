@@ -16,6 +16,10 @@ fn settings() -> Settings {
         nonce_secret: b"test-secret".to_vec(),
         nonce_lifetime_s: 300,
         max_auth_failures: 3,
+        algorithms: vec![
+            crate::sip::digest::Algorithm::Md5,
+            crate::sip::digest::Algorithm::Sha256,
+        ],
     }
 }
 

@@ -28,7 +28,8 @@ impl Algorithm {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// Parse an algorithm token (`MD5`, `SHA-256`).
+    pub fn parse(s: &str) -> Option<Self> {
         if s.eq_ignore_ascii_case("MD5") {
             Some(Self::Md5)
         } else if s.eq_ignore_ascii_case("SHA-256") {
@@ -179,6 +180,7 @@ pub struct DigestServer {
     realm: String,
     secret: Vec<u8>,
     lifetime_s: u64,
+    algorithms: Vec<Algorithm>,
     counter: u64,
     seen: HashMap<String, (u64, u32)>,
 }
@@ -190,8 +192,16 @@ impl DigestServer {
             realm: realm.to_string(),
             secret: secret.to_vec(),
             lifetime_s,
+            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
             counter: rand::random::<u32>().into(),
             seen: HashMap::new(),
+        }
+    }
+
+    /// Offer these algorithms, in this order, in challenges.
+    pub fn set_algorithms(&mut self, algorithms: Vec<Algorithm>) {
+        if !algorithms.is_empty() {
+            self.algorithms = algorithms;
         }
     }
 
@@ -219,12 +229,12 @@ impl DigestServer {
         )
     }
 
-    /// The `WWW-Authenticate`/`Proxy-Authenticate` values: MD5 first for the many clients
-    /// that read only the first challenge, then SHA-256 (RFC 8760 §2.4).
+    /// The `WWW-Authenticate`/`Proxy-Authenticate` values, one per configured algorithm in
+    /// order of preference (RFC 8760 §2.4), all with the same nonce.
     pub fn challenges(&mut self, now_s: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now_s);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Md5, Algorithm::Sha256]
+        self.algorithms
             .iter()
             .map(|a| {
                 format!(
