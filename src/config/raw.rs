@@ -276,7 +276,7 @@ fn build_registrar(errors: &mut Errors, raw: RawRegistrar, domain: &str) -> Regi
             "MD5" => algorithms.push("MD5".to_string()),
             "SHA-256" => algorithms.push("SHA-256".to_string()),
             _ => errors.push(
-                &format!("registrar.digest_algorithms[{i}]"),
+                format!("registrar.digest_algorithms[{i}]"),
                 format!("unknown digest algorithm {a:?} (expected \"MD5\" or \"SHA-256\")"),
             ),
         }
