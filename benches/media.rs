@@ -16,7 +16,12 @@ use understudy::media::Relay;
 
 fn cpu_ms() -> f64 {
     let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let tick = 100.0; // CLK_TCK on Linux
     let u: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let k: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
@@ -24,7 +29,10 @@ fn cpu_ms() -> f64 {
 }
 
 fn env(name: &str, d: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 struct Results {
@@ -59,15 +67,26 @@ async fn run(
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for (i, (a, b, a_dest, b_dest)) in pairs.into_iter().enumerate() {
-        for (tx, dest, ssrc) in [(a.clone(), a_dest, i as u32 * 2), (b.clone(), b_dest, i as u32 * 2 + 1)] {
+        for (tx, dest, ssrc) in [
+            (a.clone(), a_dest, i as u32 * 2),
+            (b.clone(), b_dest, i as u32 * 2 + 1),
+        ] {
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / pps));
                 // spread the streams over the interval
-                tokio::time::sleep(Duration::from_micros((ssrc as u64 * 997) % (1_000_000 / pps))).await;
+                tokio::time::sleep(Duration::from_micros(
+                    (ssrc as u64 * 997) % (1_000_000 / pps),
+                ))
+                .await;
                 let mut seq = 0u16;
                 while Instant::now() < stop_at {
                     tick.tick().await;
-                    let p = packet(seq, u32::from(seq) * 160, ssrc, epoch.elapsed().as_nanos() as u64);
+                    let p = packet(
+                        seq,
+                        u32::from(seq) * 160,
+                        ssrc,
+                        epoch.elapsed().as_nanos() as u64,
+                    );
                     let _ = tx.send_to(&p, dest).await;
                     seq = seq.wrapping_add(1);
                 }
@@ -80,7 +99,9 @@ async fn run(
                 let mut buf = [0u8; 2048];
                 let mut local = Vec::with_capacity(4096);
                 loop {
-                    let r = tokio::time::timeout(Duration::from_millis(300), rx.recv_from(&mut buf)).await;
+                    let r =
+                        tokio::time::timeout(Duration::from_millis(300), rx.recv_from(&mut buf))
+                            .await;
                     let Ok(Ok((n, _))) = r else {
                         break;
                     };

@@ -13,6 +13,7 @@
 //! - [`raw`]: [`RawClient`], a bare socket that sends arbitrary bytes and collects what comes
 //!   back, using an OPTIONS probe as a barrier instead of waiting a fixed time.
 //! - [`sdp`]: minimal SDP offers and answers.
+//! - [`rtp`]: an RTP sender and receiver (50 packets/s, loss and longest gap).
 //!
 //! Everything runs in real time on loopback (STYLE §4.4.3): waiting means awaiting a message
 //! with a timeout, never sleeping.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod raw;
+pub mod rtp;
 pub mod sdp;
 pub mod server;
 pub mod ua;

@@ -6,6 +6,7 @@ mod common;
 mod crossing;
 mod flood;
 mod malformed;
+mod media;
 mod options;
 mod pair;
 mod registration;
