@@ -341,52 +341,22 @@ impl Server {
                     b.on_ack(&mut env, &request);
                 }
                 TxEvent::Response { id, response } => {
-                    if let Some(t) = self.takeover.as_mut()
-                        && t.owns_tx(id)
-                    {
-                        t.on_result(id, Some(&response));
-                        continue;
+                    if !self.pair_result(now, id, Some(&response)) {
+                        let (mut env, b) = self.env_parts(now);
+                        b.on_response(&mut env, id, response);
                     }
-                    if let Some(p) = self.pair.as_mut()
-                        && p.client_txs.contains(&id)
-                    {
-                        p.on_client_result(now, id, Some(&response));
-                        continue;
-                    }
-                    let (mut env, b) = self.env_parts(now);
-                    b.on_response(&mut env, id, response);
                 }
                 TxEvent::Timeout { id } => {
-                    if let Some(t) = self.takeover.as_mut()
-                        && t.owns_tx(id)
-                    {
-                        t.on_result(id, None);
-                        continue;
+                    if !self.pair_result(now, id, None) {
+                        let (mut env, b) = self.env_parts(now);
+                        b.on_timeout(&mut env, id);
                     }
-                    if let Some(p) = self.pair.as_mut()
-                        && p.client_txs.contains(&id)
-                    {
-                        p.on_client_result(now, id, None);
-                        continue;
-                    }
-                    let (mut env, b) = self.env_parts(now);
-                    b.on_timeout(&mut env, id);
                 }
                 TxEvent::Unreachable { id } => {
-                    if let Some(t) = self.takeover.as_mut()
-                        && t.owns_tx(id)
-                    {
-                        t.on_result(id, None);
-                        continue;
+                    if !self.pair_result(now, id, None) {
+                        let (mut env, b) = self.env_parts(now);
+                        b.on_unreachable(&mut env, id);
                     }
-                    if let Some(p) = self.pair.as_mut()
-                        && p.client_txs.contains(&id)
-                    {
-                        p.on_client_result(now, id, None);
-                        continue;
-                    }
-                    let (mut env, b) = self.env_parts(now);
-                    b.on_unreachable(&mut env, id);
                 }
                 TxEvent::NoAck { id } => {
                     let (mut env, b) = self.env_parts(now);
@@ -408,6 +378,29 @@ impl Server {
         if let Some(p) = self.pair.as_mut() {
             p.publish_changes(now, &mut self.tx, &self.me, &changes);
         }
+    }
+
+    /// A result (response, or `None` for a timeout or an unreachable destination) for a client
+    /// transaction of the takeover or of the pair link; `false` when it belongs to a call.
+    fn pair_result(
+        &mut self,
+        now: Instant,
+        id: crate::transaction::ClientTxId,
+        resp: Option<&crate::sip::Response>,
+    ) -> bool {
+        if let Some(t) = self.takeover.as_mut()
+            && t.owns_tx(id)
+        {
+            t.on_result(id, resp);
+            return true;
+        }
+        if let Some(p) = self.pair.as_mut()
+            && p.client_txs.contains(&id)
+        {
+            p.on_client_result(now, id, resp);
+            return true;
+        }
+        false
     }
 
     fn reply(&mut self, now: Instant, id: ServerTxId, req: &Request, status: u16) {

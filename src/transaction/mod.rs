@@ -19,6 +19,22 @@ mod timer;
 #[cfg(test)]
 mod tests;
 
+/// The effect handle for one transaction, borrowing the layer's queues next to the entry.
+macro_rules! ctx {
+    ($layer:ident, $now:expr, $flow:expr, $tx:expr, $slots:expr) => {
+        Ctx {
+            now: $now,
+            timers: $layer.timers,
+            flow: $flow,
+            tx: $tx,
+            slots: $slots,
+            heap: &mut $layer.heap,
+            seq: &mut $layer.seq,
+            transmits: &mut $layer.scratch,
+        }
+    };
+}
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -231,16 +247,7 @@ impl TransactionLayer {
                 && let ServerFsm::Invite(fsm) = &mut e.fsm
                 && !matches!(fsm.state, server_invite::State::Accepted { .. })
             {
-                let mut ctx = Ctx {
-                    now,
-                    timers: self.timers,
-                    flow: e.flow,
-                    tx: TxRef::Server(id),
-                    slots: &mut e.slots,
-                    heap: &mut self.heap,
-                    seq: &mut self.seq,
-                    transmits: &mut self.scratch,
-                };
+                let mut ctx = ctx!(self, now, e.flow, TxRef::Server(id), &mut e.slots);
                 fsm.on_ack(&mut ctx);
                 self.flush_scratch();
                 return;
@@ -250,16 +257,7 @@ impl TransactionLayer {
                 && let Some(e) = self.servers.get_mut(&id)
                 && let ServerFsm::Invite(fsm) = &mut e.fsm
             {
-                let mut ctx = Ctx {
-                    now,
-                    timers: self.timers,
-                    flow: e.flow,
-                    tx: TxRef::Server(id),
-                    slots: &mut e.slots,
-                    heap: &mut self.heap,
-                    seq: &mut self.seq,
-                    transmits: &mut self.scratch,
-                };
+                let mut ctx = ctx!(self, now, e.flow, TxRef::Server(id), &mut e.slots);
                 fsm.on_2xx_ack(&mut ctx);
             }
             self.events.push_back(TxEvent::Ack {
@@ -272,16 +270,7 @@ impl TransactionLayer {
             && let Some(e) = self.servers.get_mut(&id)
         {
             self.stats.retransmissions_absorbed += 1;
-            let mut ctx = Ctx {
-                now,
-                timers: self.timers,
-                flow: e.flow,
-                tx: TxRef::Server(id),
-                slots: &mut e.slots,
-                heap: &mut self.heap,
-                seq: &mut self.seq,
-                transmits: &mut self.scratch,
-            };
+            let mut ctx = ctx!(self, now, e.flow, TxRef::Server(id), &mut e.slots);
             match &mut e.fsm {
                 ServerFsm::Invite(f) => f.on_retransmission(&mut ctx),
                 ServerFsm::NonInvite(f) => f.on_retransmission(&mut ctx),
@@ -343,16 +332,7 @@ impl TransactionLayer {
         let Some(e) = self.clients.get_mut(&id) else {
             return;
         };
-        let mut ctx = Ctx {
-            now,
-            timers: self.timers,
-            flow: e.flow,
-            tx: TxRef::Client(id),
-            slots: &mut e.slots,
-            heap: &mut self.heap,
-            seq: &mut self.seq,
-            transmits: &mut self.scratch,
-        };
+        let mut ctx = ctx!(self, now, e.flow, TxRef::Client(id), &mut e.slots);
         let up = match &mut e.fsm {
             ClientFsm::Invite(f) => f.on_response(resp, &mut ctx),
             ClientFsm::NonInvite(f) => f.on_response(resp, &mut ctx),
@@ -396,16 +376,7 @@ impl TransactionLayer {
         self.stats.client_created += 1;
         let bytes = req.to_bytes();
         let mut slots = Slots::default();
-        let mut ctx = Ctx {
-            now,
-            timers: self.timers,
-            flow,
-            tx: TxRef::Client(id),
-            slots: &mut slots,
-            heap: &mut self.heap,
-            seq: &mut self.seq,
-            transmits: &mut self.scratch,
-        };
+        let mut ctx = ctx!(self, now, flow, TxRef::Client(id), &mut slots);
         let fsm = if req.method == Method::Invite {
             ClientFsm::Invite(ClientInvite::start(req, bytes, &mut ctx))
         } else {
@@ -432,16 +403,7 @@ impl TransactionLayer {
             .get_mut(&id.0)
             .ok_or(Error::NoSuchTransaction)?;
         let bytes = resp.to_bytes();
-        let mut ctx = Ctx {
-            now,
-            timers: self.timers,
-            flow: e.flow,
-            tx: TxRef::Server(id.0),
-            slots: &mut e.slots,
-            heap: &mut self.heap,
-            seq: &mut self.seq,
-            transmits: &mut self.scratch,
-        };
+        let mut ctx = ctx!(self, now, e.flow, TxRef::Server(id.0), &mut e.slots);
         match &mut e.fsm {
             ServerFsm::Invite(f) => {
                 let was_final = f.has_final();
@@ -524,16 +486,7 @@ impl TransactionLayer {
                     }
                     e.slots.clear(s.timer);
                     let t = timer_of(s.timer);
-                    let mut ctx = Ctx {
-                        now: s.at,
-                        timers: self.timers,
-                        flow: e.flow,
-                        tx: s.tx,
-                        slots: &mut e.slots,
-                        heap: &mut self.heap,
-                        seq: &mut self.seq,
-                        transmits: &mut self.scratch,
-                    };
+                    let mut ctx = ctx!(self, s.at, e.flow, s.tx, &mut e.slots);
                     let up = match &mut e.fsm {
                         ClientFsm::Invite(f) => f.on_timer(t, &mut ctx),
                         ClientFsm::NonInvite(f) => f.on_timer(t, &mut ctx),
@@ -551,16 +504,7 @@ impl TransactionLayer {
                     }
                     e.slots.clear(s.timer);
                     let t = timer_of(s.timer);
-                    let mut ctx = Ctx {
-                        now: s.at,
-                        timers: self.timers,
-                        flow: e.flow,
-                        tx: s.tx,
-                        slots: &mut e.slots,
-                        heap: &mut self.heap,
-                        seq: &mut self.seq,
-                        transmits: &mut self.scratch,
-                    };
+                    let mut ctx = ctx!(self, s.at, e.flow, s.tx, &mut e.slots);
                     let up = match &mut e.fsm {
                         ServerFsm::Invite(f) => f.on_timer(t, &mut ctx),
                         ServerFsm::NonInvite(f) => {
