@@ -63,6 +63,8 @@ pub enum TakeoverReason {
     Switchover,
     /// No active peer seen during start-up, and this node's home role is `main`.
     Startup,
+    /// The home `main` took its role back after `preempt_after_s` of stable keep-alives.
+    Preempt,
 }
 
 /// Why a node stepped down.
@@ -112,6 +114,9 @@ pub struct Settings {
     pub home: HomeRole,
     /// Whether witnesses must confirm we are not the one cut off before a takeover.
     pub witnesses: bool,
+    /// Fail back: a home `main` that is stand-by takes its role back after the peer has been
+    /// heard without interruption this long (`pair.preempt` / `preempt_after_s`).
+    pub preempt_after: Option<Duration>,
 }
 
 /// What we know of the peer.
@@ -160,6 +165,8 @@ pub struct RoleMachine {
     last_heard: Option<Instant>,
     /// Missed intervals already counted into `missed_total`.
     missed_counted: u32,
+    /// Since when the active peer has been heard without a missed interval.
+    heard_since: Option<Instant>,
     peer: PeerView,
     actions: VecDeque<Action>,
     /// Keep-alive intervals missed in total (metrics).
@@ -183,6 +190,7 @@ impl RoleMachine {
             next_tick: now,
             last_heard: None,
             missed_counted: 0,
+            heard_since: None,
             peer: PeerView::default(),
             actions: VecDeque::new(),
             missed_total: 0,
@@ -245,6 +253,7 @@ impl RoleMachine {
     }
 
     fn take_over(&mut self, reason: TakeoverReason) {
+        self.heard_since = None;
         self.epoch = self.epoch.max(self.peer.epoch) + 1;
         self.role = Role::Active;
         self.phase = Phase::Running;
@@ -287,6 +296,12 @@ impl RoleMachine {
         }
         let peer_active = matches!(announced, Announced::Active | Announced::Handover);
         if peer_active {
+            let continuous = self
+                .last_heard
+                .is_some_and(|h| now.duration_since(h) <= self.s.keepalive * 2);
+            if !continuous || self.heard_since.is_none() {
+                self.heard_since = Some(now);
+            }
             self.last_heard = Some(now);
             self.missed_counted = 0;
             self.isolated = false;
@@ -403,6 +418,17 @@ impl RoleMachine {
             } else {
                 self.take_over(TakeoverReason::PeerSilent);
             }
+        }
+        if let (Some(after), Role::Standby, Phase::Running, HomeRole::Main) =
+            (self.s.preempt_after, self.role, self.phase, self.s.home)
+            && self
+                .last_heard
+                .is_some_and(|h| now.duration_since(h) < self.s.keepalive * 2)
+            && self
+                .heard_since
+                .is_some_and(|since| now.duration_since(since) >= after)
+        {
+            self.take_over(TakeoverReason::Preempt);
         }
         if let Phase::Witnessing { deadline } = self.phase
             && now >= deadline

@@ -11,6 +11,7 @@ fn settings(home: HomeRole) -> Settings {
         probe_timeout: Duration::from_millis(200),
         home,
         witnesses: false,
+        preempt_after: None,
     }
 }
 
@@ -298,4 +299,59 @@ fn witnesses_gate_the_takeover() {
     m.on_witness_answer();
     assert_eq!(m.role(), Role::Active);
     assert!(!m.isolated);
+}
+
+#[test]
+fn preempt_brings_the_home_main_back_after_stable_keepalives() {
+    let t0 = Instant::now();
+    let mut s = settings(HomeRole::Main);
+    s.preempt_after = Some(Duration::from_secs(5));
+    let mut m = RoleMachine::new(s, 1, t0);
+    // Restarted main: it sees the stand-by active at epoch 2 and stays stand-by ...
+    hear(
+        &mut m,
+        t0 + Duration::from_millis(100),
+        Announced::Active,
+        2,
+    );
+    let mut t = t0;
+    let mut acts = Vec::new();
+    while t <= t0 + Duration::from_millis(4900) {
+        hear(&mut m, t, Announced::Active, 2);
+        if m.poll_timeout() <= t {
+            m.handle_timeout(t);
+        }
+        acts.extend(drain(&mut m));
+        t += Duration::from_millis(200);
+    }
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::BecomeActive { .. })),
+        "{acts:?}"
+    );
+    // ... until 5 s of uninterrupted keep-alives: then it takes its role back.
+    while t <= t0 + Duration::from_millis(5400) {
+        hear(&mut m, t, Announced::Active, 2);
+        if m.poll_timeout() <= t {
+            m.handle_timeout(t);
+        }
+        acts.extend(drain(&mut m));
+        t += Duration::from_millis(200);
+    }
+    assert!(
+        acts.iter().any(|a| *a
+            == Action::BecomeActive {
+                epoch: 3,
+                reason: TakeoverReason::Preempt
+            }),
+        "{acts:?}"
+    );
+    // A home stand-by never preempts.
+    let mut s = settings(HomeRole::Standby);
+    s.preempt_after = Some(Duration::from_secs(1));
+    let mut m = running_standby(t0);
+    let _ = s;
+    let a = run(&mut m, t0, t0 + Duration::from_secs(3), Some(KA));
+    assert!(takeovers(&a).is_empty());
 }

@@ -126,6 +126,9 @@ impl PairGlue {
             probe_timeout: Duration::from_millis(pair.probe_timeout_ms),
             home: cfg.node.home_role,
             witnesses: !pair.witnesses.is_empty(),
+            preempt_after: pair
+                .preempt
+                .then(|| Duration::from_secs(pair.preempt_after_s)),
         };
         tracing::info!(node = cfg.node.name, epoch, peer = %pair.peer, "pair: listening for the peer before choosing a role");
         Self {
