@@ -340,11 +340,10 @@ fn preempt_brings_the_home_main_back_after_stable_keepalives() {
         t += Duration::from_millis(200);
     }
     assert!(
-        acts.iter().any(|a| *a
-            == Action::BecomeActive {
-                epoch: 3,
-                reason: TakeoverReason::Preempt
-            }),
+        acts.contains(&Action::BecomeActive {
+            epoch: 3,
+            reason: TakeoverReason::Preempt
+        }),
         "{acts:?}"
     );
     // A home stand-by never preempts.
