@@ -13,7 +13,9 @@
 //! - g. a witness decides whether an isolated stand-by takes over;
 //! - h. silence and 481 count as "not a notifier";
 //! - i. 491 on the re-bind is retried, 481 ends the call on the other leg;
-//! - j. an unreachable TCP leg keeps its call until its next request.
+//! - j. an unreachable TCP leg keeps its call until its next request;
+//! - k. a TCP trunk reports 150 calls in one NOTIFY bigger than a datagram;
+//! - l. digest and query together: early calls from the digest, late ones by query.
 //!
 //! Each test starts its own pair on fresh ports; both nodes' logs are copied to
 //! [`sip_tests::cluster::log_dir`] when it ends. Nothing sleeps in place of synchronisation:
@@ -1618,5 +1620,142 @@ async fn unreachable_tcp_leg_is_adopted_on_its_next_request() -> Result<()> {
             c.end_reason
         );
     }
+    Ok(())
+}
+
+// ---- k. a big dialog report over TCP ---------------------------------------------------------
+
+/// A trunk on TCP with `dialog_query = true` carrying 150 calls answers the query with one
+/// NOTIFY of about 90 KB (more than a UDP datagram can hold); with no digest, that report
+/// and the phones' own reports are how all 150 calls are found and re-bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_trunk_reports_150_calls_in_one_notify() -> Result<()> {
+    let caller_names = names("pam", 10);
+    let per_caller = 15;
+    let total = caller_names.len() * per_caller;
+    let trunk = Ua::bind_tcp("bigtrunk").await?;
+    let spec = PairSpec {
+        dialog_digest: false,
+        trunks: vec![TrunkSpec {
+            tcp: true,
+            dialog_query: true,
+            ..TrunkSpec::new("bigtrunk", trunk.addr(), "5")
+        }],
+        ..PairSpec::default()
+    }
+    .with_users(&caller_names);
+    let mut pair = Pair::start("bignotify", &spec).await?;
+    trunk.set_server_tcp(pair.main.sip);
+    answer_n(&trunk, total, &Answer::ok());
+    let callers = phones(&caller_names, pair.main.sip, false).await?;
+    wait_synced(&pair.standby, &caller_names).await?;
+    let targets: Vec<Vec<String>> = (0..caller_names.len())
+        .map(|i| (0..per_caller).map(|k| format!("5{i}{k:02}")).collect())
+        .collect();
+    let (callers, a_ids) = place_calls(callers, targets).await?;
+    let callees = vec![trunk];
+    let calls = match_calls(&a_ids, &callees)?;
+    ensure!(calls.len() == total, "{} calls set up", calls.len());
+    let report_size = callees[0].dialog_info().len();
+    ensure!(
+        report_size > 65_535,
+        "the trunk's report is only {report_size} bytes"
+    );
+    let killed = kill_main(&mut pair, total as u64, 0).await?;
+    let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
+    show_report("k big notify", &report, killed);
+    eprintln!("[k big notify] the trunk's dialog-info is {report_size} bytes");
+    check_report(
+        &report,
+        &[
+            ("endpoints", 11),
+            ("answered", 11),
+            ("recovered", total as u64),
+            ("recovered_via_query", total as u64),
+            ("orphaned", 0),
+        ],
+    )?;
+    let new_active = pair.standby.sip;
+    let all: Vec<&Call> = calls.iter().collect();
+    let (callers, callees) = expect_calls_rebound(callers, callees, &all, new_active).await?;
+    let (_callers, _callees) = hang_up_calls(callers, callees, &all, new_active).await?;
+    pair.standby
+        .wait_status(Duration::from_secs(5), "without calls", |v| {
+            num(&v["counts"], "calls") == 0
+        })
+        .await?;
+    Ok(())
+}
+
+// ---- l. digest and query together --------------------------------------------------------
+
+/// Both sources at once: calls the digest carried are re-bound from it, and calls set up
+/// after the last digest the stand-by received (the pair link is cut first, then new calls
+/// are made, then the main dies) are found by querying the endpoints the digest does not
+/// account for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_and_query_find_early_and_late_calls() -> Result<()> {
+    let (early_callers, early_callees) = (names("quinn", 4), names("rita", 4));
+    let (late_callers, late_callees) = (names("sam", 2), names("tess", 2));
+    let users: Vec<String> = early_callers
+        .iter()
+        .chain(&early_callees)
+        .chain(&late_callers)
+        .chain(&late_callees)
+        .cloned()
+        .collect();
+    let mut pair = Pair::start("both", &PairSpec::default().with_users(&users)).await?;
+    let ec = phones(&early_callers, pair.main.sip, false).await?;
+    let ee = phones(&early_callees, pair.main.sip, false).await?;
+    let lc = phones(&late_callers, pair.main.sip, false).await?;
+    let le = phones(&late_callees, pair.main.sip, false).await?;
+    for ua in &ee {
+        answer_n(ua, early_callers.len(), &Answer::ok());
+    }
+    for ua in &le {
+        answer_n(ua, late_callers.len(), &Answer::ok());
+    }
+    wait_synced(&pair.standby, &users).await?;
+    let (ec, early_ids) = place_calls(ec, vec![early_callees.clone(); 4]).await?;
+    let early = match_calls(&early_ids, &ee)?;
+    ensure!(early.len() == 16);
+    pair.standby
+        .wait_status(Duration::from_secs(5), "knowing the early calls", |v| {
+            num(&v["digest"], "calls_known") >= 16
+        })
+        .await?;
+    // Cut the pair link: no digest reaches the stand-by from now on.
+    for n in [&pair.main, &pair.standby] {
+        n.post("/test/partition?on").await?;
+    }
+    let (lc, late_ids) = place_calls(lc, vec![late_callees.clone(); 2]).await?;
+    let late = match_calls(&late_ids, &le)?;
+    ensure!(late.len() == 4);
+    pair.main.kill9();
+    let killed = Instant::now();
+    let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
+    show_report("l digest+query", &report, killed);
+    check_report(
+        &report,
+        &[
+            ("recovered", 20),
+            ("recovered_via_digest", 16),
+            ("recovered_via_query", 4),
+            ("queried", 4),
+            ("answered", 4),
+            ("orphaned", 0),
+        ],
+    )?;
+    let new_active = pair.standby.sip;
+    let early_refs: Vec<&Call> = early.iter().collect();
+    let late_refs: Vec<&Call> = late.iter().collect();
+    let (mut ec, mut ee) = expect_calls_rebound(ec, ee, &early_refs, new_active).await?;
+    let (lc, le) = expect_calls_rebound(lc, le, &late_refs, new_active).await?;
+    for ua in ec.iter_mut().chain(ee.iter_mut()) {
+        let (queries, _) = queries_and_resets(ua);
+        ensure!(queries == 0, "{} was queried", ua.user());
+    }
+    hang_up_calls(ec, ee, &early_refs, new_active).await?;
+    hang_up_calls(lc, le, &late_refs, new_active).await?;
     Ok(())
 }
