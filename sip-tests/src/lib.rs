@@ -10,6 +10,8 @@
 //!   digest challenges, ACK for 2xx) and queues every message it receives; tests drive it with
 //!   verbs (`register`, `invite`, `bye`, `cancel`, `reinvite`) and read its queue with
 //!   [`Ua::expect`].
+//! - [`cluster`]: [`cluster::Pair`], two real `understudy` processes (main + stand-by) with
+//!   generated configs, for pair and takeover tests (kill -9, SIGTERM, admin API polling).
 //! - [`raw`]: [`RawClient`], a bare socket that sends arbitrary bytes and collects what comes
 //!   back, using an OPTIONS probe as a barrier instead of waiting a fixed time.
 //! - [`sdp`]: minimal SDP offers and answers.
@@ -20,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod raw;
 pub mod rtp;
 pub mod sdp;
@@ -30,7 +33,10 @@ use std::time::Duration;
 
 pub use raw::RawClient;
 pub use server::{Counts, TestServer, trunk};
-pub use ua::{Answer, DialogId, DialogState, Incoming, Outgoing, Policy, Reply, Ua};
+pub use ua::{
+    Answer, Dialog, DialogId, DialogState, Incoming, Outgoing, Peer, Policy, QueryReply, Reply,
+    Transport, Ua,
+};
 
 /// How long an expectation waits by default before it fails.
 pub const WAIT: Duration = Duration::from_secs(5);

@@ -249,10 +249,10 @@ impl Drop for TestServer {
 
 /// A directory under the system temporary directory, removed on drop.
 #[derive(Debug)]
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let name = format!(
             "understudy-sip-tests-{}-{:016x}",
             std::process::id(),
@@ -263,7 +263,7 @@ impl TempDir {
         Ok(Self(path))
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }

@@ -11,5 +11,7 @@ mod options;
 mod pair;
 mod registration;
 mod routing;
+mod smart_ua;
+mod takeover;
 mod torture;
 mod ua;

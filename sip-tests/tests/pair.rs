@@ -1,53 +1,20 @@
 //! Pair tests: two nodes as separate processes (the real `understudy` binary) on loopback.
 //! kill -9 and detection time, restart as stand-by with a lower epoch, switchover both ways,
 //! forged keep-alives, a simulated network split, and registrations surviving a takeover.
+//! (The binary and free ports come from [`sip_tests::cluster`], which the takeover tests use
+//! with an async harness.)
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sip_tests::cluster::{binary, free_port};
 use understudy::sip::{
     HeaderName, Message, Method, Request, SipMessage, digest::answer_challenge, new_branch,
     new_tag, parse_datagram, response_to,
 };
-
-/// Build the real binary once per test process and return its path.
-fn binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "understudy", "--bin", "understudy"])
-            .current_dir(&root)
-            .status()
-            .expect("cargo build runs");
-        assert!(status.success(), "building the understudy binary failed");
-        let exe = std::env::current_exe().expect("test exe");
-        // target/<profile>/deps/pair-xxxx → target/<profile>/understudy
-        let bin = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("understudy"))
-            .expect("target dir");
-        assert!(bin.exists(), "{} not found", bin.display());
-        bin
-    })
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1.
-fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let p = u.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
 
 struct Ports {
     main_sip: u16,
@@ -123,7 +90,8 @@ impl Node {
             .args(["run", "--config"])
             .arg(&self.cfg)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            // tracing writes to stdout: keep it in the log too.
+            .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("spawn understudy");

@@ -8,9 +8,15 @@ use bytes::Bytes;
 use understudy::sip::digest::{DigestParams, answer_challenge};
 use understudy::sip::{HeaderName, Method, Request, Response, SipMessage, new_branch};
 
-/// A Via value for our UDP socket with a fresh branch.
-pub(crate) fn via(local: SocketAddr) -> String {
-    format!("SIP/2.0/UDP {local};branch={};rport", new_branch())
+use super::state::Transport;
+
+/// A Via value for our socket with a fresh branch.
+pub(crate) fn via(local: SocketAddr, transport: Transport) -> String {
+    format!(
+        "SIP/2.0/{} {local};branch={};rport",
+        transport.via_token(),
+        new_branch()
+    )
 }
 
 /// The branch of a message's top Via (empty when absent).
@@ -34,11 +40,11 @@ pub(crate) struct NewRequest<'a> {
 }
 
 impl NewRequest<'_> {
-    /// Build it with a Via for `local`.
-    pub(crate) fn build(&self, local: SocketAddr) -> Request {
+    /// Build it with a Via for `local` over `transport`.
+    pub(crate) fn build(&self, local: SocketAddr, transport: Transport) -> Request {
         let mut r = Request::new(self.method.clone(), self.uri);
         let h = &mut r.headers;
-        h.push(HeaderName::Via, via(local));
+        h.push(HeaderName::Via, via(local, transport));
         h.push(HeaderName::MaxForwards, "70");
         for route in self.route {
             h.push(HeaderName::Route, route.clone());
@@ -121,6 +127,7 @@ pub(crate) fn with_credentials(
     password: &str,
     prefer_sha256: bool,
     local: SocketAddr,
+    transport: Transport,
 ) -> Option<Request> {
     let (challenge_name, answer_name) = if resp.status == 407 {
         (
@@ -158,7 +165,7 @@ pub(crate) fn with_credentials(
     r.headers.remove(&HeaderName::Authorization);
     r.headers.remove(&HeaderName::ProxyAuthorization);
     r.headers.remove_first(&HeaderName::Via);
-    r.headers.push_front(HeaderName::Via, via(local));
+    r.headers.push_front(HeaderName::Via, via(local, transport));
     let seq = req.cseq().ok()?.seq + 1;
     r.headers
         .set(HeaderName::CSeq, format!("{seq} {}", req.method));

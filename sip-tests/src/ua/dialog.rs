@@ -9,6 +9,7 @@ use bytes::Bytes;
 use understudy::sip::{Method, NameAddr, Request, Response, SipMessage, Uri};
 
 use super::build::NewRequest;
+use super::state::{Peer, Transport};
 
 /// A dialog identifier: Call-ID and both tags, seen from this UA.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,6 +53,9 @@ pub struct Dialog {
     /// Where in-dialog requests go: the remote target's address when it is an IP literal,
     /// else where the dialog came from.
     pub peer: SocketAddr,
+    /// The transport in-dialog requests use (from the remote target's `transport`
+    /// parameter, else the one the dialog came over).
+    pub transport: Transport,
     /// Route set, in the order Route headers are written.
     pub route_set: Vec<String>,
     /// State.
@@ -66,6 +70,16 @@ pub struct Dialog {
     pub sdp_version: u32,
     /// When the dialog was created.
     pub created: Instant,
+    /// re-INVITEs received in this dialog.
+    pub reinvites: u32,
+    /// Where the last re-INVITE came from.
+    pub last_reinvite_from: Option<SocketAddr>,
+    /// Whether it came without an offer.
+    pub last_reinvite_offerless: bool,
+    /// We answered an offerless re-INVITE with an offer and the answer (in the ACK) is due.
+    pub awaiting_answer: bool,
+    /// SDP answers received in ACKs.
+    pub answers_in_ack: u32,
 }
 
 /// The address of a SIP URI whose host is an IP literal (port 5060 by default).
@@ -85,10 +99,22 @@ fn contact_uri(m: &impl SipMessage) -> Option<String> {
     m.contact().map(|c| c.uri.to_string())
 }
 
+/// The transport a URI asks for (`;transport=tcp`), if any.
+pub(crate) fn uri_transport(uri: &str) -> Option<Transport> {
+    let t = Uri::parse(uri).ok()?.transport()?;
+    if t.eq_ignore_ascii_case("tcp") {
+        Some(Transport::Tcp)
+    } else if t.eq_ignore_ascii_case("udp") {
+        Some(Transport::Udp)
+    } else {
+        None
+    }
+}
+
 impl Dialog {
     /// The dialog we create as UAC from a response with a To tag to our INVITE `req`, which
     /// went to `dest` (RFC 3261 §12.1.2).
-    pub(crate) fn as_uac(req: &Request, resp: &Response, dest: SocketAddr) -> Option<Self> {
+    pub(crate) fn as_uac(req: &Request, resp: &Response, dest: Peer) -> Option<Self> {
         let from = req.from().ok()?;
         let to = resp.to().ok()?;
         let remote_target = contact_uri(resp).unwrap_or_else(|| req.uri.clone());
@@ -105,7 +131,8 @@ impl Dialog {
             remote_uri: without_tag(&to),
             local_cseq: seq,
             remote_cseq: None,
-            peer: uri_addr(&remote_target).unwrap_or(dest),
+            peer: uri_addr(&remote_target).unwrap_or(dest.addr),
+            transport: uri_transport(&remote_target).unwrap_or(dest.transport),
             remote_target,
             route_set,
             state: if resp.status < 200 {
@@ -118,12 +145,17 @@ impl Dialog {
             remote_sdp: (!resp.body.is_empty()).then(|| resp.body.clone()),
             sdp_version: 1,
             created: Instant::now(),
+            reinvites: 0,
+            last_reinvite_from: None,
+            last_reinvite_offerless: false,
+            awaiting_answer: false,
+            answers_in_ack: 0,
         })
     }
 
     /// The dialog we create as UAS when answering `req` (from `source`) with `local_tag`
     /// (RFC 3261 §12.1.1).
-    pub(crate) fn as_uas(req: &Request, local_tag: &str, source: SocketAddr) -> Option<Self> {
+    pub(crate) fn as_uas(req: &Request, local_tag: &str, source: Peer) -> Option<Self> {
         let from = req.from().ok()?;
         let to = req.to().ok()?;
         let remote_target = contact_uri(req).unwrap_or_else(|| from.uri.to_string());
@@ -138,7 +170,8 @@ impl Dialog {
             remote_uri: without_tag(&from),
             local_cseq: 0,
             remote_cseq: Some(seq),
-            peer: uri_addr(&remote_target).unwrap_or(source),
+            peer: uri_addr(&remote_target).unwrap_or(source.addr),
+            transport: uri_transport(&remote_target).unwrap_or(source.transport),
             remote_target,
             route_set: req.record_route(),
             state: DialogState::Early,
@@ -147,15 +180,29 @@ impl Dialog {
             remote_sdp: (!req.body.is_empty()).then(|| req.body.clone()),
             sdp_version: 0,
             created: Instant::now(),
+            reinvites: 0,
+            last_reinvite_from: None,
+            last_reinvite_offerless: false,
+            awaiting_answer: false,
+            answers_in_ack: 0,
         })
     }
 
     /// Target refresh from a re-INVITE/UPDATE or its 2xx (RFC 3261 §12.2): a new Contact
     /// moves the remote target, and with it where requests go.
-    pub(crate) fn refresh_target(&mut self, m: &impl SipMessage, source: SocketAddr) {
+    pub(crate) fn refresh_target(&mut self, m: &impl SipMessage, source: Peer) {
         if let Some(t) = contact_uri(m) {
-            self.peer = uri_addr(&t).unwrap_or(source);
+            self.peer = uri_addr(&t).unwrap_or(source.addr);
+            self.transport = uri_transport(&t).unwrap_or(source.transport);
             self.remote_target = t;
+        }
+    }
+
+    /// Where in-dialog requests go.
+    pub fn peer(&self) -> Peer {
+        Peer {
+            addr: self.peer,
+            transport: self.transport,
         }
     }
 
@@ -178,7 +225,7 @@ impl Dialog {
             contact: with_contact.then_some(contact),
             route: &self.route_set,
         }
-        .build(local)
+        .build(local, self.transport)
     }
 
     /// The ACK for a 2xx to our INVITE with CSeq `seq` (RFC 3261 §13.2.2.4).
@@ -195,7 +242,7 @@ impl Dialog {
             contact: None,
             route: &self.route_set,
         }
-        .build(local)
+        .build(local, self.transport)
     }
 
     /// Whether the dialog can still carry requests.

@@ -17,6 +17,8 @@ pub struct Incoming {
     pub msg: Message,
     /// Who sent it.
     pub source: SocketAddr,
+    /// Over which transport.
+    pub transport: super::state::Transport,
     /// When it arrived.
     pub received: Instant,
 }

@@ -8,16 +8,24 @@
 //! that queue with [`Ua::expect`] and its shorthands, and acts with the verbs in [`uac`] and
 //! [`uas`].
 //!
-//! TCP is not implemented yet; the state is transport-agnostic (responses go back to the
-//! source of the request, in-dialog requests to the dialog's peer), so a TCP flow can be
-//! added next to the UDP socket.
+//! A UA bound with [`Ua::bind_tcp`] also listens on TCP on the same port ([`tcp`]); responses
+//! go back over the transport (and connection) the request came on, in-dialog requests over
+//! the dialog's transport, and requests outside a dialog over the server's
+//! ([`Ua::set_server_tcp`]).
+//!
+//! It is also a "smart endpoint" for takeover tests ([`notifier`]): it answers dialog-state
+//! queries (`SUBSCRIBE Event: dialog`) with the dialog-info of its dialogs (or refuses, or
+//! stays silent, by policy), answers offerless re-INVITEs with an offer and insists on the
+//! answer in the ACK, follows a new remote target, and obeys `NOTIFY Event: check-sync`.
 
 mod answer;
 mod build;
 mod dialog;
 mod inbox;
+mod notifier;
 mod recv;
 mod state;
+mod tcp;
 pub mod uac;
 pub mod uas;
 
@@ -34,7 +42,7 @@ use understudy::sip::{Method, Request, Response, SipMessage};
 pub use answer::Answer;
 pub use dialog::{Dialog, DialogId, DialogState};
 pub use inbox::Incoming;
-pub use state::{Policy, Reply};
+pub use state::{Peer, Policy, QueryReply, Reply, Transport};
 pub use uac::Outgoing;
 
 use inbox::Inbox;
@@ -52,14 +60,57 @@ pub struct Ua {
 impl Ua {
     /// Bind a UA for `user` on `127.0.0.1:0`. It has no server and no password yet.
     pub async fn bind(user: &str) -> Result<Self> {
-        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").context("binding the UA socket")?;
+        Self::bind_at(user, "127.0.0.1:0".parse()?, false).await
+    }
+
+    /// Bind a UA for `user` on UDP and TCP, the same port for both on 127.0.0.1. It still
+    /// uses UDP outside dialogs until [`Self::set_server_tcp`].
+    pub async fn bind_tcp(user: &str) -> Result<Self> {
+        let mut last = None;
+        for _ in 0..50 {
+            match Self::bind_at(user, "127.0.0.1:0".parse()?, true).await {
+                Ok(ua) => return Ok(ua),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no port")))
+            .context("binding UDP and TCP on one port")
+    }
+
+    /// Bind a UA for `user` on `addr` (UDP, and TCP on the same port when `tcp`).
+    pub async fn bind_at(user: &str, addr: SocketAddr, tcp: bool) -> Result<Self> {
+        let std_sock = std::net::UdpSocket::bind(addr).context("binding the UA socket")?;
         std_sock.set_nonblocking(true)?;
+        // A burst of a few hundred re-INVITEs and ACKs at takeover must not overflow the
+        // default receive buffer (an ACK for a 2xx is never retransmitted by itself).
+        let _ = socket2::SockRef::from(&std_sock).set_recv_buffer_size(4 << 20);
         let send_sock = std_sock.try_clone()?;
         let sock = UdpSocket::from_std(std_sock)?;
         let local = sock.local_addr()?;
+        let listener = if tcp {
+            Some(tcp::listen(local).context("binding the UA's TCP port")?)
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::new(Arc::new(sock), send_sock, local, user, tx));
+        let tcp_side = listener.as_ref().map(|_| tcp::TcpSide::default());
+        let shared = Arc::new(Shared::new(
+            Arc::new(sock),
+            send_sock,
+            local,
+            user,
+            tx,
+            tcp_side,
+        ));
+        let _ = shared.me.set(Arc::downgrade(&shared));
         let recv_task = tokio::spawn(recv::run(shared.clone()));
+        if let (Some(l), Some(side)) = (listener, &shared.tcp) {
+            let t = tokio::spawn(tcp::accept_loop(Arc::downgrade(&shared), l));
+            *side
+                .listener
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t.abort_handle());
+        }
         Ok(Self {
             shared,
             inbox: Inbox::new(rx),
@@ -68,9 +119,62 @@ impl Ua {
         })
     }
 
-    /// Where requests outside a dialog go.
+    /// Where requests outside a dialog go (over UDP; our Contact is a UDP one).
     pub fn set_server(&self, server: SocketAddr) {
-        self.shared.lock().server = Some(server);
+        self.shared.lock().server = Some(Peer::udp(server));
+        *self
+            .shared
+            .transport
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Transport::Udp;
+    }
+
+    /// Where requests outside a dialog go, over TCP; our Contact says `transport=tcp`. The
+    /// UA must have been bound with [`Self::bind_tcp`].
+    pub fn set_server_tcp(&self, server: SocketAddr) {
+        assert!(
+            self.shared.tcp.is_some(),
+            "set_server_tcp needs a UA bound with Ua::bind_tcp"
+        );
+        self.shared.lock().server = Some(Peer::tcp(server));
+        *self
+            .shared
+            .transport
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Transport::Tcp;
+    }
+
+    /// Protocol errors the UA saw (e.g. an ACK without the SDP answer it was owed).
+    pub fn protocol_errors(&self) -> Vec<String> {
+        self.shared.lock().errors.clone()
+    }
+
+    /// How many dialog queries (`SUBSCRIBE Event: dialog`) the UA answered with a NOTIFY.
+    pub fn queries_answered(&self) -> u32 {
+        self.shared.lock().queries_answered
+    }
+
+    /// Close the TCP listener and every TCP connection: the UA becomes unreachable over TCP
+    /// (a phone that lost its connection), though it can still open new connections.
+    pub fn close_tcp(&self) {
+        if let Some(t) = &self.shared.tcp {
+            t.close();
+        }
+    }
+
+    /// Peer addresses of the TCP connections the UA accepted so far.
+    pub fn tcp_accepted(&self) -> Vec<SocketAddr> {
+        self.shared
+            .tcp
+            .as_ref()
+            .map(tcp::TcpSide::accepted)
+            .unwrap_or_default()
+    }
+
+    /// The dialog-info document the UA would send now (RFC 4235).
+    pub fn dialog_info(&self) -> String {
+        let mut st = self.shared.lock();
+        notifier::dialog_info(&self.shared, &mut st)
     }
 
     /// The password used to answer digest challenges.
@@ -103,9 +207,9 @@ impl Ua {
         self.shared.aor()
     }
 
-    /// Our Contact URI, `sip:user@127.0.0.1:port`.
+    /// Our Contact URI, `sip:user@127.0.0.1:port` (`;transport=tcp` when using TCP).
     pub fn contact_uri(&self) -> String {
-        format!("sip:{}@{}", self.shared.user, self.shared.local)
+        self.shared.contact_uri()
     }
 
     /// The next received message for which `pred` holds, within the default wait.
@@ -212,6 +316,15 @@ impl Ua {
         Ok(())
     }
 
+    /// Send the dialog's later requests to `addr` (same transport), as a phone whose
+    /// outbound proxy moved would. The remote target is not changed.
+    pub fn redirect_dialog(&self, id: &DialogId, addr: SocketAddr) -> Result<()> {
+        let mut st = self.shared.lock();
+        let d = st.dialogs.get_mut(id).context("no such dialog")?;
+        d.peer = addr;
+        Ok(())
+    }
+
     /// A snapshot of one dialog.
     pub fn dialog(&self, id: &DialogId) -> Option<Dialog> {
         self.shared.lock().dialogs.get(id).cloned()
@@ -231,6 +344,9 @@ impl Ua {
 impl Drop for Ua {
     fn drop(&mut self) {
         self.recv_task.abort();
+        if let Some(t) = &self.shared.tcp {
+            t.close();
+        }
         for t in self.shared.lock().tasks.drain(..) {
             t.abort();
         }

@@ -2,7 +2,6 @@
 //! (re-sending its last response or ACK), answers what a phone answers by itself according to
 //! the [`super::Policy`], and queues every new message for `expect`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +10,8 @@ use understudy::sip::{HeaderName, Message, Method, Request, Response, SipMessage
 use super::answer;
 use super::build::{ack_for_failure, branch_of, with_credentials};
 use super::dialog::{Dialog, DialogId, DialogState};
-use super::state::{ClientTx, Reply, ServerTx, Shared, State, TxKey};
+use super::notifier;
+use super::state::{ClientTx, Peer, Reply, ServerTx, Shared, State, TxKey};
 
 /// Read until the socket fails (the task is aborted when the UA is dropped).
 pub(crate) async fn run(shared: Arc<Shared>) {
@@ -23,12 +23,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Err(_) => continue,
         };
         match parse_datagram(&buf[..n]) {
-            Ok(p) => match p.message {
-                Message::Request(r) => on_request(&shared, r, src),
-                Message::Response(r) => on_response(&shared, r, src),
-            },
+            Ok(p) => dispatch(&shared, p.message, Peer::udp(src)),
             Err(e) => eprintln!("ua {}: unparseable datagram from {src}: {e}", shared.user),
         }
+    }
+}
+
+/// Handle one message from `src` (a datagram or a framed TCP message).
+pub(crate) fn dispatch(shared: &Arc<Shared>, msg: Message, src: Peer) {
+    match msg {
+        Message::Request(r) => on_request(shared, r, src),
+        Message::Response(r) => on_response(shared, r, src),
     }
 }
 
@@ -40,7 +45,7 @@ fn dialog_id(m: &impl SipMessage, local_tag: String, remote_tag: Option<String>)
     }
 }
 
-fn on_response(shared: &Arc<Shared>, resp: Response, src: SocketAddr) {
+fn on_response(shared: &Arc<Shared>, resp: Response, src: Peer) {
     let Ok(cseq) = resp.cseq() else {
         return;
     };
@@ -102,7 +107,7 @@ fn on_response(shared: &Arc<Shared>, resp: Response, src: SocketAddr) {
             let ack = st
                 .dialogs
                 .get(&id)
-                .map(|d| (d.ack(cseq.seq, shared.local), d.peer));
+                .map(|d| (d.ack(cseq.seq, shared.local), d.peer()));
             if let Some((ack, to)) = ack {
                 let bytes = ack.to_bytes();
                 let send = st.policy.auto_ack;
@@ -136,7 +141,7 @@ fn retry_with_credentials(
     st: &mut State,
     request: &Request,
     resp: &Response,
-    dest: SocketAddr,
+    dest: Peer,
 ) -> Option<Request> {
     let password = st.password.clone()?;
     let retry = with_credentials(
@@ -146,6 +151,7 @@ fn retry_with_credentials(
         &password,
         st.policy.prefer_sha256,
         shared.local,
+        dest.transport,
     )?;
     let key = (branch_of(&retry), retry.method.to_string());
     let call_id = retry.call_id().unwrap_or_default().to_string();
@@ -167,19 +173,14 @@ fn retry_with_credentials(
     Some(retry)
 }
 
-fn on_request(shared: &Arc<Shared>, req: Request, src: SocketAddr) {
+fn on_request(shared: &Arc<Shared>, req: Request, src: Peer) {
     let branch = branch_of(&req);
     let mut st = shared.lock();
     if req.method == Method::Ack {
         if !st.acks_seen.insert(branch.clone()) {
             shared.absorb();
         } else {
-            let id = dialog_id(&req, req.to_tag().unwrap_or_default(), req.from_tag());
-            if !req.body.is_empty()
-                && let Some(d) = st.dialogs.get_mut(&id)
-            {
-                d.remote_sdp = Some(req.body.clone());
-            }
+            on_ack(shared, &mut st, &req);
             drop(st);
             shared.deliver(Message::Request(req), src);
         }
@@ -217,6 +218,8 @@ fn on_request(shared: &Arc<Shared>, req: Request, src: SocketAddr) {
                 shared.respond(&mut st, &key, s, None, &extra);
             }
         }
+        (Method::Subscribe, None) => notifier::on_subscribe(shared, &mut st, &key, &req, src),
+        (Method::Notify, None) => notifier::on_notify(shared, &mut st, &key, &req),
         _ => {}
     }
     drop(st);
@@ -232,6 +235,32 @@ fn capabilities() -> Vec<(HeaderName, String)> {
         (HeaderName::Accept, "application/sdp".into()),
         (HeaderName::Supported, "timer".into()),
     ]
+}
+
+/// An ACK: it confirms our 2xx, and after an offerless re-INVITE it must carry the answer
+/// to the offer in our 2xx (RFC 3261 §13.2.1; RFC 3725 flow I, the re-bind after takeover).
+fn on_ack(shared: &Shared, st: &mut State, req: &Request) {
+    let id = dialog_id(req, req.to_tag().unwrap_or_default(), req.from_tag());
+    let mut error = None;
+    if let Some(d) = st.dialogs.get_mut(&id) {
+        if d.awaiting_answer {
+            d.awaiting_answer = false;
+            if req.body.is_empty() {
+                error = Some(format!(
+                    "ACK without the SDP answer owed for our offer (offerless re-INVITE) in {}",
+                    id.call_id
+                ));
+            } else {
+                d.answers_in_ack += 1;
+            }
+        }
+        if !req.body.is_empty() {
+            d.remote_sdp = Some(req.body.clone());
+        }
+    }
+    if let Some(e) = error {
+        shared.error(st, e);
+    }
 }
 
 /// CANCEL: 200 for the CANCEL, then 487 for its INVITE unless that already has a final
@@ -251,14 +280,7 @@ fn on_cancel(shared: &Shared, st: &mut State, key: &TxKey) {
     shared.respond(st, &invite, 487, None, &[]);
 }
 
-fn in_dialog(
-    shared: &Shared,
-    st: &mut State,
-    key: &TxKey,
-    req: &Request,
-    tag: String,
-    src: SocketAddr,
-) {
+fn in_dialog(shared: &Shared, st: &mut State, key: &TxKey, req: &Request, tag: String, src: Peer) {
     let id = dialog_id(req, tag, req.from_tag());
     let seq = req.cseq().map(|c| c.seq).unwrap_or(0);
     let up = match st.dialogs.get_mut(&id) {
@@ -291,6 +313,14 @@ fn in_dialog(
                 d.refresh_target(req, src);
                 if !req.body.is_empty() {
                     d.remote_sdp = Some(req.body.clone());
+                }
+                if req.method == Method::Invite {
+                    d.reinvites += 1;
+                    d.last_reinvite_from = Some(src.addr);
+                    d.last_reinvite_offerless = req.body.is_empty();
+                    // Our 2xx will carry an offer; the answer is due in the ACK.
+                    d.awaiting_answer = req.body.is_empty()
+                        && matches!(reply, Reply::Status(s) if (200..300).contains(&s));
                 }
             }
             if let Reply::Status(s) = reply {

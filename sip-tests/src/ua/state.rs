@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
@@ -15,6 +15,65 @@ use understudy::sip::{HeaderName, Method, Request, SipMessage, new_tag, response
 use super::answer::Answer;
 use super::dialog::{Dialog, DialogId, DialogState};
 use super::inbox::Incoming;
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP (the UA's datagram socket).
+    Udp,
+    /// TCP (connections from or to the UA's TCP port, framed by Content-Length).
+    Tcp,
+}
+
+impl Transport {
+    /// The Via token: `UDP` or `TCP`.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+        }
+    }
+}
+
+/// Where a message came from or goes to: an address and a transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// Socket address.
+    pub addr: SocketAddr,
+    /// Transport.
+    pub transport: Transport,
+}
+
+impl Peer {
+    /// A UDP peer.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            transport: Transport::Udp,
+        }
+    }
+
+    /// A TCP peer.
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            transport: Transport::Tcp,
+        }
+    }
+}
+
+/// How the UA answers a dialog-state query (`SUBSCRIBE Event: dialog`, RFC 4235).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryReply {
+    /// 200 (with our To tag), then one NOTIFY with the dialog-info of our dialogs.
+    Notify,
+    /// The NOTIFY first, then the 200 (the order a fast notifier may produce).
+    NotifyFirst,
+    /// Refuse with this status (e.g. 489 Bad Event): not a notifier.
+    Refuse(u16),
+    /// Do not answer at all (what many soft-phones do).
+    Ignore,
+}
 
 /// How the UA answers one kind of request by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +102,12 @@ pub struct Policy {
     pub in_dialog: Reply,
     /// OPTIONS outside a dialog.
     pub options: Reply,
+    /// `SUBSCRIBE Event: dialog` outside a dialog (other events get 489).
+    pub dialog_query: QueryReply,
+    /// `NOTIFY Event: check-sync` outside a dialog.
+    pub check_sync: Reply,
+    /// Drop every call (locally, without BYE: the old peer is gone) on a check-sync NOTIFY.
+    pub drop_on_check_sync: bool,
 }
 
 impl Default for Policy {
@@ -55,6 +120,9 @@ impl Default for Policy {
             reinvite: Reply::Status(200),
             in_dialog: Reply::Status(200),
             options: Reply::Status(200),
+            dialog_query: QueryReply::Notify,
+            check_sync: Reply::Status(200),
+            drop_on_check_sync: false,
         }
     }
 }
@@ -66,7 +134,7 @@ pub(crate) type TxKey = (String, String);
 #[derive(Debug)]
 pub(crate) struct ServerTx {
     pub(crate) request: Request,
-    pub(crate) source: SocketAddr,
+    pub(crate) source: Peer,
     pub(crate) to_tag: Option<String>,
     pub(crate) last: Option<Bytes>,
     pub(crate) final_status: Option<u16>,
@@ -76,7 +144,7 @@ pub(crate) struct ServerTx {
 #[derive(Debug)]
 pub(crate) struct ClientTx {
     pub(crate) request: Request,
-    pub(crate) dest: SocketAddr,
+    pub(crate) dest: Peer,
     pub(crate) seen: HashSet<(u16, Option<String>)>,
     pub(crate) auth_tried: bool,
 }
@@ -84,7 +152,7 @@ pub(crate) struct ClientTx {
 /// Mutable UA state.
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub(crate) server: Option<SocketAddr>,
+    pub(crate) server: Option<Peer>,
     pub(crate) password: Option<String>,
     pub(crate) policy: Policy,
     pub(crate) plans: VecDeque<Answer>,
@@ -93,7 +161,7 @@ pub(crate) struct State {
     pub(crate) client_txs: HashMap<TxKey, ClientTx>,
     /// ACKs for 2xx, by (Call-ID, CSeq, To tag): bytes, destination, and whether sent yet.
     /// A sent ACK is re-sent when its 2xx is retransmitted.
-    pub(crate) acks: HashMap<(String, u32, String), (Bytes, SocketAddr, bool)>,
+    pub(crate) acks: HashMap<(String, u32, String), (Bytes, Peer, bool)>,
     /// Branches of ACKs received (an ACK is queued once).
     pub(crate) acks_seen: HashSet<String>,
     /// Call-ID → the current transaction of our initial INVITE (it changes on auth retry).
@@ -101,6 +169,15 @@ pub(crate) struct State {
     /// Call-ID → last CSeq used outside a dialog.
     pub(crate) out_cseq: HashMap<String, u32>,
     pub(crate) tasks: Vec<AbortHandle>,
+    /// Protocol errors seen by the receive task (e.g. an ACK without the SDP answer we
+    /// were owed): tests assert there are none.
+    pub(crate) errors: Vec<String>,
+    /// Dialog queries answered (200/202 + NOTIFY sent).
+    pub(crate) queries_answered: u32,
+    /// Subscription dialogs we created as notifier: Call-ID → our NOTIFY CSeq.
+    pub(crate) notifier_cseq: HashMap<String, u32>,
+    /// Version counter of our dialog-info documents.
+    pub(crate) dialog_info_version: u64,
 }
 
 /// Everything a UA's receive task and its owner share.
@@ -109,6 +186,12 @@ pub(crate) struct Shared {
     pub(crate) sock: Arc<UdpSocket>,
     send_sock: std::net::UdpSocket,
     pub(crate) local: SocketAddr,
+    /// The TCP side, when the UA listens on TCP too (same port as UDP).
+    pub(crate) tcp: Option<super::tcp::TcpSide>,
+    /// Ourselves, for tasks started from `&self` (TCP connections).
+    pub(crate) me: OnceLock<Weak<Shared>>,
+    /// The transport of our Contact and of requests outside a dialog.
+    pub(crate) transport: Mutex<Transport>,
     pub(crate) user: String,
     pub(crate) domain: String,
     pub(crate) inbox: mpsc::UnboundedSender<Incoming>,
@@ -124,11 +207,15 @@ impl Shared {
         local: SocketAddr,
         user: &str,
         inbox: mpsc::UnboundedSender<Incoming>,
+        tcp: Option<super::tcp::TcpSide>,
     ) -> Self {
         Self {
             sock,
             send_sock,
             local,
+            tcp,
+            me: OnceLock::new(),
+            transport: Mutex::new(Transport::Udp),
             user: user.to_string(),
             domain: "pbx.local".to_string(),
             inbox,
@@ -144,10 +231,33 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Send a message to `to` without awaiting: a datagram, or bytes on the TCP connection
+    /// with that peer (opened first when there is none).
+    pub(crate) fn send(&self, bytes: &[u8], to: Peer) {
+        match to.transport {
+            Transport::Udp => self.send_udp(bytes, to.addr),
+            Transport::Tcp => super::tcp::send(self, Bytes::copy_from_slice(bytes), to.addr),
+        }
+    }
+
+    /// Record a protocol error (and print it at once).
+    pub(crate) fn error(&self, st: &mut State, e: String) {
+        eprintln!("ua {} at {}: PROTOCOL ERROR: {e}", self.user, self.local);
+        st.errors.push(e);
+    }
+
+    /// The transport of our Contact and out-of-dialog requests.
+    pub(crate) fn transport(&self) -> Transport {
+        *self
+            .transport
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Send a datagram without awaiting, through a std clone of the socket (tokio's
     /// `try_send_to` refuses before the socket was first polled for writing). On loopback
     /// the send buffer does not stay full, so a `WouldBlock` is retried.
-    pub(crate) fn send(&self, bytes: &[u8], to: SocketAddr) {
+    pub(crate) fn send_udp(&self, bytes: &[u8], to: SocketAddr) {
         for _ in 0..1000 {
             match self.send_sock.send_to(bytes, to) {
                 Ok(_) => return,
@@ -161,9 +271,17 @@ impl Shared {
         eprintln!("ua {}: send to {to} kept blocking; dropped", self.user);
     }
 
-    /// Our Contact.
+    /// Our Contact (with `;transport=tcp` when we use TCP).
     pub(crate) fn contact(&self) -> String {
-        format!("<sip:{}@{}>", self.user, self.local)
+        format!("<{}>", self.contact_uri())
+    }
+
+    /// Our Contact URI.
+    pub(crate) fn contact_uri(&self) -> String {
+        match self.transport() {
+            Transport::Udp => format!("sip:{}@{}", self.user, self.local),
+            Transport::Tcp => format!("sip:{}@{};transport=tcp", self.user, self.local),
+        }
     }
 
     /// Our address of record, `sip:user@domain`.
@@ -177,10 +295,11 @@ impl Shared {
     }
 
     /// Queue a message for `expect`.
-    pub(crate) fn deliver(&self, msg: understudy::sip::Message, source: SocketAddr) {
+    pub(crate) fn deliver(&self, msg: understudy::sip::Message, source: Peer) {
         let _ = self.inbox.send(Incoming {
             msg,
-            source,
+            source: source.addr,
+            transport: source.transport,
             received: std::time::Instant::now(),
         });
     }
@@ -239,7 +358,7 @@ impl Shared {
         req: &Request,
         status: u16,
         new_tag: Option<&str>,
-        source: SocketAddr,
+        source: Peer,
     ) {
         let id_for = |local: &str| DialogId {
             call_id: req.call_id().unwrap_or_default().to_string(),

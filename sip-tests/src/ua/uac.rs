@@ -2,8 +2,6 @@
 //! requests inside a dialog, and OPTIONS. Challenges (401/407) are answered by the receive
 //! task when the UA has a password, so a verb's final response is the one after auth.
 
-use std::net::SocketAddr;
-
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use understudy::sip::{HeaderName, Method, Request, Response, SipMessage, new_tag};
@@ -12,7 +10,7 @@ use super::Ua;
 use super::build::{NewRequest, branch_of, cancel_for, set_body};
 use super::dialog::{DialogId, DialogState};
 use super::recv::next_sdp;
-use super::state::{ClientTx, Shared, State};
+use super::state::{ClientTx, Peer, Shared, State};
 
 /// An INVITE we sent outside a dialog.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +23,7 @@ pub struct Outgoing {
     pub uri: String,
 }
 
-fn register_tx(st: &mut State, req: &Request, dest: SocketAddr) {
+fn register_tx(st: &mut State, req: &Request, dest: Peer) {
     st.client_txs.insert(
         (branch_of(req), req.method.to_string()),
         ClientTx {
@@ -38,7 +36,7 @@ fn register_tx(st: &mut State, req: &Request, dest: SocketAddr) {
 }
 
 impl Shared {
-    fn server(&self, st: &State) -> Result<SocketAddr> {
+    fn server(&self, st: &State) -> Result<Peer> {
         st.server.context("the UA has no server (call set_server)")
     }
 
@@ -95,7 +93,7 @@ impl Ua {
                 .then_some(contact.as_str()),
             route: &[],
         }
-        .build(sh.local);
+        .build(sh.local, dest.transport);
         for (n, v) in extra {
             req.headers.push(n.clone(), v.clone());
         }
@@ -246,7 +244,7 @@ impl Ua {
         let contact = sh.contact();
         let d = st.dialogs.get_mut(id).context("no such dialog")?;
         let mut req = d.request(method.clone(), sh.local, &contact);
-        let dest = d.peer;
+        let dest = d.peer();
         if method == Method::Bye {
             d.state = DialogState::Terminating;
         }

@@ -55,6 +55,13 @@ impl Ua {
                 local_tag: tag,
                 remote_tag: req.from_tag().unwrap_or_default(),
             };
+            if req.method == Method::Invite
+                && req.body.is_empty()
+                && let Some(d) = st.dialogs.get_mut(&id)
+            {
+                // An offer in our 2xx to an offerless re-INVITE: the answer is due in the ACK.
+                d.awaiting_answer = true;
+            }
             next_sdp(sh, &mut st, &id)
         } else {
             Some(Bytes::from(crate::sdp::body(sh.local, &sh.user, 1)))

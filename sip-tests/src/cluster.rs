@@ -1,0 +1,514 @@
+//! [`Pair`]: two real `understudy` processes (main + stand-by) on loopback, with a generated
+//! config per node ([`PairSpec`]), a temporary directory each, their logs in files, and
+//! async access to the admin API. Nodes are stopped with SIGKILL ([`Node::kill9`]) to simulate
+//! a crash, or SIGTERM ([`Node::terminate`]) so that CDRs are flushed before they are read.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use understudy::cdr::CdrRecord;
+
+use crate::server::TempDir;
+
+/// Build the real binary once per test process and return its path.
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "understudy", "--bin", "understudy"])
+            .current_dir(&root)
+            .status()
+            .expect("cargo build runs");
+        assert!(status.success(), "building the understudy binary failed");
+        let exe = std::env::current_exe().expect("test exe");
+        // target/<profile>/deps/main-xxxx → target/<profile>/understudy
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("understudy"))
+            .expect("target dir");
+        assert!(bin.exists(), "{} not found", bin.display());
+        bin
+    })
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1.
+pub fn free_port() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let p = u.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A `[[trunks]]` entry.
+#[derive(Debug, Clone)]
+pub struct TrunkSpec {
+    /// Name.
+    pub name: String,
+    /// Address (with port).
+    pub addr: SocketAddr,
+    /// Number prefixes routed to it.
+    pub prefixes: Vec<String>,
+    /// Digits stripped.
+    pub strip: usize,
+    /// Ask it for its dialogs at takeover.
+    pub dialog_query: bool,
+    /// Reach it over TCP.
+    pub tcp: bool,
+}
+
+impl TrunkSpec {
+    /// A UDP trunk without dialog query.
+    pub fn new(name: &str, addr: SocketAddr, prefix: &str) -> Self {
+        Self {
+            name: name.into(),
+            addr,
+            prefixes: vec![prefix.into()],
+            strip: 0,
+            dialog_query: false,
+            tcp: false,
+        }
+    }
+}
+
+/// What both nodes' configs say (the shared sections must match on both).
+#[derive(Debug, Clone)]
+pub struct PairSpec {
+    /// `pair.mode`: `hot` or `cold`.
+    pub mode: &'static str,
+    /// `pair.dialog_digest`.
+    pub dialog_digest: bool,
+    /// `pair.witnesses`.
+    pub witnesses: Vec<SocketAddr>,
+    /// `takeover.fallback`: `none` or `cold`.
+    pub fallback: &'static str,
+    /// `takeover.query_timeout_ms`.
+    pub query_timeout_ms: u64,
+    /// `takeover.parallel`.
+    pub parallel: usize,
+    /// `timers.t1_ms`.
+    pub t1_ms: u64,
+    /// `[[users]]`: name and password.
+    pub users: Vec<(String, String)>,
+    /// `[[trunks]]`.
+    pub trunks: Vec<TrunkSpec>,
+}
+
+impl Default for PairSpec {
+    fn default() -> Self {
+        Self {
+            mode: "hot",
+            dialog_digest: true,
+            witnesses: Vec::new(),
+            fallback: "none",
+            query_timeout_ms: 2000,
+            parallel: 64,
+            t1_ms: 100,
+            users: Vec::new(),
+            trunks: Vec::new(),
+        }
+    }
+}
+
+/// The password every generated user gets.
+pub fn password_of(user: &str) -> String {
+    format!("pw-{user}")
+}
+
+impl PairSpec {
+    /// Add users with the password from [`password_of`].
+    pub fn with_users<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        for n in names {
+            let n = n.as_ref().to_string();
+            let pw = password_of(&n);
+            self.users.push((n, pw));
+        }
+        self
+    }
+
+    fn config(&self, me: &NodePorts, peer: &NodePorts, home: &str, dir: &Path) -> String {
+        let mut s = format!(
+            r#"[node]
+name = "{home}-1"
+home_role = "{home}"
+sip_udp = "127.0.0.1:{sip}"
+sip_tcp = "127.0.0.1:{sip}"
+domain = "pbx.local"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[state]
+dir = "{dir}"
+
+[cdr]
+path = "{dir}/cdr.sqlite"
+
+[timers]
+t1_ms = {t1}
+
+[pair]
+peer = "127.0.0.1:{peer}"
+secret = "takeover-test-secret"
+keepalive_ms = 200
+missed_keepalives = 3
+probe_timeout_ms = 200
+test_hooks = true
+mode = "{mode}"
+dialog_digest = {digest}
+witnesses = [{witnesses}]
+
+[takeover]
+parallel = {parallel}
+query_timeout_ms = {qt}
+fallback = "{fallback}"
+"#,
+            sip = me.sip,
+            admin = me.admin,
+            peer = peer.sip,
+            dir = dir.display(),
+            t1 = self.t1_ms,
+            mode = self.mode,
+            digest = self.dialog_digest,
+            witnesses = self
+                .witnesses
+                .iter()
+                .map(|w| format!("\"{w}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            parallel = self.parallel,
+            qt = self.query_timeout_ms,
+            fallback = self.fallback,
+        );
+        for (name, pw) in &self.users {
+            s.push_str(&format!(
+                "\n[[users]]\nname = \"{name}\"\npassword = \"{pw}\"\n"
+            ));
+        }
+        for t in &self.trunks {
+            let prefixes: Vec<String> = t.prefixes.iter().map(|p| format!("\"{p}\"")).collect();
+            s.push_str(&format!(
+                "\n[[trunks]]\nname = \"{}\"\naddress = \"{}\"\nprefixes = [{}]\nstrip = {}\n\
+                 dialog_query = {}\ntransport = \"{}\"\n",
+                t.name,
+                t.addr,
+                prefixes.join(", "),
+                t.strip,
+                t.dialog_query,
+                if t.tcp { "tcp" } else { "udp" },
+            ));
+        }
+        s
+    }
+}
+
+struct NodePorts {
+    sip: u16,
+    admin: u16,
+}
+
+/// One `understudy` process.
+#[derive(Debug)]
+pub struct Node {
+    /// `main` or `standby` (its home role).
+    pub name: &'static str,
+    child: Option<Child>,
+    cfg: PathBuf,
+    /// SIP address (UDP and TCP).
+    pub sip: SocketAddr,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// The CDR database.
+    pub cdr_path: PathBuf,
+}
+
+impl Node {
+    /// Start the process (its output goes to `<config>.log`; `RUST_LOG` is `info` unless
+    /// `UNDERSTUDY_TEST_LOG` says otherwise).
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.log_path()).context("log file")?;
+        let level = std::env::var("UNDERSTUDY_TEST_LOG").unwrap_or_else(|_| "info".into());
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&self.cfg)
+            .env("RUST_LOG", level)
+            .stdout(log.try_clone().context("log file")?)
+            .stderr(log)
+            .spawn()
+            .context("spawn understudy")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait (at most 10 s) until it exited; returns its exit status.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .context("kill -TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("{} did not exit within 10 s of SIGTERM", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every CDR in the node's database (stop it with [`Self::terminate`] first).
+    pub fn cdrs(&self) -> Result<Vec<CdrRecord>> {
+        if !self.cdr_path.exists() {
+            return Ok(Vec::new());
+        }
+        understudy::cdr::read_all(&self.cdr_path).map_err(|e| anyhow!("reading CDRs: {e}"))
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.cfg.with_extension("log")
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Log lines containing `needle`.
+    pub fn log_grep(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn http(&self, method: &str, path: &str) -> Result<String> {
+        let (status, body) =
+            understudy::admin::http::request(&self.admin.to_string(), method, path, None, None)
+                .await
+                .map_err(|e| anyhow!("{} {method} {path}: {e}", self.name))?;
+        if status != 200 {
+            bail!("{} {method} {path}: HTTP {status}: {body}", self.name);
+        }
+        Ok(body)
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let body = self.http("GET", path).await?;
+        serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
+    }
+
+    /// `POST path`.
+    pub async fn post(&self, path: &str) -> Result<String> {
+        self.http("POST", path).await
+    }
+
+    /// `GET /status`.
+    pub async fn status(&self) -> Result<Value> {
+        self.get_json("/status").await
+    }
+
+    /// Poll `/status` every 20 ms until `f` holds, at most `limit`; returns that status.
+    pub async fn wait_status(
+        &self,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + limit;
+        let mut last = None;
+        loop {
+            match self.status().await {
+                Ok(v) if f(&v) => return Ok(v),
+                Ok(v) => last = Some(v),
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: not {what} after {limit:?}; last /status: {}\nlog tail:\n{}",
+                    self.name,
+                    last.map(|v| v.to_string()).unwrap_or_default(),
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until the node is active and its takeover report is closed
+    /// (`takeover.in_progress == false`); returns the report.
+    pub async fn wait_takeover_done(&self, limit: Duration) -> Result<Value> {
+        let v = self
+            .wait_status(limit, "active with its takeover finished", |v| {
+                v["role"] == "active"
+                    && v["takeover"].is_object()
+                    && v["takeover"]["in_progress"] == false
+            })
+            .await?;
+        Ok(v["takeover"].clone())
+    }
+
+    /// The AORs in `/registrations` with at least one contact learned from the peer (or
+    /// any origin when `from_peer` is false).
+    pub async fn registered_aors(&self, from_peer: bool) -> Result<Vec<String>> {
+        let v = self.get_json("/registrations").await?;
+        let regs = v["registrations"]
+            .as_array()
+            .ok_or_else(|| anyhow!("/registrations: no array in {v}"))?;
+        Ok(regs
+            .iter()
+            .filter(|r| {
+                r["contacts"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| !from_peer || c["origin"].as_str() == Some("peer"))
+                })
+            })
+            .filter_map(|r| r["aor"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// `GET /calls`, the `calls` array.
+    pub async fn calls(&self) -> Result<Vec<Value>> {
+        let v = self.get_json("/calls").await?;
+        v["calls"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| anyhow!("/calls: no array in {v}"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A main and a stand-by.
+#[derive(Debug)]
+pub struct Pair {
+    /// The home main (active after start).
+    pub main: Node,
+    /// The home stand-by.
+    pub standby: Node,
+    label: String,
+    dir: TempDir,
+}
+
+/// Where [`Pair`] copies both nodes' logs when it is dropped (the temporary directory goes).
+pub fn log_dir() -> PathBuf {
+    std::env::temp_dir().join("understudy-takeover-logs")
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.main.kill9();
+        self.standby.kill9();
+        let out = log_dir();
+        let _ = std::fs::create_dir_all(&out);
+        for n in [&self.main, &self.standby] {
+            let _ = std::fs::copy(
+                n.log_path(),
+                out.join(format!("{}-{}.log", self.label, n.name)),
+            );
+        }
+    }
+}
+
+impl Pair {
+    /// Write both configs, start both processes and wait until the main is active, the
+    /// stand-by is stand-by, and each sees the other alive.
+    /// `label` names the copies of the logs kept in [`log_dir`].
+    pub async fn start(label: &str, spec: &PairSpec) -> Result<Self> {
+        let dir = TempDir::new()?;
+        let mp = NodePorts {
+            sip: free_port(),
+            admin: free_port(),
+        };
+        let sp = NodePorts {
+            sip: free_port(),
+            admin: free_port(),
+        };
+        let node = |name: &'static str, me: &NodePorts, peer: &NodePorts| -> Result<Node> {
+            let ndir = dir.path().join(name);
+            std::fs::create_dir_all(&ndir)?;
+            let cfg = dir.path().join(format!("{name}.toml"));
+            std::fs::write(&cfg, spec.config(me, peer, name, &ndir))?;
+            Ok(Node {
+                name,
+                child: None,
+                cfg,
+                sip: SocketAddr::from(([127, 0, 0, 1], me.sip)),
+                admin: SocketAddr::from(([127, 0, 0, 1], me.admin)),
+                cdr_path: ndir.join("cdr.sqlite"),
+            })
+        };
+        let mut p = Pair {
+            main: node("main", &mp, &sp)?,
+            standby: node("standby", &sp, &mp)?,
+            label: label.to_string(),
+            dir,
+        };
+        p.main.start()?;
+        p.standby.start()?;
+        p.wait_settled().await?;
+        Ok(p)
+    }
+
+    /// Wait until the main is active and the stand-by is stand-by, both seeing the peer.
+    pub async fn wait_settled(&self) -> Result<()> {
+        let limit = Duration::from_secs(10);
+        self.main
+            .wait_status(limit, "active with the peer alive", |v| {
+                v["role"] == "active" && v["peer"]["state"] == "alive"
+            })
+            .await?;
+        self.standby
+            .wait_status(limit, "stand-by with the peer alive", |v| {
+                v["role"] == "standby" && v["peer"]["state"] == "alive"
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The temporary directory (configs, logs, state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
