@@ -272,7 +272,7 @@ async fn expect_rebound(
     ua: &mut Ua,
     id: &DialogId,
     new_active: SocketAddr,
-    leg: Side,
+    _leg: Side,
     peer_name: &str,
 ) -> Result<()> {
     let m = ua
@@ -304,13 +304,16 @@ async fn expect_rebound(
         seq > 65_536,
         "re-INVITE CSeq {seq} is not in a takeover epoch's range (epoch × 65536 + n)"
     );
-    match leg {
-        Side::A => ensure!(r.body.is_empty(), "leg A's re-INVITE must be offerless"),
-        Side::B => ensure!(
+    // RFC 3725: the leg re-INVITEd first gets no offer (it makes one in its 200 and gets the
+    // answer in the ACK); the other leg gets that offer. Leg A goes first unless only leg B
+    // is over TCP (the leg likelier to be unreachable goes first).
+    let offerless = r.body.is_empty();
+    if !offerless {
+        ensure!(
             sdp::session_name(&r.body).as_deref() == Some(peer_name),
-            "leg B's re-INVITE must carry the caller's offer (s={peer_name}), got {:?}",
+            "a re-INVITE with an offer must carry the other party's offer (s={peer_name}), got {:?}",
             String::from_utf8_lossy(&r.body)
-        ),
+        );
     }
     let ack = ua
         .expect(&format!("ACK to the re-INVITE in {}", id.call_id), |m| {
@@ -323,10 +326,10 @@ async fn expect_rebound(
         "ACK CSeq {} for re-INVITE {seq}",
         ack.cseq()?.seq
     );
-    if leg == Side::A {
+    if offerless {
         ensure!(
             sdp::session_name(&ack.body).as_deref() == Some(peer_name),
-            "leg A's ACK must carry the callee's answer (s={peer_name}), got {:?}",
+            "the offerless leg's ACK must carry the other party's answer (s={peer_name}), got {:?}",
             String::from_utf8_lossy(&ack.body)
         );
     }
@@ -940,9 +943,11 @@ async fn digest_path_rebinds_200_calls_without_notifiers() -> Result<()> {
     check_report(
         &report,
         &[
-            ("endpoints", 1),
-            ("queried", 1),
-            ("not_notifiers", 1),
+            // Every endpoint is asked (the digest may miss the calls of its last interval):
+            // the 10 callers and the trunk, none of which is a notifier.
+            ("endpoints", 11),
+            ("queried", 11),
+            ("not_notifiers", 11),
             ("failed", 0),
             ("ended", 0),
         ],
@@ -970,9 +975,10 @@ async fn digest_path_rebinds_200_calls_without_notifiers() -> Result<()> {
         expect_calls_rebound(callers, callees, &rebound, new_active).await?;
     for ua in callers.iter_mut() {
         let (queries, resets) = queries_and_resets(ua);
+        // One query (it answers 489: not a notifier), and never a reset: fallback is none.
         ensure!(
-            queries == 0 && resets == 0,
-            "{} got {queries} queries and {resets} resets although the digest knew its calls",
+            queries == 1 && resets == 0,
+            "{} got {queries} queries and {resets} resets (want 1 query, no reset)",
             ua.user()
         );
     }
@@ -1548,7 +1554,7 @@ async fn unreachable_tcp_leg_is_adopted_on_its_next_request() -> Result<()> {
     let callers = phones(&caller_names, pair.main.sip, false).await?;
     wait_synced(&pair.standby, &caller_names).await?;
     let targets = vec![vec!["600".to_string(), "601".to_string()]];
-    let (mut callers, a_ids) = place_calls(callers, targets).await?;
+    let (callers, a_ids) = place_calls(callers, targets).await?;
     let callees = vec![trunk];
     let calls = match_calls(&a_ids, &callees)?;
     ensure!(calls.len() == 2);
@@ -1556,29 +1562,9 @@ async fn unreachable_tcp_leg_is_adopted_on_its_next_request() -> Result<()> {
     // The main's connections are gone with it; the trunk stops listening too.
     callees[0].close_tcp();
     let new_active = pair.standby.sip;
-    // Leg A (UDP) is re-INVITEd first and offers in its 200: whatever happens on leg B, that
-    // offer must be closed by an ACK carrying an answer (else the phone ends the call when
-    // its 2xx retransmissions run out, RFC 3261 §13.3.1.4).
-    for c in &calls {
-        let ua = &mut callers[0];
-        let m = ua
-            .expect(&format!("re-INVITE in {}", c.a.call_id), |m| {
-                is_request_in(m, &Method::Invite, &c.a)
-            })
-            .await?;
-        ensure!(from_node(&m, new_active), "re-INVITE from {}", m.source);
-        let ack = ua
-            .expect_within(
-                Duration::from_secs(10),
-                &format!("ACK in {}", c.a.call_id),
-                |m| is_request_in(m, &Method::Ack, &c.a) && from_node(m, new_active),
-            )
-            .await?;
-        ensure!(
-            ack.request().is_some_and(|r| !r.body.is_empty()),
-            "leg A's ACK has no answer"
-        );
-    }
+    // Leg B (TCP) is re-INVITEd first (the leg likelier to be unreachable goes first), so
+    // when it cannot be reached nothing is owed to leg A, which is left alone: no re-INVITE,
+    // no BYE. The call waits for the trunk to come back on a connection of its own.
     let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
     show_report("j tcp unreachable", &report, killed);
     check_report(
@@ -1741,8 +1727,10 @@ async fn digest_and_query_find_early_and_late_calls() -> Result<()> {
             ("recovered", 20),
             ("recovered_via_digest", 16),
             ("recovered_via_query", 4),
-            ("queried", 4),
-            ("answered", 4),
+            // Every endpoint is asked, also those whose calls the digest knows: the late
+            // calls could have been between them.
+            ("queried", 12),
+            ("answered", 12),
             ("orphaned", 0),
         ],
     )?;
@@ -1753,7 +1741,7 @@ async fn digest_and_query_find_early_and_late_calls() -> Result<()> {
     let (lc, le) = expect_calls_rebound(lc, le, &late_refs, new_active).await?;
     for ua in ec.iter_mut().chain(ee.iter_mut()) {
         let (queries, _) = queries_and_resets(ua);
-        ensure!(queries == 0, "{} was queried", ua.user());
+        ensure!(queries == 1, "{} was queried {queries} times", ua.user());
     }
     hang_up_calls(ec, ee, &early_refs, new_active).await?;
     hang_up_calls(lc, le, &late_refs, new_active).await?;

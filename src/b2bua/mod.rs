@@ -81,8 +81,7 @@ enum Purpose {
     Bye,
     Cancel,
     Refresh { side: Side, cseq: u32 },
-    RebindA,
-    RebindB,
+    Rebind(Side),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -461,10 +460,7 @@ impl B2bua {
             return false;
         };
         if resp.status >= 200
-            && !matches!(
-                purpose,
-                Purpose::Fork | Purpose::Relay | Purpose::RebindA | Purpose::RebindB
-            )
+            && !matches!(purpose, Purpose::Fork | Purpose::Relay | Purpose::Rebind(_))
         {
             self.client.remove(&id);
         }
@@ -478,12 +474,7 @@ impl B2bua {
             Purpose::Refresh { side, cseq } => {
                 session::refresh_response(self, env, token, side, cseq, &resp)
             }
-            Purpose::RebindA | Purpose::RebindB => {
-                let side = if matches!(purpose, Purpose::RebindA) {
-                    Side::A
-                } else {
-                    Side::B
-                };
+            Purpose::Rebind(side) => {
                 let done = self.calls.get(&token).is_some_and(|c| c.rebind.is_none());
                 if done && (200..300).contains(&resp.status) {
                     self.rebind_reack(env, token, side);
@@ -503,17 +494,11 @@ impl B2bua {
         let Some(&(token, purpose)) = self.client.get(&id) else {
             return false;
         };
-        if matches!(purpose, Purpose::RebindA | Purpose::RebindB) {
+        if let Purpose::Rebind(side) = purpose {
             self.client.remove(&id);
-            if let Some(call) = self.calls.get_mut(&token) {
-                call.rebind = None;
-                call.state = CallState::Confirmed;
-            }
-            self.rebind_outcomes.push((token, Outcome::Unreachable));
-            tracing::info!(
-                token = format!("{token:016x}"),
-                "re-bind: endpoint unreachable over its transport; waiting for it to come back"
-            );
+            let mut unreachable = Response::new(503);
+            unreachable.status = 0;
+            self.rebind_response(env, token, side, unreachable);
             return true;
         }
         self.on_timeout(env, id)
@@ -551,12 +536,7 @@ impl B2bua {
                 }
                 self.finish(env, token, "failed:408", &[Side::A, Side::B]);
             }
-            (Purpose::RebindA | Purpose::RebindB, _) => {
-                let side = if matches!(purpose, Purpose::RebindA) {
-                    Side::A
-                } else {
-                    Side::B
-                };
+            (Purpose::Rebind(side), _) => {
                 let resp = Response::new(408);
                 self.rebind_response(env, token, side, resp);
             }
@@ -1019,7 +999,10 @@ impl B2bua {
         {
             for &side in bye {
                 let up = match side {
-                    Side::A => matches!(call.state, CallState::Answered | CallState::Confirmed),
+                    Side::A => matches!(
+                        call.state,
+                        CallState::Answered | CallState::Confirmed | CallState::Rebinding
+                    ),
                     Side::B => call.b.is_some(),
                 };
                 if !up {

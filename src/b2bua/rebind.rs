@@ -62,13 +62,14 @@ pub enum Outcome {
 /// Where a re-bind is.
 #[derive(Debug, Clone)]
 pub(super) enum Step {
-    /// Offerless re-INVITE sent to A.
-    A { cseq: u32 },
-    /// A answered with `offer`; re-INVITE with it sent to B. A's 2xx waits for our ACK.
-    B {
-        a_cseq: u32,
+    /// Offerless re-INVITE sent to the first leg.
+    First { cseq: u32 },
+    /// The first leg answered with `offer`; re-INVITE with it sent to the second leg. The
+    /// first leg's 2xx waits for our ACK.
+    Second {
+        first_cseq: u32,
         offer: Bytes,
-        b_cseq: u32,
+        second_cseq: u32,
     },
 }
 
@@ -77,6 +78,10 @@ pub(super) enum Step {
 pub(super) struct Rebind {
     pub(super) step: Step,
     pub(super) source: Source,
+    /// The leg re-INVITEd first (offerless): leg A, unless only leg B is over TCP — the leg
+    /// most likely to be unreachable goes first, so that nothing is owed to the other when it
+    /// is.
+    pub(super) first: Side,
 }
 
 /// An SDP answer that rejects every stream of `offer` (ports 0), for ending a half-done
@@ -108,6 +113,11 @@ impl B2bua {
         call.a.local_cseq = call.a.local_cseq.max(base);
         call.b.local_cseq = call.b.local_cseq.max(base);
         let token = call.token;
+        let first = if call.b.flow.proto.is_reliable() && !call.a.flow.proto.is_reliable() {
+            Side::B
+        } else {
+            Side::A
+        };
         let c = Call {
             token,
             state: CallState::Rebinding,
@@ -136,8 +146,9 @@ impl B2bua {
             recovered: true,
             cancelled: false,
             rebind: Some(Rebind {
-                step: Step::A { cseq: 0 },
+                step: Step::First { cseq: 0 },
                 source: call.source,
+                first,
             }),
             rebind_acks: [None, None],
             rebind_txs: Vec::new(),
@@ -149,65 +160,100 @@ impl B2bua {
         {
             tracing::warn!("no free media ports for an adopted call: its media is not relayed");
         }
-        self.send_rebind_a(env, token);
+        self.send_rebind_first(env, token);
     }
 
-    fn send_rebind_a(&mut self, env: &mut Env<'_>, token: u64) {
+    /// Offerless re-INVITE to the first leg.
+    fn send_rebind_first(&mut self, env: &mut Env<'_>, token: u64) {
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
-        let mut r = call.a.request(Method::Invite, env.me, None);
-        let cseq = call.a.local_cseq;
+        let Some(first) = call.rebind.as_ref().map(|r| r.first) else {
+            return;
+        };
+        let Some(leg) = call.leg_mut(first) else {
+            return;
+        };
+        let mut r = leg.request(Method::Invite, env.me, None);
+        let cseq = leg.local_cseq;
         r.headers.push(HeaderName::Allow, super::ALLOW);
         r.headers.push(HeaderName::Supported, "timer");
-        let hop = call.a.next_hop();
+        let hop = leg.next_hop();
         match env.tx.send_request(env.now, &r, hop) {
             Ok(tx) => {
-                self.client.insert(tx, (token, Purpose::RebindA));
+                self.client.insert(tx, (token, Purpose::Rebind(first)));
                 call.rebind_txs.push(tx);
                 if let Some(rb) = call.rebind.as_mut() {
-                    rb.step = Step::A { cseq };
+                    rb.step = Step::First { cseq };
                 }
             }
-            Err(_) => self.rebind_done(env, token, Outcome::Failed(500), &[Side::B]),
+            Err(_) => self.rebind_done(env, token, Outcome::Failed(500), &[first.other()]),
         }
     }
 
-    fn send_rebind_b(
+    /// The first leg's offer, in a re-INVITE to the second leg.
+    fn send_rebind_second(
         &mut self,
         env: &mut Env<'_>,
         token: u64,
-        a_cseq: u32,
+        first_cseq: u32,
         offer: Bytes,
         ctype: String,
     ) {
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
-        let Some(b) = call.b.as_mut() else {
+        let Some(first) = call.rebind.as_ref().map(|r| r.first) else {
             return;
         };
-        let mut r = b.request(Method::Invite, env.me, None);
-        let b_cseq = b.local_cseq;
+        let second = first.other();
+        let Some(leg) = call.leg_mut(second) else {
+            return;
+        };
+        let mut r = leg.request(Method::Invite, env.me, None);
+        let second_cseq = leg.local_cseq;
         r.headers.push(HeaderName::Allow, super::ALLOW);
         r.headers.push(HeaderName::Supported, "timer");
         r.headers.push(HeaderName::ContentType, ctype);
         r.body = offer.clone();
-        let hop = b.next_hop();
-        call.last_sdp[idx(Side::B)] = Some(offer.clone());
+        let hop = leg.next_hop();
+        call.last_sdp[idx(second)] = Some(offer.clone());
         match env.tx.send_request(env.now, &r, hop) {
             Ok(tx) => {
-                self.client.insert(tx, (token, Purpose::RebindB));
+                self.client.insert(tx, (token, Purpose::Rebind(second)));
                 call.rebind_txs.push(tx);
                 if let Some(rb) = call.rebind.as_mut() {
-                    rb.step = Step::B {
-                        a_cseq,
+                    rb.step = Step::Second {
+                        first_cseq,
                         offer,
-                        b_cseq,
+                        second_cseq,
                     };
                 }
             }
-            Err(_) => self.rebind_done(env, token, Outcome::Failed(500), &[Side::A]),
+            Err(_) => {
+                self.close_first(env, token, first, first_cseq, &offer);
+                self.rebind_done(env, token, Outcome::Failed(500), &[first]);
+            }
+        }
+    }
+
+    /// The first leg's 2xx (with its offer) is owed an ACK: close that exchange with an
+    /// answer refusing every stream, before hanging the leg up.
+    fn close_first(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        first: Side,
+        first_cseq: u32,
+        offer: &Bytes,
+    ) {
+        if let Some(leg) = self.calls.get_mut(&token).and_then(|c| c.leg_mut(first)) {
+            let ack = leg.ack(
+                env.me,
+                first_cseq,
+                Some((rejecting_answer(offer), "application/sdp".into())),
+            );
+            env.tx.send_stateless(leg.next_hop(), ack.to_bytes());
         }
     }
 
@@ -221,7 +267,8 @@ impl B2bua {
         }
     }
 
-    /// A response to a re-bind re-INVITE.
+    /// A response to a re-bind re-INVITE from leg `side`. Status 0 means the transport could
+    /// not reach the leg.
     pub(super) fn rebind_response(
         &mut self,
         env: &mut Env<'_>,
@@ -233,23 +280,40 @@ impl B2bua {
             return;
         };
         let Some(rb) = call.rebind.clone() else {
-            // Re-bind finished: a retransmitted 2xx gets our ACK again.
             return;
         };
         let status = resp.status;
-        if status < 200 {
+        if (1..200).contains(&status) {
             return;
         }
-        match (side, &rb.step) {
-            (Side::A, Step::A { cseq }) => {
+        let first = rb.first;
+        let second = first.other();
+        match &rb.step {
+            Step::First { cseq } if side == first => {
                 let cseq = *cseq;
-                if (200..300).contains(&status) {
-                    call.a.refresh_target(resp.contact());
-                    call.peer_update[idx(Side::A)] = resp.has_token(&HeaderName::Allow, "UPDATE");
+                if status == 0 {
+                    // Cannot reach it from here: keep the call; the endpoint's next in-dialog
+                    // request (on a connection of its own) adopts it.
+                    call.rebind = None;
+                    call.state = CallState::Confirmed;
+                    tracing::info!(
+                        token = format!("{token:016x}"),
+                        ?side,
+                        "re-bind: endpoint unreachable over its transport; waiting for it to come back"
+                    );
+                    self.rebind_outcomes.push((token, Outcome::Unreachable));
+                } else if (200..300).contains(&status) {
+                    let Some(leg) = call.leg_mut(first) else {
+                        return;
+                    };
+                    leg.refresh_target(resp.contact());
+                    call.peer_update[idx(first)] = resp.has_token(&HeaderName::Allow, "UPDATE");
                     if resp.body.is_empty() {
-                        // No offer: nothing to give B. Close A's transaction and end.
-                        let ack = call.a.ack(env.me, cseq, None);
-                        env.tx.send_stateless(call.a.next_hop(), ack.to_bytes());
+                        // No offer: nothing to give the other leg. Close this one and end.
+                        if let Some(leg) = call.leg_mut(first) {
+                            let ack = leg.ack(env.me, cseq, None);
+                            env.tx.send_stateless(leg.next_hop(), ack.to_bytes());
+                        }
                         self.rebind_done(env, token, Outcome::Failed(488), &[Side::A, Side::B]);
                         return;
                     }
@@ -261,45 +325,35 @@ impl B2bua {
                     let offer = super::media::relay(
                         &mut self.media,
                         token,
-                        Side::A,
+                        first,
                         Bytes::copy_from_slice(&resp.body),
                     );
-                    self.send_rebind_b(env, token, cseq, offer, ctype);
+                    self.send_rebind_second(env, token, cseq, offer, ctype);
                 } else if status == 491 {
-                    // We do not own A's Call-ID: retry after 0–2 s (RFC 3261 §14.1).
-                    let d = Duration::from_millis(rand::thread_rng().gen_range(0..=2000));
-                    self.timers
-                        .push(Reverse((env.now + d, token, TimerKind::RebindRetry)));
+                    self.rebind_glare(env, token, first);
                 } else if matches!(status, 481 | 408) {
-                    self.rebind_done(env, token, Outcome::Ended(status), &[Side::B]);
+                    self.rebind_done(env, token, Outcome::Ended(status), &[second]);
                 } else {
-                    self.rebind_done(env, token, Outcome::Failed(status), &[Side::B]);
+                    self.rebind_done(env, token, Outcome::Failed(status), &[second]);
                 }
             }
-            (Side::A, Step::B { a_cseq, .. }) if (200..300).contains(&status) => {
-                // A's 2xx retransmitted while B is being re-INVITEd: its ACK comes later.
-                let _ = a_cseq;
-            }
-            (
-                Side::B,
-                Step::B {
-                    a_cseq,
-                    offer,
-                    b_cseq,
-                },
-            ) => {
-                let (a_cseq, offer, b_cseq) = (*a_cseq, offer.clone(), *b_cseq);
+            Step::Second {
+                first_cseq,
+                offer,
+                second_cseq,
+            } if side == second => {
+                let (first_cseq, offer, second_cseq) = (*first_cseq, offer.clone(), *second_cseq);
                 if (200..300).contains(&status) {
-                    let Some(b) = call.b.as_mut() else {
+                    let Some(leg) = call.leg_mut(second) else {
                         return;
                     };
-                    b.refresh_target(resp.contact());
-                    let ack_b = b.ack(env.me, b_cseq, None).to_bytes();
-                    env.tx.send_stateless(b.next_hop(), ack_b.clone());
+                    leg.refresh_target(resp.contact());
+                    let ack_second = leg.ack(env.me, second_cseq, None).to_bytes();
+                    env.tx.send_stateless(leg.next_hop(), ack_second.clone());
                     let answer = super::media::relay(
                         &mut self.media,
                         token,
-                        Side::B,
+                        second,
                         Bytes::copy_from_slice(&resp.body),
                     );
                     let ctype = resp
@@ -307,17 +361,20 @@ impl B2bua {
                         .get(&HeaderName::ContentType)
                         .unwrap_or("application/sdp")
                         .to_string();
-                    let ack_a = call
-                        .a
-                        .ack(env.me, a_cseq, Some((answer.clone(), ctype)))
+                    let Some(fleg) = call.leg_mut(first) else {
+                        return;
+                    };
+                    let ack_first = fleg
+                        .ack(env.me, first_cseq, Some((answer.clone(), ctype)))
                         .to_bytes();
-                    env.tx.send_stateless(call.a.next_hop(), ack_a.clone());
-                    call.last_sdp[idx(Side::A)] = Some(answer);
-                    call.peer_update[idx(Side::B)] = resp.has_token(&HeaderName::Allow, "UPDATE");
+                    env.tx.send_stateless(fleg.next_hop(), ack_first.clone());
+                    call.last_sdp[idx(first)] = Some(answer);
+                    call.peer_update[idx(second)] = resp.has_token(&HeaderName::Allow, "UPDATE");
                     call.state = CallState::Confirmed;
                     let source = rb.source;
                     call.rebind = None;
-                    call.rebind_acks = [Some(ack_a), Some(ack_b)];
+                    call.rebind_acks[idx(first)] = Some(ack_first);
+                    call.rebind_acks[idx(second)] = Some(ack_second);
                     // The new active refreshes both legs from now on.
                     let s = env.cfg.calls.session_expires_s;
                     if s > 0 {
@@ -337,29 +394,41 @@ impl B2bua {
                     self.stats.recovered += 1;
                     self.digest_legs(token);
                 } else if status == 491 {
-                    // We own B's Call-ID: retry after 2.1–4 s (RFC 3261 §14.1).
-                    let d = Duration::from_millis(rand::thread_rng().gen_range(2100..=4000));
-                    self.timers
-                        .push(Reverse((env.now + d, token, TimerKind::RebindRetry)));
+                    self.rebind_glare(env, token, second);
                 } else {
-                    // B refused or is gone: close A's exchange with a rejecting answer, then
-                    // hang up A.
-                    let ack = call.a.ack(
-                        env.me,
-                        a_cseq,
-                        Some((rejecting_answer(&offer), "application/sdp".into())),
-                    );
-                    env.tx.send_stateless(call.a.next_hop(), ack.to_bytes());
-                    let outcome = if matches!(status, 481 | 408) {
-                        Outcome::Ended(status)
-                    } else {
-                        Outcome::Failed(status)
+                    // The second leg refused, is gone or unreachable: close the first leg's
+                    // exchange, then hang it up.
+                    self.close_first(env, token, first, first_cseq, &offer);
+                    let outcome = match status {
+                        0 => Outcome::Unreachable,
+                        481 | 408 => Outcome::Ended(status),
+                        s => Outcome::Failed(s),
                     };
-                    self.rebind_done(env, token, outcome, &[Side::A]);
+                    self.rebind_outcomes.push((token, outcome));
+                    let reason = if status == 0 {
+                        "failed:503".to_string()
+                    } else {
+                        format!("failed:{status}")
+                    };
+                    self.finish(env, token, &reason, &[first]);
                 }
             }
             _ => {}
         }
+    }
+
+    /// 491 on a re-bind re-INVITE: retry after the RFC 3261 §14.1 random delay — 2.1–4 s when
+    /// we own the leg's Call-ID (leg B), 0–2 s otherwise.
+    fn rebind_glare(&mut self, env: &mut Env<'_>, token: u64, side: Side) {
+        let ms = match side {
+            Side::B => rand::thread_rng().gen_range(2100..=4000),
+            Side::A => rand::thread_rng().gen_range(0..=2000),
+        };
+        self.timers.push(Reverse((
+            env.now + Duration::from_millis(ms),
+            token,
+            TimerKind::RebindRetry,
+        )));
     }
 
     /// A 2xx retransmission for a finished re-bind re-INVITE: send the ACK again.
@@ -383,9 +452,11 @@ impl B2bua {
             return;
         };
         match step {
-            Step::A { .. } => self.send_rebind_a(env, token),
-            Step::B { a_cseq, offer, .. } => {
-                self.send_rebind_b(env, token, a_cseq, offer, "application/sdp".into());
+            Step::First { .. } => self.send_rebind_first(env, token),
+            Step::Second {
+                first_cseq, offer, ..
+            } => {
+                self.send_rebind_second(env, token, first_cseq, offer, "application/sdp".into());
             }
         }
     }

@@ -8,7 +8,6 @@
 //! Cold: send each endpoint `NOTIFY Event: check-sync` and start with every line idle.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -188,11 +187,10 @@ impl Takeover {
         digest: std::collections::HashMap<u64, DigestCall>,
     ) -> Self {
         let mode = cfg.pair.as_ref().map_or(PairMode::Hot, |p| p.mode);
-        let mut eps = endpoints(cfg, registrar, now, mode == PairMode::Cold);
+        let eps = endpoints(cfg, registrar, now, mode == PairMode::Cold);
         let mut initial = Vec::new();
         let mut legs: HashMap<u64, Pending> = HashMap::new();
         let mut adopted = HashSet::new();
-        let mut known_addrs = HashSet::new();
         let (mut calls_found, mut ringing) = (0, 0);
         if mode == PairMode::Hot {
             for (token, c) in digest {
@@ -200,9 +198,6 @@ impl Takeover {
                     ringing += 1;
                     initial.push(Step::FailRinging(Box::new(r)));
                     continue;
-                }
-                for l in [&c.a, &c.b].into_iter().flatten() {
-                    known_addrs.insert(l.remote);
                 }
                 match (c.a, c.b) {
                     (Some(a), Some(b)) => {
@@ -225,17 +220,9 @@ impl Takeover {
                     }
                 }
             }
-            // Endpoints the digest already accounts for are not asked again (their calls are
-            // being re-bound), unless configured as notifiers (trunks with dialog_query).
-            let trunks: HashSet<SocketAddr> = cfg
-                .trunks
-                .iter()
-                .filter(|t| t.dialog_query)
-                .map(|t| t.address.target())
-                .collect();
-            eps.retain(|e| {
-                trunks.contains(&e.flow.remote) || !known_addrs.contains(&e.flow.remote)
-            });
+            // Every endpoint is still asked: the digest lags the last keep-alive interval,
+            // and calls set up in it may be between endpoints that also have digest-known
+            // calls. Pairing by token merges both sources (a call is adopted once).
         }
         let mut t = Self {
             started: now,

@@ -91,9 +91,13 @@ impl Connections {
                     let _ = w.send(bytes);
                 }
                 Ok(Err(e)) => {
-                    tracing::info!(remote = %flow.remote, error = %e, "tcp connect failed")
+                    tracing::info!(remote = %flow.remote, error = %e, "tcp connect failed");
+                    let _ = this.inbound.send(Inbound::Unreachable(flow)).await;
                 }
-                Err(_) => tracing::info!(remote = %flow.remote, "tcp connect timed out"),
+                Err(_) => {
+                    tracing::info!(remote = %flow.remote, "tcp connect timed out");
+                    let _ = this.inbound.send(Inbound::Unreachable(flow)).await;
+                }
             }
         });
     }
