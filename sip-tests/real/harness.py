@@ -174,12 +174,19 @@ def patch_config(text, settings):
     return text
 
 
-def node_config(name, home, sip, admin, peer, state_dir, users_extra="", trunks="", settings=()):
-    return patch_config(_node_config(name, home, sip, admin, peer, state_dir, users_extra, trunks),
-                        settings)
+def node_config(name, home, sip, admin, peer, state_dir, users_extra="", trunks="", settings=(),
+                rtp_ports=None):
+    """The node's config. `rtp_ports` (lo, hi): media relay on that port range, else bypass.
+    `settings` are applied last, so they override everything here."""
+    if rtp_ports:
+        media = f'mode = "relay"\nrtp_ports = "{rtp_ports[0]}-{rtp_ports[1]}"'
+    else:
+        media = 'mode = "bypass"'
+    return patch_config(_node_config(name, home, sip, admin, peer, state_dir, users_extra, trunks,
+                                     media), settings)
 
 
-def _node_config(name, home, sip, admin, peer, state_dir, users_extra, trunks):
+def _node_config(name, home, sip, admin, peer, state_dir, users_extra, trunks, media):
     return f"""# written by sip-tests/real/softphones.py
 [node]
 name = "{name}"
@@ -214,7 +221,7 @@ min_expires = 60
 max_expires = 3600
 
 [media]
-mode = "bypass"
+{media}
 
 [[users]]
 name = "alice"
@@ -227,17 +234,19 @@ password = "bob-secret"
 
 
 class Node:
-    def __init__(self, binary, workdir, name, home, sip, admin, peer, config_extra):
+    def __init__(self, binary, workdir, name, home, sip, admin, peer, config_extra, rtp_ports=None):
         self.binary = binary
         self.name = name
         self.sip = sip
         self.admin = admin
+        self.rtp_ports = rtp_ports  # the relay's port range (relay mode), else None
         self.state_dir = os.path.join(workdir, name)
         self.cfg = os.path.join(workdir, f"{name}.toml")
         self.log = os.path.join(workdir, f"{name}.log")
         os.makedirs(self.state_dir, exist_ok=True)
         with open(self.cfg, "w") as f:
-            f.write(node_config(name, home, sip, admin, peer, self.state_dir, **config_extra))
+            f.write(node_config(name, home, sip, admin, peer, self.state_dir, rtp_ports=rtp_ports,
+                                **config_extra))
         self.proc = None
 
     def start(self):
@@ -273,12 +282,17 @@ class Node:
 
 
 class Sniffer(threading.Thread):
-    """Counts RTP packets on lo between two UDP port ranges, per direction, with timestamps."""
+    """Records every RTP packet on lo to or from the phones' UDP port ranges: (time, source
+    address, destination address). RTCP (payload types 72-76) is left out.
 
-    def __init__(self, range_a, range_b):
+    Bypass mode counts phone-to-phone packets (source in one phone's range, destination in the
+    other's). Relay mode counts the packets that reach a phone's range, from whatever source,
+    and tells the sources apart (the main's relay range or the stand-by's)."""
+
+    def __init__(self, *ranges):
         super().__init__(daemon=True)
-        self.ra, self.rb = range_a, range_b
-        self.times = {"a->b": [], "b->a": []}
+        self.ranges = ranges
+        self.packets = []  # (t, (src ip, src port), (dst ip, dst port))
         self.lock = threading.Lock()
         self.running = True
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
@@ -286,8 +300,9 @@ class Sniffer(threading.Thread):
         self.sock.bind(("lo", 0))
         self.sock.settimeout(0.2)
 
-    def _in(self, port, r):
-        return r[0] <= port <= r[1]
+    @staticmethod
+    def _in(port, r):
+        return r is None or r[0] <= port <= r[1]
 
     def run(self):
         while self.running:
@@ -298,6 +313,7 @@ class Sniffer(threading.Thread):
             except OSError:
                 break
             now = time.time()
+            # On lo every packet shows up twice: as sent (OUTGOING) and as received (HOST).
             if addr[2] == socket.PACKET_OUTGOING or len(data) < 20 or data[9] != 17:
                 continue
             ihl = (data[0] & 0x0F) * 4
@@ -307,29 +323,31 @@ class Sniffer(threading.Thread):
             rtp = data[ihl + 8:]
             if rtp[0] >> 6 != 2 or 72 <= (rtp[1] & 0x7F) <= 76:  # not RTP v2, or RTCP
                 continue
-            if self._in(sport, self.ra) and self._in(dport, self.rb):
-                key = "a->b"
-            elif self._in(sport, self.rb) and self._in(dport, self.ra):
-                key = "b->a"
-            else:
+            if not any(self._in(sport, r) or self._in(dport, r) for r in self.ranges):
                 continue
+            src = (socket.inet_ntoa(data[12:16]), sport)
+            dst = (socket.inet_ntoa(data[16:20]), dport)
             with self.lock:
-                self.times[key].append(now)
+                self.packets.append((now, src, dst))
 
     def stop(self):
         self.running = False
         self.join(timeout=1)
         self.sock.close()
 
-    def count(self, key, t0, t1):
+    def select(self, src=None, dst=None, t0=0.0, t1=float("inf")):
+        """Packets in [t0, t1) whose source port is in range `src` and destination port in
+        range `dst` (None: any)."""
         with self.lock:
-            return sum(1 for t in self.times[key] if t0 <= t < t1)
+            return [p for p in self.packets
+                    if t0 <= p[0] < t1 and self._in(p[1][1], src) and self._in(p[2][1], dst)]
 
-    def max_gap(self, key, t0, t1):
+    def count(self, src, dst, t0, t1):
+        return len(self.select(src, dst, t0, t1))
+
+    def max_gap(self, src, dst, t0, t1):
         """Longest time without a packet in [t0, t1] (edges count as packets)."""
-        with self.lock:
-            ts = [t for t in self.times[key] if t0 <= t < t1]
-        pts = [t0] + ts + [t1]
+        pts = [t0] + [p[0] for p in self.select(src, dst, t0, t1)] + [t1]
         return max(b - a for a, b in zip(pts, pts[1:]))
 
 

@@ -70,6 +70,8 @@ def pjsua_agent(argv):
                 "rx": 0, "tx": 0, "rx_raw": 0, "tx_raw": 0, "restarts": 0, "media_updates": 0,
                 "rtp_local": "", "rtp_remote": "", "confirmed_at": None, "ended_at": None,
                 "reason": "", "rx_hist": [], "tx_hist": [],
+                # [time, address] each time the source of the received RTP changes
+                "rtp_sources": [],
             }
 
         def onCallState(self, prm):
@@ -112,6 +114,10 @@ def pjsua_agent(argv):
                 r["rtp_local"], r["rtp_remote"] = ti.localRtpName, ti.srcRtpName
             except pj.Error:
                 return
+            src = r["rtp_sources"]
+            if r["rtp_remote"] and (not src or src[-1][1] != r["rtp_remote"]):
+                src.append([round(now, 4), r["rtp_remote"]])
+                del src[:-100]
             for key, cur in (("rx", rx), ("tx", tx)):
                 prev = r[key + "_raw"]
                 delta = cur - prev if cur >= prev else cur  # the stream was re-created

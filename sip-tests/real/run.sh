@@ -6,7 +6,7 @@
 #
 # Installs baresip (Debian baresip-core) and the pjsua2 wheel (PyPI pjsua2-python) when they
 # are missing. Exits non-zero when any scenario fails or the whole run exceeds REAL_TIMEOUT
-# seconds (default 120).
+# seconds (default 180).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
@@ -37,4 +37,4 @@ if [ ! -x "$bin" ]; then
 fi
 
 # -k: SIGKILL 10 s after the SIGTERM if the driver has not stopped its children by then.
-exec timeout -k 10 "${REAL_TIMEOUT:-120}" "$PYTHON" "$here/softphones.py" --bin "$bin" "$@"
+exec timeout -k 10 "${REAL_TIMEOUT:-180}" "$PYTHON" "$here/softphones.py" --bin "$bin" "$@"
