@@ -43,6 +43,9 @@ pub enum NodeError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The media relay could not start.
+    #[error("media relay: {0}")]
+    Media(std::io::Error),
     /// The state directory is unusable.
     #[error("state directory: {0}")]
     State(String),
@@ -165,7 +168,7 @@ pub async fn run(
         .and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     let mut server = Server::new(cfg.clone(), me, start, wall_ms(), epochs);
-    let mut relay = crate::media::Relay::new(relay_ip);
+    let mut relay = crate::media::Relay::new(relay_ip).map_err(NodeError::Media)?;
     loop {
         let now = tokio::time::Instant::now();
         let deadline = server
