@@ -1,0 +1,413 @@
+//! Setting a call up: the caller's INVITE, the B-leg forks and their responses, CANCEL
+//! (RFC 3261 §13, §9; parallel forking and cancelling the losers as in §16.7 and §16.10).
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::call::{Call, CallState, Fork, Side, idx, tag_for};
+use super::{
+    ALLOW, B2bua, COPIED, Env, Purpose, RING_TIMEOUT, TimerKind, cancel_for, copy_body, media,
+    reason_for, resolve, session,
+};
+use crate::dialog::{Dialog, DialogState};
+use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, response_to};
+use crate::transaction::{ClientTxId, ServerTxId};
+use crate::transport::Flow;
+
+impl B2bua {
+    /// A new INVITE outside any dialog, already authenticated (or from a trunk).
+    pub fn on_invite(
+        &mut self,
+        env: &mut Env<'_>,
+        id: ServerTxId,
+        req: Request,
+        source: Flow,
+        from_trunk: Option<&str>,
+    ) {
+        let refuse = |env: &mut Env<'_>, status: u16, reason: Option<&str>| {
+            let mut r = response_to(&req, status, Some(&crate::sip::new_tag()));
+            if let Some(reason) = reason {
+                r.reason = reason.to_string();
+            }
+            let _ = env.tx.respond(env.now, id, &r);
+        };
+        let Some(user) = Uri::parse(&req.uri).ok().and_then(|u| u.user_unescaped()) else {
+            self.stats.refused += 1;
+            return refuse(env, 484, None);
+        };
+        if self.calls.len() >= env.cfg.calls.max_calls {
+            self.stats.refused += 1;
+            return refuse(env, 503, Some("Call Limit Reached"));
+        }
+        // RFC 4028 §8.1: a Session-Expires below our Min-SE gets 422.
+        let a_se = session::requested(&req);
+        if let Some((s, _)) = a_se
+            && s < env.cfg.calls.min_se_s
+        {
+            let mut r = response_to(&req, 422, Some(&crate::sip::new_tag()));
+            r.headers
+                .push(HeaderName::MinSe, env.cfg.calls.min_se_s.to_string());
+            let _ = env.tx.respond(env.now, id, &r);
+            self.stats.refused += 1;
+            return;
+        }
+        let route = match resolve(env.cfg, env.registrar, &user, env.now) {
+            Ok(r) => r,
+            Err(status) => {
+                self.stats.refused += 1;
+                return refuse(env, status, None);
+            }
+        };
+        let token = self.new_token();
+        let Some(mut a) = Dialog::as_uas(&req, &tag_for(token, Side::A), source) else {
+            self.stats.refused += 1;
+            return refuse(env, 400, Some("Cannot Build Dialog"));
+        };
+        a.local_cseq = env.cseq_base();
+        let Ok(from) = req.from() else {
+            return refuse(env, 400, None);
+        };
+        let mf = req
+            .header_u32(&HeaderName::MaxForwards)
+            .and_then(Result::ok)
+            .unwrap_or(70)
+            .saturating_sub(1);
+        let host = env.me.udp.split(':').next().unwrap_or("understudy");
+        let b_call_id = format!(
+            "{:016x}{:08x}@{host}",
+            rand::random::<u64>(),
+            rand::random::<u32>()
+        );
+        if let Some(m) = self.media.as_mut()
+            && !m.alloc(token)
+        {
+            self.stats.refused += 1;
+            tracing::warn!("no free media ports: call refused");
+            return refuse(env, 503, Some("No Media Ports"));
+        }
+        let b_cseq = env.cseq_base() + 1;
+        let mut b_from = from.clone();
+        b_from.params.set("tag", Some(&tag_for(token, Side::B)));
+        let mut forks = Vec::with_capacity(route.targets.len());
+        for target in &route.targets {
+            let mut b = Request::new(Method::Invite, target.uri.clone());
+            let h = &mut b.headers;
+            h.push(HeaderName::Via, env.me.via(target.flow.proto));
+            h.push(HeaderName::MaxForwards, mf.to_string());
+            h.push(HeaderName::From, b_from.to_string());
+            h.push(HeaderName::To, target.to.clone());
+            h.push(HeaderName::CallId, b_call_id.clone());
+            h.push(HeaderName::CSeq, format!("{b_cseq} INVITE"));
+            h.push(HeaderName::Contact, env.me.contact(target.flow.proto));
+            h.push(HeaderName::Allow, ALLOW);
+            h.push(HeaderName::Supported, "timer");
+            if env.cfg.calls.session_expires_s > 0 {
+                h.push(
+                    HeaderName::SessionExpires,
+                    format!("{};refresher=uac", env.cfg.calls.session_expires_s),
+                );
+                h.push(HeaderName::MinSe, env.cfg.calls.min_se_s.to_string());
+            }
+            for name in COPIED {
+                let n = HeaderName::from_wire(name);
+                for v in req.headers.get_all(&n) {
+                    h.push(n.clone(), v);
+                }
+            }
+            let body = copy_body(&req, &req.body, &mut b.headers);
+            b.body = media::relay(&mut self.media, token, Side::A, body);
+            match env.tx.send_request(env.now, &b, target.flow) {
+                Ok(tx) => {
+                    self.client.insert(tx, (token, Purpose::Fork));
+                    forks.push(Fork {
+                        tx,
+                        request: b,
+                        flow: target.flow,
+                        provisional: false,
+                        cancel_wanted: false,
+                        done: false,
+                        early_tag: None,
+                        early_target: None,
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot start B-leg INVITE"),
+            }
+        }
+        if forks.is_empty() {
+            self.stats.refused += 1;
+            if let Some(m) = self.media.as_mut() {
+                m.release(token);
+            }
+            return refuse(env, 500, None);
+        }
+        tracing::debug!(
+            token = format!("{token:016x}"),
+            user,
+            forks = forks.len(),
+            "call created"
+        );
+        let last_a_sdp = (!req.body.is_empty()).then(|| Bytes::copy_from_slice(&req.body));
+        let call = Call {
+            token,
+            state: CallState::Calling,
+            a,
+            a_invite: Some((id, req)),
+            invite_tx: Some(id),
+            b: None,
+            b_call_id,
+            b_invite_cseq: b_cseq,
+            forks,
+            b_acked: false,
+            b_ack_body: None,
+            b_tx: None,
+            reinvite: None,
+            relay_tx: None,
+            relays: HashMap::new(),
+            last_sdp: [None, last_a_sdp],
+            timers: [None, None],
+            peer_update: [false, false],
+            caller: from.uri.to_string(),
+            callee: user,
+            trunk: route.trunk.or_else(|| from_trunk.map(str::to_string)),
+            start_ms: env.now_ms,
+            answer_ms: None,
+            created: env.now,
+            recovered: false,
+            cancelled: false,
+            rebind: None,
+            rebind_acks: [None, None],
+            rebind_txs: Vec::new(),
+        };
+        self.stats.created += 1;
+        self.server_invites.insert(id, token);
+        self.calls.insert(token, Box::new(call));
+        self.timers
+            .push(Reverse((env.now + RING_TIMEOUT, token, TimerKind::Ring)));
+        self.digest_ringing(token);
+    }
+
+    /// A CANCEL matched the initial INVITE on server transaction `invite` (the CANCEL itself
+    /// has been answered 200 by the caller of this method).
+    pub fn on_cancel(&mut self, env: &mut Env<'_>, invite: ServerTxId) {
+        let Some(&token) = self.server_invites.get(&invite) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some((id, req)) = call.a_invite.take() else {
+            return;
+        };
+        let r = response_to(&req, 487, Some(&call.a.local_tag));
+        let _ = env.tx.respond(env.now, id, &r);
+        call.cancelled = true;
+        self.cancel_forks(env, token, None);
+        self.maybe_finish_unanswered(env, token);
+    }
+
+    pub(super) fn cancel_forks(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        except: Option<ClientTxId>,
+    ) {
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let mut sends = Vec::new();
+        for f in call
+            .forks
+            .iter_mut()
+            .filter(|f| !f.done && Some(f.tx) != except)
+        {
+            if f.provisional {
+                sends.push((cancel_for(&f.request), f.flow));
+            } else {
+                f.cancel_wanted = true;
+            }
+        }
+        for (c, flow) in sends {
+            if let Ok(tx) = env.tx.send_request(env.now, &c, flow) {
+                self.client.insert(tx, (token, Purpose::Cancel));
+            }
+        }
+    }
+
+    /// End an unanswered call once every fork has a final response.
+    pub(super) fn maybe_finish_unanswered(&mut self, env: &mut Env<'_>, token: u64) {
+        let Some(call) = self.calls.get(&token) else {
+            return;
+        };
+        if call.b.is_none() && call.forks.iter().all(|f| f.done) {
+            let reason = if call.cancelled {
+                "cancelled".to_string()
+            } else {
+                "failed:500".to_string()
+            };
+            self.finish(env, token, &reason, &[]);
+        }
+    }
+
+    pub(super) fn fork_response(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        id: ClientTxId,
+        resp: Response,
+    ) {
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some(fi) = call.forks.iter().position(|f| f.tx == id) else {
+            // The forks are gone: a retransmitted 2xx of the winner gets a fresh ACK.
+            if call.b_tx == Some(id)
+                && (200..300).contains(&resp.status)
+                && call.b_acked
+                && let Some(b) = call.b.as_mut()
+            {
+                let ack = b.ack(env.me, call.b_invite_cseq, call.b_ack_body.clone());
+                env.tx.send_stateless(b.next_hop(), ack.to_bytes());
+            }
+            return;
+        };
+        let status = resp.status;
+        if status < 200 {
+            if status == 100 {
+                return;
+            }
+            let fork = &mut call.forks[fi];
+            fork.provisional = true;
+            let new_early = fork.early_tag.is_none() && resp.to_tag().is_some();
+            if new_early {
+                fork.early_tag = resp.to_tag();
+                fork.early_target = resp.contact().map(|c| c.uri.to_string());
+            }
+            if fork.cancel_wanted && !fork.done {
+                fork.cancel_wanted = false;
+                let c = cancel_for(&fork.request);
+                let flow = fork.flow;
+                if let Ok(tx) = env.tx.send_request(env.now, &c, flow) {
+                    self.client.insert(tx, (token, Purpose::Cancel));
+                }
+                return;
+            }
+            if let Some((sid, req)) = &call.a_invite {
+                let mut r = response_to(req, status, Some(&call.a.local_tag));
+                r.reason = resp.reason.clone();
+                if resp.to_tag().is_some() {
+                    r.headers
+                        .push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
+                }
+                let body = copy_body(&resp, &resp.body, &mut r.headers);
+                r.body = media::relay(&mut self.media, token, Side::B, body);
+                let _ = env.tx.respond(env.now, *sid, &r);
+                call.state = CallState::Ringing;
+            }
+            if new_early {
+                self.digest_ringing(token);
+            }
+            return;
+        }
+        if (200..300).contains(&status) {
+            let tag = resp.to_tag();
+            let same_dialog = call
+                .b
+                .as_ref()
+                .is_some_and(|b| Some(&b.remote_tag) == tag.as_ref());
+            if call.forks[fi].done && same_dialog {
+                // A retransmitted 2xx: ACK it again if we already did.
+                if call.b_acked
+                    && let Some(b) = call.b.as_mut()
+                {
+                    let ack = b.ack(env.me, call.b_invite_cseq, call.b_ack_body.clone());
+                    env.tx.send_stateless(b.next_hop(), ack.to_bytes());
+                }
+                return;
+            }
+            call.forks[fi].done = true;
+            let fork_req = call.forks[fi].request.clone();
+            let fork_flow = call.forks[fi].flow;
+            let Some(mut dialog) = Dialog::as_uac(&fork_req, &resp, fork_flow) else {
+                return;
+            };
+            if call.b.is_some() || call.a_invite.is_none() {
+                // Another fork already won, or the caller cancelled: ACK and hang up this one.
+                let ack = dialog.ack(env.me, call.b_invite_cseq, None);
+                env.tx.send_stateless(dialog.next_hop(), ack.to_bytes());
+                let bye = dialog.request(Method::Bye, env.me, None);
+                if let Ok(tx) = env.tx.send_request(env.now, &bye, dialog.next_hop()) {
+                    self.client.insert(tx, (token, Purpose::Bye));
+                }
+                self.maybe_finish_unanswered(env, token);
+                return;
+            }
+            dialog.state = DialogState::Confirmed;
+            call.peer_update[idx(Side::B)] = resp.has_token(&HeaderName::Allow, "UPDATE");
+            session::arm_b(call, env, &resp);
+            call.b = Some(dialog);
+            call.state = CallState::Answered;
+            call.answer_ms = Some(env.now_ms);
+            self.stats.answered += 1;
+            let Some((sid, req)) = call.a_invite.take() else {
+                return;
+            };
+            let mut r = response_to(&req, status, Some(&call.a.local_tag));
+            r.reason = resp.reason.clone();
+            r.headers
+                .push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
+            r.headers.push(HeaderName::Allow, ALLOW);
+            r.headers.push(HeaderName::Supported, "timer");
+            session::arm_a(call, env, &req, &mut r);
+            let body = copy_body(&resp, &resp.body, &mut r.headers);
+            r.body = media::relay(&mut self.media, token, Side::B, body);
+            if !r.body.is_empty() {
+                call.last_sdp[idx(Side::A)] = Some(r.body.clone());
+            }
+            let _ = env.tx.respond(env.now, sid, &r);
+            for t in session::deadlines(call) {
+                self.timers.push(Reverse(t));
+            }
+            self.cancel_forks(env, token, Some(id));
+            self.digest_legs(token);
+            if let Some(call) = self.calls.get_mut(&token) {
+                call.b_tx = Some(id);
+                for f in call.forks.iter_mut().filter(|f| f.done) {
+                    f.shed();
+                }
+                call.compact_forks();
+            }
+            return;
+        }
+        // 3xx–6xx on this fork.
+        call.forks[fi].done = true;
+        if call.b.is_some() {
+            call.forks[fi].shed();
+            call.compact_forks();
+        }
+        if call.b.is_some() {
+            return;
+        }
+        if !call.forks.iter().all(|f| f.done) {
+            return;
+        }
+        if let Some((sid, req)) = call.a_invite.take() {
+            let mut r = response_to(&req, status, Some(&call.a.local_tag));
+            r.reason = resp.reason.clone();
+            for name in [
+                HeaderName::RetryAfter,
+                HeaderName::Warning,
+                HeaderName::Reason,
+            ] {
+                for v in resp.headers.get_all(&name) {
+                    r.headers.push(name.clone(), v);
+                }
+            }
+            let _ = env.tx.respond(env.now, sid, &r);
+            self.finish(env, token, &reason_for(status), &[]);
+        } else {
+            self.maybe_finish_unanswered(env, token);
+        }
+    }
+}

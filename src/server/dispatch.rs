@@ -1,0 +1,347 @@
+//! Where every message goes: validation of what arrived, the transaction layer's events,
+//! and the requests that start something (REGISTER, OPTIONS, INVITE, SUBSCRIBE, CANCEL) or
+//! belong to a dialog, with the UAS-core checks of RFC 3261 §8.2 first.
+
+use std::time::Instant;
+
+use super::pair::PairGlue;
+use super::{Server, routable, uas};
+use crate::pair::keepalive;
+use crate::registrar::AuthOutcome;
+use crate::sip::{
+    HeaderName, Message, Method, Request, SipMessage, new_tag, response_to, salvage_request,
+    validate,
+};
+use crate::transaction::{ServerTxId, TxEvent};
+use crate::transport::{Flow, Inbound};
+
+impl Server {
+    /// Something arrived from the network.
+    pub fn handle_inbound(&mut self, now: Instant, inbound: Inbound) {
+        if let Inbound::Message(_, flow)
+        | Inbound::Malformed { flow, .. }
+        | Inbound::Unreachable(flow) = &inbound
+            && self.cut_off(flow)
+        {
+            return;
+        }
+        match inbound {
+            Inbound::Unreachable(flow) => {
+                tracing::info!(%flow, "destination unreachable");
+                self.tx.transport_error(flow);
+            }
+            Inbound::Message(parsed, flow) => {
+                if let Err(rej) = validate(&parsed) {
+                    match parsed.message {
+                        Message::Request(req) if req.method != Method::Ack && routable(&req) => {
+                            tracing::debug!(%flow, status = rej.status, reason = rej.reason, "invalid request");
+                            let mut r = response_to(&req, rej.status, Some(&new_tag()));
+                            r.reason = rej.reason;
+                            if rej.status == 501 {
+                                r.headers.push(HeaderName::Allow, crate::b2bua::ALLOW);
+                            }
+                            self.counters.malformed_answered += 1;
+                            self.tx.send_stateless(flow, r.to_bytes());
+                        }
+                        _ => {
+                            tracing::debug!(%flow, reason = rej.reason, "invalid message dropped");
+                            self.counters.malformed_dropped += 1;
+                        }
+                    }
+                    return;
+                }
+                match parsed.message {
+                    Message::Request(req) => {
+                        tracing::debug!(%flow, method = %req.method, uri = req.uri, call_id = req.call_id().unwrap_or(""), "request in");
+                        *self
+                            .counters
+                            .requests
+                            .entry(req.method.as_str().to_string())
+                            .or_default() += 1;
+                        self.tx.handle_request(now, req, flow);
+                    }
+                    Message::Response(resp) => {
+                        tracing::debug!(%flow, status = resp.status, call_id = resp.call_id().unwrap_or(""), "response in");
+                        let class = usize::from(resp.status / 100).min(6);
+                        self.counters.responses[class] += 1;
+                        self.tx.handle_response(now, resp, flow);
+                    }
+                }
+            }
+            Inbound::Malformed { raw, error, flow } => match salvage_request(&raw) {
+                Some(s) if s.method != "ACK" => {
+                    tracing::debug!(%flow, error, "malformed request answered 400");
+                    let mut r = crate::sip::Response::new(400);
+                    r.reason = format!(
+                        "Bad Request ({})",
+                        error.chars().take(80).collect::<String>()
+                    );
+                    for h in s.headers.iter() {
+                        r.headers.push(h.name.clone(), h.value.clone());
+                    }
+                    self.counters.malformed_answered += 1;
+                    self.tx.send_stateless(flow, r.to_bytes());
+                }
+                _ => {
+                    tracing::debug!(%flow, error, "malformed message dropped");
+                    self.counters.malformed_dropped += 1;
+                }
+            },
+        }
+        self.drain_events(now);
+        self.drive_takeover(now);
+        self.pump_digest();
+    }
+
+    pub(super) fn drain_events(&mut self, now: Instant) {
+        while let Some(ev) = self.tx.poll_event() {
+            match ev {
+                TxEvent::Request {
+                    id,
+                    request,
+                    source,
+                } => self.on_request(now, id, request, source),
+                TxEvent::Ack { request, .. } => {
+                    let (mut env, b) = self.env_parts(now);
+                    b.on_ack(&mut env, &request);
+                }
+                TxEvent::Response { id, response } => {
+                    if !self.pair_result(now, id, Some(&response)) {
+                        let (mut env, b) = self.env_parts(now);
+                        b.on_response(&mut env, id, response);
+                    }
+                }
+                TxEvent::Timeout { id } => {
+                    if !self.pair_result(now, id, None) {
+                        let (mut env, b) = self.env_parts(now);
+                        b.on_timeout(&mut env, id);
+                    }
+                }
+                TxEvent::Unreachable { id } => {
+                    if !self.pair_result(now, id, None) {
+                        let (mut env, b) = self.env_parts(now);
+                        b.on_unreachable(&mut env, id);
+                    }
+                }
+                TxEvent::NoAck { id } => {
+                    let (mut env, b) = self.env_parts(now);
+                    b.on_no_ack(&mut env, id);
+                }
+                TxEvent::StrayResponse { response, source } => {
+                    let ours = self
+                        .pair
+                        .as_mut()
+                        .is_some_and(|p| p.on_stray_response(now, &response));
+                    if !ours {
+                        tracing::trace!(%source, status = response.status, "stray response");
+                    }
+                }
+            }
+        }
+        self.cdrs.extend(self.b2bua.take_cdrs());
+        let changes = self.registrar.location_mut().take_changes();
+        if let Some(p) = self.pair.as_mut() {
+            p.publish_changes(now, &mut self.tx, &self.me, &changes);
+        }
+    }
+
+    /// A result (response, or `None` for a timeout or an unreachable destination) for a client
+    /// transaction of the takeover or of the pair link; `false` when it belongs to a call.
+    pub(super) fn pair_result(
+        &mut self,
+        now: Instant,
+        id: crate::transaction::ClientTxId,
+        resp: Option<&crate::sip::Response>,
+    ) -> bool {
+        if let Some(t) = self.takeover.as_mut()
+            && t.owns_tx(id)
+        {
+            t.on_result(id, resp);
+            return true;
+        }
+        if let Some(p) = self.pair.as_mut()
+            && p.client_txs.contains(&id)
+        {
+            p.on_client_result(now, id, resp);
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn reply(&mut self, now: Instant, id: ServerTxId, req: &Request, status: u16) {
+        let r = response_to(req, status, Some(&new_tag()));
+        let _ = self.tx.respond(now, id, &r);
+    }
+
+    pub(super) fn on_request(&mut self, now: Instant, id: ServerTxId, req: Request, source: Flow) {
+        let me: Vec<&str> = self.me_hostports.iter().map(String::as_str).collect();
+        if let Err(refusal) = uas::check(&req, &me) {
+            let mut r = response_to(&req, refusal.status, Some(&new_tag()));
+            for (n, v) in refusal.headers {
+                r.headers.push(n, v);
+            }
+            let _ = self.tx.respond(now, id, &r);
+            return;
+        }
+        if req.method == Method::Cancel {
+            let target = self.tx.cancel_target(&req);
+            match target {
+                Some(invite) => {
+                    self.reply(now, id, &req, 200);
+                    if self.tx.is_pending(invite) {
+                        let (mut env, b) = self.env_parts(now);
+                        b.on_cancel(&mut env, invite);
+                    }
+                }
+                None => self.reply(now, id, &req, 481),
+            }
+            return;
+        }
+        if req.to_tag().is_some() {
+            if self.blf.owns(&req) {
+                let domain = self.cfg.node.domain.clone();
+                self.blf.on_subscribe(
+                    now,
+                    &mut self.tx,
+                    &self.b2bua,
+                    &self.me,
+                    &domain,
+                    id,
+                    &req,
+                    source,
+                );
+                return;
+            }
+            if let Some(t) = self.takeover.as_mut()
+                && t.owns_notify(&req)
+            {
+                let steps = t.on_notify(now, &mut self.tx, id, &req);
+                self.apply_takeover(now, steps);
+                return;
+            }
+            if let Some(p) = self.pair.as_mut()
+                && p.owns_in_dialog(&req)
+            {
+                p.on_in_dialog(now, &mut self.tx, &mut self.registrar, id, &req, &self.me);
+                return;
+            }
+            let (mut env, b) = self.env_parts(now);
+            if !b.on_in_dialog(&mut env, id, req.clone(), source) {
+                self.reply(now, id, &req, 481);
+            }
+            return;
+        }
+        let now_s = self.wall_ms(now) / 1000;
+        match req.method {
+            Method::Register => {
+                let r = self.registrar.handle_register(now, now_s, &req, source);
+                let _ = self.tx.respond(now, id, &r);
+            }
+            Method::Options if keepalive::is_keepalive(&req) && self.pair.is_some() => {
+                let calls = self.b2bua.call_count();
+                if let Some(p) = self.pair.as_mut() {
+                    p.on_keepalive_request(now, &mut self.tx, id, &req, calls);
+                }
+            }
+            Method::Options => {
+                let mut r = response_to(&req, 200, Some(&new_tag()));
+                r.headers.push(HeaderName::Allow, crate::b2bua::ALLOW);
+                r.headers.push(HeaderName::Accept, uas::ACCEPT);
+                r.headers.push(HeaderName::Supported, uas::SUPPORTED);
+                let _ = self.tx.respond(now, id, &r);
+            }
+            Method::Invite if !self.accepts_calls() => {
+                let redirect = self.pair.as_ref().is_some_and(PairGlue::redirect);
+                let mut r = response_to(&req, if redirect { 302 } else { 503 }, Some(&new_tag()));
+                if let Some(p) = self.pair.as_ref().filter(|_| redirect) {
+                    let user = crate::sip::Uri::parse(&req.uri)
+                        .ok()
+                        .and_then(|u| u.user)
+                        .map(|u| format!("{u}@"))
+                        .unwrap_or_default();
+                    r.headers
+                        .push(HeaderName::Contact, format!("<sip:{user}{}>", p.peer()));
+                } else {
+                    r.reason = "Stand-by Node".into();
+                    r.headers.push(HeaderName::RetryAfter, "5");
+                }
+                let _ = self.tx.respond(now, id, &r);
+            }
+            Method::Invite => {
+                let trunk = self
+                    .cfg
+                    .trunk_for_source(source.remote)
+                    .map(|t| t.name.clone());
+                if trunk.is_none() {
+                    match self.registrar.authenticate(now, now_s, &req, source, true) {
+                        AuthOutcome::Authenticated(_) => {}
+                        AuthOutcome::Reject(r) => {
+                            let _ = self.tx.respond(now, id, &r);
+                            return;
+                        }
+                    }
+                }
+                let (mut env, b) = self.env_parts(now);
+                b.on_invite(&mut env, id, req, source, trunk.as_deref());
+                self.cdrs.extend(self.b2bua.take_cdrs());
+            }
+            Method::Subscribe
+                if self.pair.is_some()
+                    && req.headers.get(&HeaderName::Event).is_some_and(|e| {
+                        e.split(';').next().is_some_and(|t| t.trim() == "reg")
+                    }) =>
+            {
+                if let Some(p) = self.pair.as_mut() {
+                    p.on_subscribe(
+                        now,
+                        &mut self.tx,
+                        &mut self.registrar,
+                        id,
+                        &req,
+                        source,
+                        &self.me,
+                    );
+                }
+            }
+            Method::Subscribe
+                if req
+                    .headers
+                    .get(&HeaderName::Event)
+                    .is_some_and(|e| e.split(';').next().is_some_and(|t| t.trim() == "dialog")) =>
+            {
+                let user_ok = crate::sip::Uri::parse(&req.uri)
+                    .ok()
+                    .and_then(|u| u.user_unescaped())
+                    .is_some_and(|u| self.cfg.user(&u).is_some());
+                if !user_ok {
+                    self.reply(now, id, &req, 404);
+                    return;
+                }
+                if self.cfg.trunk_for_source(source.remote).is_none()
+                    && let AuthOutcome::Reject(r) =
+                        self.registrar.authenticate(now, now_s, &req, source, true)
+                {
+                    let _ = self.tx.respond(now, id, &r);
+                    return;
+                }
+                let domain = self.cfg.node.domain.clone();
+                self.blf.on_subscribe(
+                    now,
+                    &mut self.tx,
+                    &self.b2bua,
+                    &self.me,
+                    &domain,
+                    id,
+                    &req,
+                    source,
+                );
+            }
+            Method::Subscribe => {
+                let mut r = response_to(&req, 489, Some(&new_tag()));
+                r.headers.push(HeaderName::AllowEvents, "dialog, reg");
+                let _ = self.tx.respond(now, id, &r);
+            }
+            _ => self.reply(now, id, &req, 481),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The takeover inside the server: starting it, applying its steps to the B2BUA (adopt,
+//! hang up orphans, fail ringing calls), counting the outcomes, and feeding the dialog digest
+//! to the pair link while active.
+
+use std::time::Instant;
+
+use super::Server;
+use super::takeover::Step;
+use crate::cdr::CdrRecord;
+use crate::pair::Role;
+use crate::sip::{HeaderName, Method, Request};
+use crate::transport::Flow;
+
+impl Server {
+    pub(super) fn apply_takeover(&mut self, now: Instant, steps: Vec<Step>) {
+        for step in steps {
+            let (mut env, b) = self.env_parts(now);
+            match step {
+                Step::Adopt(call) => b.adopt(&mut env, *call),
+                Step::Orphan {
+                    leg,
+                    caller,
+                    callee,
+                    start_ms,
+                } => b.bye_orphan(&mut env, *leg, &caller, &callee, start_ms),
+                Step::FailRinging(r) => self.fail_ringing(now, &r),
+            }
+        }
+        self.cdrs.extend(self.b2bua.take_cdrs());
+    }
+
+    /// A call that was ringing when the old active died: the caller gets `503` with
+    /// `Retry-After` through its recorded Via, the callee a CANCEL of the old INVITE (and a
+    /// BYE on its early dialog), so nobody keeps ringing.
+    pub(super) fn fail_ringing(&mut self, now: Instant, r: &crate::pair::digest::RingRecord) {
+        let a_flow = Flow {
+            proto: r.a_proto,
+            remote: r.a_remote,
+            conn: None,
+        };
+        let mut resp = crate::sip::Response::new(503);
+        resp.reason = "Service Unavailable (Takeover)".into();
+        for v in &r.a_vias {
+            resp.headers.push(HeaderName::Via, v.clone());
+        }
+        resp.headers.push(HeaderName::From, r.a_from.clone());
+        resp.headers.push(
+            HeaderName::To,
+            format!(
+                "{};tag={}",
+                r.a_to,
+                crate::b2bua::tag_for(r.token, crate::b2bua::Side::A)
+            ),
+        );
+        resp.headers.push(HeaderName::CallId, r.a_call_id.clone());
+        resp.headers
+            .push(HeaderName::CSeq, format!("{} INVITE", r.a_cseq));
+        resp.headers.push(HeaderName::RetryAfter, "1");
+        let bytes = resp.to_bytes();
+        self.tx.send_stateless(a_flow, bytes.clone());
+        self.tx.send_stateless(a_flow, bytes);
+        let b_flow = Flow {
+            proto: r.b_proto,
+            remote: r.b_remote,
+            conn: None,
+        };
+        let mut cancel = Request::new(Method::Cancel, r.b_uri.clone());
+        cancel.headers.push(HeaderName::Via, r.b_via.clone());
+        cancel.headers.push(HeaderName::MaxForwards, "70");
+        cancel.headers.push(HeaderName::From, r.b_from.clone());
+        cancel.headers.push(HeaderName::To, r.b_to.clone());
+        cancel.headers.push(HeaderName::CallId, r.b_call_id.clone());
+        cancel
+            .headers
+            .push(HeaderName::CSeq, format!("{} CANCEL", r.b_cseq));
+        self.tx.send_stateless(b_flow, cancel.to_bytes());
+        if let Some(tag) = &r.b_early_tag {
+            let from = crate::sip::NameAddr::parse(&r.b_from).ok();
+            let mut d = crate::dialog::Dialog {
+                call_id: r.b_call_id.clone(),
+                local_tag: from
+                    .as_ref()
+                    .and_then(|f| f.tag().map(str::to_string))
+                    .unwrap_or_default(),
+                remote_tag: tag.clone(),
+                local_uri: from
+                    .map(|mut f| {
+                        f.params.remove("tag");
+                        f.to_string()
+                    })
+                    .unwrap_or_default(),
+                remote_uri: r.b_to.clone(),
+                local_cseq: r
+                    .b_cseq
+                    .max(u32::try_from(self.epoch().min(32767)).unwrap_or(1) * 65536),
+                remote_cseq: None,
+                route_set: Vec::new(),
+                remote_target: r.b_early_target.clone().unwrap_or_else(|| r.b_uri.clone()),
+                flow: b_flow,
+                state: crate::dialog::DialogState::Early,
+            };
+            let bye = d.request(Method::Bye, &self.me, None);
+            let _ = self.tx.send_request(now, &bye, d.next_hop());
+        }
+        let now_ms = self.wall_ms(now) as i64;
+        self.cdrs.push(CdrRecord {
+            call_id: r.a_call_id.clone(),
+            b_call_id: r.b_call_id.clone(),
+            token: format!("{:016x}", r.token),
+            caller: crate::sip::NameAddr::parse(&r.a_from)
+                .map(|a| a.uri.to_string())
+                .unwrap_or_default(),
+            callee: crate::sip::Uri::parse(&r.b_uri)
+                .ok()
+                .and_then(|u| u.user)
+                .unwrap_or_default(),
+            trunk: None,
+            start_ms: now_ms,
+            answer_ms: None,
+            end_ms: now_ms,
+            duration_ms: 0,
+            end_reason: "failed:503".into(),
+            recovered: true,
+            node: self.cfg.node.name.clone(),
+            media: None,
+        });
+    }
+
+    /// Move the B2BUA's digest entries into the pair's log (active only).
+    pub(super) fn pump_digest(&mut self) {
+        let entries = self.b2bua.take_digest();
+        let Some(p) = self.pair.as_mut() else {
+            return;
+        };
+        if p.machine.role() != Role::Active {
+            return;
+        }
+        if p.resync_wanted {
+            p.resync_wanted = false;
+            p.log.resync(self.b2bua.digest_snapshot());
+        } else {
+            for e in entries {
+                p.log.push(e);
+            }
+        }
+    }
+
+    pub(super) fn drive_takeover(&mut self, now: Instant) {
+        let Some(t) = self.takeover.as_mut() else {
+            return;
+        };
+        let outcomes = self.b2bua.take_rebind_outcomes();
+        t.record(now, &outcomes);
+        if !t.report.in_progress {
+            return;
+        }
+        let steps = t.tick(now, &mut self.tx, &self.me);
+        self.apply_takeover(now, steps);
+        let rebinding = self.b2bua.rebinding();
+        if let Some(t) = self.takeover.as_mut() {
+            let outcomes = self.b2bua.take_rebind_outcomes();
+            t.record(now, &outcomes);
+            if t.idle() && rebinding == 0 {
+                t.finish(now);
+            }
+        }
+    }
+
+    /// The current (or last) takeover report.
+    pub fn takeover_report(&self) -> Option<serde_json::Value> {
+        self.takeover
+            .as_ref()
+            .and_then(|t| serde_json::to_value(&t.report).ok())
+    }
+}
