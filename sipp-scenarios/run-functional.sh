@@ -16,12 +16,25 @@
 #   call-callee-hangup   CALLS_SMALL calls, bob hangs up: CDRs all normal
 #   call-cancel          CALLS_SMALL calls, alice CANCELs while ringing: CDRs all cancelled
 #   call-busy            CALLS_SMALL calls, bob answers 486: CDRs all busy
+#   relay-rtp            media relay: RTP packet counts in the CDRs
+#   takeover-query       a main + stand-by pair ([pair] dialog_digest = false),
+#                        TAKEOVER_CALLS trunk calls between the SIPp smart
+#                        endpoints (smart-uac.xml / smart-uas.xml, phones
+#                        c<K>/u<K> as static users), kill -9 of the main: the
+#                        stand-by is active within 2 s and re-binds every call
+#                        from the endpoints' answers to its dialog SUBSCRIBEs
+#                        (recovered_via_query == calls) within 5 s; every call
+#                        then hangs up through it (BYE -> 200), its CDRs are
+#                        all normal + recovered
+#   takeover-digest      the same with dialog_digest = true and endpoints that
+#                        answer the dialog SUBSCRIBE "489 Bad Event": the calls
+#                        come from the keep-alive digest (recovered_via_digest)
 #
 # Each check: SIPp exit code 0, SuccessfulCall == calls, FailedCall == 0
 # (from SIPp's -trace_stat CSV), for the call checks the same on bob's side,
 # no call left in GET /status after the run, and the CDR end_reason counts.
 # One PASS/FAIL line per check; exit status 1 if any failed. On a failure the
-# server log tail and SIPp's error log are printed. Takes ~30 s.
+# server log tail and SIPp's error log are printed. Takes ~50 s.
 #
 # Builds nothing: run `cargo build --release` first.
 #
@@ -31,7 +44,11 @@
 #   ADMIN_PORT [8060]  its admin HTTP port
 #   ALICE_PORT [5091]  BOB_PORT [5090]   the SIPp phones (not 5070/5080:
 #                      those are trunk addresses that skip authentication)
+#   STANDBY_PORT [PBX_PORT+2]  STANDBY_ADMIN_PORT [ADMIN_PORT+2]   the stand-by
+#                      of the takeover checks (they also use 127.0.0.1:5070 and
+#                      :5080, the trunk addresses, for the smart endpoints)
 #   CALLS [20]  CALLS_SMALL [10]  RATE [10] (calls/s)  HOLD_MS [500]
+#   TAKEOVER_CALLS [20]
 #   ONLY ["" = all]    space-separated check names to run, e.g. "call-cancel"
 #   KEEP [0]           1 = keep the temp dir with logs even when all pass
 #   RUST_LOG [debug]   server log level (the log is only shown on failure)
@@ -50,6 +67,9 @@ CALLS=${CALLS:-20}
 CALLS_SMALL=${CALLS_SMALL:-10}
 RATE=${RATE:-10}
 HOLD_MS=${HOLD_MS:-500}
+STANDBY_PORT=${STANDBY_PORT:-$((PBX_PORT + 2))}
+STANDBY_ADMIN_PORT=${STANDBY_ADMIN_PORT:-$((ADMIN_PORT + 2))}
+TAKEOVER_CALLS=${TAKEOVER_CALLS:-20}
 ONLY=${ONLY:-}
 KEEP=${KEEP:-0}
 export RUST_LOG=${RUST_LOG:-debug}
@@ -68,17 +88,23 @@ done
 port_busy() {
 	ss -Hln"$2" 2>/dev/null | awk '{print $4}' | grep -qE "^(127\.0\.0\.1|0\.0\.0\.0|\*|\[::\]|\[::ffff:127\.0\.0\.1\]):$1\$"
 }
-for p in "$PBX_PORT u" "$PBX_PORT t" "$ADMIN_PORT t" "$ALICE_PORT u" "$BOB_PORT u"; do
+for p in "$PBX_PORT u" "$PBX_PORT t" "$ADMIN_PORT t" "$ALICE_PORT u" "$BOB_PORT u" "$STANDBY_PORT u" "$STANDBY_ADMIN_PORT t"; do
 	set -- $p
-	port_busy "$1" "$2" && die "port $1 ($2) on 127.0.0.1 is in use; stop whatever uses it or set PBX_PORT/ADMIN_PORT/ALICE_PORT/BOB_PORT"
+	port_busy "$1" "$2" && die "port $1 ($2) on 127.0.0.1 is in use; stop whatever uses it or set PBX_PORT/ADMIN_PORT/ALICE_PORT/BOB_PORT/STANDBY_PORT/STANDBY_ADMIN_PORT"
 done
 
 WORK=$(mktemp -d /tmp/understudy-functional.XXXXXX)
 SERVER_PID=""
+STANDBY_PID=""
 SIPP_PIDS=()
 cleanup() {
 	local p
 	for p in "${SIPP_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+	if [ -n "$STANDBY_PID" ]; then
+		kill -TERM "$STANDBY_PID" 2>/dev/null
+		sleep 0.5
+		kill -KILL "$STANDBY_PID" 2>/dev/null
+	fi
 	if [ -n "$SERVER_PID" ]; then
 		kill -TERM "$SERVER_PID" 2>/dev/null
 		sleep 0.5
@@ -98,6 +124,7 @@ PASSED=0 FAILED=0 FAILED_NAMES=""
 # and admin ports above and state + CDRs in DIR.
 start_server() {
 	local d=$1
+	if [ -n "${PAIR:-}" ]; then start_pair "$d"; return; fi
 	mkdir -p "$d/state"
 	cat > "$d/understudy.toml" <<-EOF
 	[node]
@@ -161,8 +188,110 @@ start_server() {
 	return 1
 }
 
-# stop_server: SIGTERM (CDRs are flushed), wait up to 5 s, then KILL.
+# pair_config NAME ROLE SIP ADMIN PEER DIR: one node of a pair, [pair] dialog_digest = $PAIR;
+# with PAIR=false also static users c1..cN (contact at the UAC, 127.0.0.1:5080) and u1..uN
+# (at the UAS, 127.0.0.1:5070), N = TAKEOVER_CALLS: the phones the new active asks.
+pair_config() {
+	local name=$1 role=$2 sip=$3 admin=$4 peer=$5 d=$6 k
+	cat <<-EOF
+	[node]
+	name = "$name"
+	home_role = "$role"
+	sip_udp = "127.0.0.1:$sip"
+	domain = "pbx.local"
+
+	[admin]
+	listen = "127.0.0.1:$admin"
+
+	[state]
+	dir = "$d/$name"
+
+	[cdr]
+	path = "$d/$name/cdr.sqlite"
+
+	[pair]
+	peer = "127.0.0.1:$peer"
+	secret = "functional-pair-secret"
+	keepalive_ms = 200
+	missed_keepalives = 3
+	probe_timeout_ms = 200
+	mode = "hot"
+	dialog_digest = $PAIR
+
+	[takeover]
+	parallel = 64
+	query_timeout_ms = 2000
+	fallback = "none"
+
+	[registrar]
+	min_expires = 60
+	max_expires = 3600
+	default_expires = 3600
+
+	[[users]]
+	name = "alice"
+	password = "alice-secret"
+
+	[[users]]
+	name = "bob"
+	password = "bob-secret"
+
+	[[trunks]]
+	name = "carrier"
+	address = "127.0.0.1:5070"
+	prefixes = ["9"]
+	strip = 1
+	dialog_query = true
+
+	[[trunks]]
+	name = "gateway"
+	address = "127.0.0.1:5080"
+	prefixes = ["0"]
+	strip = 0
+	dialog_query = true
+
+	[media]
+	mode = "bypass"
+	EOF
+	[ "$PAIR" = false ] || return 0
+	for k in $(seq 1 "$TAKEOVER_CALLS"); do
+		printf '\n[[users]]\nname = "c%d"\npassword = ""\ncontact = "sip:c%d@127.0.0.1:5080"\n' "$k" "$k"
+		printf '\n[[users]]\nname = "u%d"\npassword = ""\ncontact = "sip:u%d@127.0.0.1:5070"\n' "$k" "$k"
+	done
+}
+
+# start_pair DIR: main (PBX_PORT, ADMIN_PORT) then stand-by (STANDBY_PORT,
+# STANDBY_ADMIN_PORT); returns once the main is active and the stand-by standby, each
+# seeing the other. SERVER_PID = main, STANDBY_PID = stand-by.
+start_pair() {
+	local d=$1 i m sb
+	mkdir -p "$d/main" "$d/standby"
+	pair_config main main "$PBX_PORT" "$ADMIN_PORT" "$STANDBY_PORT" "$d" >"$d/main.toml"
+	pair_config standby standby "$STANDBY_PORT" "$STANDBY_ADMIN_PORT" "$PBX_PORT" "$d" >"$d/standby.toml"
+	"$BIN" run --config "$d/main.toml" >"$d/server.log" 2>&1 &
+	SERVER_PID=$!
+	"$BIN" run --config "$d/standby.toml" >"$d/standby.log" 2>&1 &
+	STANDBY_PID=$!
+	for i in $(seq 1 100); do
+		kill -0 "$SERVER_PID" 2>/dev/null && kill -0 "$STANDBY_PID" 2>/dev/null || return 1
+		m=$(curl -sf -m 1 "http://127.0.0.1:$ADMIN_PORT/status" 2>/dev/null |
+			python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["role"] + "/" + s["peer"]["state"])' 2>/dev/null)
+		sb=$(curl -sf -m 1 "http://127.0.0.1:$STANDBY_ADMIN_PORT/status" 2>/dev/null |
+			python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["role"] + "/" + s["peer"]["state"])' 2>/dev/null)
+		[ "$m" = active/alive ] && [ "$sb" = standby/alive ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# stop_server: SIGTERM (CDRs are flushed), wait up to 5 s, then KILL (the stand-by too).
 stop_server() {
+	if [ -n "$STANDBY_PID" ]; then
+		local p=$SERVER_PID
+		SERVER_PID=$STANDBY_PID STANDBY_PID=""
+		stop_server
+		SERVER_PID=$p
+	fi
 	[ -n "$SERVER_PID" ] || return 0
 	kill -TERM "$SERVER_PID" 2>/dev/null
 	local i
@@ -376,6 +505,109 @@ check_relay_rtp() {
 	SUMMARY_SIPP="$SUMMARY_SIPP rtp_per_call=$per_call"
 }
 
+# takeover-query / takeover-digest: see the header. PAIR = dialog_digest (false | true).
+check_takeover() {
+	local n=$TAKEOVER_CALLS q="$CUR/q" notifier publish callee via p k
+	if [ "$PAIR" = false ]; then
+		notifier=1 publish=1 callee=u via=recovered_via_query
+	else
+		notifier=489 publish=0 callee=9 via=recovered_via_digest
+	fi
+	for p in 5070 5080 16000 17000; do
+		port_busy "$p" u && { problem "UDP 127.0.0.1:$p (smart endpoint) is in use"; return; }
+	done
+	# every phone the new active may ask needs its dialog file (see smart-notify.xml)
+	mkdir -p "$q"
+	: >"$q/_trunk.xml"
+	for k in $(seq 1 "$n"); do : >"$q/c$k.xml"; : >"$q/u$k.xml"; done
+	local common=(-set qdir "$q" -set hangup uac -set notifier "$notifier" -set publish "$publish"
+		-set bye_after 500 -d 30000 -recv_timeout 60000)
+	start_sipp_bg smart-uas 60 -sf "$HERE/smart-uas.xml" "${common[@]}" -i 127.0.0.1 -p 5070 -mp 17000 \
+		-trace_msg -message_file "$CUR/smart-uas.msg"
+	local uas=$BG_PID
+	sleep 0.3
+	start_sipp_bg smart-uac 60 127.0.0.1:"$PBX_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
+		"${common[@]}" -set callee "$callee" -i 127.0.0.1 -p 5080 -mp 16000 -m "$n" -r 20 -l "$n" \
+		-trace_msg -message_file "$CUR/smart-uac.msg"
+	local uac=$BG_PID
+	# all calls confirmed on the main; the stand-by knows them (digest) or the phones
+	# have written their dialog files (query)
+	local i st=""
+	for i in $(seq 1 75); do
+		sleep 0.2
+		st=$(python3 - "$ADMIN_PORT" "$STANDBY_ADMIN_PORT" "$q" "$PAIR" <<-'EOF'
+		import json, os, sys, urllib.request
+		main, sb, q, query = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "false"
+		get = lambda port, path: json.load(urllib.request.urlopen("http://127.0.0.1:%s%s" % (port, path), timeout=2))
+		try:
+		    confirmed = sum(1 for c in get(main, "/calls")["calls"] if c["state"] == "confirmed")
+		    known = get(sb, "/status")["digest"]["calls_known"]
+		    files = sum(1 for f in os.listdir(q) if os.path.getsize(os.path.join(q, f)) > 0)
+		    print(confirmed, known if not query else "-", files if query else "-")
+		except Exception as e:
+		    print("error", e)
+		EOF
+		)
+		[ "$PAIR" = false ] && [ "$st" = "$n - $((2 * n))" ] && break
+		[ "$PAIR" = true ] && [ "$st" = "$n $n -" ] && break
+	done
+	SUMMARY_SIPP=" up=[$st]"
+	if ! { [ "$st" = "$n - $((2 * n))" ] || [ "$st" = "$n $n -" ]; }; then
+		problem "calls not all up before the kill (confirmed, digest-known, dialog files): $st, want $n calls"
+		kill -TERM "$uac" "$uas" 2>/dev/null
+		wait_bg "$uac"; wait_bg "$uas"
+		return
+	fi
+	# kill -9 the main; the stand-by must take over and re-bind every call
+	kill -KILL "$SERVER_PID"
+	wait "$SERVER_PID" 2>/dev/null
+	SERVER_PID=""
+	local res
+	res=$(python3 - "$STANDBY_ADMIN_PORT" "$n" "$via" <<-'EOF'
+	import json, sys, time, urllib.request
+	port, n, via = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+	t0 = time.time(); active = None; tk = {}
+	while time.time() - t0 < 7:
+	    try:
+	        s = json.load(urllib.request.urlopen("http://127.0.0.1:%s/status" % port, timeout=1))
+	    except Exception:
+	        s = {}
+	    if active is None and s.get("role") == "active":
+	        active = time.time() - t0
+	    tk = s.get("takeover") or tk
+	    if active is not None and tk.get("recovered", 0) >= n and not tk.get("in_progress", True):
+	        break
+	    time.sleep(0.02)
+	print("%s %s %s %s" % ("%.2f" % active if active is not None else "none", tk.get("recovered"), tk.get(via), tk.get("rebind_ms")))
+	EOF
+	)
+	local active rec recvia rbms
+	read -r active rec recvia rbms <<<"$res"
+	SUMMARY_SIPP="$SUMMARY_SIPP detection=${active}s recovered=$rec $via=$recvia rebind_ms=$rbms"
+	awk -v a="$active" 'BEGIN{exit !(a ~ /^[0-9.]+$/ && a <= 2.0)}' || problem "stand-by not active within 2 s of kill -9 (got $active)"
+	[ "$rec" = "$n" ] && [ "$recvia" = "$n" ] || problem "takeover.recovered=$rec $via=$recvia within 7 s, want $n"
+	# every call hangs up through the new active; then stop the callee side
+	wait_bg "$uac"
+	expect_sipp smart-uac "$n"
+	local usipp ok ko
+	usipp=$(ps -o pid= --ppid "$uas" | tr -d ' ')
+	[ -n "$usipp" ] && kill -USR1 "$usipp" 2>/dev/null
+	wait_bg "$uas"
+	read -r ok ko < <(sipp_counts smart-uas)
+	[ "$SIPP_RC" = 0 ] && [ "$ko" = 0 ] && [ "${ok:-0}" -ge "$n" ] 2>/dev/null ||
+		problem "sipp smart-uas: rc=$SIPP_RC successful=$ok failed=$ko (want rc=0, failed=0, >= $n successful)"
+	SUMMARY_SIPP="$SUMMARY_SIPP smart-uas=$ok"
+	local left
+	left=$(ADMIN_PORT=$STANDBY_ADMIN_PORT calls_left)
+	[ "$left" = 0 ] || problem "GET /status on the new active still shows $left call(s)"
+	stop_server
+	local got recd
+	got=$(cdr_counts "$CUR/standby/cdr.sqlite")
+	recd=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from cdr where recovered = 1").fetchone()[0])' "$CUR/standby/cdr.sqlite" 2>/dev/null)
+	[ "$got" = "normal=$n" ] && [ "$recd" = "$n" ] || problem "new active's CDRs: '$got', recovered=$recd; want normal=$n, recovered=$n"
+	SUMMARY_SIPP="$SUMMARY_SIPP cdr:[$got recovered=$recd]"
+}
+
 check_call_basic()         { call_check call-basic         answer "$CALLS"       "normal=$CALLS"; }
 check_call_callee_hangup() { call_check call-callee-hangup hangup "$CALLS_SMALL" "normal=$CALLS_SMALL"; }
 check_call_cancel()        { call_check call-cancel        cancel "$CALLS_SMALL" "cancelled=$CALLS_SMALL"; }
@@ -404,6 +636,10 @@ run_check() {
 		cat "$CUR/notes"
 		echo "  --- server log (last 30 lines): $CUR/server.log"
 		tail -n 30 "$CUR/server.log" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g; s/^/  | /'
+		if [ -f "$CUR/standby.log" ]; then
+			echo "  --- stand-by log (last 30 lines): $CUR/standby.log"
+			tail -n 30 "$CUR/standby.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/  | /'
+		fi
 		local f
 		for f in "$CUR"/*.err "$CUR"/*.stderr; do
 			[ -s "$f" ] || continue
@@ -426,6 +662,8 @@ run_check call-callee-hangup check_call_callee_hangup
 run_check call-cancel        check_call_cancel
 run_check call-busy          check_call_busy
 MEDIA_MODE=relay run_check relay-rtp check_relay_rtp
+PAIR=false run_check takeover-query  check_takeover
+PAIR=true  run_check takeover-digest check_takeover
 T1=$(date +%s)
 
 echo "SUMMARY functional passed=$PASSED failed=$FAILED${FAILED_NAMES:+ (failed:$FAILED_NAMES)} seconds=$((T1 - T0)) logs=$WORK"
