@@ -82,7 +82,7 @@ pub fn resolve(
             trunk: Some(trunk.name.clone()),
         });
     }
-    if cfg.user(user).is_some() {
+    if registrar.is_user(user) {
         Err(480)
     } else {
         Err(404)

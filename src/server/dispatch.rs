@@ -312,7 +312,7 @@ impl Server {
                 let user_ok = crate::sip::Uri::parse(&req.uri)
                     .ok()
                     .and_then(|u| u.user_unescaped())
-                    .is_some_and(|u| self.cfg.user(&u).is_some());
+                    .is_some_and(|u| self.registrar.is_user(&u));
                 if !user_ok {
                     self.reply(now, id, &req, 404);
                     return;

@@ -154,7 +154,8 @@ impl Server {
         if !t.report.in_progress {
             return;
         }
-        let steps = t.tick(now, &mut self.tx, &self.me);
+        let in_flight = self.b2bua.rebinding();
+        let steps = t.tick(now, &mut self.tx, &self.me, in_flight);
         self.apply_takeover(now, steps);
         let rebinding = self.b2bua.rebinding();
         if let Some(t) = self.takeover.as_mut() {

@@ -46,8 +46,10 @@ pub(crate) fn endpoints(
 ) -> Vec<Endpoint> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
+    let users: HashMap<&str, &crate::config::UserConfig> =
+        cfg.users.iter().map(|u| (u.name.as_str(), u)).collect();
     for (aor, list) in registrar.location().iter() {
-        let user = cfg.user(aor);
+        let user = users.get(aor.as_str()).copied();
         for b in list.iter().filter(|b| b.expires_at > now) {
             let Some(flow) = b.source.or_else(|| uri_flow(&b.contact.uri)) else {
                 continue;
@@ -175,6 +177,8 @@ pub(crate) struct Takeover {
     resets: VecDeque<Endpoint>,
     adopted: HashSet<u64>,
     initial: Vec<Step>,
+    /// While digest-known calls wait for the window, look again at this time.
+    retry_at: Instant,
     pub(crate) report: Report,
 }
 
@@ -237,6 +241,7 @@ impl Takeover {
             resets: VecDeque::new(),
             adopted,
             initial,
+            retry_at: now,
             report: Report {
                 mode: mode.as_str().into(),
                 in_progress: true,
@@ -271,13 +276,32 @@ impl Takeover {
     }
 
     /// Send queries and resets, expire silent endpoints, hang up orphans.
+    /// `in_flight`: re-binds the B2BUA has not finished. Digest-known calls are handed over
+    /// at most `parallel × 16` at a time, so ten thousand calls do not leave in one burst
+    /// (which only makes the endpoints' sockets overflow and everybody retransmit).
     pub(crate) fn tick(
         &mut self,
         now: Instant,
         tx: &mut TransactionLayer,
         me: &LocalContact,
+        in_flight: usize,
     ) -> Vec<Step> {
-        let mut steps = std::mem::take(&mut self.initial);
+        let window = (self.parallel * 16).saturating_sub(in_flight);
+        let mut steps = Vec::new();
+        let mut kept = Vec::new();
+        let mut adopts = 0;
+        for s in std::mem::take(&mut self.initial) {
+            match s {
+                Step::Adopt(_) if adopts >= window => kept.push(s),
+                Step::Adopt(_) => {
+                    adopts += 1;
+                    steps.push(s);
+                }
+                other => steps.push(other),
+            }
+        }
+        self.initial = kept;
+        self.retry_at = now + Duration::from_millis(50);
         while self.queries.len() < self.parallel {
             let Some(ep) = self.queue.pop_front() else {
                 break;
@@ -305,7 +329,7 @@ impl Takeover {
             };
             self.send_reset(now, tx, me, &ep);
         }
-        if self.queue.is_empty() && self.queries.is_empty() {
+        if self.queue.is_empty() && self.queries.is_empty() && self.initial.is_empty() {
             // Everything reported that will report: the rest are orphans.
             let orphans: Vec<u64> = self.legs.keys().copied().collect();
             for token in orphans {
@@ -559,9 +583,9 @@ impl Takeover {
     /// The next deadline.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let q = self.queries.values().map(|q| q.deadline).min();
-        let work = (!self.resets.is_empty() || !self.queue.is_empty() || !self.initial.is_empty())
-            .then_some(self.started);
-        [q, work].into_iter().flatten().min()
+        let work = (!self.resets.is_empty() || !self.queue.is_empty()).then_some(self.started);
+        let waiting = (!self.initial.is_empty()).then_some(self.retry_at);
+        [q, work, waiting].into_iter().flatten().min()
     }
 }
 
