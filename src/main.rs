@@ -9,11 +9,6 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use understudy::config::Config;
 
-/// mimalloc returns freed memory to the system and fragments less than the system allocator
-/// under the many small, short-lived allocations of SIP messages and transactions.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "understudy", version, about = "A geo-redundant SIP B2BUA pair")]
 struct Cli {

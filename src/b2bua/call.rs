@@ -131,7 +131,7 @@ pub struct Call {
     /// The caller's leg.
     pub a: Dialog,
     /// The initial INVITE from A while it has no final response.
-    pub a_invite: Option<(ServerTxId, Request)>,
+    pub a_invite: Option<Box<(ServerTxId, Request)>>,
     /// The server transaction of A's initial INVITE (until the call ends).
     pub invite_tx: Option<ServerTxId>,
     /// The callee's leg once answered.
@@ -145,11 +145,11 @@ pub struct Call {
     /// We ACKed B's 2xx (a retransmitted 2xx gets a fresh ACK).
     pub b_acked: bool,
     /// The SDP answer our ACK to B carried (late offer), if any.
-    pub b_ack_body: Option<(Bytes, String)>,
+    pub b_ack_body: Option<Box<(Bytes, String)>>,
     /// The B-leg INVITE transaction that won (kept after the forks are dropped).
     pub b_tx: Option<ClientTxId>,
     /// A relayed re-INVITE waiting for its ACK (or final response).
-    pub reinvite: Option<Relay>,
+    pub reinvite: Option<Box<Relay>>,
     /// The client transaction of the relayed re-INVITE.
     pub relay_tx: Option<ClientTxId>,
     /// Other relayed requests (UPDATE, INFO, OPTIONS...) waiting for their final response.
@@ -177,9 +177,9 @@ pub struct Call {
     /// CANCEL received from A before the answer.
     pub cancelled: bool,
     /// Re-bind exchange in progress (adopted calls).
-    pub(super) rebind: Option<super::rebind::Rebind>,
+    pub(super) rebind: Option<Box<super::rebind::Rebind>>,
     /// ACKs of the finished re-bind, per leg.
-    pub(super) rebind_acks: [Option<Bytes>; 2],
+    pub(super) rebind_acks: Option<Box<[Bytes; 2]>>,
     /// Client transactions of the re-bind.
     pub(super) rebind_txs: Vec<ClientTxId>,
 }

@@ -30,7 +30,7 @@ fn leg_record(call: &Call, side: Side) -> Option<LegRecord> {
 }
 
 fn ring_record(call: &Call) -> Option<RingRecord> {
-    let (_, a) = call.a_invite.as_ref()?;
+    let (_, a) = call.a_invite.as_deref()?;
     let fork = call
         .forks
         .iter()

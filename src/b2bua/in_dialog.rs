@@ -54,7 +54,7 @@ impl B2bua {
                 if let Some((body, _)) = &sdp {
                     call.last_sdp[idx(Side::B)] = Some(body.clone());
                 }
-                call.b_ack_body = sdp.clone();
+                call.b_ack_body = sdp.clone().map(Box::new);
                 let ack = b.ack(env.me, call.b_invite_cseq, sdp);
                 env.tx.send_stateless(b.next_hop(), ack.to_bytes());
                 call.b_acked = true;
@@ -198,7 +198,7 @@ impl B2bua {
                     out_cseq,
                 };
                 if is_invite {
-                    call.reinvite = Some(relay);
+                    call.reinvite = Some(Box::new(relay));
                 } else {
                     call.relays_insert(tx, relay);
                 }

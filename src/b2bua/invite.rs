@@ -153,7 +153,7 @@ impl B2bua {
             token,
             state: CallState::Calling,
             a,
-            a_invite: Some((id, req)),
+            a_invite: Some(Box::new((id, req))),
             invite_tx: Some(id),
             b: None,
             b_call_id,
@@ -177,7 +177,7 @@ impl B2bua {
             recovered: false,
             cancelled: false,
             rebind: None,
-            rebind_acks: [None, None],
+            rebind_acks: None,
             rebind_txs: Vec::new(),
         };
         self.stats.created += 1;
@@ -197,7 +197,7 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
-        let Some((id, req)) = call.a_invite.take() else {
+        let Some((id, req)) = call.a_invite.take().map(|b| *b) else {
             return;
         };
         let r = response_to(&req, 487, Some(&call.a.local_tag));
@@ -267,7 +267,11 @@ impl B2bua {
                 && call.b_acked
                 && let Some(b) = call.b.as_mut()
             {
-                let ack = b.ack(env.me, call.b_invite_cseq, call.b_ack_body.clone());
+                let ack = b.ack(
+                    env.me,
+                    call.b_invite_cseq,
+                    call.b_ack_body.as_deref().cloned(),
+                );
                 env.tx.send_stateless(b.next_hop(), ack.to_bytes());
             }
             return;
@@ -293,7 +297,7 @@ impl B2bua {
                 }
                 return;
             }
-            if let Some((sid, req)) = &call.a_invite {
+            if let Some((sid, req)) = call.a_invite.as_deref() {
                 let mut r = response_to(req, status, Some(&call.a.local_tag));
                 r.reason = resp.reason.clone();
                 if resp.to_tag().is_some() {
@@ -321,7 +325,11 @@ impl B2bua {
                 if call.b_acked
                     && let Some(b) = call.b.as_mut()
                 {
-                    let ack = b.ack(env.me, call.b_invite_cseq, call.b_ack_body.clone());
+                    let ack = b.ack(
+                        env.me,
+                        call.b_invite_cseq,
+                        call.b_ack_body.as_deref().cloned(),
+                    );
                     env.tx.send_stateless(b.next_hop(), ack.to_bytes());
                 }
                 return;
@@ -350,7 +358,7 @@ impl B2bua {
             call.state = CallState::Answered;
             call.answer_ms = Some(env.now_ms);
             self.stats.answered += 1;
-            let Some((sid, req)) = call.a_invite.take() else {
+            let Some((sid, req)) = call.a_invite.take().map(|b| *b) else {
                 return;
             };
             let mut r = response_to(&req, status, Some(&call.a.local_tag));
@@ -392,7 +400,7 @@ impl B2bua {
         if !call.forks.iter().all(|f| f.done) {
             return;
         }
-        if let Some((sid, req)) = call.a_invite.take() {
+        if let Some((sid, req)) = call.a_invite.take().map(|b| *b) {
             let mut r = response_to(&req, status, Some(&call.a.local_tag));
             r.reason = resp.reason.clone();
             for name in [

@@ -302,7 +302,11 @@ impl B2bua {
             (Purpose::Relay, _) => {
                 // The other leg did not answer: end the call cleanly.
                 self.client.remove(&id);
-                let relay = self.calls.get_mut(&token).and_then(|c| c.reinvite.take());
+                let relay = self
+                    .calls
+                    .get_mut(&token)
+                    .and_then(|c| c.reinvite.take())
+                    .map(|b| *b);
                 if let Some(r) = relay {
                     let resp = response_to(&r.request, 408, None);
                     let _ = env.tx.respond(env.now, r.server, &resp);
@@ -347,7 +351,7 @@ impl B2bua {
         // Requests relayed across the call that have no final answer yet: the call is gone,
         // so they end with 487 (RFC 3261 §15.1.2) instead of hanging.
         let mut pending: Vec<Relay> = call.relays.drain().map(|(_, r)| r).collect();
-        pending.extend(call.reinvite.take());
+        pending.extend(call.reinvite.take().map(|b| *b));
         for r in pending {
             if env.tx.is_pending(r.server) {
                 let resp = response_to(&r.request, 487, None);
@@ -434,7 +438,7 @@ impl B2bua {
             };
             match kind {
                 TimerKind::Ring => {
-                    if let Some((sid, req)) = call.a_invite.take() {
+                    if let Some((sid, req)) = call.a_invite.take().map(|b| *b) {
                         let r = response_to(&req, 408, Some(&call.a.local_tag));
                         let _ = env.tx.respond(env.now, sid, &r);
                         call.cancelled = true;

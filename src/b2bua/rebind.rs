@@ -145,12 +145,12 @@ impl B2bua {
             created: env.now,
             recovered: true,
             cancelled: false,
-            rebind: Some(Rebind {
+            rebind: Some(Box::new(Rebind {
                 step: Step::First { cseq: 0 },
                 source: call.source,
                 first,
-            }),
-            rebind_acks: [None, None],
+            })),
+            rebind_acks: None,
             rebind_txs: Vec::new(),
         };
         self.calls.insert(token, Box::new(c));
@@ -373,8 +373,10 @@ impl B2bua {
                     call.state = CallState::Confirmed;
                     let source = rb.source;
                     call.rebind = None;
-                    call.rebind_acks[idx(first)] = Some(ack_first);
-                    call.rebind_acks[idx(second)] = Some(ack_second);
+                    let mut acks = [Bytes::new(), Bytes::new()];
+                    acks[idx(first)] = ack_first;
+                    acks[idx(second)] = ack_second;
+                    call.rebind_acks = Some(Box::new(acks));
                     // The new active refreshes both legs from now on.
                     let s = env.cfg.calls.session_expires_s;
                     if s > 0 {
@@ -435,9 +437,9 @@ impl B2bua {
     pub(super) fn rebind_reack(&mut self, env: &mut Env<'_>, token: u64, side: Side) {
         if let Some(call) = self.calls.get(&token)
             && call.rebind.is_none()
-            && let (Some(ack), Some(d)) = (&call.rebind_acks[idx(side)], call.leg(side))
+            && let (Some(acks), Some(d)) = (&call.rebind_acks, call.leg(side))
         {
-            env.tx.send_stateless(d.next_hop(), ack.clone());
+            env.tx.send_stateless(d.next_hop(), acks[idx(side)].clone());
         }
     }
 

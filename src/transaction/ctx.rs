@@ -36,20 +36,26 @@ impl TimerIdx {
     }
 }
 
-/// The deadline each timer of one transaction is armed for.
+/// Which scheduled entry each timer of one transaction is armed with (the low 32 bits of its
+/// sequence number; 0 = disarmed). Compact on purpose: there is one per transaction.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Slots([Option<Instant>; 13]);
+pub(crate) struct Slots([u32; 13]);
 
 impl Slots {
-    pub(crate) fn is_current(&self, idx: TimerIdx, at: Instant) -> bool {
-        self.0.get(idx.0 as usize).copied().flatten() == Some(at)
+    pub(crate) fn is_current(&self, idx: TimerIdx, seq: u64) -> bool {
+        self.0.get(idx.0 as usize).copied() == Some(seq_tag(seq))
     }
 
     pub(crate) fn clear(&mut self, idx: TimerIdx) {
         if let Some(s) = self.0.get_mut(idx.0 as usize) {
-            *s = None;
+            *s = 0;
         }
     }
+}
+
+/// The 32-bit tag of a schedule sequence number, never 0 (0 marks a disarmed slot).
+fn seq_tag(seq: u64) -> u32 {
+    (seq as u32).max(1)
 }
 
 /// The effect handle passed to a transaction state machine.
@@ -77,10 +83,10 @@ impl Ctx<'_> {
     pub(crate) fn arm(&mut self, t: Timer, after: Duration) {
         let at = self.now + after;
         let idx = TimerIdx::of(t);
-        if let Some(s) = self.slots.0.get_mut(idx.0 as usize) {
-            *s = Some(at);
-        }
         *self.seq += 1;
+        if let Some(s) = self.slots.0.get_mut(idx.0 as usize) {
+            *s = seq_tag(*self.seq);
+        }
         self.heap.push(Reverse(Scheduled {
             at,
             seq: *self.seq,

@@ -481,7 +481,7 @@ impl TransactionLayer {
                     let Some(e) = self.clients.get_mut(&id) else {
                         continue;
                     };
-                    if !e.slots.is_current(s.timer, s.at) {
+                    if !e.slots.is_current(s.timer, s.seq) {
                         continue;
                     }
                     e.slots.clear(s.timer);
@@ -499,7 +499,7 @@ impl TransactionLayer {
                     let Some(e) = self.servers.get_mut(&id) else {
                         continue;
                     };
-                    if !e.slots.is_current(s.timer, s.at) {
+                    if !e.slots.is_current(s.timer, s.seq) {
                         continue;
                     }
                     e.slots.clear(s.timer);
@@ -573,11 +573,11 @@ impl TransactionLayer {
                 TxRef::Client(id) => self
                     .clients
                     .get(&id)
-                    .is_some_and(|e| e.slots.is_current(s.timer, s.at)),
+                    .is_some_and(|e| e.slots.is_current(s.timer, s.seq)),
                 TxRef::Server(id) => self
                     .servers
                     .get(&id)
-                    .is_some_and(|e| e.slots.is_current(s.timer, s.at)),
+                    .is_some_and(|e| e.slots.is_current(s.timer, s.seq)),
             };
             if live {
                 return Some(s.at);
