@@ -197,6 +197,67 @@ impl Fork {
 }
 
 impl Call {
+    /// A call in `state` with leg A, its parties and start time; everything else empty.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        token: u64,
+        state: CallState,
+        a: Dialog,
+        b_call_id: String,
+        caller: String,
+        callee: String,
+        start_ms: u64,
+        created: Instant,
+    ) -> Self {
+        Self {
+            token,
+            state,
+            a,
+            a_invite: None,
+            invite_tx: None,
+            b: None,
+            b_call_id,
+            b_invite_cseq: 0,
+            forks: Vec::new(),
+            b_acked: false,
+            b_ack_body: None,
+            b_tx: None,
+            reinvite: None,
+            relay_tx: None,
+            relays: HashMap::new(),
+            last_sdp: [None, None],
+            timers: [None, None],
+            peer_update: [false, false],
+            caller,
+            callee,
+            trunk: None,
+            start_ms,
+            answer_ms: None,
+            created,
+            recovered: false,
+            cancelled: false,
+            rebind: None,
+            rebind_acks: None,
+            rebind_txs: Vec::new(),
+        }
+    }
+
+    /// B retransmitted its 2xx: ACK it again once we ACKed it (the ACK of a 2xx is
+    /// end-to-end, so the transaction layer leaves it to us, RFC 3261 §13.2.2.4).
+    pub(super) fn reack_b(&mut self, env: &mut super::Env<'_>) {
+        if !self.b_acked {
+            return;
+        }
+        if let Some(b) = self.b.as_mut() {
+            let ack = b.ack(
+                env.me,
+                self.b_invite_cseq,
+                self.b_ack_body.as_deref().cloned(),
+            );
+            env.tx.send_stateless(b.next_hop(), ack.to_bytes());
+        }
+    }
+
     /// Once answered and every fork has its final response, forget the forks (memory per
     /// held call); the winner's transaction stays in `b_tx`.
     pub fn compact_forks(&mut self) {

@@ -2,7 +2,6 @@
 //! (RFC 3261 §13, §9; parallel forking and cancelling the losers as in §16.7 and §16.10).
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 
 use bytes::Bytes;
 
@@ -149,37 +148,22 @@ impl B2bua {
             "call created"
         );
         let last_a_sdp = (!req.body.is_empty()).then(|| Bytes::copy_from_slice(&req.body));
-        let call = Call {
+        let mut call = Call::new(
             token,
-            state: CallState::Calling,
+            CallState::Calling,
             a,
-            a_invite: Some(Box::new((id, req))),
-            invite_tx: Some(id),
-            b: None,
             b_call_id,
-            b_invite_cseq: b_cseq,
-            forks,
-            b_acked: false,
-            b_ack_body: None,
-            b_tx: None,
-            reinvite: None,
-            relay_tx: None,
-            relays: HashMap::new(),
-            last_sdp: [None, last_a_sdp],
-            timers: [None, None],
-            peer_update: [false, false],
-            caller: from.uri.to_string(),
-            callee: user,
-            trunk: route.trunk.or_else(|| from_trunk.map(str::to_string)),
-            start_ms: env.now_ms,
-            answer_ms: None,
-            created: env.now,
-            recovered: false,
-            cancelled: false,
-            rebind: None,
-            rebind_acks: None,
-            rebind_txs: Vec::new(),
-        };
+            from.uri.to_string(),
+            user,
+            env.now_ms,
+            env.now,
+        );
+        call.a_invite = Some(Box::new((id, req)));
+        call.invite_tx = Some(id);
+        call.b_invite_cseq = b_cseq;
+        call.forks = forks;
+        call.last_sdp = [None, last_a_sdp];
+        call.trunk = route.trunk.or_else(|| from_trunk.map(str::to_string));
         self.stats.created += 1;
         self.server_invites.insert(id, token);
         self.calls.insert(token, Box::new(call));
@@ -262,17 +246,8 @@ impl B2bua {
         };
         let Some(fi) = call.forks.iter().position(|f| f.tx == id) else {
             // The forks are gone: a retransmitted 2xx of the winner gets a fresh ACK.
-            if call.b_tx == Some(id)
-                && (200..300).contains(&resp.status)
-                && call.b_acked
-                && let Some(b) = call.b.as_mut()
-            {
-                let ack = b.ack(
-                    env.me,
-                    call.b_invite_cseq,
-                    call.b_ack_body.as_deref().cloned(),
-                );
-                env.tx.send_stateless(b.next_hop(), ack.to_bytes());
+            if call.b_tx == Some(id) && (200..300).contains(&resp.status) {
+                call.reack_b(env);
             }
             return;
         };
@@ -322,16 +297,7 @@ impl B2bua {
                 .is_some_and(|b| Some(&b.remote_tag) == tag.as_ref());
             if call.forks[fi].done && same_dialog {
                 // A retransmitted 2xx: ACK it again if we already did.
-                if call.b_acked
-                    && let Some(b) = call.b.as_mut()
-                {
-                    let ack = b.ack(
-                        env.me,
-                        call.b_invite_cseq,
-                        call.b_ack_body.as_deref().cloned(),
-                    );
-                    env.tx.send_stateless(b.next_hop(), ack.to_bytes());
-                }
+                call.reack_b(env);
                 return;
             }
             call.forks[fi].done = true;

@@ -5,7 +5,6 @@
 //! refuses ends the call cleanly on the other leg.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -118,41 +117,24 @@ impl B2bua {
         } else {
             Side::A
         };
-        let c = Call {
+        let mut c = Call::new(
             token,
-            state: CallState::Rebinding,
-            b_call_id: call.b.call_id.clone(),
-            a: call.a,
-            a_invite: None,
-            invite_tx: None,
-            b: Some(call.b),
-            b_invite_cseq: 0,
-            forks: Vec::new(),
-            b_acked: false,
-            b_ack_body: None,
-            b_tx: None,
-            reinvite: None,
-            relay_tx: None,
-            relays: HashMap::new(),
-            last_sdp: [None, None],
-            timers: [None, None],
-            peer_update: [false, false],
-            caller: call.caller,
-            callee: call.callee,
-            trunk: None,
-            start_ms: call.start_ms,
-            answer_ms: Some(call.start_ms),
-            created: env.now,
-            recovered: true,
-            cancelled: false,
-            rebind: Some(Box::new(Rebind {
-                step: Step::First { cseq: 0 },
-                source: call.source,
-                first,
-            })),
-            rebind_acks: None,
-            rebind_txs: Vec::new(),
-        };
+            CallState::Rebinding,
+            call.a,
+            call.b.call_id.clone(),
+            call.caller,
+            call.callee,
+            call.start_ms,
+            env.now,
+        );
+        c.b = Some(call.b);
+        c.answer_ms = Some(call.start_ms);
+        c.recovered = true;
+        c.rebind = Some(Box::new(Rebind {
+            step: Step::First { cseq: 0 },
+            source: call.source,
+            first,
+        }));
         self.calls.insert(token, Box::new(c));
         self.stats.adopted += 1;
         if let Some(m) = self.media.as_mut()

@@ -168,6 +168,20 @@ impl Server {
         false
     }
 
+    fn blf_subscribe(&mut self, now: Instant, id: ServerTxId, req: &Request, source: Flow) {
+        let domain = self.cfg.node.domain.clone();
+        self.blf.on_subscribe(
+            now,
+            &mut self.tx,
+            &self.b2bua,
+            &self.me,
+            &domain,
+            id,
+            req,
+            source,
+        );
+    }
+
     pub(super) fn reply(&mut self, now: Instant, id: ServerTxId, req: &Request, status: u16) {
         let r = response_to(req, status, Some(&new_tag()));
         let _ = self.tx.respond(now, id, &r);
@@ -199,17 +213,7 @@ impl Server {
         }
         if req.to_tag().is_some() {
             if self.blf.owns(&req) {
-                let domain = self.cfg.node.domain.clone();
-                self.blf.on_subscribe(
-                    now,
-                    &mut self.tx,
-                    &self.b2bua,
-                    &self.me,
-                    &domain,
-                    id,
-                    &req,
-                    source,
-                );
+                self.blf_subscribe(now, id, &req, source);
                 return;
             }
             if let Some(t) = self.takeover.as_mut()
@@ -324,17 +328,7 @@ impl Server {
                     let _ = self.tx.respond(now, id, &r);
                     return;
                 }
-                let domain = self.cfg.node.domain.clone();
-                self.blf.on_subscribe(
-                    now,
-                    &mut self.tx,
-                    &self.b2bua,
-                    &self.me,
-                    &domain,
-                    id,
-                    &req,
-                    source,
-                );
+                self.blf_subscribe(now, id, &req, source);
             }
             Method::Subscribe => {
                 let mut r = response_to(&req, 489, Some(&new_tag()));
