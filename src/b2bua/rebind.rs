@@ -275,9 +275,19 @@ impl B2bua {
                 let cseq = *cseq;
                 if status == 0 {
                     // Cannot reach it from here: keep the call; the endpoint's next in-dialog
-                    // request (on a connection of its own) adopts it.
+                    // request (on a connection of its own) adopts it. If nothing comes within a
+                    // session interval, the session timer ends the call on both legs.
                     call.rebind = None;
                     call.state = CallState::Confirmed;
+                    let s = env.cfg.calls.session_expires_s.max(90);
+                    call.timers[idx(first)] = Some(SessionTimer {
+                        interval_s: s,
+                        we_refresh: false,
+                        deadline: env.now + Duration::from_secs(u64::from(s)),
+                    });
+                    for t in super::session::deadlines(call) {
+                        self.timers.push(Reverse(t));
+                    }
                     tracing::info!(
                         token = format!("{token:016x}"),
                         ?side,
