@@ -29,12 +29,23 @@
 #   takeover-digest      the same with dialog_digest = true and endpoints that
 #                        answer the dialog SUBSCRIBE "489 Bad Event": the calls
 #                        come from the keep-alive digest (recovered_via_digest)
+#   takeover-cold        a pair in [pair] mode = "cold" (dialog digest on, so the
+#                        stand-by knows all TAKEOVER_CALLS calls before the kill;
+#                        static users c<K>/u<K>), smart endpoints with -set on_reset
+#                        bye, kill -9 of the main: the new active resets every
+#                        endpoint (2N contacts + 2 trunks) with exactly one
+#                        out-of-dialog NOTIFY (Event: check-sync;reboot=true,
+#                        Subscription-State: terminated, no body; counted from the
+#                        endpoints' RESET log lines), GET /calls on it is empty when
+#                        it becomes active and when the takeover ends, every phone
+#                        then sends a BYE in its old dialog to it and gets 481, and
+#                        it writes no CDR with recovered = 1
 #
 # Each check: SIPp exit code 0, SuccessfulCall == calls, FailedCall == 0
 # (from SIPp's -trace_stat CSV), for the call checks the same on bob's side,
 # no call left in GET /status after the run, and the CDR end_reason counts.
 # One PASS/FAIL line per check; exit status 1 if any failed. On a failure the
-# server log tail and SIPp's error log are printed. Takes ~50 s.
+# server log tail and SIPp's error log are printed. Takes ~55 s.
 #
 # Builds nothing: run `cargo build --release` first.
 #
@@ -188,9 +199,10 @@ start_server() {
 	return 1
 }
 
-# pair_config NAME ROLE SIP ADMIN PEER DIR: one node of a pair, [pair] dialog_digest = $PAIR;
-# with PAIR=false also static users c1..cN (contact at the UAC, 127.0.0.1:5080) and u1..uN
-# (at the UAS, 127.0.0.1:5070), N = TAKEOVER_CALLS: the phones the new active asks.
+# pair_config NAME ROLE SIP ADMIN PEER DIR: one node of a pair, [pair] dialog_digest = $PAIR,
+# mode = $PAIR_MODE (hot unless set); with PAIR=false or PAIR_MODE=cold also static users c1..cN
+# (contact at the UAC, 127.0.0.1:5080) and u1..uN (at the UAS, 127.0.0.1:5070),
+# N = TAKEOVER_CALLS: the phones the new active asks (hot) or resets (cold).
 pair_config() {
 	local name=$1 role=$2 sip=$3 admin=$4 peer=$5 d=$6 k
 	cat <<-EOF
@@ -215,7 +227,7 @@ pair_config() {
 	keepalive_ms = 200
 	missed_keepalives = 3
 	probe_timeout_ms = 200
-	mode = "hot"
+	mode = "${PAIR_MODE:-hot}"
 	dialog_digest = $PAIR
 
 	[takeover]
@@ -253,7 +265,7 @@ pair_config() {
 	[media]
 	mode = "bypass"
 	EOF
-	[ "$PAIR" = false ] || return 0
+	[ "$PAIR" = false ] || [ "${PAIR_MODE:-hot}" = cold ] || return 0
 	for k in $(seq 1 "$TAKEOVER_CALLS"); do
 		printf '\n[[users]]\nname = "c%d"\npassword = ""\ncontact = "sip:c%d@127.0.0.1:5080"\n' "$k" "$k"
 		printf '\n[[users]]\nname = "u%d"\npassword = ""\ncontact = "sip:u%d@127.0.0.1:5070"\n' "$k" "$k"
@@ -608,6 +620,169 @@ check_takeover() {
 	SUMMARY_SIPP="$SUMMARY_SIPP cdr:[$got recovered=$recd]"
 }
 
+# takeover-cold: see the header. A cold pair with the dialog digest on (so the stand-by
+# knows every call before the kill and must still start with none) and the static
+# users c<K>/u<K> of takeover-query; both smart endpoints run with -set on_reset bye.
+check_takeover_cold() {
+	local n=$TAKEOVER_CALLS q="$CUR/q" p
+	for p in 5070 5080 16000 17000; do
+		port_busy "$p" u && { problem "UDP 127.0.0.1:$p (smart endpoint) is in use"; return; }
+	done
+	mkdir -p "$q"
+	# hold 8 s: a call that is never reset fails by then (smart-uac.xml "no_reset");
+	# the callee side waits for a BYE that never comes and fails by -recv_timeout
+	local common=(-set qdir "$q" -set on_reset bye -set publish 0 -set hangup uac -d 8000 -recv_timeout 10000)
+	start_sipp_bg smart-uas 25 -sf "$HERE/smart-uas.xml" "${common[@]}" -i 127.0.0.1 -p 5070 -mp 17000 \
+		-trace_msg -message_file "$CUR/smart-uas.msg" -trace_logs -log_file "$CUR/smart-uas.log"
+	local uas=$BG_PID
+	sleep 0.3
+	start_sipp_bg smart-uac 25 127.0.0.1:"$PBX_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
+		"${common[@]}" -set callee u -i 127.0.0.1 -p 5080 -mp 16000 -m "$n" -r 20 -l "$n" \
+		-trace_msg -message_file "$CUR/smart-uac.msg" -trace_logs -log_file "$CUR/smart-uac.log"
+	local uac=$BG_PID
+	# all calls confirmed on the main, known to the stand-by (digest), and every phone has
+	# written its Call-ID for the reset poke
+	local i st=""
+	for i in $(seq 1 50); do
+		sleep 0.2
+		st=$(python3 - "$ADMIN_PORT" "$STANDBY_ADMIN_PORT" "$q" <<-'EOF'
+		import json, os, sys, urllib.request
+		main, sb, q = sys.argv[1], sys.argv[2], sys.argv[3]
+		get = lambda port, path: json.load(urllib.request.urlopen("http://127.0.0.1:%s%s" % (port, path), timeout=2))
+		try:
+		    confirmed = sum(1 for c in get(main, "/calls")["calls"] if c["state"] == "confirmed")
+		    known = get(sb, "/status")["digest"]["calls_known"]
+		    cids = sum(1 for f in os.listdir(q) if f.endswith(".cid") and os.path.getsize(os.path.join(q, f)) > 0)
+		    print(confirmed, known, cids)
+		except Exception as e:
+		    print("error", e)
+		EOF
+		)
+		[ "$st" = "$n $n $((2 * n))" ] && break
+	done
+	SUMMARY_SIPP=" up=[$st]"
+	if [ "$st" != "$n $n $((2 * n))" ]; then
+		problem "calls not all up before the kill (confirmed, digest-known, Call-ID files): $st, want $n $n $((2 * n))"
+		kill -TERM "$uac" "$uas" 2>/dev/null
+		wait_bg "$uac"; wait_bg "$uas"
+		return
+	fi
+	# kill -9 the main; the stand-by takes over cold: resets every endpoint, keeps no call
+	kill -KILL "$SERVER_PID"
+	wait "$SERVER_PID" 2>/dev/null
+	SERVER_PID=""
+	local res
+	res=$(python3 - "$STANDBY_ADMIN_PORT" "$((2 * n + 2))" <<-'EOF'
+	import json, sys, time, urllib.request
+	port, want = sys.argv[1], int(sys.argv[2])
+	get = lambda path: json.load(urllib.request.urlopen("http://127.0.0.1:%s%s" % (port, path), timeout=1))
+	def ncalls():
+	    try:
+	        return len(get("/calls")["calls"])
+	    except Exception:
+	        return "?"
+	t0 = time.time(); active = None; first = "?"; tk = {}
+	while time.time() - t0 < 7:
+	    try:
+	        s = get("/status")
+	    except Exception:
+	        s = {}
+	    if active is None and s.get("role") == "active":
+	        active = time.time() - t0
+	        first = ncalls()
+	    tk = s.get("takeover") or tk
+	    if active is not None and tk.get("reset", 0) >= want and not tk.get("in_progress", True):
+	        break
+	    time.sleep(0.02)
+	done = ncalls()
+	print("%s %s %s %s %s %s %s" % ("%.2f" % active if active is not None else "none", first, done,
+	      tk.get("mode"), tk.get("endpoints"), tk.get("reset"), tk.get("recovered")))
+	EOF
+	)
+	local active first after mode eps resets rec
+	read -r active first after mode eps resets rec <<<"$res"
+	SUMMARY_SIPP="$SUMMARY_SIPP detection=${active}s mode=$mode endpoints=$eps reset=$resets recovered=$rec calls=$first/$after"
+	awk -v a="$active" 'BEGIN{exit !(a ~ /^[0-9.]+$/ && a <= 2.0)}' || problem "stand-by not active within 2 s of kill -9 (got $active)"
+	[ "$mode" = cold ] && [ "$eps" = $((2 * n + 2)) ] && [ "$resets" = $((2 * n + 2)) ] && [ "$rec" = 0 ] ||
+		problem "takeover report: mode=$mode endpoints=$eps reset=$resets recovered=$rec, want cold, $((2 * n + 2)), $((2 * n + 2)), 0"
+	[ "$first" = 0 ] && [ "$after" = 0 ] ||
+		problem "GET /calls on the new active: $first call(s) when it became active, $after when the takeover finished; want 0"
+	# every call drops on its reset: BYE in the old dialog -> 481; then stop the callee side
+	wait_bg "$uac"
+	expect_sipp smart-uac "$n"
+	local usipp ok ko
+	usipp=$(ps -o pid= --ppid "$uas" | tr -d ' ')
+	[ -n "$usipp" ] && kill -USR1 "$usipp" 2>/dev/null
+	wait_bg "$uas"
+	read -r ok ko < <(sipp_counts smart-uas)
+	[ "$SIPP_RC" = 0 ] && [ "$ko" = 0 ] && [ "${ok:-0}" -ge "$n" ] 2>/dev/null ||
+		problem "sipp smart-uas: rc=$SIPP_RC successful=$ok failed=$ko (want rc=0, failed=0, >= $n successful)"
+	SUMMARY_SIPP="$SUMMARY_SIPP smart-uas=$ok"
+	# one check-sync NOTIFY per endpoint (the RESET log lines of smart-notify.xml / smart-uas.xml),
+	# and every stale BYE answered 481 (SIPp's message traces)
+	local out
+	out=$(python3 - "$CUR" "$n" <<-'EOF'
+	import collections, re, sys
+	cur, n = sys.argv[1], int(sys.argv[2])
+	problems, summary = [], []
+	for side, me in (("smart-uac", "c"), ("smart-uas", "u")):
+	    want = {"%s%d" % (me, k) for k in range(1, n + 1)} | {"_trunk"}
+	    lines = collections.defaultdict(list)
+	    try:
+	        log = open("%s/%s.log" % (cur, side), errors="replace").read()
+	    except OSError:
+	        log = ""
+	    for m in re.finditer(r"RESET (phone=\S* callid=\S* event=\S* substate=\S* clen=\S*)", log):
+	        f = dict(kv.split("=", 1) for kv in m.group(1).split(" "))
+	        lines[f["phone"]].append(f)
+	    got = set(lines)
+	    if got != want:
+	        problems.append("%s: check-sync NOTIFYs missing for %s, unexpected for %s" % (
+	            side, sorted(want - got) or "none", sorted(got - want) or "none"))
+	    many = sorted(p for p, fs in lines.items() if len({f["callid"] for f in fs}) != 1)
+	    if many:
+	        problems.append("%s: more than one check-sync NOTIFY for %s" % (side, many))
+	    bad = sorted({"%s event=%s substate=%s clen=%s" % (f["phone"], f["event"], f["substate"], f["clen"])
+	                  for fs in lines.values() for f in fs
+	                  if (f["event"], f["substate"], f["clen"]) != ("check-sync;reboot=true", "terminated", "0")})
+	    if bad:
+	        problems.append("%s: reset NOTIFYs not 'check-sync;reboot=true', 'terminated', no body: %s" % (side, bad[:3]))
+	    # responses to our BYEs, from the -trace_msg file
+	    byes = collections.Counter()
+	    try:
+	        msgs = open("%s/%s.msg" % (cur, side), errors="replace").read()
+	    except OSError:
+	        msgs = ""
+	    for block in re.split(r"\n-{20,}[^\n]*\n", msgs):
+	        if "message received" not in block:
+	            continue
+	        m = re.search(r"^SIP/2\.0 (\d{3})", block, re.M)
+	        if m and re.search(r"^CSeq:\s*\d+\s+BYE\s*$", block, re.M | re.I):
+	            byes[m.group(1)] += 1
+	    if dict(byes) != {"481": n}:
+	        problems.append("%s: responses to BYE %s, want 481 x %d" % (side, dict(byes), n))
+	    summary.append("%s:resets=%d,bye481=%d" % (side[6:], sum(len(v) for v in lines.values()), byes["481"]))
+	print(" ".join(summary))
+	for p in problems:
+	    print("PROBLEM " + p)
+	EOF
+	)
+	case $out in
+	uac:resets=*) SUMMARY_SIPP="$SUMMARY_SIPP $(head -n 1 <<<"$out")" ;;
+	*) problem "reset/BYE analysis failed: $out" ;;
+	esac
+	grep '^PROBLEM ' <<<"$out" | sed 's/^PROBLEM //' >>"$CUR/problems"
+	local left
+	left=$(ADMIN_PORT=$STANDBY_ADMIN_PORT calls_left)
+	[ "$left" = 0 ] || problem "GET /status on the new active shows $left call(s)"
+	stop_server
+	local got recd
+	got=$(cdr_counts "$CUR/standby/cdr.sqlite")
+	recd=$(python3 -c 'import os, sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from cdr where recovered = 1").fetchone()[0] if os.path.exists(sys.argv[1]) else 0)' "$CUR/standby/cdr.sqlite" 2>/dev/null)
+	[ "$recd" = 0 ] || problem "new active's CDRs: '$got', recovered=$recd; want no recovered call"
+	SUMMARY_SIPP="$SUMMARY_SIPP cdr:[$got recovered=$recd]"
+}
+
 check_call_basic()         { call_check call-basic         answer "$CALLS"       "normal=$CALLS"; }
 check_call_callee_hangup() { call_check call-callee-hangup hangup "$CALLS_SMALL" "normal=$CALLS_SMALL"; }
 check_call_cancel()        { call_check call-cancel        cancel "$CALLS_SMALL" "cancelled=$CALLS_SMALL"; }
@@ -664,6 +839,7 @@ run_check call-busy          check_call_busy
 MEDIA_MODE=relay run_check relay-rtp check_relay_rtp
 PAIR=false run_check takeover-query  check_takeover
 PAIR=true  run_check takeover-digest check_takeover
+PAIR=true PAIR_MODE=cold run_check takeover-cold check_takeover_cold
 T1=$(date +%s)
 
 echo "SUMMARY functional passed=$PASSED failed=$FAILED${FAILED_NAMES:+ (failed:$FAILED_NAMES)} seconds=$((T1 - T0)) logs=$WORK"
