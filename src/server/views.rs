@@ -165,6 +165,11 @@ impl Server {
         let _ = writeln!(s, "understudy_transaction_timeouts_total {}", ts.timeouts);
         let _ = writeln!(
             s,
+            "understudy_overload_refused_total {}",
+            ts.overload_refused
+        );
+        let _ = writeln!(
+            s,
             "understudy_retransmissions_absorbed_total {}",
             ts.retransmissions_absorbed
         );

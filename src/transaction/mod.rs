@@ -168,7 +168,12 @@ pub struct Stats {
     pub retransmissions_absorbed: u64,
     /// Client transaction timeouts (B/F).
     pub timeouts: u64,
+    /// Requests refused with 503 because the server transaction table was full.
+    pub overload_refused: u64,
 }
+
+/// The server transaction table never grows beyond this (a flood gets 503, not memory).
+pub const MAX_SERVER_TRANSACTIONS: usize = 200_000;
 
 /// The transaction layer.
 #[derive(Debug)]
@@ -187,6 +192,7 @@ pub struct TransactionLayer {
     scratch: Vec<Transmit>,
     events: VecDeque<TxEvent>,
     stats: Stats,
+    max_servers: usize,
 }
 
 impl TransactionLayer {
@@ -208,7 +214,13 @@ impl TransactionLayer {
             scratch: Vec::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            max_servers: MAX_SERVER_TRANSACTIONS,
         }
+    }
+
+    /// Cap the server transaction table (default [`MAX_SERVER_TRANSACTIONS`]).
+    pub fn set_max_server_transactions(&mut self, n: usize) {
+        self.max_servers = n.max(1);
     }
 
     /// The timers in use.
@@ -276,6 +288,17 @@ impl TransactionLayer {
                 ServerFsm::NonInvite(f) => f.on_retransmission(&mut ctx),
             }
             self.flush_scratch();
+            return;
+        }
+        if self.servers.len() >= self.max_servers {
+            // Overload: refuse statelessly rather than grow without bound (RFC 3261 §21.5.4).
+            self.stats.overload_refused += 1;
+            let mut r = crate::sip::response_to(&req, 503, Some(&crate::sip::new_tag()));
+            r.headers.push(HeaderName::RetryAfter, "5");
+            self.transmits.push_back(Transmit {
+                flow: source,
+                bytes: r.to_bytes(),
+            });
             return;
         }
         self.next_id += 1;

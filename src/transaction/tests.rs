@@ -467,3 +467,37 @@ fn stray_responses_are_reported() {
         Some(TxEvent::StrayResponse { .. })
     ));
 }
+
+#[test]
+fn a_full_server_table_refuses_with_503_instead_of_growing() {
+    let mut l = layer();
+    l.set_max_server_transactions(2);
+    let t0 = Instant::now();
+    for i in 0..3 {
+        l.handle_request(
+            t0,
+            request(Method::Options, &format!("z9hG4bKo{i}")),
+            Flow::udp(addr(5061)),
+        );
+    }
+    assert_eq!(l.server_count(), 2);
+    assert_eq!(l.stats().overload_refused, 1);
+    let sent: Vec<_> = std::iter::from_fn(|| l.poll_transmit()).collect();
+    assert!(sent.iter().any(|t| t.bytes.starts_with(b"SIP/2.0 503")));
+    // Once the table drains, requests are served again.
+    let events: Vec<_> = std::iter::from_fn(|| l.poll_event()).collect();
+    for e in events {
+        if let TxEvent::Request { id, request, .. } = e {
+            l.respond(t0, id, &response_to(&request, 200, Some("t")))
+                .unwrap();
+        }
+    }
+    l.handle_timeout(t0 + Duration::from_secs(33));
+    assert_eq!(l.server_count(), 0);
+    l.handle_request(
+        t0 + Duration::from_secs(33),
+        request(Method::Options, "z9hG4bKo9"),
+        Flow::udp(addr(5061)),
+    );
+    assert_eq!(l.server_count(), 1);
+}
