@@ -129,9 +129,13 @@ impl Server {
                 }
                 TxEvent::StrayResponse { response, source } => {
                     let ours = self
-                        .pair
+                        .pinger
                         .as_mut()
-                        .is_some_and(|p| p.on_stray_response(now, &response));
+                        .is_some_and(|p| p.on_response(&response))
+                        || self
+                            .pair
+                            .as_mut()
+                            .is_some_and(|p| p.on_stray_response(now, &response));
                     if !ours {
                         tracing::trace!(%source, status = response.status, "stray response");
                     }

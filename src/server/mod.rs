@@ -6,6 +6,7 @@
 mod blf;
 mod dispatch;
 mod pair;
+mod pinger;
 mod recovery;
 mod regsync;
 mod takeover;
@@ -68,6 +69,7 @@ pub struct Server {
     pair: Option<PairGlue>,
     takeover: Option<Takeover>,
     blf: blf::Blf,
+    pinger: Option<pinger::Pinger>,
     next_housekeeping: Instant,
     counters: Counters,
     cdrs: Vec<CdrRecord>,
@@ -123,6 +125,11 @@ impl Server {
         }
         let me_hostports = vec![me.udp.clone(), me.tcp.clone()];
         let digest_on = cfg.pair.as_ref().is_some_and(|p| p.dialog_digest);
+        let pinger = cfg
+            .pair
+            .as_ref()
+            .filter(|p| p.ping_endpoints)
+            .map(|_| pinger::Pinger::new(now));
         let mut b2bua = B2bua::new();
         b2bua.enable_digest(digest_on);
         if cfg.media.mode == crate::config::MediaMode::Relay {
@@ -148,6 +155,7 @@ impl Server {
             pair,
             takeover: None,
             blf: blf::Blf::default(),
+            pinger,
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),
             cdrs: Vec::new(),
@@ -255,6 +263,11 @@ impl Server {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         self.drain_events(now);
+        if self.accepts_calls()
+            && let Some(p) = self.pinger.as_mut()
+        {
+            p.tick(now, &mut self.tx, &self.registrar, &self.me);
+        }
         let calls = self.b2bua.call_count();
         if let Some(p) = self.pair.as_mut() {
             let changes = p.tick(now, &mut self.tx, &self.me, calls);
@@ -320,6 +333,7 @@ impl Server {
             self.tx.poll_timeout(),
             self.b2bua.poll_timeout(),
             Some(self.next_housekeeping),
+            self.pinger.as_ref().map(pinger::Pinger::poll_timeout),
             self.pair.as_ref().map(|p| p.machine.poll_timeout()),
             self.takeover
                 .as_ref()

@@ -9,6 +9,10 @@ use serde_json::{Value, json};
 use super::Server;
 use crate::b2bua::Side;
 
+fn pinger_count(p: &super::pinger::Pinger) -> usize {
+    p.unreachable_count()
+}
+
 impl Server {
     /// `/status`. `extra` fields (from the node) are merged in.
     pub fn status_json(&self, now: Instant, extra: Value) -> Value {
@@ -27,6 +31,7 @@ impl Server {
                 "client_transactions": self.tx.client_count(),
                 "server_transactions": self.tx.server_count(),
                 "dialog_subscriptions": self.blf.len(),
+                "endpoints_unreachable": self.pinger.as_ref().map(pinger_count),
             },
         });
         if let (Value::Object(m), Some(Value::Object(p))) =
@@ -99,6 +104,7 @@ impl Server {
                             "contact": b.contact.uri.to_string(),
                             "expires_in_s": b.remaining(now),
                             "origin": b.origin,
+                            "reachable": self.pinger.as_ref().map(|p| !p.unreachable(&b.contact.uri.to_string())),
                             "source": b.source.map(|f| f.to_string()),
                         })
                     })

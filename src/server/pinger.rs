@@ -1,0 +1,188 @@
+//! Endpoint keep-alives (`pair.ping_endpoints`, DESIGN "Endpoint keep-alives"): while active,
+//! the node OPTIONS-pings every registered contact every 30 s; a contact that has not
+//! answered the last two pings is marked unreachable in `/registrations` and counted in
+//! `/status` and `/metrics`. Stateless: answers are matched by Call-ID.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::dialog::{LocalContact, uri_flow};
+use crate::registrar::{Origin, Registrar};
+use crate::sip::{HeaderName, Method, Request, Response, SipMessage, new_branch, new_tag};
+use crate::transaction::TransactionLayer;
+
+/// How often every contact is pinged.
+const INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Health {
+    /// Pings sent since the last answer.
+    unanswered: u32,
+}
+
+/// The endpoint pinger.
+#[derive(Debug)]
+pub(crate) struct Pinger {
+    call_id: String,
+    next: Instant,
+    health: HashMap<String, Health>,
+    /// Contacts of the last round, by CSeq − 1.
+    round: Vec<String>,
+}
+
+impl Pinger {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            call_id: format!("ep-{:016x}", rand::random::<u64>()),
+            next: now + INTERVAL,
+            health: HashMap::new(),
+            round: Vec::new(),
+        }
+    }
+
+    /// When the next round is due.
+    pub(crate) fn poll_timeout(&self) -> Instant {
+        self.next
+    }
+
+    /// Send a round of pings when due.
+    pub(crate) fn tick(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        registrar: &Registrar,
+        me: &LocalContact,
+    ) {
+        if now < self.next {
+            return;
+        }
+        self.next = now + INTERVAL;
+        let mut seen = Vec::new();
+        for (_, list) in registrar.location().iter() {
+            for b in list
+                .iter()
+                .filter(|b| b.origin != Origin::Static && b.expires_at > now)
+            {
+                let Some(flow) = b.source.or_else(|| uri_flow(&b.contact.uri)) else {
+                    continue;
+                };
+                let uri = b.contact.uri.to_string();
+                let mut r = Request::new(Method::Options, uri.clone());
+                r.headers.push(
+                    HeaderName::Via,
+                    format!(
+                        "SIP/2.0/{} {};branch={};rport",
+                        flow.proto.via_token(),
+                        me.hostport(flow.proto),
+                        new_branch()
+                    ),
+                );
+                r.headers.push(HeaderName::MaxForwards, "70");
+                r.headers.push(
+                    HeaderName::From,
+                    format!("<sip:ping@{}>;tag={}", me.hostport(flow.proto), new_tag()),
+                );
+                r.headers.push(HeaderName::To, format!("<{uri}>"));
+                r.headers.push(HeaderName::CallId, self.call_id.clone());
+                // The CSeq carries the contact's index in this round for matching the answer.
+                r.headers
+                    .push(HeaderName::CSeq, format!("{} OPTIONS", seen.len() + 1));
+                tx.send_stateless(flow, r.to_bytes());
+                self.health.entry(uri.clone()).or_default().unanswered += 1;
+                seen.push(uri);
+            }
+        }
+        self.health.retain(|u, _| seen.contains(u));
+        self.round = seen;
+    }
+
+    /// An answer to one of our pings (any status means the contact is there).
+    pub(crate) fn on_response(&mut self, resp: &Response) -> bool {
+        if resp.call_id().ok() != Some(self.call_id.as_str()) {
+            return false;
+        }
+        if let Ok(c) = resp.cseq()
+            && let Some(uri) = self.round.get((c.seq as usize).wrapping_sub(1))
+            && let Some(h) = self.health.get_mut(uri)
+        {
+            h.unanswered = 0;
+        }
+        true
+    }
+
+    /// Whether a contact missed the last two pings.
+    pub(crate) fn unreachable(&self, contact: &str) -> bool {
+        self.health.get(contact).is_some_and(|h| h.unanswered >= 3)
+    }
+
+    /// How many contacts are unreachable.
+    pub(crate) fn unreachable_count(&self) -> usize {
+        self.health.values().filter(|h| h.unanswered >= 3).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registrar::{Binding, Settings};
+    use crate::sip::{NameAddr, parse_datagram, response_to};
+    use crate::transaction::Timers;
+    use crate::transport::Flow;
+
+    #[test]
+    fn silent_contacts_become_unreachable_and_answers_clear_it() {
+        let t0 = Instant::now();
+        let mut reg = Registrar::new(
+            Settings {
+                realm: "pbx.local".into(),
+                min_expires: 60,
+                max_expires: 3600,
+                default_expires: 3600,
+                nonce_secret: b"k".to_vec(),
+                nonce_lifetime_s: 300,
+                max_auth_failures: 3,
+                algorithms: vec![],
+            },
+            [("alice", "pw")],
+        );
+        let src = Flow::udp("127.0.0.1:5090".parse().unwrap());
+        reg.location_mut().bind(
+            "alice",
+            Binding {
+                contact: NameAddr::parse("<sip:alice@127.0.0.1:5090>").unwrap(),
+                expires_at: t0 + Duration::from_secs(3600),
+                source: Some(src),
+                call_id: String::new(),
+                cseq: 1,
+                origin: Origin::Local,
+                registered_at_s: 0,
+            },
+        );
+        let me = LocalContact {
+            udp: "127.0.0.1:5060".into(),
+            tcp: "127.0.0.1:5060".into(),
+        };
+        let mut tx = TransactionLayer::new(Timers::default(), true);
+        let mut p = Pinger::new(t0);
+        let uri = "sip:alice@127.0.0.1:5090";
+        let mut last = None;
+        for round in 1..=3u64 {
+            p.tick(t0 + INTERVAL * round as u32, &mut tx, &reg, &me);
+            let t = tx.poll_transmit().expect("a ping");
+            assert_eq!(t.flow, src, "pings go where the REGISTER came from");
+            last = Some(t);
+        }
+        assert!(p.unreachable(uri), "two silent rounds (and one pending)");
+        assert_eq!(p.unreachable_count(), 1);
+        let ping = parse_datagram(&last.unwrap().bytes).unwrap();
+        let crate::sip::Message::Request(req) = ping.message else {
+            panic!("request")
+        };
+        assert!(p.on_response(&response_to(&req, 200, Some("x"))));
+        assert!(!p.unreachable(uri));
+        // Not ours: ignored.
+        let mut other = response_to(&req, 200, Some("x"));
+        other.headers.set(HeaderName::CallId, "else");
+        assert!(!p.on_response(&other));
+    }
+}
