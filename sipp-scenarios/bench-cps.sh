@@ -79,7 +79,7 @@
 set -u
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+. "$HERE/lib.sh"
 
 MODE=${1:-cps}
 case $MODE in
@@ -89,8 +89,7 @@ case $MODE in
 	*) echo "usage: $0 [cps | concurrent [N]]" >&2; exit 2 ;;
 esac
 
-BIN=${UNDERSTUDY_BIN:-./target/release/understudy}
-case $BIN in /*) ;; *) [ -n "${UNDERSTUDY_BIN:-}" ] && BIN="$PWD/$BIN" || BIN="$REPO/${BIN#./}" ;; esac
+resolve_bin
 SYSTEMS=${SYSTEMS:-"understudy kamailio"}
 RATES=${RATES:-"1000 2000 3000 4000 5000 6000 7000 8000 10000 12000"}
 TRIALS=${TRIALS:-1}
@@ -122,67 +121,38 @@ OUT=${OUT:-/tmp/understudy-bench/$MODE-$(date +%s)}
 SRV_PORT=5060 UAS_PORT=5070 UAC_PORT=5080
 CLK_TCK=$(getconf CLK_TCK)
 
-die() { echo "ERROR: $*" >&2; exit 2; }
-
 # ---------------------------------------------------------------------------
 # prerequisites
 
-command -v sipp >/dev/null || die "sipp not found: apt-get install sip-tester"
+need_cmd sipp "apt-get install sip-tester"
 for s in $SYSTEMS; do
 	case $s in
 		understudy) [ -x "$BIN" ] || die "understudy binary not found at $BIN: run 'cargo build --release' first (or set UNDERSTUDY_BIN)" ;;
 		kamailio)
-			command -v kamailio >/dev/null || die "kamailio not found: apt-get install kamailio (or SYSTEMS=understudy)"
-			command -v kamcmd >/dev/null || die "kamcmd not found: apt-get install kamailio" ;;
+			need_cmd kamailio "apt-get install kamailio (or SYSTEMS=understudy)"
+			need_cmd kamcmd "apt-get install kamailio" ;;
 		*) die "unknown system '$s' in SYSTEMS (understudy, kamailio)" ;;
 	esac
 done
-command -v python3 >/dev/null || die "python3 not found"
-command -v curl >/dev/null || die "curl not found"
-command -v ss >/dev/null || die "ss not found: apt-get install iproute2"
+need_cmd python3
+need_cmd curl
+need_cmd ss "apt-get install iproute2"
 
-port_busy() { # PORT u|t
-	ss -Hln"$2" 2>/dev/null | awk '{print $4}' | grep -qE "^(127\.0\.0\.1|0\.0\.0\.0|\*|\[::\]|\[::ffff:127\.0\.0\.1\]):$1\$"
-}
-for p in "$SRV_PORT u" "$SRV_PORT t" "$UAS_PORT u" "$UAC_PORT u" "$ADMIN_PORT t"; do
-	set -- $p
-	port_busy "$1" "$2" && die "port $1 ($2) on 127.0.0.1 is in use (another server or SIPp running?)"
-done
+ports_in_use "$SRV_PORT u" "$SRV_PORT t" "$UAS_PORT u" "$UAC_PORT u" "$ADMIN_PORT t" &&
+	die "port $BUSY on 127.0.0.1 is in use (another server or SIPp running?)"
 
 mkdir -p "$OUT" || die "cannot create $OUT"
 KAM_RUN=$(mktemp -d /tmp/understudy-bench-kam.XXXXXX)
 
 # ---------------------------------------------------------------------------
-# process tracking: everything we start is stopped by PID
+# process tracking: everything we start is stopped by PID (track, lib.sh)
 
-PIDS=()
-track() { PIDS+=("$@"); }
-untrack() {
-	local keep=() p q drop
-	for p in "${PIDS[@]}"; do
-		drop=0
-		for q in "$@"; do [ "$p" = "$q" ] && drop=1; done
-		[ $drop = 0 ] && keep+=("$p")
-	done
-	PIDS=("${keep[@]}")
-}
 cleanup() {
-	local p i alive
-	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-	for i in 1 2 3 4 5 6 7 8 9 10; do
-		alive=0
-		for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-		[ $alive = 0 ] && break
-		sleep 0.3
-	done
-	for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-	PIDS=()
+	stop_tracked
 	rm -rf "$KAM_RUN"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-now() { date +%s.%N; }
 
 # utime+stime (ticks) summed over PIDs
 ticks() {
@@ -262,72 +232,27 @@ start_understudy() {
 	mkdir -p "$d/state"
 	local cdr_enabled=true
 	[ "$CDR" = 1 ] || cdr_enabled=false
-	cat >"$d/understudy.toml" <<-EOF
-	# config/single.toml with the state and CDRs in the trial directory
-	[node]
-	name = "bench"
-	home_role = "main"
-	sip_udp = "127.0.0.1:$SRV_PORT"
-	sip_tcp = "127.0.0.1:$SRV_PORT"
-	domain = "pbx.local"
-
-	[admin]
-	listen = "127.0.0.1:$ADMIN_PORT"
-
-	[state]
-	dir = "$d/state"
-
-	[[users]]
-	name = "alice"
-	password = "alice-secret"
-
-	[[users]]
-	name = "bob"
-	password = "bob-secret"
-
-	[[trunks]]
-	name = "carrier"
-	address = "127.0.0.1:$UAS_PORT"
-	prefixes = ["9"]
-	strip = 1
-
-	[[trunks]]
-	name = "gateway"
-	address = "127.0.0.1:$UAC_PORT"
-	prefixes = ["0"]
-	strip = 0
-
-	[media]
-	mode = "bypass"
-
-	[cdr]
-	enabled = $cdr_enabled
-	path = "$d/state/cdr.sqlite"
-	EOF
-	RUST_LOG=$SERVER_LOG "$BIN" run --config "$d/understudy.toml" >"$d/server.log" 2>&1 &
-	SRV_MAIN=$!
+	{
+		echo "# config/single.toml with the state and CDRs in the trial directory"
+		cfg_node bench main "$SRV_PORT" "$ADMIN_PORT" "$d/state" tcp
+		cfg_alice_bob
+		cfg_trunks "$UAS_PORT" "$UAC_PORT"
+		printf '[media]\nmode = "bypass"\n\n'
+		printf '[cdr]\nenabled = %s\npath = "%s"\n' "$cdr_enabled" "$d/state/cdr.sqlite"
+	} >"$d/understudy.toml"
+	RUST_LOG=$SERVER_LOG understudy_bg "$d/understudy.toml" "$d/server.log"
+	SRV_MAIN=$NODE_PID
 	track "$SRV_MAIN"
-	local i
-	for i in $(seq 1 100); do
-		kill -0 "$SRV_MAIN" 2>/dev/null || die "understudy exited at start-up, see $d/server.log"
-		curl -sf -m 1 "http://127.0.0.1:$ADMIN_PORT/status" >/dev/null 2>&1 && break
-		sleep 0.1
-	done
-	curl -sf -m 1 "http://127.0.0.1:$ADMIN_PORT/status" >/dev/null 2>&1 || die "understudy admin API did not answer, see $d/server.log"
+	wait_status "$SRV_MAIN" "$ADMIN_PORT" 100
+	case $? in
+		1) die "understudy exited at start-up, see $d/server.log" ;;
+		2) die "understudy admin API did not answer, see $d/server.log" ;;
+	esac
 	SRV_PIDS=$SRV_MAIN
 }
 
-us_status_field() { # python expression over the /status JSON, e.g. s["counts"]["calls"]
-	curl -sf -m 2 "http://127.0.0.1:$ADMIN_PORT/status" 2>/dev/null |
-		python3 -c "import json,sys; s=json.load(sys.stdin); print($1)" 2>/dev/null || echo NA
-}
-
 stop_understudy() {
-	kill -TERM "$SRV_MAIN" 2>/dev/null
-	local i
-	for i in $(seq 1 100); do kill -0 "$SRV_MAIN" 2>/dev/null || break; sleep 0.1; done
-	kill -KILL "$SRV_MAIN" 2>/dev/null
-	wait "$SRV_MAIN" 2>/dev/null
+	stop_pid "$SRV_MAIN"
 	untrack "$SRV_MAIN"
 }
 
@@ -379,32 +304,20 @@ stop_kamailio() {
 # ---------------------------------------------------------------------------
 # SIPp: built-in uac and uas scenarios
 
-# start_uas CALLS TIMEOUT_S DIR -> UAS_PID (timeout wrapper), UAS_SIPP (sipp)
+# start_uas CALLS TIMEOUT_S DIR -> UAS_PID (timeout wrapper), UAS_SIPP (sipp); DIR/uas.{csv,err,screen,stderr}
 start_uas() {
-	timeout -k 5 $(($2 + 10)) sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -mp 17000 -cp 18889 \
-		-m "$1" -timeout "${2}s" -buff_size "$SIPP_BUF" -nostdin "${SIPP_BEHAVIOR[@]}" \
-		-trace_stat -stf "$3/uas_stat.csv" -fd 1 -trace_err -error_file "$3/uas_errors.log" \
-		-trace_screen -screen_file "$3/uas_screen.log" >/dev/null 2>"$3/uas.err" &
-	UAS_PID=$!
-	track "$UAS_PID"
-	sleep 0.3
-	UAS_SIPP=$(ps -o pid= --ppid "$UAS_PID" | tr -d ' ')
-	[ -n "$UAS_SIPP" ] && track "$UAS_SIPP"
+	sipp_tracked "$3/uas" "$2" 0.3 -sn uas -i 127.0.0.1 -p "$UAS_PORT" -mp 17000 -cp 18889 -m "$1" \
+		-buff_size "$SIPP_BUF" "${SIPP_BEHAVIOR[@]}"
+	UAS_PID=$BG_PID UAS_SIPP=$BG_SIPP
 }
 
-# start_uac RATE CALLS TIMEOUT_S DIR [extra sipp args] -> UAC_PID, UAC_SIPP
+# start_uac RATE CALLS TIMEOUT_S DIR [extra sipp args] -> UAC_PID, UAC_SIPP; DIR/uac.{csv,err,screen,stderr}
 start_uac() {
 	local rate=$1 calls=$2 tmo=$3 d=$4; shift 4
-	timeout -k 5 $((tmo + 10)) sipp -sn uac 127.0.0.1:"$SRV_PORT" -s 91234 \
+	sipp_tracked "$d/uac" "$tmo" 0.2 -sn uac 127.0.0.1:"$SRV_PORT" -s 91234 \
 		-i 127.0.0.1 -p "$UAC_PORT" -mp 16000 -cp 18888 \
-		-r "$rate" -m "$calls" -timeout "${tmo}s" -timeout_error -buff_size "$SIPP_BUF" -nostdin "${SIPP_BEHAVIOR[@]}" \
-		-trace_stat -stf "$d/uac_stat.csv" -fd 1 -trace_err -error_file "$d/uac_errors.log" \
-		-trace_screen -screen_file "$d/uac_screen.log" "$@" >/dev/null 2>"$d/uac.err" &
-	UAC_PID=$!
-	track "$UAC_PID"
-	sleep 0.2
-	UAC_SIPP=$(ps -o pid= --ppid "$UAC_PID" | tr -d ' ')
-	[ -n "$UAC_SIPP" ] && track "$UAC_SIPP"
+		-r "$rate" -m "$calls" -timeout_error -buff_size "$SIPP_BUF" "${SIPP_BEHAVIOR[@]}" "$@"
+	UAC_PID=$BG_PID UAC_SIPP=$BG_SIPP
 }
 
 stop_uas() {
@@ -490,12 +403,12 @@ trial() {
 	for i in $(seq 1 50); do kill -0 "$UAS_SIPP" 2>/dev/null || break; sleep 0.1; done
 	if [ "$sys" = understudy ]; then
 		# calls still up in the server after the run, and (if any) after up to 10 s more
-		left=$(us_status_field 's["counts"]["calls"]')
+		left=$(status_field "$ADMIN_PORT" 's["counts"]["calls"]')
 		if [ "$left" != 0 ]; then
 			local l2=$left
 			for i in $(seq 1 20); do
 				sleep 0.5
-				l2=$(us_status_field 's["counts"]["calls"]')
+				l2=$(status_field "$ADMIN_PORT" 's["counts"]["calls"]')
 				[ "$l2" = 0 ] && break
 			done
 			curl -sf -m 5 "http://127.0.0.1:$ADMIN_PORT/calls" >"$d/calls_left.json" 2>/dev/null
@@ -505,8 +418,8 @@ trial() {
 	stop_uas
 	"stop_$sys"
 	local created ok failed retr ach rt inwin uas_ok x
-	read -r created ok failed retr ach rt inwin < <(parse_stat "$d/uac_stat.csv" "$calls" "$t0" "$t1")
-	read -r x uas_ok x < <(parse_stat "$d/uas_stat.csv" "$calls")
+	read -r created ok failed retr ach rt inwin < <(parse_stat "$d/uac.csv" "$calls" "$t0" "$t1")
+	read -r x uas_ok x < <(parse_stat "$d/uas.csv" "$calls")
 	# A call counts as successful only if BOTH SIPps completed it: SIPp's built-in
 	# uac takes any 200 after its BYE as the BYE's 200, including a retransmitted
 	# 200 for the INVITE whose ACK was lost, so under loss it can count calls the
@@ -526,12 +439,9 @@ trial() {
 		'BEGIN{print (p == "PASS" && rt <= mrt && 100 * rx / n <= mrx) ? "clean" : "unclean"}')
 	T_US=$us T_ACH=$ach T_CPU=$cpu_srv T_OTHERS=$others
 	local unexp cdr=""
-	unexp=$(cat "$d/uac_errors.log" "$d/uas_errors.log" 2>/dev/null | grep -c 'call on unexpected message')
+	unexp=$(cat "$d/uac.err" "$d/uas.err" 2>/dev/null | grep -c 'call on unexpected message')
 	if [ "$sys" = understudy ] && [ "$CDR" = 1 ]; then
-		cdr=" cdr=$(python3 -c '
-import sqlite3, sys
-rows = sqlite3.connect(sys.argv[1]).execute("select end_reason, count(*) from cdr group by 1 order by 2 desc").fetchall()
-print(",".join(f"{r}:{n}" for r, n in rows) or "none")' "$d/state/cdr.sqlite" 2>/dev/null || echo NA)"
+		cdr=" cdr=$(cdr_counts "$d/state/cdr.sqlite" by_count 2>/dev/null || echo NA)"
 	fi
 	echo "trial system=$sys rate=$rate calls=$calls ok=$ok uas_ok=$uas_ok failed=$failed fail%=$failpct achieved_cps=$ach retrans=$retr unexpected=$unexp udp_drops=server:$drops_srv,uas:$drops_uas rt_avg_ms=$rt cpu%: server=$cpu_srv uac=$cpu_uac uas=$cpu_uas us_per_call=$us others=$others pre_others=$PRE_BUSY calls_left=$left$cdr rc=$rc $T_PASS $T_CLEAN"
 }
@@ -622,7 +532,7 @@ concurrent() {
 		el=$(awk -v a="$t_start" -v b="$(now)" 'BEGIN{printf "%.0f", b - a}')
 		[ "$el" -gt $((tmo + 20)) ] && { echo "outer time limit hit"; break; }
 		local sipp_open calls rss pss rsum shm tx
-		sipp_open=$(tail -1 "$d/uac_stat.csv" 2>/dev/null | awk -F';' '{print $14 + 0}')
+		sipp_open=$(tail -1 "$d/uac.csv" 2>/dev/null | awk -F';' '{print $14 + 0}')
 		if [ "$sys" = understudy ]; then
 			rss=$(rss_kb "$SRV_MAIN")
 			read -r calls tx < <(curl -sf -m 2 "http://127.0.0.1:$ADMIN_PORT/status" 2>/dev/null |
@@ -651,14 +561,14 @@ concurrent() {
 	sleep 1
 	local after=NA
 	if [ "$sys" = understudy ]; then
-		after="calls_left=$(us_status_field 's["counts"]["calls"]') rss_after_kb=$(rss_kb "$SRV_MAIN")"
+		after="calls_left=$(status_field "$ADMIN_PORT" 's["counts"]["calls"]') rss_after_kb=$(rss_kb "$SRV_MAIN")"
 	else
 		after="dialogs_left=$(kamcmd_ stats.get_statistics all | awk '$1=="dialog:active_dialogs"{print $3}')"
 	fi
 	stop_uas
 	"stop_$sys"
 	local created ok failed retr ach rt w
-	read -r created ok failed retr ach rt w < <(parse_stat "$d/uac_stat.csv" "$n")
+	read -r created ok failed retr ach rt w < <(parse_stat "$d/uac.csv" "$n")
 	if [ "$sys" = understudy ]; then
 		local per
 		per=$(awk -v a="$p_rss" -v b="$idle_rss" -v n="$n" 'BEGIN{ if (a+0 > 0) printf "%.0f", (a - b) * 1024 / n; else print "NA" }')

@@ -97,7 +97,7 @@
 set -u
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+. "$HERE/lib.sh"
 
 MODE=${1:-both}
 case $MODE in
@@ -107,8 +107,7 @@ case $MODE in
 esac
 N=${2:-${N:-1000}}
 
-BIN=${UNDERSTUDY_BIN:-./target/release/understudy}
-case $BIN in /*) ;; *) [ -n "${UNDERSTUDY_BIN:-}" ] && BIN="$PWD/$BIN" || BIN="$REPO/${BIN#./}" ;; esac
+resolve_bin
 RATE=${RATE:-200}
 HANGUP=${HANGUP:-uac}
 HOLD_MARGIN_S=${HOLD_MARGIN_S:-40}
@@ -135,67 +134,28 @@ KEEP=${KEEP:-1}
 OUT=${OUT:-/tmp/understudy-bench/takeover-$(date +%s)}
 [ "$TRACE" = 1 ] && SERVER_LOG=understudy=debug
 
-die() { echo "ERROR: $*" >&2; exit 2; }
-
 [ -x "$BIN" ] || die "understudy binary not found at $BIN: run 'cargo build --release' first (or set UNDERSTUDY_BIN)"
-command -v sipp >/dev/null || die "sipp not found: apt-get install sip-tester"
-command -v python3 >/dev/null || die "python3 not found"
-command -v ss >/dev/null || die "ss not found: apt-get install iproute2"
+need_cmd sipp "apt-get install sip-tester"
+need_cmd python3
+need_cmd ss "apt-get install iproute2"
 case $HANGUP in uac|uas) ;; *) die "HANGUP must be uac or uas" ;; esac
 [ "$N" -ge 1 ] 2>/dev/null || die "N must be a positive number"
 
-port_busy() { # PORT u|t
-	ss -Hln"$2" 2>/dev/null | awk '{print $4}' | grep -qE "^(127\.0\.0\.1|0\.0\.0\.0|\*|\[::\]|\[::ffff:127\.0\.0\.1\]):$1\$"
-}
 check_ports() {
-	local p
-	for p in "$MAIN_PORT u" "$STANDBY_PORT u" "$UAC_PORT u" "$UAS_PORT u" "$MAIN_ADMIN t" "$STANDBY_ADMIN t" \
-		"16000 u" "16001 u" "17000 u" "17001 u"; do
-		set -- $p
-		port_busy "$1" "$2" && return 1
-	done
-	return 0
+	! ports_in_use "$MAIN_PORT u" "$STANDBY_PORT u" "$UAC_PORT u" "$UAS_PORT u" "$MAIN_ADMIN t" "$STANDBY_ADMIN t" \
+		"16000 u" "16001 u" "17000 u" "17001 u"
 }
 check_ports || die "a port we need on 127.0.0.1 is in use (SIP $MAIN_PORT $STANDBY_PORT $UAC_PORT $UAS_PORT, admin $MAIN_ADMIN $STANDBY_ADMIN, media 16000/17000): another server or SIPp running?"
 
 mkdir -p "$OUT" || die "cannot create $OUT"
 
 # ---------------------------------------------------------------------------
-# process tracking: everything we start is stopped by PID
+# process tracking: everything we start is stopped by PID (track, lib.sh)
 
-PIDS=()
-track() { PIDS+=("$@"); }
-untrack() {
-	local keep=() p q drop
-	for p in "${PIDS[@]}"; do
-		drop=0
-		for q in "$@"; do [ "$p" = "$q" ] && drop=1; done
-		[ $drop = 0 ] && keep+=("$p")
-	done
-	PIDS=("${keep[@]}")
-}
-cleanup() {
-	local p i alive
-	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-	for i in 1 2 3 4 5 6 7 8 9 10; do
-		alive=0
-		for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-		[ $alive = 0 ] && break
-		sleep 0.3
-	done
-	for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-	PIDS=()
-}
+cleanup() { stop_tracked; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-now() { date +%s.%N; }
-
-# status ADMIN_PORT EXPR -> python expression over the /status JSON (s), NA on error
-status() {
-	curl -sf -m 2 "http://127.0.0.1:$1/status" 2>/dev/null |
-		python3 -c "import json,sys; s=json.load(sys.stdin); print($2)" 2>/dev/null || echo NA
-}
 metric() { # ADMIN_PORT NAME_WITH_LABELS -> value
 	curl -sf -m 2 "http://127.0.0.1:$1/metrics" 2>/dev/null | awk -v m="$2" '$1 == m {print $2}' | head -1
 }
@@ -206,76 +166,24 @@ metric() { # ADMIN_PORT NAME_WITH_LABELS -> value
 # gen_config DIR DIGEST(true|false) PHONES(0|N): main.toml and standby.toml;
 # PHONES > 0 adds static users c1..cPHONES (contact at the UAC) and u1..uPHONES (at the UAS)
 gen_config() {
-	python3 - "$@" <<-EOF
-	import sys
-	d, digest, phones = sys.argv[1], sys.argv[2], int(sys.argv[3])
-	shared = '''
-	keepalive_ms = $KEEPALIVE_MS
-	missed_keepalives = $MISSED
-	probe_timeout_ms = $PROBE_MS
-	mode = "hot"
-	dialog_digest = %s
-
-	[takeover]
-	parallel = $PARALLEL
-	query_timeout_ms = $QUERY_TIMEOUT_MS
-	fallback = "none"
-
-	[registrar]
-	min_expires = 60
-	max_expires = 3600
-	default_expires = 3600
-
-	[calls]
-	max_calls = 100000
-
-	[media]
-	mode = "bypass"
-
-	[[trunks]]
-	name = "carrier"
-	address = "127.0.0.1:$UAS_PORT"
-	prefixes = ["9"]
-	strip = 1
-	dialog_query = true
-	priority = 0
-
-	[[trunks]]
-	name = "gateway"
-	address = "127.0.0.1:$UAC_PORT"
-	prefixes = ["0"]
-	strip = 0
-	dialog_query = true
-	priority = 1
-	''' % digest
-	users = []
-	for k in range(1, phones + 1):
-	    users.append('[[users]]\nname = "c%d"\npassword = ""\ncontact = "sip:c%d@127.0.0.1:$UAC_PORT"\n' % (k, k))
-	    users.append('[[users]]\nname = "u%d"\npassword = ""\ncontact = "sip:u%d@127.0.0.1:$UAS_PORT"\n' % (k, k))
-	users = "\n".join(users)
-	for name, role, sip, admin, peer in (("main", "main", $MAIN_PORT, $MAIN_ADMIN, $STANDBY_PORT),
-	                                     ("standby", "standby", $STANDBY_PORT, $STANDBY_ADMIN, $MAIN_PORT)):
-	    with open("%s/%s.toml" % (d, name), "w") as f:
-	        f.write('''[node]
-	name = "%s"
-	home_role = "%s"
-	sip_udp = "127.0.0.1:%d"
-	domain = "pbx.local"
-
-	[admin]
-	listen = "127.0.0.1:%d"
-
-	[state]
-	dir = "%s/%s"
-
-	[cdr]
-	path = "%s/%s/cdr.sqlite"
-
-	[pair]
-	peer = "127.0.0.1:%d"
-	secret = "bench-takeover-secret"
-	''' % (name, role, sip, admin, d, name, d, name, peer) + shared + "\n" + users)
-	EOF
+	local d=$1 digest=$2 phones=$3 name role sip admin peer
+	for name in main standby; do
+		if [ $name = main ]; then
+			role=main sip=$MAIN_PORT admin=$MAIN_ADMIN peer=$STANDBY_PORT
+		else
+			role=standby sip=$STANDBY_PORT admin=$STANDBY_ADMIN peer=$MAIN_PORT
+		fi
+		{
+			cfg_node "$name" "$role" "$sip" "$admin" "$d/$name"
+			printf '[cdr]\npath = "%s"\n\n' "$d/$name/cdr.sqlite"
+			cfg_pair "$peer" bench-takeover-secret hot "$digest" "$KEEPALIVE_MS" "$MISSED" "$PROBE_MS" "$PARALLEL" "$QUERY_TIMEOUT_MS"
+			cfg_registrar
+			printf '[calls]\nmax_calls = 100000\n\n[media]\nmode = "bypass"\n\n'
+			cfg_trunk carrier "$UAS_PORT" 9 1 "dialog_query = true" "priority = 0"
+			cfg_trunk gateway "$UAC_PORT" 0 0 "dialog_query = true" "priority = 1"
+			cfg_phones "$phones" "$UAC_PORT" "$UAS_PORT"
+		} >"$d/$name.toml"
+	done
 }
 
 # make_qdir DIR N: empty dialog files for every phone (SIPp's [file] must find them)
@@ -291,58 +199,40 @@ make_qdir() {
 
 # start_node DIR NAME ADMIN -> NODE_PID
 start_node() {
-	local d=$1 name=$2 admin=$3 i
+	local d=$1 name=$2 admin=$3
 	mkdir -p "$d/$name"
-	RUST_LOG=$SERVER_LOG "$BIN" run --config "$d/$name.toml" >"$d/$name.log" 2>&1 &
-	NODE_PID=$!
+	RUST_LOG=$SERVER_LOG understudy_bg "$d/$name.toml" "$d/$name.log"
 	track "$NODE_PID"
-	for i in $(seq 1 150); do
-		kill -0 "$NODE_PID" 2>/dev/null || die "$name exited at start-up, see $d/$name.log"
-		curl -sf -m 1 "http://127.0.0.1:$admin/status" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	die "$name admin API did not answer within 15 s, see $d/$name.log"
+	wait_status "$NODE_PID" "$admin" 150
+	case $? in
+		1) die "$name exited at start-up, see $d/$name.log" ;;
+		2) die "$name admin API did not answer within 15 s, see $d/$name.log" ;;
+	esac
 }
 
 # start_pair DIR -> MAIN_PID STANDBY_PID; waits until main active + standby standby, peers alive
 start_pair() {
-	local d=$1 i m s
+	local d=$1
 	start_node "$d" main "$MAIN_ADMIN"; MAIN_PID=$NODE_PID
 	start_node "$d" standby "$STANDBY_ADMIN"; STANDBY_PID=$NODE_PID
-	for i in $(seq 1 100); do
-		m=$(status "$MAIN_ADMIN" 's["role"]+"/"+s["peer"]["state"]')
-		s=$(status "$STANDBY_ADMIN" 's["role"]+"/"+s["peer"]["state"]')
-		[ "$m" = active/alive ] && [ "$s" = standby/alive ] && return 0
-		sleep 0.2
-	done
-	die "pair did not form within 20 s (main $m, standby $s), see $d/*.log"
+	wait_pair "$MAIN_ADMIN" "$STANDBY_ADMIN" 100 0.2 ||
+		die "pair did not form within 20 s ($PAIR_SEEN), see $d/*.log"
 }
 
 stop_node() { # PID: SIGTERM (CDRs are flushed), 10 s, then KILL
-	local i
-	kill -TERM "$1" 2>/dev/null
-	for i in $(seq 1 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-	kill -KILL "$1" 2>/dev/null
-	wait "$1" 2>/dev/null
+	stop_pid "$1"
 	untrack "$1"
 }
 
 # ---------------------------------------------------------------------------
 # SIPp
 
-# sipp_bg TAG TIMEOUT_S DIR ARGS... -> BG_PID (timeout wrapper), BG_SIPP (sipp)
-sipp_bg() {
+# smart_bg TAG TIMEOUT_S DIR ARGS... -> BG_PID (timeout wrapper), BG_SIPP (sipp); DIR/TAG.{csv,err,screen,stderr}
+smart_bg() {
 	local tag=$1 tmo=$2 d=$3; shift 3
 	local trace=()
 	[ "$TRACE" = 1 ] && trace=(-trace_msg -message_file "$d/$tag.msg")
-	timeout -k 5 $((tmo + 10)) sipp "$@" -timeout "${tmo}s" -nostdin -buff_size "$SIPP_BUF" \
-		-trace_stat -stf "$d/$tag.csv" -fd 1 -trace_err -error_file "$d/$tag.err" \
-		-trace_screen -screen_file "$d/$tag.screen" "${trace[@]}" >/dev/null 2>"$d/$tag.stderr" &
-	BG_PID=$!
-	track "$BG_PID"
-	sleep 0.3
-	BG_SIPP=$(ps -o pid= --ppid "$BG_PID" | tr -d ' ')
-	[ -n "$BG_SIPP" ] && track "$BG_SIPP"
+	sipp_tracked "$d/$tag" "$tmo" 0.3 "$@" -buff_size "$SIPP_BUF" "${trace[@]}"
 }
 
 # sipp_stats CSV -> "created successful failed regexp_failed retrans"
@@ -377,17 +267,6 @@ wait_sipp() { # WRAPPER SIPP BOUND_S -> SIPP_RC
 stop_sipp() { # WRAPPER SIPP BOUND_S -> SIPP_RC
 	kill -USR1 "$2" 2>/dev/null
 	wait_sipp "$@"
-}
-
-cdr_counts() { # DB -> "normal/recovered=1:N ..."
-	python3 - "$1" <<-'EOF'
-	import os, sqlite3, sys
-	if not os.path.exists(sys.argv[1]):
-	    print("nodb"); sys.exit()
-	rows = sqlite3.connect(sys.argv[1]).execute(
-	    "select end_reason, recovered, count(*) from cdr group by 1, 2 order by 3 desc").fetchall()
-	print(",".join(f"{r}/recovered={v}:{n}" for r, v, n in rows) or "none")
-	EOF
 }
 
 # ---------------------------------------------------------------------------
@@ -484,11 +363,11 @@ takeover_run() {
 	local tmo=$(( setup_s + HOLD_MARGIN_S + 60 + BYE_AFTER_MS / 1000 + BYE_SPREAD_MS / 1000 ))
 	local common=(-set qdir "$d/q" -set hangup "$HANGUP" -set notifier "$notifier" -set publish "$publish"
 		-set bye_after "$BYE_AFTER_MS" -set bye_spread "$BYE_SPREAD_MS" -d "$hold_ms" -recv_timeout $(( hold_ms + 60000 )))
-	sipp_bg uas "$tmo" "$d" -sf "$HERE/smart-uas.xml" "${common[@]}" -i 127.0.0.1 -p "$UAS_PORT" -mp 17000 \
+	smart_bg uas "$tmo" "$d" -sf "$HERE/smart-uas.xml" "${common[@]}" -i 127.0.0.1 -p "$UAS_PORT" -mp 17000 \
 		-trace_logs -log_file "$d/uas.log"
 	local uas=$BG_PID uas_sipp=$BG_SIPP
 	local t0; t0=$(now)
-	sipp_bg uac "$tmo" "$d" 127.0.0.1:"$MAIN_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
+	smart_bg uac "$tmo" "$d" 127.0.0.1:"$MAIN_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
 		"${common[@]}" -set callee "$callee" -set callee_suffix 1 \
 		-i 127.0.0.1 -p "$UAC_PORT" -mp 16000 -m "$N" -r "$RATE" -l $((N + 10)) \
 		-trace_logs -log_file "$d/uac.log"
@@ -500,10 +379,10 @@ takeover_run() {
 	local i calls known backlog pubd confirmed=NA ok=0 bound=$(( setup_s + 60 ))
 	for i in $(seq 1 $((bound * 2))); do
 		sleep 0.5
-		calls=$(status "$MAIN_ADMIN" 's["counts"]["calls"]')
+		calls=$(status_field "$MAIN_ADMIN" 's["counts"]["calls"]')
 		if [ "$digest" = true ]; then
-			known=$(status "$STANDBY_ADMIN" 's["digest"]["calls_known"]')
-			backlog=$(status "$MAIN_ADMIN" 's["digest"]["backlog"]')
+			known=$(status_field "$STANDBY_ADMIN" 's["digest"]["calls_known"]')
+			backlog=$(status_field "$MAIN_ADMIN" 's["digest"]["backlog"]')
 		else
 			known=$calls backlog=0
 		fi
@@ -527,7 +406,7 @@ takeover_run() {
 		return
 	fi
 	local kb ka ka_size
-	kb=$(status "$MAIN_ADMIN" 's["digest"]["bytes_sent"]')
+	kb=$(status_field "$MAIN_ADMIN" 's["digest"]["bytes_sent"]')
 	ka=$(metric "$MAIN_ADMIN" 'understudy_keepalives_total{dir="sent"}')
 	ka_size=$(awk -v b="$kb" -v k="$ka" 'BEGIN{ if (k + 0 > 0) printf "%.0f", b / k; else print "NA" }')
 	[ "$digest" = true ] || ka_size="off"
@@ -582,12 +461,12 @@ takeover_run() {
 	wait_sipp "$uac" "$uac_sipp" $(( tmo + 20 )); local uac_rc=$SIPP_RC
 	stop_sipp "$uas" "$uas_sipp" 30; local uas_rc=$SIPP_RC
 	sleep 1
-	left=$(status "$STANDBY_ADMIN" 's["counts"]["calls"]')
+	left=$(status_field "$STANDBY_ADMIN" 's["counts"]["calls"]')
 	stop_node "$STANDBY_PID"
 	if [ -n "$helper" ]; then
 		kill -TERM "$helper" 2>/dev/null; wait "$helper" 2>/dev/null; untrack "$helper"
 	fi
-	local cdr; cdr=$(cdr_counts "$d/standby/cdr.sqlite")
+	local cdr; cdr=$(cdr_counts "$d/standby/cdr.sqlite" recovered)
 	local a_cr a_ok a_ko a_re a_rt b_cr b_ok b_ko b_re b_rt
 	read -r a_cr a_ok a_ko a_re a_rt < <(sipp_stats "$d/uac.csv")
 	read -r b_cr b_ok b_ko b_re b_rt < <(sipp_stats "$d/uas.csv")
@@ -643,10 +522,10 @@ link_run() {
 	local sampler=$!
 	track "$sampler"
 	sleep 3 # idle keep-alives
-	sipp_bg uas "$tmo" "$d" -sf "$HERE/smart-uas.xml" "${common[@]}" -i 127.0.0.1 -p "$UAS_PORT" -mp 17000
+	smart_bg uas "$tmo" "$d" -sf "$HERE/smart-uas.xml" "${common[@]}" -i 127.0.0.1 -p "$UAS_PORT" -mp 17000
 	local uas=$BG_PID uas_sipp=$BG_SIPP
 	local t_start; t_start=$(now)
-	sipp_bg uac "$tmo" "$d" 127.0.0.1:"$MAIN_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
+	smart_bg uac "$tmo" "$d" 127.0.0.1:"$MAIN_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
 		"${common[@]}" -set callee 9 -set callee_suffix 1 \
 		-i 127.0.0.1 -p "$UAC_PORT" -mp 16000 -m "$calls" -r "$LINK_RATE" -l $((calls + 10))
 	local uac=$BG_PID uac_sipp=$BG_SIPP

@@ -66,10 +66,9 @@
 set -u
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
+. "$HERE/lib.sh"
 
-BIN=${UNDERSTUDY_BIN:-./target/release/understudy}
-case $BIN in /*) ;; *) [ -n "${UNDERSTUDY_BIN:-}" ] && BIN="$PWD/$BIN" || BIN="$REPO/${BIN#./}" ;; esac
+resolve_bin
 PBX_PORT=${PBX_PORT:-5060}
 ADMIN_PORT=${ADMIN_PORT:-8060}
 ALICE_PORT=${ALICE_PORT:-5091}
@@ -85,24 +84,16 @@ ONLY=${ONLY:-}
 KEEP=${KEEP:-0}
 export RUST_LOG=${RUST_LOG:-debug}
 
-die() { echo "ERROR: $*" >&2; exit 2; }
-
 [ -x "$BIN" ] || die "understudy binary not found at $BIN: build it with 'cargo build --release' or set UNDERSTUDY_BIN"
-command -v sipp >/dev/null || die "sipp not installed (apt-get install sip-tester)"
-command -v python3 >/dev/null || die "python3 not installed"
-command -v curl >/dev/null || die "curl not installed"
+need_cmd sipp "apt-get install sip-tester"
+need_cmd python3
+need_cmd curl
 for p in 5070 5080; do
 	[ "$ALICE_PORT" = $p ] || [ "$BOB_PORT" = $p ] && die "ALICE_PORT/BOB_PORT must not be a trunk port (5070/5080)"
 done
 
-# Is anything bound to 127.0.0.1:PORT (any wildcard too)? proto: u|t
-port_busy() {
-	ss -Hln"$2" 2>/dev/null | awk '{print $4}' | grep -qE "^(127\.0\.0\.1|0\.0\.0\.0|\*|\[::\]|\[::ffff:127\.0\.0\.1\]):$1\$"
-}
-for p in "$PBX_PORT u" "$PBX_PORT t" "$ADMIN_PORT t" "$ALICE_PORT u" "$BOB_PORT u" "$STANDBY_PORT u" "$STANDBY_ADMIN_PORT t"; do
-	set -- $p
-	port_busy "$1" "$2" && die "port $1 ($2) on 127.0.0.1 is in use; stop whatever uses it or set PBX_PORT/ADMIN_PORT/ALICE_PORT/BOB_PORT/STANDBY_PORT/STANDBY_ADMIN_PORT"
-done
+ports_in_use "$PBX_PORT u" "$PBX_PORT t" "$ADMIN_PORT t" "$ALICE_PORT u" "$BOB_PORT u" "$STANDBY_PORT u" "$STANDBY_ADMIN_PORT t" &&
+	die "port $BUSY on 127.0.0.1 is in use; stop whatever uses it or set PBX_PORT/ADMIN_PORT/ALICE_PORT/BOB_PORT/STANDBY_PORT/STANDBY_ADMIN_PORT"
 
 WORK=$(mktemp -d /tmp/understudy-functional.XXXXXX)
 SERVER_PID=""
@@ -137,65 +128,18 @@ start_server() {
 	local d=$1
 	if [ -n "${PAIR:-}" ]; then start_pair "$d"; return; fi
 	mkdir -p "$d/state"
-	cat > "$d/understudy.toml" <<-EOF
-	[node]
-	name = "functional"
-	home_role = "main"
-	sip_udp = "127.0.0.1:$PBX_PORT"
-	sip_tcp = "127.0.0.1:$PBX_PORT"
-	domain = "pbx.local"
-
-	[admin]
-	listen = "127.0.0.1:$ADMIN_PORT"
-
-	[state]
-	dir = "$d/state"
-
-	[registrar]
-	min_expires = 60
-	max_expires = 3600
-	default_expires = 3600
-
-	[[users]]
-	name = "alice"
-	password = "alice-secret"
-
-	[[users]]
-	name = "bob"
-	password = "bob-secret"
-
-	[[trunks]]
-	name = "carrier"
-	address = "127.0.0.1:5070"
-	prefixes = ["9"]
-	strip = 1
-
-	[[trunks]]
-	name = "gateway"
-	address = "127.0.0.1:5080"
-	prefixes = ["0"]
-	strip = 0
-
-	[media]
-	mode = "${MEDIA_MODE:-bypass}"
-	rtp_ports = "31000-31999"
-
-	[cdr]
-	enabled = true
-	path = "$d/state/cdr.sqlite"
-	EOF
-	"$BIN" run --config "$d/understudy.toml" >"$d/server.log" 2>&1 &
-	SERVER_PID=$!
-	local i
-	for i in $(seq 1 100); do
-		if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-			wait "$SERVER_PID" 2>/dev/null
-			SERVER_PID=""
-			return 1
-		fi
-		curl -sf -m 1 "http://127.0.0.1:$ADMIN_PORT/status" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
+	{
+		cfg_node functional main "$PBX_PORT" "$ADMIN_PORT" "$d/state" tcp
+		cfg_registrar
+		cfg_alice_bob
+		cfg_trunks 5070 5080
+		printf '[media]\nmode = "%s"\nrtp_ports = "31000-31999"\n\n' "${MEDIA_MODE:-bypass}"
+		printf '[cdr]\nenabled = true\npath = "%s"\n' "$d/state/cdr.sqlite"
+	} >"$d/understudy.toml"
+	understudy_bg "$d/understudy.toml" "$d/server.log"
+	SERVER_PID=$NODE_PID
+	wait_status "$SERVER_PID" "$ADMIN_PORT" 100 && return 0
+	[ $? = 1 ] && SERVER_PID=""
 	return 1
 }
 
@@ -204,96 +148,31 @@ start_server() {
 # (contact at the UAC, 127.0.0.1:5080) and u1..uN (at the UAS, 127.0.0.1:5070),
 # N = TAKEOVER_CALLS: the phones the new active asks (hot) or resets (cold).
 pair_config() {
-	local name=$1 role=$2 sip=$3 admin=$4 peer=$5 d=$6 k
-	cat <<-EOF
-	[node]
-	name = "$name"
-	home_role = "$role"
-	sip_udp = "127.0.0.1:$sip"
-	domain = "pbx.local"
-
-	[admin]
-	listen = "127.0.0.1:$admin"
-
-	[state]
-	dir = "$d/$name"
-
-	[cdr]
-	path = "$d/$name/cdr.sqlite"
-
-	[pair]
-	peer = "127.0.0.1:$peer"
-	secret = "functional-pair-secret"
-	keepalive_ms = 200
-	missed_keepalives = 3
-	probe_timeout_ms = 200
-	mode = "${PAIR_MODE:-hot}"
-	dialog_digest = $PAIR
-
-	[takeover]
-	parallel = 64
-	query_timeout_ms = 2000
-	fallback = "none"
-
-	[registrar]
-	min_expires = 60
-	max_expires = 3600
-	default_expires = 3600
-
-	[[users]]
-	name = "alice"
-	password = "alice-secret"
-
-	[[users]]
-	name = "bob"
-	password = "bob-secret"
-
-	[[trunks]]
-	name = "carrier"
-	address = "127.0.0.1:5070"
-	prefixes = ["9"]
-	strip = 1
-	dialog_query = true
-
-	[[trunks]]
-	name = "gateway"
-	address = "127.0.0.1:5080"
-	prefixes = ["0"]
-	strip = 0
-	dialog_query = true
-
-	[media]
-	mode = "bypass"
-	EOF
+	local name=$1 role=$2 sip=$3 admin=$4 peer=$5 d=$6
+	cfg_node "$name" "$role" "$sip" "$admin" "$d/$name"
+	printf '[cdr]\npath = "%s"\n\n' "$d/$name/cdr.sqlite"
+	cfg_pair "$peer" functional-pair-secret "${PAIR_MODE:-hot}" "$PAIR" 200 3 200 64 2000
+	cfg_registrar
+	cfg_alice_bob
+	cfg_trunks 5070 5080 "dialog_query = true"
+	printf '[media]\nmode = "bypass"\n\n'
 	[ "$PAIR" = false ] || [ "${PAIR_MODE:-hot}" = cold ] || return 0
-	for k in $(seq 1 "$TAKEOVER_CALLS"); do
-		printf '\n[[users]]\nname = "c%d"\npassword = ""\ncontact = "sip:c%d@127.0.0.1:5080"\n' "$k" "$k"
-		printf '\n[[users]]\nname = "u%d"\npassword = ""\ncontact = "sip:u%d@127.0.0.1:5070"\n' "$k" "$k"
-	done
+	cfg_phones "$TAKEOVER_CALLS" 5080 5070
 }
 
 # start_pair DIR: main (PBX_PORT, ADMIN_PORT) then stand-by (STANDBY_PORT,
 # STANDBY_ADMIN_PORT); returns once the main is active and the stand-by standby, each
 # seeing the other. SERVER_PID = main, STANDBY_PID = stand-by.
 start_pair() {
-	local d=$1 i m sb
+	local d=$1
 	mkdir -p "$d/main" "$d/standby"
 	pair_config main main "$PBX_PORT" "$ADMIN_PORT" "$STANDBY_PORT" "$d" >"$d/main.toml"
 	pair_config standby standby "$STANDBY_PORT" "$STANDBY_ADMIN_PORT" "$PBX_PORT" "$d" >"$d/standby.toml"
-	"$BIN" run --config "$d/main.toml" >"$d/server.log" 2>&1 &
-	SERVER_PID=$!
-	"$BIN" run --config "$d/standby.toml" >"$d/standby.log" 2>&1 &
-	STANDBY_PID=$!
-	for i in $(seq 1 100); do
-		kill -0 "$SERVER_PID" 2>/dev/null && kill -0 "$STANDBY_PID" 2>/dev/null || return 1
-		m=$(curl -sf -m 1 "http://127.0.0.1:$ADMIN_PORT/status" 2>/dev/null |
-			python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["role"] + "/" + s["peer"]["state"])' 2>/dev/null)
-		sb=$(curl -sf -m 1 "http://127.0.0.1:$STANDBY_ADMIN_PORT/status" 2>/dev/null |
-			python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["role"] + "/" + s["peer"]["state"])' 2>/dev/null)
-		[ "$m" = active/alive ] && [ "$sb" = standby/alive ] && return 0
-		sleep 0.1
-	done
-	return 1
+	understudy_bg "$d/main.toml" "$d/server.log"
+	SERVER_PID=$NODE_PID
+	understudy_bg "$d/standby.toml" "$d/standby.log"
+	STANDBY_PID=$NODE_PID
+	wait_pair "$ADMIN_PORT" "$STANDBY_ADMIN_PORT" 100 0.1 "$SERVER_PID" "$STANDBY_PID"
 }
 
 # stop_server: SIGTERM (CDRs are flushed), wait up to 5 s, then KILL (the stand-by too).
@@ -305,14 +184,7 @@ stop_server() {
 		SERVER_PID=$p
 	fi
 	[ -n "$SERVER_PID" ] || return 0
-	kill -TERM "$SERVER_PID" 2>/dev/null
-	local i
-	for i in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-	if kill -0 "$SERVER_PID" 2>/dev/null; then
-		echo "  server did not exit within 5 s of SIGTERM; killing" >>"$CUR/notes"
-		kill -KILL "$SERVER_PID" 2>/dev/null
-	fi
-	wait "$SERVER_PID" 2>/dev/null
+	stop_pid "$SERVER_PID" 50 || echo "  server did not exit within 5 s of SIGTERM; killing" >>"$CUR/notes"
 	SERVER_PID=""
 }
 
@@ -329,42 +201,22 @@ calls_left() {
 	echo "${n:-?}"
 }
 
-# cdr_counts DB -> "normal=20 busy=1" (sorted), "none" if empty, "nodb" if missing
-cdr_counts() {
-	python3 - "$1" <<-'EOF'
-	import os, sqlite3, sys
-	if not os.path.exists(sys.argv[1]):
-	    print("nodb"); sys.exit()
-	rows = sqlite3.connect(sys.argv[1]).execute(
-	    "select end_reason, count(*) from cdr group by end_reason order by end_reason").fetchall()
-	print(" ".join(f"{r}={n}" for r, n in rows) or "none")
-	EOF
-}
-
 # ---------------------------------------------------------------------------
 # SIPp
 
 # run_sipp TAG TIMEOUT_S ARGS... : runs SIPp in the foreground, bounded.
 # Leaves $CUR/TAG.{csv,err,screen,stderr} and sets SIPP_RC.
 run_sipp() {
-	local tag=$1 tmo=$2; shift 2
-	timeout -k 5 $((tmo + 10)) sipp "$@" -timeout "${tmo}s" -nostdin \
-		-trace_stat -stf "$CUR/$tag.csv" -fd 1 \
-		-trace_err -error_file "$CUR/$tag.err" \
-		-trace_screen -screen_file "$CUR/$tag.screen" \
-		>/dev/null 2>"$CUR/$tag.stderr"
-	SIPP_RC=$?
+	local tag=$1
+	shift
+	sipp_run "$CUR/$tag" "$@"
 }
 
 # start_sipp_bg TAG TIMEOUT_S ARGS... : same, in the background; sets BG_PID.
 start_sipp_bg() {
-	local tag=$1 tmo=$2; shift 2
-	timeout -k 5 $((tmo + 10)) sipp "$@" -timeout "${tmo}s" -nostdin \
-		-trace_stat -stf "$CUR/$tag.csv" -fd 1 \
-		-trace_err -error_file "$CUR/$tag.err" \
-		-trace_screen -screen_file "$CUR/$tag.screen" \
-		>/dev/null 2>"$CUR/$tag.stderr" &
-	BG_PID=$!
+	local tag=$1
+	shift
+	sipp_bg "$CUR/$tag" "$@"
 	SIPP_PIDS+=("$BG_PID")
 }
 
@@ -517,31 +369,93 @@ check_relay_rtp() {
 	SUMMARY_SIPP="$SUMMARY_SIPP rtp_per_call=$per_call"
 }
 
+# smart_ports_free: the smart endpoints' UDP ports (the trunk addresses and their
+# media ports) are free; else a problem
+smart_ports_free() {
+	ports_in_use "5070 u" "5080 u" "16000 u" "17000 u" || return 0
+	problem "UDP 127.0.0.1:${BUSY%% *} (smart endpoint) is in use"
+	return 1
+}
+
+# start_smart TIMEOUT_S CALLEE N LOGS ARGS...: the smart callee (smart-uas.xml on
+# 127.0.0.1:5070), then the smart caller (smart-uac.xml + smart-notify.xml on
+# 127.0.0.1:5080: N calls at 20/s to CALLEE<K> through the main), both with ARGS and
+# their message traces, LOGS=1: their logs too ($CUR/smart-ua[cs].log).
+# SMART_UAS, SMART_UAC = their BG_PIDs.
+start_smart() {
+	local tmo=$1 callee=$2 n=$3 logs=$4
+	shift 4
+	local trace_uas=(-trace_msg -message_file "$CUR/smart-uas.msg") trace_uac=(-trace_msg -message_file "$CUR/smart-uac.msg")
+	if [ "$logs" = 1 ]; then
+		trace_uas+=(-trace_logs -log_file "$CUR/smart-uas.log")
+		trace_uac+=(-trace_logs -log_file "$CUR/smart-uac.log")
+	fi
+	start_sipp_bg smart-uas "$tmo" -sf "$HERE/smart-uas.xml" "$@" -i 127.0.0.1 -p 5070 -mp 17000 "${trace_uas[@]}"
+	SMART_UAS=$BG_PID
+	sleep 0.3
+	start_sipp_bg smart-uac "$tmo" 127.0.0.1:"$PBX_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
+		"$@" -set callee "$callee" -i 127.0.0.1 -p 5080 -mp 16000 -m "$n" -r 20 -l "$n" "${trace_uac[@]}"
+	SMART_UAC=$BG_PID
+}
+
+# stop_smart UAC UAS: stops both smart endpoints at once (the calls did not come up)
+stop_smart() {
+	kill -TERM "$1" "$2" 2>/dev/null
+	wait_bg "$1"; wait_bg "$2"
+}
+
+# kill_main: kill -9 of the main of the pair
+kill_main() {
+	kill -KILL "$SERVER_PID"
+	wait "$SERVER_PID" 2>/dev/null
+	SERVER_PID=""
+}
+
+# finish_smart UAC UAS N: waits for the caller side (N successful calls, expect_sipp),
+# then stops the callee side (SIGUSR1: exit once its calls are done) and wants
+# rc 0, no failed call and >= N successful from it
+finish_smart() {
+	local uac=$1 uas=$2 n=$3 usipp ok ko
+	wait_bg "$uac"
+	expect_sipp smart-uac "$n"
+	usipp=$(sipp_pid "$uas")
+	[ -n "$usipp" ] && kill -USR1 "$usipp" 2>/dev/null
+	wait_bg "$uas"
+	read -r ok ko < <(sipp_counts smart-uas)
+	[ "$SIPP_RC" = 0 ] && [ "$ko" = 0 ] && [ "${ok:-0}" -ge "$n" ] 2>/dev/null ||
+		problem "sipp smart-uas: rc=$SIPP_RC successful=$ok failed=$ko (want rc=0, failed=0, >= $n successful)"
+	SUMMARY_SIPP="$SUMMARY_SIPP smart-uas=$ok"
+}
+
+# new_active_cdrs: no call left on the new active (GET /status), then stops the pair;
+# CDR_GOT = the new active's CDR end_reason counts, CDR_RECOVERED = how many have
+# recovered = 1 (both in the summary)
+new_active_cdrs() {
+	local left
+	left=$(ADMIN_PORT=$STANDBY_ADMIN_PORT calls_left)
+	[ "$left" = 0 ] || problem "GET /status on the new active still shows $left call(s)"
+	stop_server
+	CDR_GOT=$(cdr_counts "$CUR/standby/cdr.sqlite")
+	CDR_RECOVERED=$(cdr_recovered "$CUR/standby/cdr.sqlite")
+	SUMMARY_SIPP="$SUMMARY_SIPP cdr:[$CDR_GOT recovered=$CDR_RECOVERED]"
+}
+
 # takeover-query / takeover-digest: see the header. PAIR = dialog_digest (false | true).
 check_takeover() {
-	local n=$TAKEOVER_CALLS q="$CUR/q" notifier publish callee via p k
+	local n=$TAKEOVER_CALLS q="$CUR/q" notifier publish callee via k
 	if [ "$PAIR" = false ]; then
 		notifier=1 publish=1 callee=u via=recovered_via_query
 	else
 		notifier=489 publish=0 callee=9 via=recovered_via_digest
 	fi
-	for p in 5070 5080 16000 17000; do
-		port_busy "$p" u && { problem "UDP 127.0.0.1:$p (smart endpoint) is in use"; return; }
-	done
+	smart_ports_free || return
 	# every phone the new active may ask needs its dialog file (see smart-notify.xml)
 	mkdir -p "$q"
 	: >"$q/_trunk.xml"
 	for k in $(seq 1 "$n"); do : >"$q/c$k.xml"; : >"$q/u$k.xml"; done
-	local common=(-set qdir "$q" -set hangup uac -set notifier "$notifier" -set publish "$publish"
-		-set bye_after 500 -d 30000 -recv_timeout 60000)
-	start_sipp_bg smart-uas 60 -sf "$HERE/smart-uas.xml" "${common[@]}" -i 127.0.0.1 -p 5070 -mp 17000 \
-		-trace_msg -message_file "$CUR/smart-uas.msg"
-	local uas=$BG_PID
-	sleep 0.3
-	start_sipp_bg smart-uac 60 127.0.0.1:"$PBX_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
-		"${common[@]}" -set callee "$callee" -i 127.0.0.1 -p 5080 -mp 16000 -m "$n" -r 20 -l "$n" \
-		-trace_msg -message_file "$CUR/smart-uac.msg"
-	local uac=$BG_PID
+	start_smart 60 "$callee" "$n" 0 -set qdir "$q" -set hangup uac -set notifier "$notifier" -set publish "$publish" \
+		-set bye_after 500 -d 30000 -recv_timeout 60000
+	local uas=$SMART_UAS uac=$SMART_UAC
 	# all calls confirmed on the main; the stand-by knows them (digest) or the phones
 	# have written their dialog files (query)
 	local i st=""
@@ -566,14 +480,11 @@ check_takeover() {
 	SUMMARY_SIPP=" up=[$st]"
 	if ! { [ "$st" = "$n - $((2 * n))" ] || [ "$st" = "$n $n -" ]; }; then
 		problem "calls not all up before the kill (confirmed, digest-known, dialog files): $st, want $n calls"
-		kill -TERM "$uac" "$uas" 2>/dev/null
-		wait_bg "$uac"; wait_bg "$uas"
+		stop_smart "$uac" "$uas"
 		return
 	fi
 	# kill -9 the main; the stand-by must take over and re-bind every call
-	kill -KILL "$SERVER_PID"
-	wait "$SERVER_PID" 2>/dev/null
-	SERVER_PID=""
+	kill_main
 	local res
 	res=$(python3 - "$STANDBY_ADMIN_PORT" "$n" "$via" <<-'EOF'
 	import json, sys, time, urllib.request
@@ -599,47 +510,23 @@ check_takeover() {
 	awk -v a="$active" 'BEGIN{exit !(a ~ /^[0-9.]+$/ && a <= 2.0)}' || problem "stand-by not active within 2 s of kill -9 (got $active)"
 	[ "$rec" = "$n" ] && [ "$recvia" = "$n" ] || problem "takeover.recovered=$rec $via=$recvia within 7 s, want $n"
 	# every call hangs up through the new active; then stop the callee side
-	wait_bg "$uac"
-	expect_sipp smart-uac "$n"
-	local usipp ok ko
-	usipp=$(ps -o pid= --ppid "$uas" | tr -d ' ')
-	[ -n "$usipp" ] && kill -USR1 "$usipp" 2>/dev/null
-	wait_bg "$uas"
-	read -r ok ko < <(sipp_counts smart-uas)
-	[ "$SIPP_RC" = 0 ] && [ "$ko" = 0 ] && [ "${ok:-0}" -ge "$n" ] 2>/dev/null ||
-		problem "sipp smart-uas: rc=$SIPP_RC successful=$ok failed=$ko (want rc=0, failed=0, >= $n successful)"
-	SUMMARY_SIPP="$SUMMARY_SIPP smart-uas=$ok"
-	local left
-	left=$(ADMIN_PORT=$STANDBY_ADMIN_PORT calls_left)
-	[ "$left" = 0 ] || problem "GET /status on the new active still shows $left call(s)"
-	stop_server
-	local got recd
-	got=$(cdr_counts "$CUR/standby/cdr.sqlite")
-	recd=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from cdr where recovered = 1").fetchone()[0])' "$CUR/standby/cdr.sqlite" 2>/dev/null)
-	[ "$got" = "normal=$n" ] && [ "$recd" = "$n" ] || problem "new active's CDRs: '$got', recovered=$recd; want normal=$n, recovered=$n"
-	SUMMARY_SIPP="$SUMMARY_SIPP cdr:[$got recovered=$recd]"
+	finish_smart "$uac" "$uas" "$n"
+	new_active_cdrs
+	[ "$CDR_GOT" = "normal=$n" ] && [ "$CDR_RECOVERED" = "$n" ] ||
+		problem "new active's CDRs: '$CDR_GOT', recovered=$CDR_RECOVERED; want normal=$n, recovered=$n"
 }
 
 # takeover-cold: see the header. A cold pair with the dialog digest on (so the stand-by
 # knows every call before the kill and must still start with none) and the static
 # users c<K>/u<K> of takeover-query; both smart endpoints run with -set on_reset bye.
 check_takeover_cold() {
-	local n=$TAKEOVER_CALLS q="$CUR/q" p
-	for p in 5070 5080 16000 17000; do
-		port_busy "$p" u && { problem "UDP 127.0.0.1:$p (smart endpoint) is in use"; return; }
-	done
+	local n=$TAKEOVER_CALLS q="$CUR/q"
+	smart_ports_free || return
 	mkdir -p "$q"
 	# hold 8 s: a call that is never reset fails by then (smart-uac.xml "no_reset");
 	# the callee side waits for a BYE that never comes and fails by -recv_timeout
-	local common=(-set qdir "$q" -set on_reset bye -set publish 0 -set hangup uac -d 8000 -recv_timeout 10000)
-	start_sipp_bg smart-uas 25 -sf "$HERE/smart-uas.xml" "${common[@]}" -i 127.0.0.1 -p 5070 -mp 17000 \
-		-trace_msg -message_file "$CUR/smart-uas.msg" -trace_logs -log_file "$CUR/smart-uas.log"
-	local uas=$BG_PID
-	sleep 0.3
-	start_sipp_bg smart-uac 25 127.0.0.1:"$PBX_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
-		"${common[@]}" -set callee u -i 127.0.0.1 -p 5080 -mp 16000 -m "$n" -r 20 -l "$n" \
-		-trace_msg -message_file "$CUR/smart-uac.msg" -trace_logs -log_file "$CUR/smart-uac.log"
-	local uac=$BG_PID
+	start_smart 25 u "$n" 1 -set qdir "$q" -set on_reset bye -set publish 0 -set hangup uac -d 8000 -recv_timeout 10000
+	local uas=$SMART_UAS uac=$SMART_UAC
 	# all calls confirmed on the main, known to the stand-by (digest), and every phone has
 	# written its Call-ID for the reset poke
 	local i st=""
@@ -663,14 +550,11 @@ check_takeover_cold() {
 	SUMMARY_SIPP=" up=[$st]"
 	if [ "$st" != "$n $n $((2 * n))" ]; then
 		problem "calls not all up before the kill (confirmed, digest-known, Call-ID files): $st, want $n $n $((2 * n))"
-		kill -TERM "$uac" "$uas" 2>/dev/null
-		wait_bg "$uac"; wait_bg "$uas"
+		stop_smart "$uac" "$uas"
 		return
 	fi
 	# kill -9 the main; the stand-by takes over cold: resets every endpoint, keeps no call
-	kill -KILL "$SERVER_PID"
-	wait "$SERVER_PID" 2>/dev/null
-	SERVER_PID=""
+	kill_main
 	local res
 	res=$(python3 - "$STANDBY_ADMIN_PORT" "$((2 * n + 2))" <<-'EOF'
 	import json, sys, time, urllib.request
@@ -708,16 +592,7 @@ check_takeover_cold() {
 	[ "$first" = 0 ] && [ "$after" = 0 ] ||
 		problem "GET /calls on the new active: $first call(s) when it became active, $after when the takeover finished; want 0"
 	# every call drops on its reset: BYE in the old dialog -> 481; then stop the callee side
-	wait_bg "$uac"
-	expect_sipp smart-uac "$n"
-	local usipp ok ko
-	usipp=$(ps -o pid= --ppid "$uas" | tr -d ' ')
-	[ -n "$usipp" ] && kill -USR1 "$usipp" 2>/dev/null
-	wait_bg "$uas"
-	read -r ok ko < <(sipp_counts smart-uas)
-	[ "$SIPP_RC" = 0 ] && [ "$ko" = 0 ] && [ "${ok:-0}" -ge "$n" ] 2>/dev/null ||
-		problem "sipp smart-uas: rc=$SIPP_RC successful=$ok failed=$ko (want rc=0, failed=0, >= $n successful)"
-	SUMMARY_SIPP="$SUMMARY_SIPP smart-uas=$ok"
+	finish_smart "$uac" "$uas" "$n"
 	# one check-sync NOTIFY per endpoint (the RESET log lines of smart-notify.xml / smart-uas.xml),
 	# and every stale BYE answered 481 (SIPp's message traces)
 	local out
@@ -772,15 +647,8 @@ check_takeover_cold() {
 	*) problem "reset/BYE analysis failed: $out" ;;
 	esac
 	grep '^PROBLEM ' <<<"$out" | sed 's/^PROBLEM //' >>"$CUR/problems"
-	local left
-	left=$(ADMIN_PORT=$STANDBY_ADMIN_PORT calls_left)
-	[ "$left" = 0 ] || problem "GET /status on the new active shows $left call(s)"
-	stop_server
-	local got recd
-	got=$(cdr_counts "$CUR/standby/cdr.sqlite")
-	recd=$(python3 -c 'import os, sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from cdr where recovered = 1").fetchone()[0] if os.path.exists(sys.argv[1]) else 0)' "$CUR/standby/cdr.sqlite" 2>/dev/null)
-	[ "$recd" = 0 ] || problem "new active's CDRs: '$got', recovered=$recd; want no recovered call"
-	SUMMARY_SIPP="$SUMMARY_SIPP cdr:[$got recovered=$recd]"
+	new_active_cdrs
+	[ "$CDR_RECOVERED" = 0 ] || problem "new active's CDRs: '$CDR_GOT', recovered=$CDR_RECOVERED; want no recovered call"
 }
 
 check_call_basic()         { call_check call-basic         answer "$CALLS"       "normal=$CALLS"; }

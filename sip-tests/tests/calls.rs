@@ -6,7 +6,7 @@ use sip_tests::{Answer, Ua, sdp};
 use understudy::b2bua::Side;
 use understudy::sip::{Method, SipMessage};
 
-use crate::common::{alice_and_bob, token_of};
+use crate::common::{alice_and_bob, only_cdr, token_of};
 
 #[tokio::test]
 async fn basic_call_caller_hangs_up() -> Result<()> {
@@ -55,11 +55,8 @@ async fn basic_call_caller_hangs_up() -> Result<()> {
     let bye = bob.expect_request(Method::Bye).await?;
     assert_eq!(bye.call_id()?, inv.call_id()?);
     assert!(bob.live_dialogs().is_empty(), "bob's dialog ended");
-    server.wait_idle().await?;
 
-    let cdrs = server.stop().await?;
-    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
-    let cdr = &cdrs[0];
+    let cdr = only_cdr(server).await?;
     assert_eq!(cdr.end_reason, "normal");
     assert_eq!(cdr.call_id, out.call_id);
     assert_eq!(cdr.b_call_id, inv.call_id()?);
@@ -85,11 +82,8 @@ async fn callee_hangs_up() -> Result<()> {
     assert_eq!(bye.call_id()?, a_dialog.call_id);
     assert_eq!(bye.to_tag().as_deref(), Some(a_dialog.local_tag.as_str()));
     assert!(alice.live_dialogs().is_empty());
-    server.wait_idle().await?;
 
-    let cdrs = server.stop().await?;
-    assert_eq!(cdrs.len(), 1);
-    assert_eq!(cdrs[0].end_reason, "normal");
+    assert_eq!(only_cdr(server).await?.end_reason, "normal");
     Ok(())
 }
 
@@ -104,12 +98,10 @@ async fn busy_callee() -> Result<()> {
     // The B2BUA ACKs the callee's 486 (same branch as its INVITE).
     let ack = bob.expect_request(Method::Ack).await?;
     assert_eq!(ack.top_via()?.branch(), inv.top_via()?.branch());
-    server.wait_idle().await?;
 
-    let cdrs = server.stop().await?;
-    assert_eq!(cdrs.len(), 1);
-    assert_eq!(cdrs[0].end_reason, "busy");
-    assert!(cdrs[0].answer_ms.is_none());
+    let cdr = only_cdr(server).await?;
+    assert_eq!(cdr.end_reason, "busy");
+    assert!(cdr.answer_ms.is_none());
     Ok(())
 }
 
@@ -134,11 +126,8 @@ async fn cancel_before_answer() -> Result<()> {
     assert_eq!(cancel.top_via()?.branch(), inv.top_via()?.branch());
     // bob answered 487 to its INVITE; the B2BUA ACKs it.
     bob.expect_request(Method::Ack).await?;
-    server.wait_idle().await?;
 
-    let cdrs = server.stop().await?;
-    assert_eq!(cdrs.len(), 1);
-    assert_eq!(cdrs[0].end_reason, "cancelled");
+    assert_eq!(only_cdr(server).await?.end_reason, "cancelled");
     Ok(())
 }
 
@@ -158,11 +147,8 @@ async fn callee_487_is_relayed_and_acked_hop_by_hop() -> Result<()> {
         "ACK for a non-2xx reuses the branch"
     );
     assert_eq!(server.counts().await?.calls, 0);
-    server.wait_idle().await?;
 
-    let cdrs = server.stop().await?;
-    assert_eq!(cdrs.len(), 1);
-    assert_eq!(cdrs[0].end_reason, "cancelled");
+    assert_eq!(only_cdr(server).await?.end_reason, "cancelled");
     Ok(())
 }
 

@@ -81,6 +81,22 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
+/// Every name of the groups, in order (the users of a pair).
+fn users_of(groups: &[&[String]]) -> Vec<String> {
+    groups.concat()
+}
+
+/// Per caller `i`, the numbers `number(i, k)` for `k` in `0..per_caller`.
+fn numbers(
+    callers: usize,
+    per_caller: usize,
+    number: impl Fn(usize, usize) -> String,
+) -> Vec<Vec<String>> {
+    (0..callers)
+        .map(|i| (0..per_caller).map(|k| number(i, k)).collect())
+        .collect()
+}
+
 /// UAs registered at `server` (over TCP when `tcp`), one per name.
 async fn phones(names: &[String], server: SocketAddr, tcp: bool) -> Result<Vec<Ua>> {
     let mut out = Vec::new();
@@ -153,6 +169,19 @@ async fn place_calls(
         }
     })
     .await
+}
+
+/// [`place_calls`], then [`match_calls`] with `callees`: exactly `want` calls must be up.
+async fn set_up_calls(
+    callers: Vec<Ua>,
+    targets: Vec<Vec<String>>,
+    callees: &[Ua],
+    want: usize,
+) -> Result<(Vec<Ua>, Vec<Call>)> {
+    let (callers, a_ids) = place_calls(callers, targets).await?;
+    let calls = match_calls(&a_ids, callees)?;
+    ensure!(calls.len() == want, "{} calls set up", calls.len());
+    Ok((callers, calls))
 }
 
 /// One call through the B2BUA: the caller's dialog (leg A) and the callee's (leg B).
@@ -482,6 +511,60 @@ async fn expect_calls_rebound(
     Ok((all, callees))
 }
 
+/// The orphaned legs of `lost` calls: each caller gets a BYE from the new active in the A
+/// leg of every such call of its own (and answers 200).
+async fn expect_orphan_byes(
+    callers: Vec<Ua>,
+    lost: &[&Call],
+    new_active: SocketAddr,
+) -> Result<Vec<Ua>> {
+    let mut orphan_legs = vec![Vec::new(); callers.len()];
+    for c in lost {
+        orphan_legs[c.caller].push(c.a.clone());
+    }
+    let none = vec![Vec::new(); callers.len()];
+    hang_up(callers, none, orphan_legs, new_active).await
+}
+
+/// Wait (up to 5 s) until the node carries no call.
+async fn wait_no_calls(node: &Node) -> Result<()> {
+    node.wait_status(Duration::from_secs(5), "without calls", |v| {
+        num(&v["counts"], "calls") == 0
+    })
+    .await?;
+    Ok(())
+}
+
+/// Once the node carries no call ([`wait_no_calls`]): [`stop_and_read_cdrs`].
+async fn cdrs_when_idle(node: &mut Node) -> Result<Vec<CdrRecord>> {
+    wait_no_calls(node).await?;
+    stop_and_read_cdrs(node).await
+}
+
+/// The CDRs of `calls` (each exactly once, [`cdrs_by_token`]) are all recovered and ended
+/// normally; the error names the CDR as `what`.
+fn ensure_recovered_normal(cdrs: &[CdrRecord], calls: &[&Call], what: &str) -> Result<()> {
+    for c in cdrs_by_token(cdrs, calls)? {
+        ensure!(
+            c.recovered && c.end_reason == "normal",
+            "{what} {}: recovered {} end_reason {}",
+            c.token,
+            c.recovered,
+            c.end_reason
+        );
+    }
+    Ok(())
+}
+
+/// No UA saw a protocol error.
+fn ensure_no_protocol_errors<'a>(uas: impl IntoIterator<Item = &'a Ua>) -> Result<()> {
+    for ua in uas {
+        let e = ua.protocol_errors();
+        ensure!(e.is_empty(), "{}: {e:?}", ua.user());
+    }
+    Ok(())
+}
+
 /// Stop the node with SIGTERM (CDRs are flushed) and read its CDRs.
 async fn stop_and_read_cdrs(node: &mut Node) -> Result<Vec<CdrRecord>> {
     let st = node.terminate().await?;
@@ -533,17 +616,7 @@ fn check_syncs(ua: &mut Ua) -> Vec<Incoming> {
 /// Await one endpoint's reset: an out-of-dialog `NOTIFY Event: check-sync;reboot=true`,
 /// `Subscription-State: terminated`, from the new active.
 async fn expect_check_sync(ua: &mut Ua, new_active: SocketAddr) -> Result<()> {
-    let m = ua
-        .expect("check-sync NOTIFY", |m| {
-            m.request().is_some_and(|r| {
-                r.method == Method::Notify
-                    && r.to_tag().is_none()
-                    && r.headers
-                        .get(&HeaderName::Event)
-                        .is_some_and(|e| e.to_ascii_lowercase().starts_with("check-sync"))
-            })
-        })
-        .await?;
+    let m = ua.expect("check-sync NOTIFY", is_check_sync).await?;
     let r = m.request().context("a request")?;
     ensure!(m.source == new_active, "check-sync from {}", m.source);
     let event = r.headers.get(&HeaderName::Event).unwrap_or_default();
@@ -603,6 +676,21 @@ async fn kill_main(pair: &mut Pair, calls: u64, digest_calls: u64) -> Result<Ins
     Ok(Instant::now())
 }
 
+/// [`kill_main`], then [`wait_settled`] on the stand-by within `limit`; shows the report
+/// as `label` and returns it.
+async fn kill_and_settle(
+    pair: &mut Pair,
+    calls: u64,
+    digest_calls: u64,
+    limit: Duration,
+    label: &str,
+) -> Result<Value> {
+    let killed = kill_main(pair, calls, digest_calls).await?;
+    let report = wait_settled(&pair.standby, limit).await?;
+    show_report(label, &report, killed);
+    Ok(report)
+}
+
 // ---- a. the query path ---------------------------------------------------------------------
 
 /// Issue acceptance: 100 calls between registered phones, the main killed, every call found
@@ -611,7 +699,7 @@ async fn kill_main(pair: &mut Pair, calls: u64, digest_calls: u64) -> Result<Ins
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_path_recovers_100_calls() -> Result<()> {
     let (caller_names, callee_names) = (names("alice", 10), names("bob", 10));
-    let users: Vec<String> = caller_names.iter().chain(&callee_names).cloned().collect();
+    let users = users_of(&[&caller_names, &callee_names]);
     let spec = PairSpec {
         dialog_digest: false,
         ..PairSpec::default()
@@ -630,13 +718,8 @@ async fn query_path_recovers_100_calls() -> Result<()> {
     wait_synced(&pair.standby, &users).await?;
 
     let targets = vec![callee_names.clone(); caller_names.len()];
-    let (callers, a_ids) = place_calls(callers, targets).await?;
-    let calls = match_calls(&a_ids, &callees)?;
-    ensure!(calls.len() == 100, "{} calls set up", calls.len());
-    let killed = kill_main(&mut pair, 100, 0).await?;
-
-    let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
-    show_report("a query", &report, killed);
+    let (callers, calls) = set_up_calls(callers, targets, &callees, 100).await?;
+    let report = kill_and_settle(&mut pair, 100, 0, Duration::from_secs(15), "a query").await?;
     check_report(
         &report,
         &[
@@ -675,23 +758,9 @@ async fn query_path_recovers_100_calls() -> Result<()> {
     );
 
     let (_callers, _callees) = hang_up_calls(callers, callees, &all, new_active).await?;
-    pair.standby
-        .wait_status(Duration::from_secs(5), "without calls", |v| {
-            num(&v["counts"], "calls") == 0
-        })
-        .await?;
-    let cdrs = stop_and_read_cdrs(&mut pair.standby).await?;
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
     ensure!(cdrs.len() == 100, "{} CDRs on the new active", cdrs.len());
-    for c in cdrs_by_token(&cdrs, &all)? {
-        ensure!(
-            c.recovered && c.end_reason == "normal",
-            "CDR {}: recovered {} end_reason {}",
-            c.token,
-            c.recovered,
-            c.end_reason
-        );
-    }
-    Ok(())
+    ensure_recovered_normal(&cdrs, &all, "CDR")
 }
 
 // ---- b. cold mode --------------------------------------------------------------------------
@@ -702,7 +771,7 @@ async fn query_path_recovers_100_calls() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_mode_resets_every_endpoint_and_forgets_calls() -> Result<()> {
     let (caller_names, callee_names) = (names("carol", 5), names("dave", 5));
-    let users: Vec<String> = caller_names.iter().chain(&callee_names).cloned().collect();
+    let users = users_of(&[&caller_names, &callee_names]);
     let carrier = Ua::bind("carrier").await?;
     let spec = PairSpec {
         mode: "cold",
@@ -729,11 +798,9 @@ async fn cold_mode_resets_every_endpoint_and_forgets_calls() -> Result<()> {
     for t in &mut targets {
         t.push("90001".into());
     }
-    let (mut callers, a_ids) = place_calls(callers, targets).await?;
     let mut callees = callees;
     callees.push(carrier);
-    let calls = match_calls(&a_ids, &callees)?;
-    ensure!(calls.len() == 30, "{} calls set up", calls.len());
+    let (mut callers, calls) = set_up_calls(callers, targets, &callees, 30).await?;
     let killed = kill_main(&mut pair, 30, 0).await?;
 
     let report = pair
@@ -795,7 +862,7 @@ async fn cold_mode_resets_every_endpoint_and_forgets_calls() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_notifiers_recover_half_and_reset_the_rest() -> Result<()> {
     let (caller_names, callee_names) = (names("erin", 10), names("frank", 10));
-    let users: Vec<String> = caller_names.iter().chain(&callee_names).cloned().collect();
+    let users = users_of(&[&caller_names, &callee_names]);
     let spec = PairSpec {
         dialog_digest: false,
         fallback: "cold",
@@ -818,14 +885,9 @@ async fn mixed_notifiers_recover_half_and_reset_the_rest() -> Result<()> {
     }
     wait_synced(&pair.standby, &users).await?;
     let targets = vec![callee_names.clone(); caller_names.len()];
-    let (callers, a_ids) = place_calls(callers, targets).await?;
     let mut callees = callees;
-    let calls = match_calls(&a_ids, &callees)?;
-    ensure!(calls.len() == 100, "{} calls set up", calls.len());
-    let killed = kill_main(&mut pair, 100, 0).await?;
-
-    let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
-    show_report("c mixed", &report, killed);
+    let (callers, calls) = set_up_calls(callers, targets, &callees, 100).await?;
+    let report = kill_and_settle(&mut pair, 100, 0, Duration::from_secs(15), "c mixed").await?;
     check_report(
         &report,
         &[
@@ -852,12 +914,7 @@ async fn mixed_notifiers_recover_half_and_reset_the_rest() -> Result<()> {
         }
     }
     // Orphans: every caller gets a BYE for each call whose callee refused.
-    let mut orphan_legs = vec![Vec::new(); callers.len()];
-    for c in &lost {
-        orphan_legs[c.caller].push(c.a.clone());
-    }
-    let none = vec![Vec::new(); callers.len()];
-    let callers = hang_up(callers, none, orphan_legs, new_active).await?;
+    let callers = expect_orphan_byes(callers, &lost, new_active).await?;
     let (callers, mut callees) = expect_calls_rebound(callers, callees, &kept, new_active).await?;
     for (j, ua) in callees.iter_mut().enumerate() {
         let n = check_syncs(ua).len();
@@ -869,21 +926,8 @@ async fn mixed_notifiers_recover_half_and_reset_the_rest() -> Result<()> {
         );
     }
     let (_callers, _callees) = hang_up_calls(callers, callees, &kept, new_active).await?;
-    pair.standby
-        .wait_status(Duration::from_secs(5), "without calls", |v| {
-            num(&v["counts"], "calls") == 0
-        })
-        .await?;
-    let cdrs = stop_and_read_cdrs(&mut pair.standby).await?;
-    for c in cdrs_by_token(&cdrs, &kept)? {
-        ensure!(
-            c.recovered && c.end_reason == "normal",
-            "recovered call's CDR {}: recovered {} end_reason {}",
-            c.token,
-            c.recovered,
-            c.end_reason
-        );
-    }
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
+    ensure_recovered_normal(&cdrs, &kept, "recovered call's CDR")?;
     for c in cdrs_by_token(&cdrs, &lost)? {
         ensure!(
             c.end_reason == "takeover_orphan",
@@ -924,17 +968,12 @@ async fn digest_path_rebinds_200_calls_without_notifiers() -> Result<()> {
     }
     // The stand-by knows the phones (so not asking them is a choice, not ignorance).
     wait_synced(&pair.standby, &caller_names).await?;
-    let targets: Vec<Vec<String>> = (0..caller_names.len())
-        .map(|i| (0..per_caller).map(|k| format!("9{i:02}{k:03}")).collect())
-        .collect();
-    let (callers, a_ids) = place_calls(callers, targets).await?;
+    let targets = numbers(caller_names.len(), per_caller, |i, k| {
+        format!("9{i:02}{k:03}")
+    });
     let callees = vec![pstn];
-    let calls = match_calls(&a_ids, &callees)?;
-    ensure!(calls.len() == 200, "{} calls set up", calls.len());
-    let killed = kill_main(&mut pair, 200, 200).await?;
-
-    let report = wait_settled(&pair.standby, Duration::from_secs(20)).await?;
-    show_report("d digest", &report, killed);
+    let (callers, calls) = set_up_calls(callers, targets, &callees, 200).await?;
+    let report = kill_and_settle(&mut pair, 200, 200, Duration::from_secs(20), "d digest").await?;
     let via_digest = num(&report, "recovered_via_digest");
     ensure!(
         via_digest >= 199 && num(&report, "recovered") >= 199,
@@ -988,22 +1027,8 @@ async fn digest_path_rebinds_200_calls_without_notifiers() -> Result<()> {
         "the dialog_query trunk was asked {queries} times (want 1)"
     );
     let (_callers, _callees) = hang_up_calls(callers, callees, &rebound, new_active).await?;
-    pair.standby
-        .wait_status(Duration::from_secs(5), "without calls", |v| {
-            num(&v["counts"], "calls") == 0
-        })
-        .await?;
-    let cdrs = stop_and_read_cdrs(&mut pair.standby).await?;
-    for c in cdrs_by_token(&cdrs, &rebound)? {
-        ensure!(
-            c.recovered && c.end_reason == "normal",
-            "CDR {}: recovered {} end_reason {}",
-            c.token,
-            c.recovered,
-            c.end_reason
-        );
-    }
-    Ok(())
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
+    ensure_recovered_normal(&cdrs, &rebound, "CDR")
 }
 
 // ---- e. ringing calls --------------------------------------------------------------------
@@ -1143,13 +1168,9 @@ async fn tcp_legs_are_rebound_over_tcp() -> Result<()> {
     answer_n(&trunk, total, &Answer::ok());
     let callers = phones(&caller_names, pair.main.sip, true).await?;
     wait_synced(&pair.standby, &caller_names).await?;
-    let targets: Vec<Vec<String>> = (0..caller_names.len())
-        .map(|i| (0..per_caller).map(|k| format!("8{i}{k:02}")).collect())
-        .collect();
-    let (callers, a_ids) = place_calls(callers, targets).await?;
+    let targets = numbers(caller_names.len(), per_caller, |i, k| format!("8{i}{k:02}"));
     let callees = vec![trunk];
-    let calls = match_calls(&a_ids, &callees)?;
-    ensure!(calls.len() == total, "{} calls set up", calls.len());
+    let (callers, calls) = set_up_calls(callers, targets, &callees, total).await?;
     for ua in callers.iter().chain(&callees) {
         for d in ua.live_dialogs() {
             ensure!(
@@ -1165,9 +1186,14 @@ async fn tcp_legs_are_rebound_over_tcp() -> Result<()> {
         .chain(&callees)
         .map(|u| u.tcp_accepted().len())
         .collect();
-    let killed = kill_main(&mut pair, total as u64, total as u64).await?;
-    let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
-    show_report("f tcp", &report, killed);
+    let report = kill_and_settle(
+        &mut pair,
+        total as u64,
+        total as u64,
+        Duration::from_secs(15),
+        "f tcp",
+    )
+    .await?;
     check_report(
         &report,
         &[
@@ -1194,22 +1220,8 @@ async fn tcp_legs_are_rebound_over_tcp() -> Result<()> {
         }
     }
     let (_callers, _callees) = hang_up_calls(callers, callees, &all, new_active).await?;
-    pair.standby
-        .wait_status(Duration::from_secs(5), "without calls", |v| {
-            num(&v["counts"], "calls") == 0
-        })
-        .await?;
-    let cdrs = stop_and_read_cdrs(&mut pair.standby).await?;
-    for c in cdrs_by_token(&cdrs, &all)? {
-        ensure!(
-            c.recovered && c.end_reason == "normal",
-            "CDR {}: recovered {} end_reason {}",
-            c.token,
-            c.recovered,
-            c.end_reason
-        );
-    }
-    Ok(())
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
+    ensure_recovered_normal(&cdrs, &all, "CDR")
 }
 
 // ---- g. witnesses --------------------------------------------------------------------------
@@ -1333,7 +1345,7 @@ async fn witness_decides_whether_an_isolated_standby_takes_over() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_481_endpoints_are_not_notifiers() -> Result<()> {
     let (caller_names, callee_names) = (names("kim", 2), names("lee", 3));
-    let users: Vec<String> = caller_names.iter().chain(&callee_names).cloned().collect();
+    let users = users_of(&[&caller_names, &callee_names]);
     let query_timeout_ms = 1000;
     let spec = PairSpec {
         dialog_digest: false,
@@ -1359,13 +1371,9 @@ async fn silent_and_481_endpoints_are_not_notifiers() -> Result<()> {
     }
     wait_synced(&pair.standby, &users).await?;
     let targets = vec![callee_names.clone(); caller_names.len()];
-    let (callers, a_ids) = place_calls(callers, targets).await?;
     let mut callees = callees;
-    let calls = match_calls(&a_ids, &callees)?;
-    ensure!(calls.len() == 6, "{} calls set up", calls.len());
-    let killed = kill_main(&mut pair, 6, 0).await?;
-    let report = wait_settled(&pair.standby, Duration::from_secs(10)).await?;
-    show_report("h silent", &report, killed);
+    let (callers, calls) = set_up_calls(callers, targets, &callees, 6).await?;
+    let report = kill_and_settle(&mut pair, 6, 0, Duration::from_secs(10), "h silent").await?;
     check_report(
         &report,
         &[
@@ -1388,12 +1396,7 @@ async fn silent_and_481_endpoints_are_not_notifiers() -> Result<()> {
         expect_check_sync(ua, new_active).await?;
     }
     let (lost, kept): (Vec<&Call>, Vec<&Call>) = calls.iter().partition(|c| c.callee != 0);
-    let mut orphan_legs = vec![Vec::new(); callers.len()];
-    for c in &lost {
-        orphan_legs[c.caller].push(c.a.clone());
-    }
-    let none = vec![Vec::new(); callers.len()];
-    let callers = hang_up(callers, none, orphan_legs, new_active).await?;
+    let callers = expect_orphan_byes(callers, &lost, new_active).await?;
     let (callers, mut callees) = expect_calls_rebound(callers, callees, &kept, new_active).await?;
     ensure!(
         check_syncs(&mut callees[0]).is_empty(),
@@ -1422,7 +1425,7 @@ async fn next_reinvite(ua: &mut Ua, id: &DialogId, new_active: SocketAddr) -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebind_retries_491_and_ends_calls_on_481() -> Result<()> {
     let (caller_names, callee_names) = (names("mia", 3), names("ned", 3));
-    let users: Vec<String> = caller_names.iter().chain(&callee_names).cloned().collect();
+    let users = users_of(&[&caller_names, &callee_names]);
     let mut pair = Pair::start("glare", &PairSpec::default().with_users(&users)).await?;
     let callers = phones(&caller_names, pair.main.sip, false).await?;
     let callees = phones(&callee_names, pair.main.sip, false).await?;
@@ -1431,10 +1434,8 @@ async fn rebind_retries_491_and_ends_calls_on_481() -> Result<()> {
     }
     wait_synced(&pair.standby, &users).await?;
     let targets: Vec<Vec<String>> = callee_names.iter().map(|c| vec![c.clone()]).collect();
-    let (mut callers, a_ids) = place_calls(callers, targets).await?;
     let mut callees = callees;
-    let calls = match_calls(&a_ids, &callees)?;
-    ensure!(calls.len() == 3);
+    let (mut callers, calls) = set_up_calls(callers, targets, &callees, 3).await?;
     let call = |j: usize| calls.iter().find(|c| c.callee == j).cloned();
     let (c0, c1, c2) = (
         call(0).context("call 0")?,
@@ -1507,17 +1508,9 @@ async fn rebind_retries_491_and_ends_calls_on_481() -> Result<()> {
     let report = wait_settled(&pair.standby, Duration::from_secs(10)).await?;
     show_report("i glare", &report, killed);
     check_report(&report, &[("recovered", 1), ("ended", 2), ("failed", 0)])?;
-    for ua in callers.iter().chain(&callees) {
-        let e = ua.protocol_errors();
-        ensure!(e.is_empty(), "{}: {e:?}", ua.user());
-    }
+    ensure_no_protocol_errors(callers.iter().chain(&callees))?;
     let (_callers, _callees) = hang_up_calls(callers, callees, &[&c0], new_active).await?;
-    pair.standby
-        .wait_status(Duration::from_secs(5), "without calls", |v| {
-            num(&v["counts"], "calls") == 0
-        })
-        .await?;
-    let cdrs = stop_and_read_cdrs(&mut pair.standby).await?;
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
     let reasons: Vec<(String, bool)> = cdrs_by_token(&cdrs, &[&c0, &c1, &c2])?
         .iter()
         .map(|c| (c.end_reason.clone(), c.recovered))
@@ -1554,10 +1547,8 @@ async fn unreachable_tcp_leg_is_adopted_on_its_next_request() -> Result<()> {
     let callers = phones(&caller_names, pair.main.sip, false).await?;
     wait_synced(&pair.standby, &caller_names).await?;
     let targets = vec![vec!["600".to_string(), "601".to_string()]];
-    let (callers, a_ids) = place_calls(callers, targets).await?;
     let callees = vec![trunk];
-    let calls = match_calls(&a_ids, &callees)?;
-    ensure!(calls.len() == 2);
+    let (callers, calls) = set_up_calls(callers, targets, &callees, 2).await?;
     let killed = kill_main(&mut pair, 2, 2).await?;
     // The main's connections are gone with it; the trunk stops listening too.
     callees[0].close_tcp();
@@ -1586,27 +1577,10 @@ async fn unreachable_tcp_leg_is_adopted_on_its_next_request() -> Result<()> {
     }
     let all: Vec<Ua> = callers.into_iter().chain(callees).collect();
     let all = hang_up(all, send, receive, new_active).await?;
-    for ua in &all {
-        let e = ua.protocol_errors();
-        ensure!(e.is_empty(), "{}: {e:?}", ua.user());
-    }
-    pair.standby
-        .wait_status(Duration::from_secs(5), "without calls", |v| {
-            num(&v["counts"], "calls") == 0
-        })
-        .await?;
-    let cdrs = stop_and_read_cdrs(&mut pair.standby).await?;
+    ensure_no_protocol_errors(&all)?;
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
     let all_calls: Vec<&Call> = calls.iter().collect();
-    for c in cdrs_by_token(&cdrs, &all_calls)? {
-        ensure!(
-            c.recovered && c.end_reason == "normal",
-            "CDR {}: recovered {} end_reason {}",
-            c.token,
-            c.recovered,
-            c.end_reason
-        );
-    }
-    Ok(())
+    ensure_recovered_normal(&cdrs, &all_calls, "CDR")
 }
 
 // ---- k. a big dialog report over TCP ---------------------------------------------------------
@@ -1635,21 +1609,22 @@ async fn tcp_trunk_reports_150_calls_in_one_notify() -> Result<()> {
     answer_n(&trunk, total, &Answer::ok());
     let callers = phones(&caller_names, pair.main.sip, false).await?;
     wait_synced(&pair.standby, &caller_names).await?;
-    let targets: Vec<Vec<String>> = (0..caller_names.len())
-        .map(|i| (0..per_caller).map(|k| format!("5{i}{k:02}")).collect())
-        .collect();
-    let (callers, a_ids) = place_calls(callers, targets).await?;
+    let targets = numbers(caller_names.len(), per_caller, |i, k| format!("5{i}{k:02}"));
     let callees = vec![trunk];
-    let calls = match_calls(&a_ids, &callees)?;
-    ensure!(calls.len() == total, "{} calls set up", calls.len());
+    let (callers, calls) = set_up_calls(callers, targets, &callees, total).await?;
     let report_size = callees[0].dialog_info().len();
     ensure!(
         report_size > 65_535,
         "the trunk's report is only {report_size} bytes"
     );
-    let killed = kill_main(&mut pair, total as u64, 0).await?;
-    let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
-    show_report("k big notify", &report, killed);
+    let report = kill_and_settle(
+        &mut pair,
+        total as u64,
+        0,
+        Duration::from_secs(15),
+        "k big notify",
+    )
+    .await?;
     eprintln!("[k big notify] the trunk's dialog-info is {report_size} bytes");
     check_report(
         &report,
@@ -1665,12 +1640,7 @@ async fn tcp_trunk_reports_150_calls_in_one_notify() -> Result<()> {
     let all: Vec<&Call> = calls.iter().collect();
     let (callers, callees) = expect_calls_rebound(callers, callees, &all, new_active).await?;
     let (_callers, _callees) = hang_up_calls(callers, callees, &all, new_active).await?;
-    pair.standby
-        .wait_status(Duration::from_secs(5), "without calls", |v| {
-            num(&v["counts"], "calls") == 0
-        })
-        .await?;
-    Ok(())
+    wait_no_calls(&pair.standby).await
 }
 
 // ---- l. digest and query together --------------------------------------------------------
@@ -1683,13 +1653,7 @@ async fn tcp_trunk_reports_150_calls_in_one_notify() -> Result<()> {
 async fn digest_and_query_find_early_and_late_calls() -> Result<()> {
     let (early_callers, early_callees) = (names("quinn", 4), names("rita", 4));
     let (late_callers, late_callees) = (names("sam", 2), names("tess", 2));
-    let users: Vec<String> = early_callers
-        .iter()
-        .chain(&early_callees)
-        .chain(&late_callers)
-        .chain(&late_callees)
-        .cloned()
-        .collect();
+    let users = users_of(&[&early_callers, &early_callees, &late_callers, &late_callees]);
     let mut pair = Pair::start("both", &PairSpec::default().with_users(&users)).await?;
     let ec = phones(&early_callers, pair.main.sip, false).await?;
     let ee = phones(&early_callees, pair.main.sip, false).await?;
@@ -1702,9 +1666,7 @@ async fn digest_and_query_find_early_and_late_calls() -> Result<()> {
         answer_n(ua, late_callers.len(), &Answer::ok());
     }
     wait_synced(&pair.standby, &users).await?;
-    let (ec, early_ids) = place_calls(ec, vec![early_callees.clone(); 4]).await?;
-    let early = match_calls(&early_ids, &ee)?;
-    ensure!(early.len() == 16);
+    let (ec, early) = set_up_calls(ec, vec![early_callees.clone(); 4], &ee, 16).await?;
     pair.standby
         .wait_status(Duration::from_secs(5), "knowing the early calls", |v| {
             num(&v["digest"], "calls_known") >= 16
@@ -1714,9 +1676,7 @@ async fn digest_and_query_find_early_and_late_calls() -> Result<()> {
     for n in [&pair.main, &pair.standby] {
         n.post("/test/partition?on").await?;
     }
-    let (lc, late_ids) = place_calls(lc, vec![late_callees.clone(); 2]).await?;
-    let late = match_calls(&late_ids, &le)?;
-    ensure!(late.len() == 4);
+    let (lc, late) = set_up_calls(lc, vec![late_callees.clone(); 2], &le, 4).await?;
     pair.main.kill9();
     let killed = Instant::now();
     let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
