@@ -202,6 +202,10 @@ pub async fn run(
             }
         }
         while let Some(t) = server.poll_transmit() {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let first = t.bytes.split(|&b| b == b'\r').next().unwrap_or_default();
+                tracing::debug!(flow = %t.flow, line = %String::from_utf8_lossy(first), "out");
+            }
             transport.send(t);
         }
         for c in server.take_media_commands() {
