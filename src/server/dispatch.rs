@@ -90,7 +90,7 @@ impl Server {
         }
         self.drain_events(now);
         self.drive_takeover(now);
-        self.pump_digest();
+        self.pump_digest(now);
     }
 
     pub(super) fn drain_events(&mut self, now: Instant) {

@@ -309,7 +309,7 @@ impl Server {
             self.drain_events(now);
         }
         self.drive_takeover(now);
-        self.pump_digest();
+        self.pump_digest(now);
         {
             let (mut env, b) = self.env_parts(now);
             b.handle_timeout(&mut env);

@@ -127,13 +127,31 @@ impl Server {
     }
 
     /// Move the B2BUA's digest entries into the pair's log (active only).
-    pub(super) fn pump_digest(&mut self) {
+    pub(super) fn pump_digest(&mut self, now: Instant) {
         let entries = self.b2bua.take_digest();
         let Some(p) = self.pair.as_mut() else {
             return;
         };
         if p.machine.role() != Role::Active {
             return;
+        }
+        // No stand-by listening: keep nothing (the log would only grow); it gets the full
+        // list when it is back.
+        let peer_alive = p
+            .machine
+            .peer()
+            .last_seen
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(5));
+        if !peer_alive {
+            if !p.resync_wanted {
+                p.log.resync(Vec::new());
+                p.resync_wanted = true;
+            }
+            return;
+        }
+        if p.log.backlog() > 4 * self.b2bua.call_count() + 10_000 {
+            // The stand-by stopped acknowledging: start over with the current calls.
+            p.resync_wanted = true;
         }
         if p.resync_wanted {
             p.resync_wanted = false;
