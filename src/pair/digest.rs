@@ -279,17 +279,9 @@ impl DigestLog {
 
     /// Record an entry.
     pub fn push(&mut self, e: Entry) {
-        // A newer entry for a call makes older unsent ones for it useless.
-        let token = e.token();
-        if matches!(e, Entry::Gone(_)) {
-            let unacked_only = self
-                .pending
-                .iter()
-                .all(|(s, x)| x.token() != token || *s > self.acked);
-            if unacked_only && self.reset_from.is_none() {
-                self.pending.retain(|(_, x)| x.token() != token);
-            }
-        }
+        // Entries keep their place even when a later one makes them moot (a call that ends
+        // while its ringing entry is unsent): the stand-by reads any gap in the sequence as
+        // loss and asks for the full list.
         self.pending.push_back((self.next_seq, e));
         self.next_seq += 1;
     }

@@ -156,6 +156,28 @@ fn a_gap_asks_for_the_full_list() {
 }
 
 #[test]
+fn a_call_that_ends_before_its_entries_are_sent_needs_no_resync() {
+    let mut log = DigestLog::new();
+    let mut t = DigestTable::default();
+    log.resync(vec![]);
+    sync(&mut log, &mut t);
+    log.push(leg(3, true));
+    sync(&mut log, &mut t);
+    // A call rejected at once: its ringing entry and its end go out in the same chunk.
+    log.push(ring(4));
+    log.push(Entry::Gone(4));
+    log.push(Entry::Gone(3));
+    let (body, _) = log.chunk(10_000, 0).unwrap();
+    let ack = t.apply(&body);
+    assert!(matches!(ack, Ack::Upto(_, _)), "{ack:?}");
+    if let Ack::Upto(g, s) = ack {
+        log.on_ack(g, s);
+    }
+    assert_eq!(log.backlog(), 0);
+    assert_eq!(t.len(), 0);
+}
+
+#[test]
 fn ack_header_round_trip() {
     assert_eq!(
         Ack::parse(&Ack::Upto(5, 9).to_header()),
