@@ -22,6 +22,9 @@ use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, new_tag
 use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use crate::transport::Flow;
 
+/// Interval between batches of reset NOTIFYs (cold takeover or fallback).
+const RESET_PACE: Duration = Duration::from_millis(20);
+
 /// Default reset event (DESIGN: the seed asks endpoints to drop their calls and re-initialise).
 const DEFAULT_RESET: &str = "check-sync;reboot=true";
 
@@ -179,6 +182,8 @@ pub(crate) struct Takeover {
     initial: Vec<Step>,
     /// While digest-known calls wait for the window, look again at this time.
     retry_at: Instant,
+    /// The next batch of reset NOTIFYs may leave at this time.
+    next_reset_at: Instant,
     pub(crate) report: Report,
 }
 
@@ -242,6 +247,7 @@ impl Takeover {
             adopted,
             initial,
             retry_at: now,
+            next_reset_at: now,
             report: Report {
                 mode: mode.as_str().into(),
                 in_progress: true,
@@ -323,11 +329,15 @@ impl Takeover {
                 self.not_notifier(q.ep);
             }
         }
-        for _ in 0..self.parallel {
-            let Some(ep) = self.resets.pop_front() else {
-                break;
-            };
-            self.send_reset(now, tx, me, &ep);
+        if now >= self.next_reset_at {
+            // Resets are fire-and-forget: `parallel` of them per pacing interval.
+            for _ in 0..self.parallel {
+                let Some(ep) = self.resets.pop_front() else {
+                    break;
+                };
+                self.send_reset(now, tx, me, &ep);
+            }
+            self.next_reset_at = now + RESET_PACE;
         }
         if self.queue.is_empty() && self.queries.is_empty() && self.initial.is_empty() {
             // Everything reported that will report: the rest are orphans.
@@ -583,9 +593,13 @@ impl Takeover {
     /// The next deadline.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let q = self.queries.values().map(|q| q.deadline).min();
-        let work = (!self.resets.is_empty() || !self.queue.is_empty()).then_some(self.started);
+        // A free query slot means work now; a full one waits for answers (which drive the
+        // takeover as they arrive) or for the earliest query deadline.
+        let query =
+            (!self.queue.is_empty() && self.queries.len() < self.parallel).then_some(self.started);
+        let reset = (!self.resets.is_empty()).then_some(self.next_reset_at);
         let waiting = (!self.initial.is_empty()).then_some(self.retry_at);
-        [q, work, waiting].into_iter().flatten().min()
+        [q, query, reset, waiting].into_iter().flatten().min()
     }
 }
 
@@ -648,3 +662,7 @@ fn digest_leg(l: &LegRecord) -> Leg {
         start_ms: l.start_ms,
     }
 }
+
+#[cfg(test)]
+#[path = "takeover_tests.rs"]
+mod tests;

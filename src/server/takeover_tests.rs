@@ -1,0 +1,89 @@
+//! Takeover pacing on a virtual clock: queries wait for a free slot, resets leave in batches.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::registrar::Settings;
+use crate::transaction::Timers;
+
+fn config(mode: &str) -> Config {
+    let mut text = format!(
+        "[node]\nname = \"n\"\nsip_udp = \"127.0.0.1:5060\"\n\
+         [pair]\npeer = \"127.0.0.1:5062\"\nsecret = \"pair-secret-1\"\nmode = \"{mode}\"\n\
+         [takeover]\nparallel = 2\nquery_timeout_ms = 1000\n"
+    );
+    for i in 0..5 {
+        text.push_str(&format!(
+            "[[trunks]]\nname = \"t{i}\"\naddress = \"127.0.0.1:{}\"\nprefixes = [\"{i}\"]\n\
+             dialog_query = true\n",
+            6001 + i
+        ));
+    }
+    Config::from_toml_str(&text, "test").expect("config")
+}
+
+fn parts() -> (Registrar, TransactionLayer, LocalContact) {
+    let settings = Settings {
+        realm: "pbx.local".into(),
+        min_expires: 60,
+        max_expires: 3600,
+        default_expires: 3600,
+        nonce_secret: b"s".to_vec(),
+        nonce_lifetime_s: 300,
+        max_auth_failures: 3,
+        algorithms: vec![crate::sip::digest::Algorithm::Md5],
+    };
+    let timers = Timers {
+        t1: Duration::from_millis(500),
+        t2: Duration::from_secs(4),
+        t4: Duration::from_secs(5),
+    };
+    let me = LocalContact {
+        udp: "127.0.0.1:5060".into(),
+        tcp: "127.0.0.1:5060".into(),
+    };
+    (
+        Registrar::new(settings, std::iter::empty()),
+        TransactionLayer::new(timers, true),
+        me,
+    )
+}
+
+#[test]
+fn full_query_slots_wait_for_answers_instead_of_spinning() {
+    let cfg = config("hot");
+    let (registrar, mut tx, me) = parts();
+    let now = Instant::now();
+    let mut t = Takeover::start(&cfg, &registrar, now, 0, HashMap::new());
+    assert_eq!(t.report.endpoints, 5);
+    t.tick(now, &mut tx, &me, 0);
+    assert_eq!(t.report.queried, 2, "at most `parallel` queries at a time");
+    // Three endpoints wait, but no slot is free: the next wake-up is the query deadline.
+    assert_eq!(t.poll_timeout(), Some(now + Duration::from_secs(1)));
+    // A refusal frees a slot: work is due at once.
+    let id = *t.txs.keys().next().expect("a query transaction");
+    let refused = Response::new(489);
+    t.on_result(id, Some(&refused));
+    assert!(t.poll_timeout().is_some_and(|d| d <= now));
+    t.tick(now, &mut tx, &me, 0);
+    assert_eq!(t.report.queried, 3);
+}
+
+#[test]
+fn resets_leave_in_paced_batches() {
+    let cfg = config("cold");
+    let (registrar, mut tx, me) = parts();
+    let now = Instant::now();
+    let mut t = Takeover::start(&cfg, &registrar, now, 0, HashMap::new());
+    t.tick(now, &mut tx, &me, 0);
+    assert_eq!(t.report.reset, 2);
+    assert_eq!(t.poll_timeout(), Some(now + RESET_PACE));
+    t.tick(now + RESET_PACE / 2, &mut tx, &me, 0);
+    assert_eq!(t.report.reset, 2, "not before the pacing interval");
+    t.tick(now + RESET_PACE, &mut tx, &me, 0);
+    assert_eq!(t.report.reset, 4);
+    t.tick(now + RESET_PACE * 2, &mut tx, &me, 0);
+    assert_eq!(t.report.reset, 5);
+    assert_eq!(t.poll_timeout(), None);
+}
