@@ -79,6 +79,19 @@ fn hostport(
     addr.to_string()
 }
 
+/// Hand finished calls, with their media counters, to the CDR writer. Drained even when CDRs
+/// are off, so neither the server nor the relay keeps them.
+fn flush_cdrs(server: &mut Server, relay: &mut crate::media::Relay, cdr: Option<&CdrWriter>) {
+    for mut r in server.take_cdrs() {
+        if let Ok(token) = u64::from_str_radix(&r.token, 16) {
+            r.media = relay.take_final(token);
+        }
+        if let Some(w) = cdr {
+            w.record(r);
+        }
+    }
+}
+
 fn apply_media(relay: &mut crate::media::Relay, c: crate::b2bua::MediaCommand) {
     use crate::b2bua::MediaCommand;
     match c {
@@ -211,14 +224,7 @@ pub async fn run(
         for c in server.take_media_commands() {
             apply_media(&mut relay, c);
         }
-        if let Some(w) = &cdr {
-            for mut r in server.take_cdrs() {
-                if let Ok(token) = u64::from_str_radix(&r.token, 16) {
-                    r.media = relay.take_final(token);
-                }
-                w.record(r);
-            }
-        }
+        flush_cdrs(&mut server, &mut relay, cdr.as_ref());
     }
     tracing::info!(
         node = cfg.node.name,
@@ -227,13 +233,8 @@ pub async fn run(
     );
     let _ = stop_admin_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    flush_cdrs(&mut server, &mut relay, cdr.as_ref());
     if let Some(w) = cdr {
-        for mut r in server.take_cdrs() {
-            if let Ok(token) = u64::from_str_radix(&r.token, 16) {
-                r.media = relay.take_final(token);
-            }
-            w.record(r);
-        }
         let n = w.close()?;
         tracing::info!(rows = n, "CDRs flushed");
     }
