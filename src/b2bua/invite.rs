@@ -3,8 +3,6 @@
 
 use std::cmp::Reverse;
 
-use bytes::Bytes;
-
 use super::call::{Call, CallState, Fork, Side, idx, tag_for};
 use super::{
     ALLOW, B2bua, COPIED, Env, Purpose, RING_TIMEOUT, TimerKind, cancel_for, copy_body, media,
@@ -89,6 +87,10 @@ impl B2bua {
         let b_cseq = env.cseq_base() + 1;
         let mut b_from = from.clone();
         b_from.params.set("tag", Some(&tag_for(token, Side::B)));
+        // The offer every fork carries (in relay mode: rewritten to our ports, once).
+        let mut offer_type = crate::sip::Headers::default();
+        let offer = copy_body(&req, &req.body, &mut offer_type);
+        let offer = media::relay(&mut self.media, token, Side::A, offer);
         let mut forks = Vec::with_capacity(route.targets.len());
         for target in &route.targets {
             let mut b = Request::new(Method::Invite, target.uri.clone());
@@ -115,8 +117,10 @@ impl B2bua {
                     h.push(n.clone(), v);
                 }
             }
-            let body = copy_body(&req, &req.body, &mut b.headers);
-            b.body = media::relay(&mut self.media, token, Side::A, body);
+            if let Some(ct) = offer_type.get(&HeaderName::ContentType) {
+                b.headers.push(HeaderName::ContentType, ct);
+            }
+            b.body = offer.clone();
             match env.tx.send_request(env.now, &b, target.flow) {
                 Ok(tx) => {
                     self.client.insert(tx, (token, Purpose::Fork));
@@ -147,7 +151,6 @@ impl B2bua {
             forks = forks.len(),
             "call created"
         );
-        let last_a_sdp = (!req.body.is_empty()).then(|| Bytes::copy_from_slice(&req.body));
         let mut call = Call::new(
             token,
             CallState::Calling,
@@ -162,7 +165,7 @@ impl B2bua {
         call.invite_tx = Some(id);
         call.b_invite_cseq = b_cseq;
         call.forks = forks;
-        call.last_sdp = [None, last_a_sdp];
+        call.last_sdp = [None, (!offer.is_empty()).then_some(offer)];
         call.trunk = route.trunk.or_else(|| from_trunk.map(str::to_string));
         self.stats.created += 1;
         self.server_invites.insert(id, token);

@@ -376,3 +376,7 @@ impl Server {
         std::mem::take(&mut self.cdrs)
     }
 }
+
+#[cfg(test)]
+#[path = "refresh_tests.rs"]
+mod refresh_tests;

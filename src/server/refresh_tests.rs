@@ -1,0 +1,139 @@
+//! The whole server in-process on a virtual clock: a relayed call between two trunks, then
+//! the session refresh we owe the B leg (RFC 4028), which must offer the relay again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Server;
+use crate::config::Config;
+use crate::dialog::LocalContact;
+use crate::media::sdp::media_addr;
+use crate::sip::{HeaderName, Message, Request, Response, SipMessage, parse_datagram, response_to};
+use crate::transport::{Flow, Inbound};
+
+const A: &str = "127.0.0.1:5080";
+const B: &str = "127.0.0.1:5070";
+
+fn sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+}
+
+fn server(now: Instant) -> Server {
+    let text = format!(
+        "[node]\nname = \"n\"\nsip_udp = \"127.0.0.1:5060\"\n\
+         [media]\nmode = \"relay\"\nrtp_ports = \"30000-30099\"\n\
+         [cdr]\nenabled = false\n\
+         [[trunks]]\nname = \"gateway\"\naddress = \"{A}\"\nprefixes = [\"0\"]\n\
+         [[trunks]]\nname = \"carrier\"\naddress = \"{B}\"\nprefixes = [\"9\"]\nstrip = 1\n"
+    );
+    let cfg = Config::from_toml_str(&text, "test").expect("config");
+    let me = LocalContact {
+        udp: "127.0.0.1:5060".into(),
+        tcp: "127.0.0.1:5060".into(),
+    };
+    Server::new(
+        Arc::new(cfg),
+        me,
+        now,
+        1_700_000_000_000,
+        Box::new(crate::pair::epoch::MemoryEpochStore(1)),
+    )
+}
+
+fn feed(s: &mut Server, now: Instant, bytes: &[u8], from: &str) {
+    let p = parse_datagram(bytes).expect("parses");
+    let from: SocketAddr = from.parse().expect("addr");
+    s.handle_inbound(now, Inbound::Message(Box::new(p), Flow::udp(from)));
+}
+
+fn sent_to(s: &mut Server, to: &str) -> Vec<Message> {
+    let to: SocketAddr = to.parse().expect("addr");
+    let mut out = Vec::new();
+    while let Some(t) = s.poll_transmit() {
+        if t.flow.remote == to
+            && let Ok(p) = parse_datagram(&t.bytes)
+        {
+            out.push(p.message);
+        }
+    }
+    out
+}
+
+fn first_request(msgs: Vec<Message>, method: crate::sip::Method) -> Request {
+    msgs.into_iter()
+        .find_map(|m| match m {
+            Message::Request(r) if r.method == method => Some(r),
+            _ => None,
+        })
+        .expect("request sent")
+}
+
+fn ok_to(msgs: Vec<Message>) -> Response {
+    msgs.into_iter()
+        .find_map(|m| match m {
+            Message::Response(r) if r.status == 200 => Some(r),
+            _ => None,
+        })
+        .expect("200 sent")
+}
+
+#[test]
+fn the_session_refresh_to_b_offers_the_relay_not_the_caller() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    let body = sdp(6000);
+    let invite = format!(
+        "INVITE sip:91234@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKr1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: <sip:91234@127.0.0.1:5060>\r\n\
+         Call-ID: refresh-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{A}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    feed(&mut s, t0, invite.as_bytes(), A);
+    let b_invite = first_request(sent_to(&mut s, B), crate::sip::Method::Invite);
+    let offered = media_addr(&b_invite.body).expect("SDP to B");
+    assert!((30000..=30099).contains(&offered.rtp.port()), "{offered:?}");
+
+    let mut ok = response_to(&b_invite, 200, Some("callee-tag"));
+    ok.headers
+        .push(HeaderName::Contact, format!("<sip:callee@{B}>"));
+    ok.headers.push(HeaderName::ContentType, "application/sdp");
+    ok.body = sdp(7000).into_bytes().into();
+    feed(&mut s, t0, &ok.to_bytes(), B);
+    let ok_a = ok_to(sent_to(&mut s, A));
+    let ack = format!(
+        "ACK sip:caller@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKr1ack\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: {}\r\nCall-ID: refresh-1\r\n\
+         CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        ok_a.headers.get(&HeaderName::To).unwrap_or_default()
+    );
+    feed(&mut s, t0, ack.as_bytes(), A);
+    let _ = sent_to(&mut s, B);
+
+    // B did not negotiate a session timer: we refresh it at half the 1800 s default.
+    let mut now = t0;
+    let mut refresh = None;
+    while refresh.is_none() && now < t0 + Duration::from_secs(901) {
+        now = s
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_secs(1))
+            .max(now + Duration::from_millis(1));
+        s.handle_timeout(now);
+        refresh = sent_to(&mut s, B).into_iter().find_map(|m| match m {
+            Message::Request(r) if r.method == crate::sip::Method::Invite => Some(r),
+            _ => None,
+        });
+    }
+    let refresh = refresh.expect("a refresh re-INVITE to B by 901 s");
+    assert!(now >= t0 + Duration::from_secs(900), "refreshed too early");
+    assert_eq!(refresh.call_id().ok(), b_invite.call_id().ok());
+    assert_eq!(
+        media_addr(&refresh.body).map(|m| m.rtp),
+        Some(offered.rtp),
+        "the refresh offers B the relay port it already has"
+    );
+}
