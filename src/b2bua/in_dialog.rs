@@ -223,41 +223,38 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
-        let final_ = resp.status >= 200;
-        let relay_is_invite = call.relay_tx == Some(id);
-        let (from, server, original) = if relay_is_invite {
-            let Some(r) = &call.reinvite else {
-                // A 2xx retransmission after the ACK went out: nothing to relay.
-                return;
-            };
-            (r.from, r.server, r.request.clone())
-        } else {
-            let Some(r) = call.relays.get(&id) else {
-                return;
-            };
-            (r.from, r.server, r.request.clone())
-        };
         if resp.status == 100 {
             return;
         }
-        let mut r = response_to(&original, resp.status, None);
+        let final_ = resp.status >= 200;
+        let relay_is_invite = call.relay_tx == Some(id);
+        let relay = if relay_is_invite {
+            // None: a 2xx retransmission after the ACK went out, nothing to relay.
+            call.reinvite.as_deref()
+        } else {
+            call.relays.get(&id)
+        };
+        let Some(relay) = relay else {
+            return;
+        };
+        let (from, server, method) = (relay.from, relay.server, relay.request.method.clone());
+        let mut r = response_to(&relay.request, resp.status, None);
         r.reason = resp.reason.clone();
         let other = from.other();
-        if (200..300).contains(&resp.status)
-            && matches!(original.method, Method::Invite | Method::Update)
-        {
+        if (200..300).contains(&resp.status) && matches!(method, Method::Invite | Method::Update) {
             if let Some(d) = call.leg_mut(other) {
                 d.refresh_target(resp.contact());
             }
-            r.headers
-                .push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
+            // The response goes back on the leg the request came from.
+            let proto = call.leg(from).map_or(call.a.flow.proto, |d| d.flow.proto);
+            r.headers.push(HeaderName::Contact, env.me.contact(proto));
             for t in session::touch(call, env) {
                 self.timers.push(Reverse(t));
             }
         }
         let body = copy_body(&resp, &resp.body, &mut r.headers);
         r.body = media::relay(&mut self.media, token, other, body);
-        if !r.body.is_empty() && original.method == Method::Invite {
+        if !r.body.is_empty() && method == Method::Invite {
             call.last_sdp[idx(from)] = Some(r.body.clone());
         }
         let _ = env.tx.respond(env.now, server, &r);

@@ -378,5 +378,5 @@ impl Server {
 }
 
 #[cfg(test)]
-#[path = "refresh_tests.rs"]
-mod refresh_tests;
+#[path = "call_tests.rs"]
+mod call_tests;

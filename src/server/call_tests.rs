@@ -1,5 +1,5 @@
-//! The whole server in-process on a virtual clock: a relayed call between two trunks, then
-//! the session refresh we owe the B leg (RFC 4028), which must offer the relay again.
+//! The whole server in-process on a virtual clock: calls between two trunks (the carrier on
+//! UDP or TCP), driven with the bytes the trunks would send.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,13 +22,14 @@ fn sdp(port: u16) -> String {
     )
 }
 
-fn server(now: Instant) -> Server {
+fn server(now: Instant, b_transport: &str) -> Server {
     let text = format!(
         "[node]\nname = \"n\"\nsip_udp = \"127.0.0.1:5060\"\n\
          [media]\nmode = \"relay\"\nrtp_ports = \"30000-30099\"\n\
          [cdr]\nenabled = false\n\
          [[trunks]]\nname = \"gateway\"\naddress = \"{A}\"\nprefixes = [\"0\"]\n\
-         [[trunks]]\nname = \"carrier\"\naddress = \"{B}\"\nprefixes = [\"9\"]\nstrip = 1\n"
+         [[trunks]]\nname = \"carrier\"\naddress = \"{B}\"\nprefixes = [\"9\"]\nstrip = 1\n\
+         transport = \"{b_transport}\"\n"
     );
     let cfg = Config::from_toml_str(&text, "test").expect("config");
     let me = LocalContact {
@@ -48,6 +49,12 @@ fn feed(s: &mut Server, now: Instant, bytes: &[u8], from: &str) {
     let p = parse_datagram(bytes).expect("parses");
     let from: SocketAddr = from.parse().expect("addr");
     s.handle_inbound(now, Inbound::Message(Box::new(p), Flow::udp(from)));
+}
+
+fn feed_tcp(s: &mut Server, now: Instant, bytes: &[u8], from: &str) {
+    let p = parse_datagram(bytes).expect("parses");
+    let from: SocketAddr = from.parse().expect("addr");
+    s.handle_inbound(now, Inbound::Message(Box::new(p), Flow::tcp(from)));
 }
 
 fn sent_to(s: &mut Server, to: &str) -> Vec<Message> {
@@ -81,10 +88,9 @@ fn ok_to(msgs: Vec<Message>) -> Response {
         .expect("200 sent")
 }
 
-#[test]
-fn the_session_refresh_to_b_offers_the_relay_not_the_caller() {
-    let t0 = Instant::now();
-    let mut s = server(t0);
+/// A call from the gateway (UDP) to the carrier, answered and acknowledged. Returns the
+/// INVITE the carrier got and the 200 the gateway got.
+fn answered_call(s: &mut Server, t0: Instant, b_tcp: bool) -> (Request, Response) {
     let body = sdp(6000);
     let invite = format!(
         "INVITE sip:91234@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKr1\r\n\
@@ -93,26 +99,38 @@ fn the_session_refresh_to_b_offers_the_relay_not_the_caller() {
          Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    feed(&mut s, t0, invite.as_bytes(), A);
-    let b_invite = first_request(sent_to(&mut s, B), crate::sip::Method::Invite);
-    let offered = media_addr(&b_invite.body).expect("SDP to B");
-    assert!((30000..=30099).contains(&offered.rtp.port()), "{offered:?}");
-
+    feed(s, t0, invite.as_bytes(), A);
+    let b_invite = first_request(sent_to(s, B), crate::sip::Method::Invite);
     let mut ok = response_to(&b_invite, 200, Some("callee-tag"));
+    let transport = if b_tcp { ";transport=tcp" } else { "" };
     ok.headers
-        .push(HeaderName::Contact, format!("<sip:callee@{B}>"));
+        .push(HeaderName::Contact, format!("<sip:callee@{B}{transport}>"));
     ok.headers.push(HeaderName::ContentType, "application/sdp");
     ok.body = sdp(7000).into_bytes().into();
-    feed(&mut s, t0, &ok.to_bytes(), B);
-    let ok_a = ok_to(sent_to(&mut s, A));
+    if b_tcp {
+        feed_tcp(s, t0, &ok.to_bytes(), B);
+    } else {
+        feed(s, t0, &ok.to_bytes(), B);
+    }
+    let ok_a = ok_to(sent_to(s, A));
     let ack = format!(
         "ACK sip:caller@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKr1ack\r\n\
          Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: {}\r\nCall-ID: refresh-1\r\n\
          CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
         ok_a.headers.get(&HeaderName::To).unwrap_or_default()
     );
-    feed(&mut s, t0, ack.as_bytes(), A);
-    let _ = sent_to(&mut s, B);
+    feed(s, t0, ack.as_bytes(), A);
+    let _ = sent_to(s, B);
+    (b_invite, ok_a)
+}
+
+#[test]
+fn the_session_refresh_to_b_offers_the_relay_not_the_caller() {
+    let t0 = Instant::now();
+    let mut s = server(t0, "udp");
+    let (b_invite, _) = answered_call(&mut s, t0, false);
+    let offered = media_addr(&b_invite.body).expect("SDP to B");
+    assert!((30000..=30099).contains(&offered.rtp.port()), "{offered:?}");
 
     // B did not negotiate a session timer: we refresh it at half the 1800 s default.
     let mut now = t0;
@@ -135,5 +153,38 @@ fn the_session_refresh_to_b_offers_the_relay_not_the_caller() {
         media_addr(&refresh.body).map(|m| m.rtp),
         Some(offered.rtp),
         "the refresh offers B the relay port it already has"
+    );
+}
+
+#[test]
+fn a_relayed_2xx_carries_the_contact_of_the_leg_it_goes_back_on() {
+    let t0 = Instant::now();
+    let mut s = server(t0, "tcp");
+    let (b_invite, _) = answered_call(&mut s, t0, true);
+    // The carrier (TCP) sends a re-INVITE; the gateway (UDP) accepts it.
+    let body = sdp(7002);
+    let reinvite = format!(
+        "INVITE sip:127.0.0.1:5060;transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {B};branch=z9hG4bKre1\r\nMax-Forwards: 70\r\n\
+         From: <sip:1234@{B}>;tag=callee-tag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\n\
+         Contact: <sip:callee@{B};transport=tcp>\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        b_invite.headers.get(&HeaderName::From).unwrap_or_default(),
+        b_invite.call_id().unwrap_or_default(),
+        body.len()
+    );
+    feed_tcp(&mut s, t0, reinvite.as_bytes(), B);
+    let to_a = first_request(sent_to(&mut s, A), crate::sip::Method::Invite);
+    let mut ok = response_to(&to_a, 200, None);
+    ok.headers
+        .push(HeaderName::Contact, format!("<sip:caller@{A}>"));
+    ok.headers.push(HeaderName::ContentType, "application/sdp");
+    ok.body = sdp(6002).into_bytes().into();
+    feed(&mut s, t0, &ok.to_bytes(), A);
+    let ok_b = ok_to(sent_to(&mut s, B));
+    let contact = ok_b.headers.get(&HeaderName::Contact).unwrap_or_default();
+    assert!(
+        contact.contains("transport=tcp"),
+        "Contact to the TCP leg: {contact}"
     );
 }
