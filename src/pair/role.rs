@@ -468,8 +468,13 @@ impl RoleMachine {
                 };
             }
         }
-        while now >= self.next_tick {
+        if now >= self.next_tick {
+            // One keep-alive per due tick; after a stall the schedule restarts from now
+            // rather than sending every missed one at once.
             self.next_tick += self.s.keepalive;
+            if self.next_tick <= now {
+                self.next_tick = now + self.s.keepalive;
+            }
             self.actions
                 .push_back(Action::SendKeepalive(self.announced()));
         }

@@ -25,7 +25,11 @@ fn hear(m: &mut RoleMachine, now: Instant, role: Announced, epoch: u64) {
 
 /// A stand-by past start-up, with an active peer at epoch 1.
 fn running_standby(t0: Instant) -> RoleMachine {
-    let mut m = RoleMachine::new(settings(HomeRole::Standby), 1, t0);
+    running_standby_with(settings(HomeRole::Standby), t0)
+}
+
+fn running_standby_with(s: Settings, t0: Instant) -> RoleMachine {
+    let mut m = RoleMachine::new(s, 1, t0);
     hear(&mut m, t0, Announced::Active, 1);
     m.handle_timeout(t0);
     drain(&mut m);
@@ -349,8 +353,24 @@ fn preempt_brings_the_home_main_back_after_stable_keepalives() {
     // A home stand-by never preempts.
     let mut s = settings(HomeRole::Standby);
     s.preempt_after = Some(Duration::from_secs(1));
-    let mut m = running_standby(t0);
-    let _ = s;
+    let mut m = running_standby_with(s, t0);
     let a = run(&mut m, t0, t0 + Duration::from_secs(3), Some(KA));
     assert!(takeovers(&a).is_empty());
+}
+
+#[test]
+fn a_stalled_node_sends_one_keepalive_not_one_per_missed_tick() {
+    let t0 = Instant::now();
+    let mut m = running_standby(t0);
+    drain(&mut m);
+    // The process was frozen for a second: five ticks went by.
+    let t = t0 + Duration::from_secs(1);
+    hear(&mut m, t, Announced::Active, 1);
+    m.handle_timeout(t);
+    let sent = drain(&mut m)
+        .into_iter()
+        .filter(|a| matches!(a, Action::SendKeepalive(_)))
+        .count();
+    assert_eq!(sent, 1);
+    assert_eq!(m.poll_timeout(), t + KA, "the schedule restarts from now");
 }
