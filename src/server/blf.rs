@@ -3,7 +3,7 @@
 //! calls this node handles. `Expires: 0` is a one-shot fetch; otherwise the subscription lasts
 //! and a NOTIFY follows whenever the user's dialogs change (checked once a second).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,8 +11,8 @@ use bytes::Bytes;
 use crate::b2bua::{B2bua, CallState, Side};
 use crate::dialog::{Dialog, LocalContact};
 use crate::pair::dialoginfo::{self, DialogInfo, DialogReport};
-use crate::sip::{HeaderName, Method, Request, SipMessage, Uri, new_tag, response_to};
-use crate::transaction::{ServerTxId, TransactionLayer};
+use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, new_tag, response_to};
+use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use crate::transport::Flow;
 
 #[derive(Debug)]
@@ -21,18 +21,27 @@ struct Sub {
     dialog: Dialog,
     expires_at: Instant,
     version: u64,
-    last: String,
+    /// The dialogs last notified, without their durations (which change every second).
+    last: Vec<DialogReport>,
 }
 
 /// Dialog-event subscriptions to our users.
 #[derive(Debug, Default)]
 pub(crate) struct Blf {
     subs: HashMap<String, Sub>,
+    /// Our NOTIFYs in flight, by the Call-ID of their subscription.
+    notifies: HashMap<ClientTxId, String>,
 }
 
-/// The user's dialogs, from the user's point of view.
-fn report(b2bua: &B2bua, user: &str, domain: &str, now: Instant) -> DialogInfo {
-    let mut dialogs = Vec::new();
+/// The dialogs of every user `wanted` accepts, from that user's point of view, in one pass
+/// over the calls.
+fn reports(
+    b2bua: &B2bua,
+    wanted: impl Fn(&str) -> bool,
+    domain: &str,
+    now: Instant,
+) -> HashMap<String, Vec<DialogReport>> {
+    let mut out: HashMap<String, Vec<DialogReport>> = HashMap::new();
     for c in b2bua.calls() {
         let state = match c.state {
             CallState::Calling => "trying",
@@ -41,17 +50,14 @@ fn report(b2bua: &B2bua, user: &str, domain: &str, now: Instant) -> DialogInfo {
         };
         let caller_user = Uri::parse(&c.caller).ok().and_then(|u| u.user);
         for side in [Side::A, Side::B] {
-            let is_user = match side {
-                Side::A => caller_user.as_deref() == Some(user),
-                Side::B => c.callee == user,
+            let user = match side {
+                Side::A => caller_user.as_deref(),
+                Side::B => Some(c.callee.as_str()),
             };
-            if !is_user {
-                continue;
-            }
-            let Some(d) = c.leg(side) else {
+            let (Some(user), Some(d)) = (user.filter(|u| wanted(u)), c.leg(side)) else {
                 continue;
             };
-            dialogs.push(DialogReport {
+            out.entry(user.to_string()).or_default().push(DialogReport {
                 id: format!("{:016x}{}", c.token, side.letter()),
                 call_id: d.call_id.clone(),
                 local_tag: d.remote_tag.clone(),
@@ -76,12 +82,18 @@ fn report(b2bua: &B2bua, user: &str, domain: &str, now: Instant) -> DialogInfo {
             });
         }
     }
-    DialogInfo {
-        version: 0,
-        full: true,
-        entity: format!("sip:{user}@{domain}"),
-        dialogs,
-    }
+    out
+}
+
+/// What a change is judged on: everything but the running duration.
+fn comparable(dialogs: &[DialogReport]) -> Vec<DialogReport> {
+    dialogs
+        .iter()
+        .map(|d| DialogReport {
+            duration: None,
+            ..d.clone()
+        })
+        .collect()
 }
 
 impl Blf {
@@ -128,7 +140,7 @@ impl Blf {
                     dialog: d,
                     expires_at: now,
                     version: 0,
-                    last: String::new(),
+                    last: Vec::new(),
                 },
             );
         }
@@ -141,25 +153,35 @@ impl Blf {
         r.headers
             .push(HeaderName::Contact, me.contact(source.proto));
         let _ = tx.respond(now, id, &r);
-        let info = report(b2bua, &user, domain, now);
-        Self::notify(now, tx, me, sub, info, expires == 0);
+        let dialogs = reports(b2bua, |u| u == user, domain, now)
+            .remove(&user)
+            .unwrap_or_default();
+        if let Some(n) = Self::notify(now, tx, me, sub, domain, dialogs, expires == 0) {
+            self.notifies.insert(n, call_id.clone());
+        }
         if expires == 0 {
             self.subs.remove(&call_id);
         }
     }
 
+    /// Send the subscriber its user's dialogs; the NOTIFY's transaction.
     fn notify(
         now: Instant,
         tx: &mut TransactionLayer,
         me: &LocalContact,
         sub: &mut Sub,
-        mut info: DialogInfo,
+        domain: &str,
+        dialogs: Vec<DialogReport>,
         terminated: bool,
-    ) {
-        info.version = sub.version;
+    ) -> Option<ClientTxId> {
+        sub.last = comparable(&dialogs);
+        let info = DialogInfo {
+            version: sub.version,
+            full: true,
+            entity: format!("sip:{}@{domain}", sub.user),
+            dialogs,
+        };
         sub.version += 1;
-        let body = dialoginfo::to_xml(&info);
-        sub.last = body.clone();
         let left = sub.expires_at.saturating_duration_since(now).as_secs();
         let mut n = sub.dialog.request(Method::Notify, me, None);
         n.headers.push(HeaderName::Event, "dialog");
@@ -173,8 +195,8 @@ impl Blf {
         );
         n.headers
             .push(HeaderName::ContentType, "application/dialog-info+xml");
-        n.body = Bytes::from(body);
-        let _ = tx.send_request(now, &n, sub.dialog.next_hop());
+        n.body = Bytes::from(dialoginfo::to_xml(&info));
+        tx.send_request(now, &n, sub.dialog.next_hop()).ok()
     }
 
     /// Once a second: expire subscriptions, notify changes.
@@ -187,14 +209,39 @@ impl Blf {
         domain: &str,
     ) {
         self.subs.retain(|_, s| s.expires_at > now);
-        for sub in self.subs.values_mut() {
-            let info = report(b2bua, &sub.user, domain, now);
-            let mut probe = info.clone();
-            probe.version = sub.version.saturating_sub(1);
-            if dialoginfo::to_xml(&probe) != sub.last {
-                Self::notify(now, tx, me, sub, info, false);
+        if self.subs.is_empty() {
+            return;
+        }
+        let users: HashSet<&str> = self.subs.values().map(|s| s.user.as_str()).collect();
+        let all = reports(b2bua, |u| users.contains(u), domain, now);
+        for (call_id, sub) in &mut self.subs {
+            let dialogs = all.get(&sub.user).cloned().unwrap_or_default();
+            if comparable(&dialogs) != sub.last
+                && let Some(n) = Self::notify(now, tx, me, sub, domain, dialogs, false)
+            {
+                self.notifies.insert(n, call_id.clone());
             }
         }
+    }
+
+    /// The result of one of our NOTIFYs (`None`: no answer); `false` when it is not ours.
+    /// A subscriber that no longer knows the subscription (481) or is gone is dropped.
+    pub(crate) fn on_result(&mut self, id: ClientTxId, resp: Option<&Response>) -> bool {
+        let status = resp.map_or(408, |r| r.status);
+        if status < 200 {
+            return self.notifies.contains_key(&id);
+        }
+        let Some(call_id) = self.notifies.remove(&id) else {
+            return false;
+        };
+        if matches!(status, 408 | 481) && self.subs.remove(&call_id).is_some() {
+            tracing::info!(
+                call_id,
+                status,
+                "dialog subscriber gone: subscription dropped"
+            );
+        }
+        true
     }
 
     /// Whether an in-dialog request (a refresh) belongs to one of our subscriptions.

@@ -29,7 +29,8 @@ fn server(now: Instant, b_transport: &str) -> Server {
          [cdr]\nenabled = false\n\
          [[trunks]]\nname = \"gateway\"\naddress = \"{A}\"\nprefixes = [\"0\"]\n\
          [[trunks]]\nname = \"carrier\"\naddress = \"{B}\"\nprefixes = [\"9\"]\nstrip = 1\n\
-         transport = \"{b_transport}\"\n"
+         transport = \"{b_transport}\"\n\
+         [[users]]\nname = \"caller\"\npassword = \"caller-secret\"\n"
     );
     let cfg = Config::from_toml_str(&text, "test").expect("config");
     let me = LocalContact {
@@ -187,4 +188,64 @@ fn a_relayed_2xx_carries_the_contact_of_the_leg_it_goes_back_on() {
         contact.contains("transport=tcp"),
         "Contact to the TCP leg: {contact}"
     );
+}
+
+/// The NOTIFYs the carrier got, after a run of the server's clock to `until`.
+fn run_until(s: &mut Server, from: Instant, until: Instant, to: &str) -> Vec<Request> {
+    let mut now = from;
+    let mut got = Vec::new();
+    while now < until {
+        now = s
+            .poll_timeout()
+            .unwrap_or(until)
+            .clamp(now + Duration::from_millis(1), until);
+        s.handle_timeout(now);
+        got.extend(sent_to(s, to).into_iter().filter_map(|m| match m {
+            Message::Request(r) if r.method == crate::sip::Method::Notify => Some(r),
+            _ => None,
+        }));
+    }
+    got
+}
+
+#[test]
+fn a_dialog_subscriber_hears_of_changes_only_and_is_dropped_when_gone() {
+    let t0 = Instant::now();
+    let mut s = server(t0, "udp");
+    // The carrier (a trunk: no authentication) watches user `caller`.
+    let subscribe = format!(
+        "SUBSCRIBE sip:caller@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {B};branch=z9hG4bKs1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:watcher@{B}>;tag=w1\r\nTo: <sip:caller@127.0.0.1:5060>\r\n\
+         Call-ID: blf-1\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:watcher@{B}>\r\nEvent: dialog\r\n\
+         Accept: application/dialog-info+xml\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    feed(&mut s, t0, subscribe.as_bytes(), B);
+    let first = sent_to(&mut s, B);
+    assert!(
+        first
+            .iter()
+            .any(|m| matches!(m, Message::Response(r) if r.status == 200))
+    );
+    let initial = first_request(first, crate::sip::Method::Notify);
+    assert!(!String::from_utf8_lossy(&initial.body).contains("<dialog "));
+    feed(&mut s, t0, &response_to(&initial, 200, None).to_bytes(), B);
+
+    // `caller` calls: one NOTIFY for the new confirmed dialog, none for the seconds it lasts.
+    answered_call(&mut s, t0, false);
+    let mut notifies = run_until(&mut s, t0, t0 + Duration::from_secs(6), B);
+    // (Unanswered, a NOTIFY is retransmitted: count each one once.)
+    let mut seen = std::collections::HashSet::new();
+    notifies.retain(|n| seen.insert(n.headers.get(&HeaderName::CSeq).map(str::to_string)));
+    assert_eq!(notifies.len(), 1, "one change, one NOTIFY");
+    assert!(String::from_utf8_lossy(&notifies[0].body).contains("confirmed"));
+    assert_eq!(s.blf.len(), 1);
+
+    // The watcher forgot the subscription: it is dropped.
+    feed(
+        &mut s,
+        t0 + Duration::from_secs(6),
+        &response_to(&notifies[0], 481, None).to_bytes(),
+        B,
+    );
+    assert_eq!(s.blf.len(), 0);
 }

@@ -150,7 +150,8 @@ impl Server {
     }
 
     /// A result (response, or `None` for a timeout or an unreachable destination) for a client
-    /// transaction of the takeover or of the pair link; `false` when it belongs to a call.
+    /// transaction of the takeover, of the pair link or of a dialog subscription; `false` when
+    /// it belongs to a call.
     pub(super) fn pair_result(
         &mut self,
         now: Instant,
@@ -169,7 +170,7 @@ impl Server {
             p.on_client_result(now, id, resp);
             return true;
         }
-        false
+        self.blf.on_result(id, resp)
     }
 
     fn blf_subscribe(&mut self, now: Instant, id: ServerTxId, req: &Request, source: Flow) {
