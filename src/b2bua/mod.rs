@@ -421,12 +421,19 @@ impl B2bua {
 
     /// Fire due call timers (ring timeout, session timers).
     pub fn handle_timeout(&mut self, env: &mut Env<'_>) {
-        // Timers of ended calls are skipped lazily; keep the heap from growing with the call
-        // rate by dropping them once they outnumber the live calls' timers.
+        // Superseded timers (ended calls, answered calls' ring timeout, moved session
+        // deadlines) are skipped lazily; once they outnumber the current ones (at most four
+        // per call), drop them, so the heap does not grow with the call rate.
         if self.timers.len() > 64 + 8 * self.calls.len() {
             let calls = &self.calls;
-            self.timers
-                .retain(|Reverse((_, token, _))| calls.contains_key(token));
+            self.timers.retain(|Reverse((at, token, kind))| {
+                calls.get(token).is_some_and(|c| match kind {
+                    TimerKind::Ring => c.a_invite.is_some(),
+                    TimerKind::Session(i) => c.timers[usize::from(*i)]
+                        .is_some_and(|t| t.deadline == *at),
+                    TimerKind::RebindRetry => true,
+                })
+            });
         }
         while let Some(Reverse((at, token, kind))) = self.timers.peek().copied() {
             if at > env.now {
