@@ -429,8 +429,9 @@ impl B2bua {
             self.timers.retain(|Reverse((at, token, kind))| {
                 calls.get(token).is_some_and(|c| match kind {
                     TimerKind::Ring => c.a_invite.is_some(),
-                    TimerKind::Session(i) => c.timers[usize::from(*i)]
-                        .is_some_and(|t| t.deadline == *at),
+                    TimerKind::Session(i) => {
+                        c.timers[usize::from(*i)].is_some_and(|t| t.deadline == *at)
+                    }
                     TimerKind::RebindRetry => true,
                 })
             });

@@ -268,6 +268,17 @@ impl Headers {
         self.0.retain(|h| &h.name != name);
     }
 
+    /// Replace the value of the first header with this name; `false` when there is none.
+    pub fn replace_first(&mut self, name: &HeaderName, value: impl Into<String>) -> bool {
+        match self.0.iter_mut().find(|h| &h.name == name) {
+            Some(h) => {
+                h.value = value.into();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Remove the first header of this name, returning its value.
     pub fn remove_first(&mut self, name: &HeaderName) -> Option<String> {
         let i = self.0.iter().position(|h| &h.name == name)?;

@@ -28,9 +28,7 @@ impl Via {
         // Any SIP version parses, so that a request from a newer version can still be answered
         // 505 (RFC 4475 §3.1.2.16); the version itself is checked on the request line.
         let numeric = version.split_once('.').is_some_and(|(a, b)| {
-            !a.is_empty()
-                && !b.is_empty()
-                && (a.to_string() + b).bytes().all(|c| c.is_ascii_digit())
+            !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
         });
         if !name.eq_ignore_ascii_case("SIP") || !numeric {
             return Err("unsupported Via protocol");

@@ -2,7 +2,7 @@
 //! disarm its timers. The layer owns the queues; the machine only sees this handle.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -67,13 +67,13 @@ pub(crate) struct Ctx<'a> {
     pub(crate) slots: &'a mut Slots,
     pub(crate) heap: &'a mut BinaryHeap<Reverse<Scheduled>>,
     pub(crate) seq: &'a mut u64,
-    pub(crate) transmits: &'a mut Vec<Transmit>,
+    pub(crate) transmits: &'a mut VecDeque<Transmit>,
 }
 
 impl Ctx<'_> {
     /// Queue bytes for the transaction's flow.
     pub(crate) fn send(&mut self, bytes: Bytes) {
-        self.transmits.push(Transmit {
+        self.transmits.push_back(Transmit {
             flow: self.flow,
             bytes,
         });

@@ -1,7 +1,7 @@
 //! Transaction matching (RFC 3261 §17.1.3 for responses, §17.2.3 for requests, with the
 //! RFC 2543 fallback for requests whose branch lacks the magic cookie).
 
-use crate::sip::{Method, Request, Response, SipMessage};
+use crate::sip::{Method, Request, Response, SipMessage, Via};
 
 /// Identifies a server transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -13,7 +13,7 @@ pub enum ServerKey {
         /// Top Via sent-by.
         sent_by: String,
         /// Method, with ACK mapped to INVITE.
-        method: String,
+        method: Method,
     },
     /// RFC 2543 fallback: Call-ID, From tag, CSeq number, top Via and method.
     Rfc2543 {
@@ -26,14 +26,14 @@ pub enum ServerKey {
         /// Top Via as received.
         via: String,
         /// Method, with ACK mapped to INVITE.
-        method: String,
+        method: Method,
     },
 }
 
-fn key_method(m: &Method) -> String {
+fn key_method(m: &Method) -> Method {
     match m {
-        Method::Ack => "INVITE".to_string(),
-        other => other.as_str().to_string(),
+        Method::Ack => Method::Invite,
+        other => other.clone(),
     }
 }
 
@@ -45,11 +45,17 @@ impl ServerKey {
 
     /// The key a request would have with another method (CANCEL → its INVITE).
     pub fn with_method(req: &Request, method: &Method) -> Option<Self> {
-        let via = req.top_via().ok()?;
+        Self::from_via(req, &req.top_via().ok()?, method)
+    }
+
+    /// The key from the request's already parsed top Via.
+    pub fn from_via(req: &Request, via: &Via, method: &Method) -> Option<Self> {
         if via.has_rfc3261_branch() {
+            let mut sent_by = via.sent_by();
+            sent_by.make_ascii_lowercase();
             Some(Self::Rfc3261 {
                 branch: via.branch()?.to_string(),
-                sent_by: via.sent_by().to_ascii_lowercase(),
+                sent_by,
                 method: key_method(method),
             })
         } else {
@@ -70,7 +76,7 @@ pub struct ClientKey {
     /// Branch we put in the top Via.
     pub branch: String,
     /// CSeq method.
-    pub method: String,
+    pub method: Method,
 }
 
 impl ClientKey {
@@ -78,7 +84,7 @@ impl ClientKey {
     pub fn of_request(req: &Request) -> Option<Self> {
         Some(Self {
             branch: req.top_via().ok()?.branch()?.to_string(),
-            method: req.method.as_str().to_string(),
+            method: req.method.clone(),
         })
     }
 
@@ -86,7 +92,7 @@ impl ClientKey {
     pub fn of_response(resp: &Response) -> Option<Self> {
         Some(Self {
             branch: resp.top_via().ok()?.branch()?.to_string(),
-            method: resp.cseq().ok()?.method.as_str().to_string(),
+            method: resp.cseq().ok()?.method,
         })
     }
 }

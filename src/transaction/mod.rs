@@ -30,7 +30,7 @@ macro_rules! ctx {
             slots: $slots,
             heap: &mut $layer.heap,
             seq: &mut $layer.seq,
-            transmits: &mut $layer.scratch,
+            transmits: &mut $layer.transmits,
         }
     };
 }
@@ -189,7 +189,6 @@ pub struct TransactionLayer {
     heap: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     transmits: VecDeque<Transmit>,
-    scratch: Vec<Transmit>,
     events: VecDeque<TxEvent>,
     stats: Stats,
     max_servers: usize,
@@ -211,7 +210,6 @@ impl TransactionLayer {
             heap: BinaryHeap::new(),
             seq: 0,
             transmits: VecDeque::new(),
-            scratch: Vec::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
             max_servers: MAX_SERVER_TRANSACTIONS,
@@ -243,14 +241,14 @@ impl TransactionLayer {
         self.stats
     }
 
-    fn flush_scratch(&mut self) {
-        self.transmits.extend(self.scratch.drain(..));
-    }
-
     /// Handle a request from the network.
     pub fn handle_request(&mut self, now: Instant, mut req: Request, source: Flow) {
-        stamp_via(&mut req, source);
-        let Some(key) = ServerKey::of(&req) else {
+        // The top Via is parsed once here; stamping `received`/`rport` does not change the
+        // key (branch and sent-by), so retransmissions are matched before any rewrite.
+        let Ok(via) = req.top_via() else {
+            return;
+        };
+        let Some(key) = ServerKey::from_via(&req, &via, &req.method) else {
             return;
         };
         if req.method == Method::Ack {
@@ -261,7 +259,6 @@ impl TransactionLayer {
             {
                 let mut ctx = ctx!(self, now, e.flow, TxRef::Server(id), &mut e.slots);
                 fsm.on_ack(&mut ctx);
-                self.flush_scratch();
                 return;
             }
             if let (Ok(call_id), Ok(cseq)) = (req.call_id(), req.cseq())
@@ -272,6 +269,7 @@ impl TransactionLayer {
                 let mut ctx = ctx!(self, now, e.flow, TxRef::Server(id), &mut e.slots);
                 fsm.on_2xx_ack(&mut ctx);
             }
+            stamp_via(&mut req, via, source);
             self.events.push_back(TxEvent::Ack {
                 request: req,
                 source,
@@ -287,7 +285,6 @@ impl TransactionLayer {
                 ServerFsm::Invite(f) => f.on_retransmission(&mut ctx),
                 ServerFsm::NonInvite(f) => f.on_retransmission(&mut ctx),
             }
-            self.flush_scratch();
             return;
         }
         if self.servers.len() >= self.max_servers {
@@ -304,10 +301,8 @@ impl TransactionLayer {
         self.next_id += 1;
         let id = self.next_id;
         self.stats.server_created += 1;
-        let flow = req
-            .top_via()
-            .map(|v| response_flow(&v, source, self.force_rport))
-            .unwrap_or(source);
+        let flow = response_flow(&via, source, self.force_rport);
+        stamp_via(&mut req, via, source);
         let (fsm, dialog_key) = if req.method == Method::Invite {
             let dk = match (req.call_id(), req.cseq()) {
                 (Ok(c), Ok(s)) => Some((c.to_string(), s.seq)),
@@ -360,7 +355,6 @@ impl TransactionLayer {
             ClientFsm::Invite(f) => f.on_response(resp, &mut ctx),
             ClientFsm::NonInvite(f) => f.on_response(resp, &mut ctx),
         };
-        self.flush_scratch();
         self.client_up(id, up);
         self.reap_client(id);
     }
@@ -405,7 +399,6 @@ impl TransactionLayer {
         } else {
             ClientFsm::NonInvite(ClientNonInvite::start(bytes, &mut ctx))
         };
-        self.flush_scratch();
         self.client_keys.insert(key.clone(), id);
         self.clients.insert(
             id,
@@ -440,7 +433,6 @@ impl TransactionLayer {
             }
             ServerFsm::NonInvite(f) => f.respond(resp.status, bytes, &mut ctx),
         }
-        self.flush_scratch();
         self.reap_server(id.0);
         Ok(())
     }
@@ -514,7 +506,6 @@ impl TransactionLayer {
                         ClientFsm::Invite(f) => f.on_timer(t, &mut ctx),
                         ClientFsm::NonInvite(f) => f.on_timer(t, &mut ctx),
                     };
-                    self.flush_scratch();
                     self.client_up(id, up);
                     self.reap_client(id);
                 }
@@ -535,7 +526,6 @@ impl TransactionLayer {
                             ServerUp::Nothing
                         }
                     };
-                    self.flush_scratch();
                     if up == ServerUp::NoAck {
                         self.events.push_back(TxEvent::NoAck { id: ServerTxId(id) });
                     }
@@ -641,18 +631,12 @@ fn timer_of(idx: ctx::TimerIdx) -> Timer {
 }
 
 /// Add `received` (and the `rport` value when asked for) to the top Via (RFC 3261 §18.2.1,
-/// RFC 3581 §4).
-fn stamp_via(req: &mut Request, source: Flow) {
-    let Some(top) = req.headers.get(&HeaderName::Via) else {
-        return;
-    };
-    let Ok(mut via) = Via::parse(top) else {
-        return;
-    };
-    let ip = source.remote.ip().to_string();
+/// RFC 3581 §4). `via` is the request's top Via, already parsed.
+fn stamp_via(req: &mut Request, mut via: Via, source: Flow) {
+    let ip = source.remote.ip();
     let mut changed = false;
-    if via.host.trim_matches(['[', ']']) != ip {
-        via.params.set("received", Some(&ip));
+    if via.host.trim_matches(['[', ']']).parse::<IpAddr>() != Ok(ip) {
+        via.params.set("received", Some(&ip.to_string()));
         changed = true;
     }
     if via.params.get("rport") == Some(None) {
@@ -661,34 +645,19 @@ fn stamp_via(req: &mut Request, source: Flow) {
         changed = true;
     }
     if changed {
-        let mut first = true;
-        let new = via.to_string();
-        req.headers.retain(|h| {
-            if first && h.name == HeaderName::Via {
-                first = false;
-                return false;
-            }
-            true
-        });
-        req.headers.push_front(HeaderName::Via, new);
+        req.headers.replace_first(&HeaderName::Via, via.to_string());
     }
 }
 
-/// Where responses to a request go (RFC 3261 §18.2.2, RFC 3581 §4).
+/// Where responses to a request go (RFC 3261 §18.2.2, RFC 3581 §4): over TCP and with
+/// `rport` to the source; otherwise to the Via port at the address the request came from
+/// (the Via host when it is that address, else the `received` we stamp, which is the same).
 fn response_flow(via: &Via, source: Flow, force_rport: bool) -> Flow {
     if source.proto == Proto::Tcp || force_rport || via.params.has("rport") {
         return source;
     }
-    let port = via.port.unwrap_or(5060);
-    if let Some(ip) = via
-        .params
-        .value("received")
-        .and_then(|r| r.parse::<IpAddr>().ok())
-    {
-        return Flow::udp(SocketAddr::new(ip, port));
-    }
-    match via.host.trim_matches(['[', ']']).parse::<IpAddr>() {
-        Ok(ip) => Flow::udp(SocketAddr::new(ip, port)),
-        Err(_) => source,
-    }
+    Flow::udp(SocketAddr::new(
+        source.remote.ip(),
+        via.port.unwrap_or(5060),
+    ))
 }
