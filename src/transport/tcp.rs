@@ -48,12 +48,11 @@ impl Connections {
         self.table.lock().map(|t| t.by_id.len()).unwrap_or(0)
     }
 
-    fn register(&self, remote: SocketAddr, w: mpsc::UnboundedSender<Bytes>) -> u64 {
+    /// Enter a connection (open or still connecting) with its writer channel; its id.
+    fn register(&self, t: &mut Table, remote: SocketAddr, w: mpsc::UnboundedSender<Bytes>) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut t) = self.table.lock() {
-            t.by_id.insert(id, (remote, w));
-            t.by_remote.insert(remote, id);
-        }
+        t.by_id.insert(id, (remote, w));
+        t.by_remote.insert(remote, id);
         id
     }
 
@@ -66,50 +65,71 @@ impl Connections {
         }
     }
 
-    /// Send on the flow's connection, or on any open connection to its remote address, or
-    /// on a new connection.
+    /// Send on the flow's connection, or on any connection to its remote address (open or
+    /// still connecting: messages wait in its channel), or on a new connection.
     pub(crate) fn send(&self, flow: Flow, bytes: Bytes) {
-        let existing = self.table.lock().ok().and_then(|t| {
-            flow.conn
-                .and_then(|c| t.by_id.get(&c.0))
-                .or_else(|| t.by_remote.get(&flow.remote).and_then(|id| t.by_id.get(id)))
-                .map(|(_, w)| w.clone())
-        });
-        if let Some(w) = existing
-            && w.send(bytes.clone()).is_ok()
-        {
+        let Ok(mut t) = self.table.lock() else {
             return;
-        }
+        };
+        let existing = flow
+            .conn
+            .and_then(|c| t.by_id.get(&c.0))
+            .or_else(|| t.by_remote.get(&flow.remote).and_then(|id| t.by_id.get(id)))
+            .map(|(_, w)| w.clone());
+        let bytes = match existing {
+            Some(w) => match w.send(bytes) {
+                Ok(()) => return,
+                // The connection just closed: open a new one.
+                Err(e) => e.0,
+            },
+            None => bytes,
+        };
+        let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
+        let id = self.register(&mut t, flow.remote, wtx.clone());
+        drop(t);
+        let _ = wtx.send(bytes);
         let this = self.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(flow.remote))
-                .await
-            {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let w = this.start(stream, flow.remote);
-                    let _ = w.send(bytes);
-                }
-                Ok(Err(e)) => {
-                    tracing::info!(remote = %flow.remote, error = %e, "tcp connect failed");
-                    let _ = this.inbound.send(Inbound::Unreachable(flow)).await;
-                }
-                Err(_) => {
-                    tracing::info!(remote = %flow.remote, "tcp connect timed out");
-                    let _ = this.inbound.send(Inbound::Unreachable(flow)).await;
-                }
-            }
+            let failure =
+                match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(flow.remote))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        this.run(stream, flow.remote, id, wrx);
+                        return;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_string(),
+                };
+            tracing::info!(remote = %flow.remote, error = failure, "tcp connect failed");
+            // One report for everything queued to this peer meanwhile.
+            this.unregister(id);
+            let _ = this.inbound.send(Inbound::Unreachable(flow)).await;
         });
     }
 
-    /// Run reader and writer tasks for a connection; returns its writer.
-    pub(crate) fn start(
+    /// Run reader and writer tasks for an accepted connection.
+    pub(crate) fn start(&self, stream: TcpStream, remote: SocketAddr) {
+        let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
+        let Ok(id) = self
+            .table
+            .lock()
+            .map(|mut t| self.register(&mut t, remote, wtx))
+        else {
+            return;
+        };
+        self.run(stream, remote, id, wrx);
+    }
+
+    /// The reader and writer tasks of connection `id`.
+    fn run(
         &self,
         stream: TcpStream,
         remote: SocketAddr,
-    ) -> mpsc::UnboundedSender<Bytes> {
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<Bytes>();
-        let id = self.register(remote, wtx.clone());
+        id: u64,
+        mut wrx: mpsc::UnboundedReceiver<Bytes>,
+    ) {
         let (mut rd, mut wr) = stream.into_split();
         tokio::spawn(async move {
             while let Some(b) = wrx.recv().await {
@@ -161,7 +181,6 @@ impl Connections {
             }
             this.unregister(id);
         });
-        wtx
     }
 }
 
@@ -178,5 +197,70 @@ pub(crate) async fn accept_loop(listener: TcpListener, conns: Connections) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_to_a_new_peer_opens_one_connection_and_keeps_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let remote = listener.local_addr().expect("addr");
+        let (inbound, _rx) = mpsc::channel(16);
+        let conns = Connections::new(inbound);
+        let flow = Flow {
+            proto: Proto::Tcp,
+            remote,
+            conn: None,
+        };
+        // All sent before the connection can be up.
+        let mut want = Vec::new();
+        for i in 0..10 {
+            let m = format!("message {i};");
+            want.extend_from_slice(m.as_bytes());
+            conns.send(flow, Bytes::from(m));
+        }
+        let (mut peer, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.len() < want.len() {
+            let n = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut buf))
+                .await
+                .expect("bytes in time")
+                .expect("read");
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, want);
+        assert_eq!(conns.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_peer_is_reported_once_for_a_burst() {
+        // A port nobody listens on: bind, note it, close.
+        let remote = TcpListener::bind("127.0.0.1:0")
+            .await
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let (inbound, mut rx) = mpsc::channel(16);
+        let conns = Connections::new(inbound);
+        let flow = Flow {
+            proto: Proto::Tcp,
+            remote,
+            conn: None,
+        };
+        for _ in 0..5 {
+            conns.send(flow, Bytes::from_static(b"x"));
+        }
+        let first = tokio::time::timeout(Duration::from_secs(6), rx.recv())
+            .await
+            .expect("a report in time");
+        assert!(matches!(first, Some(Inbound::Unreachable(f)) if f.remote == remote));
+        assert_eq!(conns.count(), 0);
+        // Every sender is gone with the failed attempt: the channel closes with no second report.
+        drop(conns);
+        assert!(rx.recv().await.is_none());
     }
 }
