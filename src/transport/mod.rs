@@ -83,7 +83,7 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Transport {
     udp: Option<udp::UdpSender>,
-    tcp: Option<tcp::Connections>,
+    tcp: tcp::Connections,
     tcp_local: Option<SocketAddr>,
 }
 
@@ -120,7 +120,7 @@ impl Transport {
         }
         Ok(Self {
             udp,
-            tcp: Some(conns),
+            tcp: conns,
             tcp_local,
         })
     }
@@ -137,7 +137,7 @@ impl Transport {
 
     /// Open TCP connections.
     pub fn tcp_connections(&self) -> usize {
-        self.tcp.as_ref().map_or(0, tcp::Connections::count)
+        self.tcp.count()
     }
 
     /// Write a message to a flow. Never awaits.
@@ -147,10 +147,8 @@ impl Transport {
                 Some(u) => u.send(t.bytes, t.flow.remote),
                 None => tracing::debug!(flow = %t.flow, "no UDP transport; dropped"),
             },
-            Proto::Tcp => match &self.tcp {
-                Some(c) => c.send(t.flow, t.bytes),
-                None => tracing::debug!(flow = %t.flow, "no TCP transport; dropped"),
-            },
+            // Outgoing TCP works without a listener.
+            Proto::Tcp => self.tcp.send(t.flow, t.bytes),
         }
     }
 }
