@@ -24,7 +24,7 @@ impl Proto {
         }
     }
 
-    /// Whether messages on this transport may be lost (RFC 3261 §17: "unreliable").
+    /// Whether the transport delivers in order without loss (RFC 3261 §17: "reliable").
     pub fn is_reliable(self) -> bool {
         matches!(self, Self::Tcp)
     }
