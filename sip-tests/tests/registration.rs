@@ -3,12 +3,13 @@
 
 use anyhow::Result;
 use sip_tests::TestServer;
+use understudy::sip::digest::Algorithm;
 use understudy::sip::{HeaderName, SipMessage};
 
 #[tokio::test]
 async fn register_answers_the_challenge_and_shows_in_registrations() -> Result<()> {
     let mut cfg = TestServer::config();
-    cfg.registrar.digest_algorithms = vec!["MD5".into(), "SHA-256".into()];
+    cfg.registrar.digest_algorithms = vec![Algorithm::Md5, Algorithm::Sha256];
     let server = TestServer::start_with(cfg).await?;
     let mut alice = server.ua("alice").await?;
     alice.set_policy(|p| p.auto_auth = false);
@@ -60,7 +61,7 @@ async fn default_challenge_is_md5_only() -> Result<()> {
 #[tokio::test]
 async fn register_with_sha256_digest() -> Result<()> {
     let mut cfg = TestServer::config();
-    cfg.registrar.digest_algorithms = vec!["SHA-256".into(), "MD5".into()];
+    cfg.registrar.digest_algorithms = vec![Algorithm::Sha256, Algorithm::Md5];
     let server = TestServer::start_with(cfg).await?;
     let mut bob = server.ua("bob").await?;
     bob.set_policy(|p| p.prefer_sha256 = true);

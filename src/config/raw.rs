@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use crate::sip::digest::Algorithm;
 use serde::Deserialize;
 
 use super::types::{CDR_FILE_NAME, DEFAULT_DOMAIN, TomlName};
@@ -266,19 +267,18 @@ fn build_takeover(raw: RawTakeover, errors: &mut Errors) -> TakeoverConfig {
 fn build_registrar(errors: &mut Errors, raw: RawRegistrar, domain: &str) -> RegistrarConfig {
     let default = RegistrarConfig::default();
     let mut algorithms = Vec::new();
-    for (i, a) in raw
-        .digest_algorithms
-        .unwrap_or_else(|| default.digest_algorithms.clone())
-        .into_iter()
-        .enumerate()
-    {
-        match a.to_ascii_uppercase().as_str() {
-            "MD5" => algorithms.push("MD5".to_string()),
-            "SHA-256" => algorithms.push("SHA-256".to_string()),
-            _ => errors.push(
-                format!("registrar.digest_algorithms[{i}]"),
-                format!("unknown digest algorithm {a:?} (expected \"MD5\" or \"SHA-256\")"),
-            ),
+    match raw.digest_algorithms {
+        None => algorithms = default.digest_algorithms.clone(),
+        Some(names) => {
+            for (i, a) in names.iter().enumerate() {
+                match Algorithm::parse(a) {
+                    Some(alg) => algorithms.push(alg),
+                    None => errors.push(
+                        format!("registrar.digest_algorithms[{i}]"),
+                        format!("unknown digest algorithm {a:?} (expected \"MD5\" or \"SHA-256\")"),
+                    ),
+                }
+            }
         }
     }
     if algorithms.is_empty() {

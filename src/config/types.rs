@@ -1,5 +1,6 @@
 //! The typed configuration sections, their defaults, and the small enums with their TOML names.
 
+use crate::sip::digest::Algorithm;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -152,7 +153,7 @@ pub struct RegistrarConfig {
     /// `digest_algorithms`: the challenges offered, in order (default `["MD5"]`: several
     /// deployed clients refuse a 401 that lists any algorithm they do not know, so SHA-256
     /// (RFC 8760) is opt-in: `["SHA-256", "MD5"]`). Credentials in either are always accepted.
-    pub digest_algorithms: Vec<String>,
+    pub digest_algorithms: Vec<Algorithm>,
 }
 
 impl Default for RegistrarConfig {
@@ -162,7 +163,7 @@ impl Default for RegistrarConfig {
             max_expires: 3600,
             default_expires: 3600,
             realm: None,
-            digest_algorithms: vec!["MD5".into()],
+            digest_algorithms: vec![Algorithm::Md5],
         }
     }
 }

@@ -103,12 +103,7 @@ impl Server {
             nonce_secret: secret,
             nonce_lifetime_s: 300,
             max_auth_failures: 10,
-            algorithms: cfg
-                .registrar
-                .digest_algorithms
-                .iter()
-                .filter_map(|a| crate::sip::digest::Algorithm::parse(a))
-                .collect(),
+            algorithms: cfg.registrar.digest_algorithms.clone(),
         };
         let mut registrar = Registrar::new(
             settings,
