@@ -215,6 +215,18 @@ impl RoleMachine {
         &self.peer
     }
 
+    /// Whether the peer was heard within `window`.
+    pub fn peer_heard_within(&self, now: Instant, window: Duration) -> bool {
+        self.peer
+            .last_seen
+            .is_some_and(|t| now.saturating_duration_since(t) <= window)
+    }
+
+    /// Whether the peer is alive: heard within `missed_keepalives` intervals.
+    pub fn peer_alive(&self, now: Instant) -> bool {
+        self.peer_heard_within(now, self.s.keepalive * self.s.missed)
+    }
+
     /// Whether this node accepts new calls (active and not handing over).
     pub fn accepts_calls(&self) -> bool {
         self.role == Role::Active && !matches!(self.phase, Phase::HandingOver { .. })
@@ -369,11 +381,7 @@ impl RoleMachine {
     pub fn request_switchover(&mut self, now: Instant) -> Result<(), &'static str> {
         match self.role {
             Role::Active => {
-                if self
-                    .peer
-                    .last_seen
-                    .is_none_or(|t| now.duration_since(t) > self.s.keepalive * self.s.missed)
-                {
+                if !self.peer_alive(now) {
                     return Err("the peer is not answering keep-alives: no one to hand over to");
                 }
                 self.phase = Phase::HandingOver {

@@ -440,12 +440,7 @@ impl PairGlue {
 
     pub(crate) fn status(&self, now: Instant) -> Value {
         let p = self.machine.peer();
-        let alive = p.last_seen.is_some_and(|t| {
-            now.duration_since(t)
-                < Duration::from_millis(
-                    self.cfg.keepalive_ms * u64::from(self.cfg.missed_keepalives),
-                )
-        });
+        let alive = self.machine.peer_alive(now);
         let state = match (p.last_seen, alive) {
             (None, _) => "unknown",
             (Some(_), true) => "alive",

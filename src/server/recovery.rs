@@ -2,7 +2,11 @@
 //! hang up orphans, fail ringing calls), counting the outcomes, and feeding the dialog digest
 //! to the pair link while active.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long the stand-by may stay silent before the dialog digest log is dropped (and sent
+/// whole once it is back).
+const DIGEST_GRACE: Duration = Duration::from_secs(5);
 
 use super::Server;
 use super::takeover::Step;
@@ -136,13 +140,9 @@ impl Server {
             return;
         }
         // No stand-by listening: keep nothing (the log would only grow); it gets the full
-        // list when it is back.
-        let peer_alive = p
-            .machine
-            .peer()
-            .last_seen
-            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(5));
-        if !peer_alive {
+        // list when it is back. A short silence is tolerated: the unacknowledged entries are
+        // simply sent again.
+        if !p.machine.peer_heard_within(now, DIGEST_GRACE) {
             if !p.resync_wanted {
                 p.log.resync(Vec::new());
                 p.resync_wanted = true;

@@ -31,11 +31,7 @@ impl PairGlue {
         if self.partitioned || self.machine.role() != Role::Standby {
             return;
         }
-        let peer_alive = self
-            .machine
-            .peer()
-            .last_seen
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(2));
+        let peer_alive = self.machine.peer_alive(now);
         let info = self.info(0, Announced::Standby);
         match &mut self.subscriber {
             Subscriber::Idle { retry_at } if now >= *retry_at && peer_alive => {
