@@ -69,6 +69,8 @@ pub struct Server {
     pair: Option<PairGlue>,
     takeover: Option<Takeover>,
     blf: blf::Blf,
+    /// `Config::shared_digest`, computed once (it is shown in `/status`).
+    config_digest: String,
     pinger: Option<pinger::Pinger>,
     next_housekeeping: Instant,
     counters: Counters,
@@ -135,10 +137,11 @@ impl Server {
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
             b2bua.enable_relay(ip, cfg.media.rtp_ports.0, cfg.media.rtp_ports.1);
         }
+        let config_digest = cfg.shared_digest();
         let pair = cfg
             .pair
             .as_ref()
-            .map(|p| PairGlue::new(&cfg, p, epochs, now));
+            .map(|p| PairGlue::new(&cfg, p, epochs, now, config_digest.clone()));
         Self {
             tx: TransactionLayer::new(timers, cfg.node.force_rport),
             cfg,
@@ -150,6 +153,7 @@ impl Server {
             pair,
             takeover: None,
             blf: blf::Blf::default(),
+            config_digest,
             pinger,
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),

@@ -105,6 +105,7 @@ impl PairGlue {
         pair: &PairConfig,
         store: Box<dyn EpochStore>,
         now: Instant,
+        config_digest: String,
     ) -> Self {
         let epoch = match store.load() {
             Ok(e) => e,
@@ -130,7 +131,7 @@ impl PairGlue {
         Self {
             cfg: pair.clone(),
             node: cfg.node.name.clone(),
-            digest: cfg.shared_digest(),
+            digest: config_digest,
             secret: pair.secret.as_bytes().to_vec(),
             machine: RoleMachine::new(settings, epoch, now),
             store,

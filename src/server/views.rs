@@ -23,7 +23,7 @@ impl Server {
             "role": role,
             "accepts_calls": self.accepts_calls(),
             "epoch": self.epoch(),
-            "config_digest": self.cfg.shared_digest(),
+            "config_digest": self.config_digest,
             "uptime_s": now.saturating_duration_since(self.base.0).as_secs(),
             "counts": {
                 "calls": self.b2bua.call_count(),
