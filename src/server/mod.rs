@@ -239,8 +239,14 @@ impl Server {
             .is_some_and(|p| p.partitioned && flow.remote == p.peer())
     }
 
+    /// The epoch as the CSeq base uses it (DESIGN: `epoch × 65536 + n` stays below 2³¹).
+    fn cseq_epoch(&self) -> u32 {
+        u32::try_from(self.epoch()).unwrap_or(u32::MAX).min(32767)
+    }
+
     fn env_parts(&mut self, now: Instant) -> (Env<'_>, &mut B2bua) {
         let now_ms = self.wall_ms(now);
+        let epoch = self.cseq_epoch();
         (
             Env {
                 now,
@@ -249,9 +255,7 @@ impl Server {
                 registrar: &self.registrar,
                 cfg: &self.cfg,
                 me: &self.me,
-                epoch: u32::try_from(self.pair.as_ref().map_or(1, |p| p.machine.epoch()))
-                    .unwrap_or(u32::MAX / 65536)
-                    .min(32767),
+                epoch,
                 node: &self.cfg.node.name,
             },
             &mut self.b2bua,

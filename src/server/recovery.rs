@@ -60,8 +60,12 @@ impl Server {
         resp.headers
             .push(HeaderName::CSeq, format!("{} INVITE", r.a_cseq));
         resp.headers.push(HeaderName::RetryAfter, "1");
+        // Stateless (the INVITE's transaction died with the old active); over UDP sent twice
+        // against a single loss, since the caller retransmits its INVITE to the old address.
         let bytes = resp.to_bytes();
-        self.tx.send_stateless(a_flow, bytes.clone());
+        if !a_flow.proto.is_reliable() {
+            self.tx.send_stateless(a_flow, bytes.clone());
+        }
         self.tx.send_stateless(a_flow, bytes);
         let b_flow = Flow {
             proto: r.b_proto,
@@ -94,9 +98,7 @@ impl Server {
                     })
                     .unwrap_or_default(),
                 remote_uri: r.b_to.clone(),
-                local_cseq: r
-                    .b_cseq
-                    .max(u32::try_from(self.epoch().min(32767)).unwrap_or(1) * 65536),
+                local_cseq: r.b_cseq.max(self.cseq_epoch() * 65536),
                 remote_cseq: None,
                 route_set: Vec::new(),
                 remote_target: r.b_early_target.clone().unwrap_or_else(|| r.b_uri.clone()),
