@@ -352,7 +352,9 @@ check_relay_rtp() {
 	expect_sipp uac "$n"
 	wait_bg "$uas"
 	stop_server
-	python3 - "$CUR/state/cdr.sqlite" "$per_call" "$n" >>"$CUR/problems" <<-'EOF'
+	# A crash of the check (traceback on stderr, exit 1) is a problem too, not a pass.
+	python3 - "$CUR/state/cdr.sqlite" "$per_call" "$n" >>"$CUR/problems" 2>&1 <<-'EOF' \
+		|| problem "the CDR check failed to run"
 	import sqlite3, sys
 	db, per_call, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 	rows = sqlite3.connect(db).execute(

@@ -23,7 +23,12 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import pjsua2' >/dev/null 2>&1; then
-  echo "run.sh: installing pjsua2-python (PyPI)"
+  if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    echo "run.sh: installing python3-pip"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  echo "run.sh: installing pjsua2-python (PyPI; wheels exist for CPython 3.11 and 3.12)"
   "$PYTHON" -m pip install -q pjsua2-python \
     || "$PYTHON" -m pip install -q --break-system-packages pjsua2-python
   "$PYTHON" -c 'import pjsua2' || { echo "run.sh: FAIL: pjsua2 still not importable" >&2; exit 2; }
