@@ -78,31 +78,30 @@ impl B2bua {
         }
     }
 
-    /// A request inside a dialog (To tag present). Returns `false` when no call matches: the
-    /// caller answers 481.
-    pub fn on_in_dialog(
-        &mut self,
-        env: &mut Env<'_>,
-        id: ServerTxId,
-        req: Request,
-        source: Flow,
-    ) -> bool {
-        let Some((token, side)) = req.to_tag().as_deref().and_then(parse_tag) else {
-            return false;
+    /// The call and leg an in-dialog request belongs to: our tag in its To, and that leg's
+    /// Call-ID.
+    fn dialog_of(&self, req: &Request) -> Option<(u64, Side)> {
+        let (token, side) = req.to_tag().as_deref().and_then(parse_tag)?;
+        let leg = self.calls.get(&token)?.leg(side)?;
+        (req.call_id().ok() == Some(leg.call_id.as_str())).then_some((token, side))
+    }
+
+    /// A request inside a dialog (To tag present). No call of ours matches: 481.
+    pub fn on_in_dialog(&mut self, env: &mut Env<'_>, id: ServerTxId, req: Request, source: Flow) {
+        let Some((token, side)) = self.dialog_of(&req) else {
+            let _ = env.tx.respond(env.now, id, &response_to(&req, 481, None));
+            return;
         };
         let Some(call) = self.calls.get_mut(&token) else {
-            return false;
+            return;
         };
         let Some(leg) = call.leg_mut(side) else {
-            return false;
+            return;
         };
-        if req.call_id().ok() != Some(leg.call_id.as_str()) {
-            return false;
-        }
         if !leg.accept_remote_cseq(&req) {
             let r = response_to(&req, 500, None);
             let _ = env.tx.respond(env.now, id, &r);
-            return true;
+            return;
         }
         // A request from a leg tells us where it is now (adopted TCP legs, NAT rebinding).
         if source.proto == leg.flow.proto {
@@ -131,7 +130,6 @@ impl B2bua {
             }
             _ => self.relay_request(env, token, side, id, req),
         }
-        true
     }
 
     pub(super) fn relay_request(

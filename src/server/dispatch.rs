@@ -53,11 +53,14 @@ impl Server {
                 match parsed.message {
                     Message::Request(req) => {
                         tracing::debug!(%flow, method = %req.method, uri = req.uri, call_id = req.call_id().unwrap_or(""), "request in");
-                        *self
-                            .counters
-                            .requests
-                            .entry(req.method.as_str().to_string())
-                            .or_default() += 1;
+                        match self.counters.requests.get_mut(req.method.as_str()) {
+                            Some(n) => *n += 1,
+                            None => {
+                                self.counters
+                                    .requests
+                                    .insert(req.method.as_str().to_string(), 1);
+                            }
+                        }
                         self.tx.handle_request(now, req, flow);
                     }
                     Message::Response(resp) => {
@@ -193,8 +196,7 @@ impl Server {
     }
 
     pub(super) fn on_request(&mut self, now: Instant, id: ServerTxId, req: Request, source: Flow) {
-        let me: Vec<&str> = self.me_hostports.iter().map(String::as_str).collect();
-        if let Err(refusal) = uas::check(&req, &me) {
+        if let Err(refusal) = uas::check(&req, &self.me_hostports) {
             let mut r = response_to(&req, refusal.status, Some(&new_tag()));
             for (n, v) in refusal.headers {
                 r.headers.push(n, v);
@@ -235,9 +237,7 @@ impl Server {
                 return;
             }
             let (mut env, b) = self.env_parts(now);
-            if !b.on_in_dialog(&mut env, id, req.clone(), source) {
-                self.reply(now, id, &req, 481);
-            }
+            b.on_in_dialog(&mut env, id, req, source);
             return;
         }
         let now_s = self.wall_ms(now) / 1000;

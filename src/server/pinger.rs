@@ -92,7 +92,8 @@ impl Pinger {
                 seen.push(uri);
             }
         }
-        self.health.retain(|u, _| seen.contains(u));
+        let current: std::collections::HashSet<&String> = seen.iter().collect();
+        self.health.retain(|u, _| current.contains(u));
         self.round = seen;
     }
 

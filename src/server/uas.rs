@@ -44,7 +44,7 @@ pub(crate) fn is_allowed(m: &Method) -> bool {
 }
 
 /// Run the checks. `me` lists our own `host:port` strings for loop detection.
-pub(crate) fn check(req: &Request, me: &[&str]) -> Result<(), Refusal> {
+pub(crate) fn check(req: &Request, me: &[String]) -> Result<(), Refusal> {
     if let Method::Other(_) = req.method {
         return Err(Refusal {
             status: 501,
