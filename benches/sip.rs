@@ -2,6 +2,15 @@
 //! REGISTER round (401 challenge, then authenticated REGISTER → 200) through the transaction
 //! layer and the registrar of the in-process server, bytes in and bytes out.
 
+// Benchmark code: it may unwrap, index and panic (the no-panic lints are for the server).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::string_slice
+)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;

@@ -4,6 +4,9 @@ pub mod b2bua;
 pub mod cdr;
 pub mod config;
 pub mod dialog;
+pub mod entropy;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod media;
 pub mod node;
 pub mod pair;

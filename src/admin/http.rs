@@ -261,7 +261,12 @@ async fn serve_one(
         Ok(Ok(Some(Err(e)))) => return reject(stream, e.status(), &e.to_string()).await,
         Ok(Ok(Some(Ok(n)))) => n,
     };
-    let head = match parse::parse_head(&buf[..head_len]) {
+    // `read_head` measured `head_len` within `buf`, so the `get` always succeeds.
+    let head = match buf
+        .get(..head_len)
+        .ok_or(HeadError::RequestLine)
+        .and_then(parse::parse_head)
+    {
         Ok(head) => head,
         Err(e) => return reject(stream, e.status(), &e.to_string()).await,
     };
@@ -281,8 +286,8 @@ async fn serve_one(
         Ok(Ok(false)) => return Ok(Next::Close),
         Ok(Ok(true)) => {}
     }
-    let body = buf[head_len..total].to_vec();
-    buf.drain(..total);
+    // `read_to` returned true, so `buf` holds at least `total` bytes.
+    let body: Vec<u8> = buf.drain(..total).skip(head_len).collect();
 
     let next = if head.keep_alive && !stopping {
         Next::KeepAlive
@@ -426,4 +431,22 @@ async fn linger_close(stream: &mut TcpStream, linger: Duration) {
         }
     })
     .await;
+}
+
+/// Fuzzing entry (see `crate::fuzzing`): delimit and parse a request head as the server does.
+#[doc(hidden)]
+pub fn fuzz_head(buf: &[u8]) {
+    let buf = buf.get(parse::leading_blank(buf)..).unwrap_or_default();
+    if let Some(len) = parse::head_len(buf)
+        && let Some(head) = buf.get(..len.min(MAX_HEAD))
+    {
+        match parse::parse_head(head) {
+            Ok(h) => {
+                let _ = h.values("content-length").count();
+            }
+            Err(e) => {
+                let _ = e.status();
+            }
+        }
+    }
 }

@@ -19,20 +19,20 @@ pub fn render(path: &str, body: &str) -> String {
             let _ = writeln!(
                 s,
                 "node {}  home role {}  role {}  epoch {}",
-                v["node"].as_str().unwrap_or("?"),
-                v["home_role"].as_str().unwrap_or("?"),
-                v["role"].as_str().unwrap_or("?"),
-                v["epoch"]
+                field(&v, "node").as_str().unwrap_or("?"),
+                field(&v, "home_role").as_str().unwrap_or("?"),
+                field(&v, "role").as_str().unwrap_or("?"),
+                field(&v, "epoch")
             );
             if let Some(p) = v.get("peer").filter(|p| !p.is_null()) {
                 let _ = writeln!(
                     s,
                     "peer {}  state {}  last keep-alive {} ms ago  rtt {} ms  config {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["state"].as_str().unwrap_or("?"),
-                    p["last_keepalive_age_ms"],
-                    p["rtt_ms"],
-                    if v["config_match"].as_bool() == Some(false) {
+                    field(p, "name").as_str().unwrap_or("?"),
+                    field(p, "state").as_str().unwrap_or("?"),
+                    field(p, "last_keepalive_age_ms"),
+                    field(p, "rtt_ms"),
+                    if field(&v, "config_match").as_bool() == Some(false) {
                         "MISMATCH"
                     } else {
                         "match"
@@ -41,26 +41,32 @@ pub fn render(path: &str, body: &str) -> String {
             } else {
                 let _ = writeln!(s, "no peer (single node)");
             }
-            let c = &v["counts"];
+            let c = field(&v, "counts");
             let _ = write!(
                 s,
                 "calls {}  registrations {}  transactions {} client / {} server",
-                c["calls"], c["registrations"], c["client_transactions"], c["server_transactions"]
+                field(c, "calls"),
+                field(c, "registrations"),
+                field(c, "client_transactions"),
+                field(c, "server_transactions")
             );
         }
         "/calls" => {
-            let calls = v["calls"].as_array().cloned().unwrap_or_default();
+            let calls = field(&v, "calls")
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let _ = writeln!(s, "{} call(s)", calls.len());
             for c in calls {
                 let _ = writeln!(
                     s,
                     "{}  {:<10} {:>5}s  {} -> {}{}",
-                    c["token"].as_str().unwrap_or("?"),
-                    c["state"].as_str().unwrap_or("?"),
-                    c["age_s"],
-                    c["caller"].as_str().unwrap_or("?"),
-                    c["callee"].as_str().unwrap_or("?"),
-                    if c["recovered"].as_bool() == Some(true) {
+                    field(c, "token").as_str().unwrap_or("?"),
+                    field(c, "state").as_str().unwrap_or("?"),
+                    field(c, "age_s"),
+                    field(c, "caller").as_str().unwrap_or("?"),
+                    field(c, "callee").as_str().unwrap_or("?"),
+                    if field(c, "recovered").as_bool() == Some(true) {
                         "  (recovered)"
                     } else {
                         ""
@@ -69,15 +75,15 @@ pub fn render(path: &str, body: &str) -> String {
             }
         }
         "/registrations" => {
-            for r in v["registrations"].as_array().cloned().unwrap_or_default() {
-                for c in r["contacts"].as_array().cloned().unwrap_or_default() {
+            for r in field(&v, "registrations").as_array().into_iter().flatten() {
+                for c in field(r, "contacts").as_array().into_iter().flatten() {
                     let _ = writeln!(
                         s,
                         "{:<12} {}  expires in {}s  ({})",
-                        r["aor"].as_str().unwrap_or("?"),
-                        c["contact"].as_str().unwrap_or("?"),
-                        c["expires_in_s"],
-                        c["origin"].as_str().unwrap_or("?")
+                        field(r, "aor").as_str().unwrap_or("?"),
+                        field(c, "contact").as_str().unwrap_or("?"),
+                        field(c, "expires_in_s"),
+                        field(c, "origin").as_str().unwrap_or("?")
                     );
                 }
             }
@@ -91,4 +97,10 @@ pub fn render(path: &str, body: &str) -> String {
         }
     }
     s.trim_end().to_string()
+}
+
+/// `v[key]` without the indexing: `null` when `v` is not an object or has no such member.
+fn field<'a>(v: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    static NULL: serde_json::Value = serde_json::Value::Null;
+    v.get(key).unwrap_or(&NULL)
 }

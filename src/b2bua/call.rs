@@ -46,17 +46,18 @@ pub fn tag_for(token: u64, side: Side) -> String {
 
 /// The call token and side carried by one of our tags.
 pub fn parse_tag(tag: &str) -> Option<(u64, Side)> {
-    let rest = tag.strip_prefix('u')?;
-    if rest.len() != 17 {
-        return None;
-    }
-    let (hex, side) = rest.split_at(16);
-    let token = u64::from_str_radix(hex, 16).ok()?;
+    // Byte-wise: a tag from the network may hold anything, and a char boundary is not a
+    // byte count.
+    let (side, hex) = tag.strip_prefix('u')?.as_bytes().split_last()?;
     let side = match side {
-        "a" => Side::A,
-        "b" => Side::B,
+        b'a' => Side::A,
+        b'b' => Side::B,
         _ => return None,
     };
+    if hex.len() != 16 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let token = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
     Some((token, side))
 }
 

@@ -3,10 +3,10 @@
 
 use std::cmp::Reverse;
 
-use super::call::{Call, CallState, Fork, Side, idx, tag_for};
+use super::call::{Call, CallState, Fork, Side, tag_for};
 use super::{
-    ALLOW, B2bua, COPIED, Env, Purpose, RING_TIMEOUT, TimerKind, cancel_for, copy_body, media,
-    reason_for, resolve, session,
+    ALLOW, B2bua, COPIED, Env, PerLeg, Purpose, RING_TIMEOUT, TimerKind, cancel_for, copy_body,
+    media, reason_for, resolve, session,
 };
 use crate::dialog::{Dialog, DialogState};
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, response_to};
@@ -74,8 +74,8 @@ impl B2bua {
         let host = env.me.udp.split(':').next().unwrap_or("understudy");
         let b_call_id = format!(
             "{:016x}{:08x}@{host}",
-            rand::random::<u64>(),
-            rand::random::<u32>()
+            crate::entropy::random::<u64>(),
+            crate::entropy::random::<u32>()
         );
         if let Some(m) = self.media.as_mut()
             && !m.alloc(token)
@@ -84,7 +84,7 @@ impl B2bua {
             tracing::warn!("no free media ports: call refused");
             return refuse(env, 503, Some("No Media Ports"));
         }
-        let b_cseq = env.cseq_base() + 1;
+        let b_cseq = env.cseq_base().saturating_add(1);
         let mut b_from = from.clone();
         b_from.params.set("tag", Some(&tag_for(token, Side::B)));
         // The offer every fork carries (in relay mode: rewritten to our ports, once).
@@ -259,7 +259,9 @@ impl B2bua {
             if status == 100 {
                 return;
             }
-            let fork = &mut call.forks[fi];
+            let Some(fork) = call.forks.get_mut(fi) else {
+                return;
+            };
             fork.provisional = true;
             let new_early = fork.early_tag.is_none() && resp.to_tag().is_some();
             if new_early {
@@ -298,14 +300,17 @@ impl B2bua {
                 .b
                 .as_ref()
                 .is_some_and(|b| Some(&b.remote_tag) == tag.as_ref());
-            if call.forks[fi].done && same_dialog {
+            let Some(fork) = call.forks.get_mut(fi) else {
+                return;
+            };
+            if fork.done && same_dialog {
                 // A retransmitted 2xx: ACK it again if we already did.
                 call.reack_b(env);
                 return;
             }
-            call.forks[fi].done = true;
-            let fork_req = call.forks[fi].request.clone();
-            let fork_flow = call.forks[fi].flow;
+            fork.done = true;
+            let fork_req = fork.request.clone();
+            let fork_flow = fork.flow;
             let Some(mut dialog) = Dialog::as_uac(&fork_req, &resp, fork_flow) else {
                 return;
             };
@@ -321,7 +326,7 @@ impl B2bua {
                 return;
             }
             dialog.state = DialogState::Confirmed;
-            call.peer_update[idx(Side::B)] = resp.has_token(&HeaderName::Allow, "UPDATE");
+            *call.peer_update.leg_mut(Side::B) = resp.has_token(&HeaderName::Allow, "UPDATE");
             session::arm_b(call, env, &resp);
             call.b = Some(dialog);
             call.state = CallState::Answered;
@@ -340,7 +345,7 @@ impl B2bua {
             let body = copy_body(&resp, &resp.body, &mut r.headers);
             r.body = media::relay(&mut self.media, token, Side::B, body);
             if !r.body.is_empty() {
-                call.last_sdp[idx(Side::A)] = Some(r.body.clone());
+                *call.last_sdp.leg_mut(Side::A) = Some(r.body.clone());
             }
             let _ = env.tx.respond(env.now, sid, &r);
             for t in session::deadlines(call) {
@@ -358,9 +363,12 @@ impl B2bua {
             return;
         }
         // 3xx–6xx on this fork.
-        call.forks[fi].done = true;
+        let Some(fork) = call.forks.get_mut(fi) else {
+            return;
+        };
+        fork.done = true;
         if call.b.is_some() {
-            call.forks[fi].shed();
+            fork.shed();
             call.compact_forks();
         }
         if call.b.is_some() {

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
+use super::PerLeg;
 use super::call::{Side, idx};
 use crate::media::{PortPool, sdp};
 
@@ -102,7 +103,7 @@ impl MediaPlan {
                 rtcp: m.rtcp,
             });
         }
-        let port = ports[idx(from.other())];
+        let port = *ports.leg(from.other());
         sdp::rewrite(&body, self.ip, port).unwrap_or(body)
     }
 

@@ -92,6 +92,33 @@ enum TimerKind {
     RebindRetry,
 }
 
+/// Per-leg pairs (`[T; 2]`, leg A first) looked up by [`Side`] with a `match`, so that no
+/// lookup can be out of range.
+trait PerLeg<T> {
+    /// The element for `side`.
+    fn leg(&self, side: Side) -> &T;
+    /// The element for `side`, mutably.
+    fn leg_mut(&mut self, side: Side) -> &mut T;
+}
+
+impl<T> PerLeg<T> for [T; 2] {
+    fn leg(&self, side: Side) -> &T {
+        let [a, b] = self;
+        match side {
+            Side::A => a,
+            Side::B => b,
+        }
+    }
+
+    fn leg_mut(&mut self, side: Side) -> &mut T {
+        let [a, b] = self;
+        match side {
+            Side::A => a,
+            Side::B => b,
+        }
+    }
+}
+
 /// Counters for metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -220,7 +247,7 @@ impl B2bua {
 
     fn new_token(&self) -> u64 {
         loop {
-            let t: u64 = rand::random();
+            let t: u64 = crate::entropy::random();
             if t != 0 && !self.calls.contains_key(&t) {
                 return t;
             }
@@ -429,9 +456,9 @@ impl B2bua {
             self.timers.retain(|Reverse((at, token, kind))| {
                 calls.get(token).is_some_and(|c| match kind {
                     TimerKind::Ring => c.a_invite.is_some(),
-                    TimerKind::Session(i) => {
-                        c.timers[usize::from(*i)].is_some_and(|t| t.deadline == *at)
-                    }
+                    TimerKind::Session(i) => session::side_of(*i)
+                        .and_then(|side| *c.timers.leg(side))
+                        .is_some_and(|t| t.deadline == *at),
                     TimerKind::RebindRetry => true,
                 })
             });

@@ -8,10 +8,9 @@ use std::cmp::Reverse;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::Rng;
 
-use super::call::{Call, CallState, SessionTimer, Side, idx};
-use super::{B2bua, Env, Purpose, TimerKind};
+use super::call::{Call, CallState, SessionTimer, Side};
+use super::{B2bua, Env, PerLeg, Purpose, TimerKind};
 use crate::dialog::Dialog;
 use crate::sip::{HeaderName, Method, Response, SipMessage};
 
@@ -199,7 +198,7 @@ impl B2bua {
         r.headers.push(HeaderName::ContentType, ctype);
         r.body = offer.clone();
         let hop = leg.next_hop();
-        call.last_sdp[idx(second)] = Some(offer.clone());
+        *call.last_sdp.leg_mut(second) = Some(offer.clone());
         match env.tx.send_request(env.now, &r, hop) {
             Ok(tx) => {
                 self.client.insert(tx, (token, Purpose::Rebind(second)));
@@ -280,7 +279,7 @@ impl B2bua {
                     call.rebind = None;
                     call.state = CallState::Confirmed;
                     let s = env.cfg.calls.session_expires_s.max(90);
-                    call.timers[idx(first)] = Some(SessionTimer {
+                    *call.timers.leg_mut(first) = Some(SessionTimer {
                         interval_s: s,
                         we_refresh: false,
                         deadline: env.now + Duration::from_secs(u64::from(s)),
@@ -299,7 +298,7 @@ impl B2bua {
                         return;
                     };
                     leg.refresh_target(resp.contact());
-                    call.peer_update[idx(first)] = resp.has_token(&HeaderName::Allow, "UPDATE");
+                    *call.peer_update.leg_mut(first) = resp.has_token(&HeaderName::Allow, "UPDATE");
                     if resp.body.is_empty() {
                         // No offer: nothing to give the other leg. Close this one and end.
                         if let Some(leg) = call.leg_mut(first) {
@@ -360,20 +359,21 @@ impl B2bua {
                         .ack(env.me, first_cseq, Some((answer.clone(), ctype)))
                         .to_bytes();
                     env.tx.send_stateless(fleg.next_hop(), ack_first.clone());
-                    call.last_sdp[idx(first)] = Some(answer);
-                    call.peer_update[idx(second)] = resp.has_token(&HeaderName::Allow, "UPDATE");
+                    *call.last_sdp.leg_mut(first) = Some(answer);
+                    *call.peer_update.leg_mut(second) =
+                        resp.has_token(&HeaderName::Allow, "UPDATE");
                     call.state = CallState::Confirmed;
                     let source = rb.source;
                     call.rebind = None;
                     let mut acks = [Bytes::new(), Bytes::new()];
-                    acks[idx(first)] = ack_first;
-                    acks[idx(second)] = ack_second;
+                    *acks.leg_mut(first) = ack_first;
+                    *acks.leg_mut(second) = ack_second;
                     call.rebind_acks = Some(Box::new(acks));
                     // The new active refreshes both legs from now on.
                     let s = env.cfg.calls.session_expires_s;
                     if s > 0 {
                         for side in [Side::A, Side::B] {
-                            call.timers[idx(side)] = Some(SessionTimer {
+                            *call.timers.leg_mut(side) = Some(SessionTimer {
                                 interval_s: s,
                                 we_refresh: true,
                                 deadline: env.now + Duration::from_secs(u64::from(s / 2)),
@@ -415,8 +415,8 @@ impl B2bua {
     /// we own the leg's Call-ID (leg B), 0–2 s otherwise.
     fn rebind_glare(&mut self, env: &mut Env<'_>, token: u64, side: Side) {
         let ms = match side {
-            Side::B => rand::thread_rng().gen_range(2100..=4000),
-            Side::A => rand::thread_rng().gen_range(0..=2000),
+            Side::B => crate::entropy::range(2100..=4000),
+            Side::A => crate::entropy::range(0..=2000),
         };
         self.timers.push(Reverse((
             env.now + Duration::from_millis(ms),
@@ -431,7 +431,7 @@ impl B2bua {
             && call.rebind.is_none()
             && let (Some(acks), Some(d)) = (&call.rebind_acks, call.leg(side))
         {
-            env.tx.send_stateless(d.next_hop(), acks[idx(side)].clone());
+            env.tx.send_stateless(d.next_hop(), acks.leg(side).clone());
         }
     }
 

@@ -5,8 +5,8 @@
 use std::cmp::Reverse;
 use std::time::Duration;
 
-use super::call::{Call, SessionTimer, Side, idx};
-use super::{B2bua, Env, Purpose, TimerKind};
+use super::call::{Call, SessionTimer, Side};
+use super::{B2bua, Env, PerLeg, Purpose, TimerKind};
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage};
 
 /// `Session-Expires: <s>[;refresher=uac|uas]` of a message.
@@ -21,6 +21,8 @@ pub(super) fn requested(m: &impl SipMessage) -> Option<(u32, Option<String>)> {
     Some((s, refresher))
 }
 
+/// When a leg's timer is due. `interval_s` comes off the wire, but as a u32 of seconds (at
+/// most 136 years) it cannot overflow an `Instant`.
 fn deadline_for(env: &Env<'_>, interval_s: u32, we_refresh: bool) -> std::time::Instant {
     let i = Duration::from_secs(u64::from(interval_s));
     if we_refresh {
@@ -29,6 +31,23 @@ fn deadline_for(env: &Env<'_>, interval_s: u32, we_refresh: bool) -> std::time::
         // RFC 4028 §10: BYE if no refresh by expiry minus min(32, interval/3).
         env.now + i - Duration::from_secs(u64::from((interval_s / 3).min(32)))
     }
+}
+
+/// The leg of a `TimerKind::Session` entry.
+pub(super) fn side_of(tag: u8) -> Option<Side> {
+    match tag {
+        0 => Some(Side::A),
+        1 => Some(Side::B),
+        _ => None,
+    }
+}
+
+/// The `TimerKind::Session` entry of a leg's timer: the inverse of [`side_of`].
+fn kind(side: Side) -> TimerKind {
+    TimerKind::Session(match side {
+        Side::A => 0,
+        Side::B => 1,
+    })
 }
 
 /// The B leg's timer, from its 2xx (we asked for `refresher=uac`).
@@ -42,7 +61,7 @@ pub(super) fn arm_b(call: &mut Call, env: &Env<'_>, resp: &Response) {
         return;
     }
     let we_refresh = refresher.as_deref() != Some("uas");
-    call.timers[idx(Side::B)] = Some(SessionTimer {
+    *call.timers.leg_mut(Side::B) = Some(SessionTimer {
         interval_s: interval,
         we_refresh,
         deadline: deadline_for(env, interval, we_refresh),
@@ -70,7 +89,7 @@ pub(super) fn arm_a(call: &mut Call, env: &Env<'_>, req: &Request, resp: &mut Re
         resp.headers.push(HeaderName::Require, "timer");
     }
     let we_refresh = refresher == "uas";
-    call.timers[idx(Side::A)] = Some(SessionTimer {
+    *call.timers.leg_mut(Side::A) = Some(SessionTimer {
         interval_s: interval,
         we_refresh,
         deadline: deadline_for(env, interval, we_refresh),
@@ -79,10 +98,13 @@ pub(super) fn arm_a(call: &mut Call, env: &Env<'_>, req: &Request, resp: &mut Re
 
 /// Timer heap entries for the current deadlines.
 pub(super) fn deadlines(call: &Call) -> Vec<(std::time::Instant, u64, TimerKind)> {
-    call.timers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| t.map(|t| (t.deadline, call.token, TimerKind::Session(i as u8))))
+    [Side::A, Side::B]
+        .into_iter()
+        .filter_map(|side| {
+            call.timers
+                .leg(side)
+                .map(|t| (t.deadline, call.token, kind(side)))
+        })
         .collect()
 }
 
@@ -104,7 +126,7 @@ pub(super) fn refreshed_by_peer(
 ) {
     let interval = requested(req)
         .map(|(s, _)| s)
-        .or_else(|| call.timers[idx(side)].map(|t| t.interval_s))
+        .or_else(|| call.timers.leg(side).map(|t| t.interval_s))
         .unwrap_or(env.cfg.calls.session_expires_s);
     if interval == 0 {
         return;
@@ -113,7 +135,7 @@ pub(super) fn refreshed_by_peer(
         HeaderName::SessionExpires,
         format!("{interval};refresher=uac"),
     );
-    call.timers[idx(side)] = Some(SessionTimer {
+    *call.timers.leg_mut(side) = Some(SessionTimer {
         interval_s: interval,
         we_refresh: false,
         deadline: deadline_for(env, interval, false),
@@ -122,11 +144,13 @@ pub(super) fn refreshed_by_peer(
 
 /// A session timer fired.
 pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std::time::Instant) {
-    let side = if i == 0 { Side::A } else { Side::B };
+    let Some(side) = side_of(i) else {
+        return;
+    };
     let Some(call) = b.calls.get_mut(&token) else {
         return;
     };
-    let Some(t) = call.timers[usize::from(i)] else {
+    let Some(t) = *call.timers.leg(side) else {
         return;
     };
     if t.deadline != at {
@@ -144,14 +168,14 @@ pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std:
     if call.reinvite.is_some() {
         // Something is in flight on the call: try again shortly.
         let at = env.now + Duration::from_secs(2);
-        if let Some(t) = call.timers[usize::from(i)].as_mut() {
+        if let Some(t) = call.timers.leg_mut(side) {
             t.deadline = at;
         }
-        b.timers.push(Reverse((at, token, TimerKind::Session(i))));
+        b.timers.push(Reverse((at, token, kind(side))));
         return;
     }
-    let use_update = call.peer_update[usize::from(i)];
-    let sdp = call.last_sdp[usize::from(i)].clone();
+    let use_update = *call.peer_update.leg(side);
+    let sdp = call.last_sdp.leg(side).clone();
     let Some(leg) = call.leg_mut(side) else {
         return;
     };
@@ -195,7 +219,6 @@ pub(super) fn refresh_response(
     let Some(call) = b.calls.get_mut(&token) else {
         return;
     };
-    let i = idx(side);
     let was_invite = resp.cseq().is_ok_and(|c| c.method == Method::Invite);
     match resp.status {
         100..=199 => {}
@@ -204,31 +227,28 @@ pub(super) fn refresh_response(
                 let ack = leg.ack(env.me, cseq, None);
                 env.tx.send_stateless(leg.next_hop(), ack.to_bytes());
             }
-            if let Some(t) = call.timers[i].as_mut() {
+            if let Some(t) = call.timers.leg_mut(side) {
                 if let Some((s, r)) = requested(resp) {
                     t.interval_s = s.max(1);
                     t.we_refresh = r.as_deref() != Some("uas");
                 }
                 t.deadline = deadline_for(env, t.interval_s, t.we_refresh);
-                b.timers
-                    .push(Reverse((t.deadline, token, TimerKind::Session(i as u8))));
+                b.timers.push(Reverse((t.deadline, token, kind(side))));
             }
         }
         491 => {
             let at = env.now + Duration::from_secs(2);
-            if let Some(t) = call.timers[i].as_mut() {
+            if let Some(t) = call.timers.leg_mut(side) {
                 t.deadline = at;
             }
-            b.timers
-                .push(Reverse((at, token, TimerKind::Session(i as u8))));
+            b.timers.push(Reverse((at, token, kind(side))));
         }
         405 | 501 if !was_invite => {
-            call.peer_update[i] = false;
-            if let Some(t) = call.timers[i].as_mut() {
+            *call.peer_update.leg_mut(side) = false;
+            if let Some(t) = call.timers.leg_mut(side) {
                 t.deadline = env.now;
             }
-            b.timers
-                .push(Reverse((env.now, token, TimerKind::Session(i as u8))));
+            b.timers.push(Reverse((env.now, token, kind(side))));
         }
         _ => {
             tracing::info!(

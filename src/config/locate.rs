@@ -107,8 +107,7 @@ impl Locator {
 
 /// `users[1].name` → `users[1]` → `users` → ``.
 fn parent_key(key: &str) -> &str {
-    let cut = key.rfind(['.', '[']).unwrap_or(0);
-    &key[..cut]
+    key.rsplit_once(['.', '[']).map_or("", |(parent, _)| parent)
 }
 
 /// A bare or quoted key segment as written in the file, without quotes and spaces.

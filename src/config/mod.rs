@@ -132,8 +132,10 @@ impl Errors {
     fn merge_unreported(&mut self, later: Vec<ConfigError>) {
         let reported = self.list.len();
         for e in later {
-            let covered = self.list[..reported]
+            let covered = self
+                .list
                 .iter()
+                .take(reported)
                 .any(|seen| key_covers(&seen.key, &e.key));
             if !covered {
                 self.list.push(e);

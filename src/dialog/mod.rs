@@ -195,7 +195,7 @@ impl Dialog {
                 let u = NameAddr::parse(first)
                     .map(|r| r.uri.to_string())
                     .unwrap_or_default();
-                let mut rest: Vec<String> = self.route_set[1..].to_vec();
+                let mut rest: Vec<String> = self.route_set.iter().skip(1).cloned().collect();
                 rest.push(format!("<{}>", self.remote_target));
                 (u, rest)
             }

@@ -250,9 +250,15 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Cmd>) {
 }
 
 fn forward(s: &mut Session, side: usize, rtcp: bool, buf: &mut [u8], start: Instant) {
+    let [a, b] = &mut s.legs;
+    let (this, out) = match side {
+        0 => (a, b),
+        1 => (b, a),
+        _ => return,
+    };
     loop {
         let got = {
-            let Some(leg) = s.legs[side].as_ref() else {
+            let Some(leg) = this.as_ref() else {
                 return;
             };
             let sock = if rtcp { &leg.rtcp } else { &leg.rtp };
@@ -263,7 +269,7 @@ fn forward(s: &mut Session, side: usize, rtcp: bool, buf: &mut [u8], start: Inst
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
             Err(_) => return,
         };
-        if let Some(leg) = s.legs[side].as_mut() {
+        if let Some(leg) = this.as_mut() {
             let slot = if rtcp {
                 &mut leg.peer.latched_rtcp
             } else {
@@ -273,12 +279,16 @@ fn forward(s: &mut Session, side: usize, rtcp: bool, buf: &mut [u8], start: Inst
                 *slot = Some(src);
             }
         }
-        let data = &buf[..n];
+        // `recv_from` never reports more than `buf` holds.
+        let Some(data) = buf.get(..n) else {
+            return;
+        };
         if !rtcp
             && let Ok(r) = rtp_rs::RtpReader::new(data)
             && let Ok(mut st) = s.stats.lock()
+            && let Some(stream) = st.get_mut(side)
         {
-            st[side].on_packet(
+            stream.on_packet(
                 u16::from(r.sequence_number()),
                 r.timestamp(),
                 r.payload().len(),
@@ -286,8 +296,7 @@ fn forward(s: &mut Session, side: usize, rtcp: bool, buf: &mut [u8], start: Inst
                 clock_rate(r.payload_type()),
             );
         }
-        let other = 1 - side;
-        if let Some(out) = s.legs[other].as_ref() {
+        if let Some(out) = out.as_ref() {
             let dest = if rtcp {
                 out.peer.latched_rtcp.or(out.peer.sdp_rtcp)
             } else {

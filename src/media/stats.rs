@@ -48,12 +48,13 @@ impl StreamStats {
             let delta = seq.wrapping_sub(max16) & 0xffff;
             if delta > 0 && delta < MAX_DROPOUT {
                 if seq < max16 {
-                    self.cycles += 1;
+                    // Modulo 2^32 like the RFC's counters: the sender picks the numbers.
+                    self.cycles = self.cycles.wrapping_add(1);
                 }
                 self.max_seq = (self.cycles << 16) | seq;
             } else if (MAX_DROPOUT..=0xffff - MAX_MISORDER).contains(&delta) {
                 // Restart: what came before is settled, counting starts again here.
-                let expected = u64::from(self.max_seq - self.base_seq) + 1;
+                let expected = u64::from(self.max_seq.wrapping_sub(self.base_seq)) + 1;
                 let received = self.packets - self.prior.1;
                 self.prior = (self.prior.0 + expected, self.prior.1 + received);
                 self.cycles = 0;
@@ -64,7 +65,7 @@ impl StreamStats {
         }
         self.packets += 1;
         self.bytes += len as u64;
-        let expected = self.prior.0 + u64::from(self.max_seq - self.base_seq) + 1;
+        let expected = self.prior.0 + u64::from(self.max_seq.wrapping_sub(self.base_seq)) + 1;
         self.lost = expected.saturating_sub(self.packets);
         // RFC 3550 A.8: J += (|D| - J) / 16, in timestamp units.
         let arrival_ts = (arrival_ms * f64::from(clock) / 1000.0) as i64;

@@ -53,15 +53,19 @@ pub(crate) fn answer(
         ),
         ("GET", "/calls") => {
             let mut v = server.calls_json(now);
-            if let Some(calls) = v["calls"].as_array_mut() {
-                for c in calls {
-                    let media = c["token"]
-                        .as_str()
-                        .and_then(|t| u64::from_str_radix(t, 16).ok())
-                        .and_then(|t| relay.live(t));
-                    if let Some(m) = media {
-                        c["media"] = serde_json::to_value(m).unwrap_or_default();
-                    }
+            let calls = v.get_mut("calls").and_then(serde_json::Value::as_array_mut);
+            for c in calls
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_object_mut)
+            {
+                let media = c
+                    .get("token")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|t| u64::from_str_radix(t, 16).ok())
+                    .and_then(|t| relay.live(t));
+                if let Some(m) = media {
+                    c.insert("media".into(), serde_json::to_value(m).unwrap_or_default());
                 }
             }
             HttpResponse::json(200, &v)

@@ -203,43 +203,81 @@ fn parse_line(l: &str) -> Option<(u64, Entry)> {
         let s = unesc(s);
         (!s.is_empty()).then_some(s)
     };
-    let e = match *f.first()? {
-        "G" => Entry::Gone(token),
-        "L" if f.len() == 16 => Entry::Leg(Box::new(LegRecord {
+    let e = match *f.as_slice() {
+        ["G", ..] => Entry::Gone(token),
+        [
+            "L",
+            _,
+            _,
+            side,
+            call_id,
+            local_tag,
+            remote_tag,
+            local_uri,
+            remote_uri,
+            remote_target,
+            transport,
+            remote,
+            route_set,
+            cseq,
+            party,
+            start_ms,
+        ] => Entry::Leg(Box::new(LegRecord {
             token,
-            is_a: f[3] == "a",
-            call_id: unesc(f[4]),
-            local_tag: unesc(f[5]),
-            remote_tag: unesc(f[6]),
-            local_uri: unesc(f[7]),
-            remote_uri: unesc(f[8]),
-            remote_target: unesc(f[9]),
-            proto: proto(f[10])?,
-            remote: f[11].parse().ok()?,
-            route_set: list(f[12]),
-            cseq: f[13].parse().ok()?,
-            party: unesc(f[14]),
-            start_ms: f[15].parse().ok()?,
+            is_a: side == "a",
+            call_id: unesc(call_id),
+            local_tag: unesc(local_tag),
+            remote_tag: unesc(remote_tag),
+            local_uri: unesc(local_uri),
+            remote_uri: unesc(remote_uri),
+            remote_target: unesc(remote_target),
+            proto: proto(transport)?,
+            remote: remote.parse().ok()?,
+            route_set: list(route_set),
+            cseq: cseq.parse().ok()?,
+            party: unesc(party),
+            start_ms: start_ms.parse().ok()?,
         })),
-        "R" if f.len() == 20 => Entry::Ringing(Box::new(RingRecord {
+        [
+            "R",
+            _,
+            _,
+            a_vias,
+            a_from,
+            a_to,
+            a_call_id,
+            a_cseq,
+            a_proto,
+            a_remote,
+            b_via,
+            b_uri,
+            b_from,
+            b_to,
+            b_call_id,
+            b_cseq,
+            b_proto,
+            b_remote,
+            b_early_tag,
+            b_early_target,
+        ] => Entry::Ringing(Box::new(RingRecord {
             token,
-            a_vias: list(f[3]),
-            a_from: unesc(f[4]),
-            a_to: unesc(f[5]),
-            a_call_id: unesc(f[6]),
-            a_cseq: f[7].parse().ok()?,
-            a_proto: proto(f[8])?,
-            a_remote: f[9].parse().ok()?,
-            b_via: unesc(f[10]),
-            b_uri: unesc(f[11]),
-            b_from: unesc(f[12]),
-            b_to: unesc(f[13]),
-            b_call_id: unesc(f[14]),
-            b_cseq: f[15].parse().ok()?,
-            b_proto: proto(f[16])?,
-            b_remote: f[17].parse().ok()?,
-            b_early_tag: opt(f[18]),
-            b_early_target: opt(f[19]),
+            a_vias: list(a_vias),
+            a_from: unesc(a_from),
+            a_to: unesc(a_to),
+            a_call_id: unesc(a_call_id),
+            a_cseq: a_cseq.parse().ok()?,
+            a_proto: proto(a_proto)?,
+            a_remote: a_remote.parse().ok()?,
+            b_via: unesc(b_via),
+            b_uri: unesc(b_uri),
+            b_from: unesc(b_from),
+            b_to: unesc(b_to),
+            b_call_id: unesc(b_call_id),
+            b_cseq: b_cseq.parse().ok()?,
+            b_proto: proto(b_proto)?,
+            b_remote: b_remote.parse().ok()?,
+            b_early_tag: opt(b_early_tag),
+            b_early_target: opt(b_early_target),
         })),
         _ => return None,
     };
@@ -268,7 +306,7 @@ impl DigestLog {
     /// A log with a fresh random generation.
     pub fn new() -> Self {
         Self {
-            generation: rand::random::<u64>() >> 1,
+            generation: crate::entropy::random::<u64>() >> 1,
             next_seq: 1,
             acked: 0,
             pending: VecDeque::new(),
@@ -431,7 +469,10 @@ impl DigestTable {
             if seq > self.next {
                 return Ack::Resync;
             }
-            self.next = seq + 1;
+            let Some(next) = seq.checked_add(1) else {
+                return Ack::Resync;
+            };
+            self.next = next;
             match e {
                 Entry::Gone(t) => {
                     self.calls.remove(&t);

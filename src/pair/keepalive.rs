@@ -92,6 +92,28 @@ pub fn stamp(h: &mut Headers, secret: &[u8], info: &Info, body: &[u8]) {
     );
 }
 
+/// Replace the `X-Understudy-Auth` of a message with the MAC its other keep-alive headers
+/// call for. The fuzzer and the simulator use it so that mutated keep-alives still reach the
+/// role machine; a node never re-signs what it received.
+pub fn resign(h: &mut Headers, secret: &[u8], body: &[u8]) {
+    let value = |name: &str| {
+        h.iter()
+            .find(|x| matches!(&x.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(name)))
+            .map(|x| x.value.trim().to_string())
+            .unwrap_or_default()
+    };
+    let (node, role, epoch) = (value(NODE), value(ROLE), value(EPOCH));
+    let (Some(role), Ok(epoch)) = (Announced::parse(&role), epoch.parse::<u64>()) else {
+        return;
+    };
+    let role = role.as_str();
+    let call_id = h.get(&HeaderName::CallId).unwrap_or("").to_string();
+    let cseq = h.get(&HeaderName::CSeq).unwrap_or("").trim().to_string();
+    let auth = mac(secret, &node, role, epoch, &call_id, &cseq, body);
+    h.retain(|x| !matches!(&x.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(AUTH)));
+    h.push(other(AUTH), auth);
+}
+
 /// Whether a message carries keep-alive headers at all.
 pub fn is_keepalive(m: &impl SipMessage) -> bool {
     m.headers()

@@ -266,7 +266,8 @@ impl RoleMachine {
 
     fn take_over(&mut self, reason: TakeoverReason) {
         self.heard_since = None;
-        self.epoch = self.epoch.max(self.peer.epoch) + 1;
+        // The peer's epoch comes off the wire (authenticated, but still a u64 from outside).
+        self.epoch = self.epoch.max(self.peer.epoch).saturating_add(1);
         self.role = Role::Active;
         self.phase = Phase::Running;
         self.missed_counted = 0;

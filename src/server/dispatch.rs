@@ -66,7 +66,9 @@ impl Server {
                     Message::Response(resp) => {
                         tracing::debug!(%flow, status = resp.status, call_id = resp.call_id().unwrap_or(""), "response in");
                         let class = usize::from(resp.status / 100).min(6);
-                        self.counters.responses[class] += 1;
+                        if let Some(n) = self.counters.responses.get_mut(class) {
+                            *n += 1;
+                        }
                         self.tx.handle_response(now, resp, flow);
                     }
                 }

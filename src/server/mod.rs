@@ -96,7 +96,7 @@ impl Server {
             .pair
             .as_ref()
             .map(|p| p.secret.as_bytes().to_vec())
-            .unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
+            .unwrap_or_else(|| crate::entropy::random::<[u8; 32]>().to_vec());
         let settings = registrar::Settings {
             realm: cfg.realm().to_string(),
             min_expires: cfg.registrar.min_expires,

@@ -135,7 +135,7 @@ impl PairGlue {
             secret: pair.secret.as_bytes().to_vec(),
             machine: RoleMachine::new(settings, epoch, now),
             store,
-            ka_call_id: format!("ka-{:016x}", rand::random::<u64>()),
+            ka_call_id: format!("ka-{:016x}", crate::entropy::random::<u64>()),
             ka_tag: new_tag(),
             ka_seq: 0,
             sent: HashMap::new(),

@@ -33,7 +33,7 @@ pub(crate) struct Pinger {
 impl Pinger {
     pub(crate) fn new(now: Instant) -> Self {
         Self {
-            call_id: format!("ep-{:016x}", rand::random::<u64>()),
+            call_id: format!("ep-{:016x}", crate::entropy::random::<u64>()),
             next: now + INTERVAL,
             health: HashMap::new(),
             round: Vec::new(),

@@ -46,7 +46,7 @@ impl PairGlue {
                 h.push(HeaderName::To, format!("<sip:reg@{}>", self.cfg.peer));
                 h.push(
                     HeaderName::CallId,
-                    format!("reg-{:016x}", rand::random::<u64>()),
+                    format!("reg-{:016x}", crate::entropy::random::<u64>()),
                 );
                 h.push(HeaderName::CSeq, "1 SUBSCRIBE");
                 h.push(HeaderName::Contact, me.contact(Proto::Udp));
@@ -346,7 +346,7 @@ fn contact_of(b: &Binding, now: Instant) -> RegContact {
     RegContact {
         uri: b.contact.uri.to_string(),
         active: true,
-        expires: b.remaining(now) as u32,
+        expires: u32::try_from(b.remaining(now)).unwrap_or(u32::MAX),
         source: b.source.map(|f| format!("{}:{}", f.proto, f.remote)),
     }
 }

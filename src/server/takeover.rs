@@ -366,7 +366,7 @@ impl Takeover {
         me: &LocalContact,
         ep: Endpoint,
     ) {
-        let call_id = format!("q-{:016x}", rand::random::<u64>());
+        let call_id = format!("q-{:016x}", crate::entropy::random::<u64>());
         let mut r = Request::new(Method::Subscribe, ep.uri.clone());
         let h = &mut r.headers;
         h.push(HeaderName::Via, me.via(ep.flow.proto));
@@ -421,7 +421,7 @@ impl Takeover {
         h.push(HeaderName::To, format!("<{}>", ep.uri));
         h.push(
             HeaderName::CallId,
-            format!("cs-{:016x}", rand::random::<u64>()),
+            format!("cs-{:016x}", crate::entropy::random::<u64>()),
         );
         h.push(HeaderName::CSeq, "1 NOTIFY");
         h.push(HeaderName::Contact, me.contact(ep.flow.proto));

@@ -33,11 +33,11 @@ impl NameAddr {
             return Err("empty address");
         }
         let (display, after_display) = if let Some(rest) = s.strip_prefix('"') {
-            let end = closing_quote(rest).ok_or("unterminated quoted display name")?;
-            let display = unquote(&rest[..end]);
-            (Some(display), rest[end + 1..].trim_start())
-        } else if let Some(lt) = s.find('<') {
-            let name = s[..lt].trim();
+            let (quoted, after) =
+                split_at_closing_quote(rest).ok_or("unterminated quoted display name")?;
+            (Some(unquote(quoted)), after.trim_start())
+        } else if let Some((name, addr)) = s.find('<').and_then(|lt| s.split_at_checked(lt)) {
+            let name = name.trim();
             if !name.is_empty()
                 && !name.bytes().all(|b| {
                     super::params::is_token_byte(b) || b == b' ' || b == b'\t' || b >= 0x80
@@ -46,20 +46,19 @@ impl NameAddr {
                 return Err("display name must be a token sequence or quoted");
             }
             let name = (!name.is_empty()).then(|| name.to_string());
-            (name, &s[lt..])
+            (name, addr)
         } else {
             (None, s)
         };
         if let Some(rest) = after_display.strip_prefix('<') {
-            let end = rest.find('>').ok_or("unterminated <")?;
-            let inner = &rest[..end];
+            let (inner, after) = rest.split_once('>').ok_or("unterminated <")?;
             if inner.starts_with(|c: char| c.is_ascii_whitespace())
                 || inner.ends_with(|c: char| c.is_ascii_whitespace())
             {
                 return Err("whitespace inside <>");
             }
             let uri = Uri::parse(inner).map_err(|e| e.0)?;
-            let params = Params::parse(&rest[end + 1..])?;
+            let params = Params::parse(after)?;
             return Ok(Self {
                 display,
                 uri,
@@ -71,8 +70,8 @@ impl NameAddr {
         }
         // addr-spec: parameters after the first ';' belong to the header, never to the URI
         // (RFC 3261 §20.10), and the URI may not carry headers or commas.
-        let (uri_part, params) = match s.find(';') {
-            Some(i) => (&s[..i], Params::parse(&s[i..])?),
+        let (uri_part, params) = match s.split_once(';') {
+            Some((uri, params)) => (uri, Params::parse(params)?),
             None => (s, Params::new()),
         };
         if uri_part.contains('?') || uri_part.contains(',') {
@@ -92,7 +91,9 @@ impl NameAddr {
     }
 }
 
-fn closing_quote(s: &str) -> Option<usize> {
+/// Split quoted text (after its opening quote) at the closing quote: the text inside, and
+/// what follows the quote.
+fn split_at_closing_quote(s: &str) -> Option<(&str, &str)> {
     let mut escaped = false;
     for (i, c) in s.char_indices() {
         if escaped {
@@ -100,7 +101,8 @@ fn closing_quote(s: &str) -> Option<usize> {
         } else if c == '\\' {
             escaped = true;
         } else if c == '"' {
-            return Some(i);
+            let (inside, quote_on) = s.split_at_checked(i)?;
+            return Some((inside, quote_on.strip_prefix('"')?));
         }
     }
     None
@@ -169,6 +171,17 @@ mod tests {
         assert!(NameAddr::parse("< sip:t.watson@example.org >").is_err());
         assert!(NameAddr::parse("sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err());
         assert!(NameAddr::parse("Bell, Alexander <sip:a@b>").is_err());
+    }
+
+    #[test]
+    fn multibyte_text_next_to_delimiters() {
+        let a = NameAddr::parse("\"Jö\" <sip:é@b>;tag=ü").unwrap();
+        assert_eq!(a.display.as_deref(), Some("Jö"));
+        assert_eq!(a.tag(), Some("ü"));
+        let a = NameAddr::parse("Jö<sip:a@b>").unwrap();
+        assert_eq!(a.display.as_deref(), Some("Jö"));
+        assert!(NameAddr::parse("\"é").is_err());
+        assert!(NameAddr::parse("<é").is_err());
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! Builders for what every element generates: responses to requests (RFC 3261 §8.2.6),
 //! branches (§8.1.1.7) and tags (§19.3).
 
-use rand::Rng;
-
 use super::message::{HeaderName, Request, Response};
 
 /// A response to `req`: copies Via, From, To, Call-ID and CSeq (RFC 3261 §8.2.6.2) and adds
@@ -36,11 +34,7 @@ fn has_tag(v: &str) -> bool {
 }
 
 fn random_token(n: usize) -> String {
-    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::thread_rng();
-    (0..n)
-        .map(|_| ALPHA[rng.gen_range(0..ALPHA.len())] as char)
-        .collect()
+    crate::entropy::token(n, b"abcdefghijklmnopqrstuvwxyz0123456789")
 }
 
 /// A new RFC 3261 branch (`z9hG4bK` + 16 random characters).

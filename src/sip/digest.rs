@@ -193,7 +193,7 @@ impl DigestServer {
             secret: secret.to_vec(),
             lifetime_s,
             algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
-            counter: rand::random::<u32>().into(),
+            counter: crate::entropy::random::<u32>().into(),
             seen: HashMap::new(),
         }
     }
@@ -215,7 +215,11 @@ impl DigestServer {
             return String::new();
         };
         mac.update(format!("{issued:x}.{serial:x}").as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..12])
+        let tag = mac.finalize().into_bytes();
+        let Some(truncated) = tag.first_chunk::<12>() else {
+            return String::new();
+        };
+        hex::encode(truncated)
     }
 
     /// A fresh, unique nonce at `now_s` (seconds since the Unix epoch):
@@ -271,7 +275,7 @@ impl DigestServer {
         };
         let issued = u64::from_str_radix(issued_hex, 16).map_err(|_| AuthError::BadNonce)?;
         let serial = u64::from_str_radix(serial_hex, 16).map_err(|_| AuthError::BadNonce)?;
-        if sig != self.sign(issued, serial) || issued > now_s + 5 {
+        if sig != self.sign(issued, serial) || issued > now_s.saturating_add(5) {
             return Err(AuthError::BadNonce);
         }
         let password = password_of(user).ok_or(AuthError::UnknownUser)?;
@@ -288,7 +292,7 @@ impl DigestServer {
         if !expected.eq_ignore_ascii_case(response) {
             return Err(AuthError::WrongPassword);
         }
-        if now_s > issued + self.lifetime_s {
+        if now_s > issued.saturating_add(self.lifetime_s) {
             return Err(AuthError::Stale);
         }
         // Replay protection: with qop the nonce-count must grow; without it a nonce is single use.
@@ -310,7 +314,7 @@ impl DigestServer {
     pub fn expire(&mut self, now_s: u64) {
         let life = self.lifetime_s;
         self.seen
-            .retain(|_, (issued, _)| *issued + life + 5 >= now_s);
+            .retain(|_, (issued, _)| issued.saturating_add(life).saturating_add(5) >= now_s);
     }
 
     /// How many nonces are tracked for replay protection.

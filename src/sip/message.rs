@@ -226,8 +226,8 @@ impl Headers {
     /// Replace every header of this name by one value.
     pub fn set(&mut self, name: HeaderName, value: impl Into<String>) {
         let value = value.into();
-        if let Some(i) = self.0.iter().position(|h| h.name == name) {
-            self.0[i].value = value;
+        if let Some(h) = self.0.iter_mut().find(|h| h.name == name) {
+            h.value = value;
             let mut seen = false;
             self.0.retain(|h| {
                 if h.name != name {

@@ -116,30 +116,27 @@ pub(crate) fn is_token_byte(b: u8) -> bool {
 
 /// Split on `sep` where it is outside double quotes and angle brackets.
 pub(crate) fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
-    let mut out = Vec::new();
     let mut in_quotes = false;
     let mut escaped = false;
     let mut angle = 0u32;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
+    // `split` hands the predicate every character once, in order, so it can track the
+    // quoting state.
+    s.split(|c: char| {
         if escaped {
             escaped = false;
-            continue;
+            return false;
         }
         match c {
             '\\' if in_quotes => escaped = true,
             '"' => in_quotes = !in_quotes,
-            '<' if !in_quotes => angle += 1,
+            '<' if !in_quotes => angle = angle.saturating_add(1),
             '>' if !in_quotes => angle = angle.saturating_sub(1),
-            c if c == sep && !in_quotes && angle == 0 => {
-                out.push(&s[start..i]);
-                start = i + c.len_utf8();
-            }
+            c if c == sep && !in_quotes && angle == 0 => return true,
             _ => {}
         }
-    }
-    out.push(&s[start..]);
-    out
+        false
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -158,5 +155,15 @@ mod tests {
     fn split_respects_quotes_and_angles() {
         let v = split_outside_quotes(r#""a,b" <sip:x;y=1,z>, <sip:q>"#, ',');
         assert_eq!(v.len(), 2);
+    }
+
+    #[test]
+    fn split_keeps_empty_parts_and_multibyte_text() {
+        assert_eq!(split_outside_quotes("", ';'), [""]);
+        assert_eq!(split_outside_quotes(";a;;", ';'), ["", "a", "", ""]);
+        assert_eq!(
+            split_outside_quotes(r#"é;"ü\";ß";ø"#, ';'),
+            ["é", r#""ü\";ß""#, "ø"]
+        );
     }
 }

@@ -46,11 +46,11 @@ fn limits_datagram() -> px::Limits {
 /// Parse one message from a datagram. Leading CRLFs are ignored (RFC 3261 §7.5); octets after
 /// the declared body are ignored (RFC 3261 §18.3).
 pub fn parse_datagram(buf: &[u8]) -> Result<Parsed, ParseError> {
-    let start = buf
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(buf.len());
-    let buf = Bytes::copy_from_slice(&buf[start..]);
+    let mut buf = buf;
+    while let [b'\r' | b'\n', rest @ ..] = buf {
+        buf = rest;
+    }
+    let buf = Bytes::copy_from_slice(buf);
     let msg = px::parse_datagram(buf, &limits_datagram()).map_err(map_error)?;
     convert(msg)
 }

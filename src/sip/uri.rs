@@ -71,19 +71,16 @@ impl Uri {
         }
         // '@' cannot appear unescaped in userinfo, but '?', ';' and ':' can (RFC 4475
         // §3.1.1.2, §3.1.1.9), so the user part ends at the first '@'.
-        let (userinfo, hostpart) = match rest.find('@') {
-            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+        let (userinfo, hostpart) = match rest.split_once('@') {
+            Some((u, h)) => (Some(u), h),
             None => (None, rest),
         };
         let (hostpart, headers) = match hostpart.split_once('?') {
             Some((r, h)) => (r, Some(h.to_string())),
             None => (hostpart, None),
         };
-        let (hostport, params) = match hostpart.find(';') {
-            Some(i) => (
-                &hostpart[..i],
-                Params::parse(&hostpart[i..]).map_err(UriError)?,
-            ),
+        let (hostport, params) = match hostpart.split_once(';') {
+            Some((h, p)) => (h, Params::parse(p).map_err(UriError)?),
             None => (hostpart, Params::new()),
         };
         let (host, port) = split_host_port(hostport)?;
@@ -142,11 +139,10 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), UriError> {
         return Err(UriError("empty host"));
     }
     if let Some(rest) = s.strip_prefix('[') {
-        let end = rest
-            .find(']')
+        let (v6, after) = rest
+            .split_once(']')
             .ok_or(UriError("unterminated IPv6 reference"))?;
-        let host = format!("[{}]", &rest[..end]);
-        let after = &rest[end + 1..];
+        let host = format!("[{v6}]");
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p.parse().map_err(|_| UriError("bad port"))?),
             None if after.is_empty() => None,
@@ -170,22 +166,19 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), UriError> {
 
 /// Decode %-escapes.
 pub fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|&c| hexval(c)),
-                b.get(i + 2).and_then(|&c| hexval(c)),
-            )
+    let mut rest = s.as_bytes();
+    let mut out = Vec::with_capacity(rest.len());
+    while let [b, tail @ ..] = rest {
+        if *b == b'%'
+            && let [h, l, after @ ..] = tail
+            && let (Some(h), Some(l)) = (hexval(*h), hexval(*l))
         {
             out.push(h * 16 + l);
-            i += 3;
+            rest = after;
             continue;
         }
-        out.push(b[i]);
-        i += 1;
+        out.push(*b);
+        rest = tail;
     }
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -262,5 +255,8 @@ mod tests {
     fn unescapes() {
         assert_eq!(unescape("sip%3Auser%40x"), "sip:user@x");
         assert_eq!(unescape("100%"), "100%");
+        assert_eq!(unescape("%4"), "%4");
+        assert_eq!(unescape("%4g%41"), "%4gA");
+        assert_eq!(unescape("%é%C3%A9"), "%éé");
     }
 }

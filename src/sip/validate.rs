@@ -69,11 +69,15 @@ fn common(m: &impl SipMessage) -> Result<CSeq, Rejection> {
         return Err(Rejection::bad("missing Via header"));
     }
     for v in m.headers().get_all(&HeaderName::Via) {
-        Via::parse(v).map_err(|e| Rejection::bad(format!("malformed Via header: {e}")))?;
+        let via =
+            Via::parse(v).map_err(|e| Rejection::bad(format!("malformed Via header: {e}")))?;
+        via_params(&via)?;
     }
     m.call_id().map_err(|e| Rejection::bad(e.to_string()))?;
-    m.from().map_err(|e| Rejection::bad(e.to_string()))?;
-    m.to().map_err(|e| Rejection::bad(e.to_string()))?;
+    let from = m.from().map_err(|e| Rejection::bad(e.to_string()))?;
+    tag_param(&from, "From")?;
+    let to = m.to().map_err(|e| Rejection::bad(e.to_string()))?;
+    tag_param(&to, "To")?;
     let cseq = m.cseq().map_err(|e| Rejection::bad(e.to_string()))?;
     if let Some(d) = m.headers().get(&HeaderName::Date)
         && !d.trim_end().ends_with("GMT")
@@ -83,6 +87,55 @@ fn common(m: &impl SipMessage) -> Result<CSeq, Rejection> {
         ));
     }
     Ok(cseq)
+}
+
+/// Whether `s` is an RFC 3261 §25.1 `token`: one or more of alphanumerics and `-.!%*_+`'~`.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+                )
+        })
+}
+
+/// `tag-param = "tag" EQUAL token` (RFC 3261 §25.1): a tag is present with a token value, or
+/// absent. Everything above the facade may then treat a tag as ASCII.
+fn tag_param(addr: &NameAddr, header: &str) -> Result<(), Rejection> {
+    match addr.params.get("tag") {
+        None => Ok(()),
+        Some(Some(t)) if is_token(t) => Ok(()),
+        Some(_) => Err(Rejection::bad(format!("{header} tag is not a token"))),
+    }
+}
+
+/// The Via parameters RFC 3261 §20.42 and RFC 3581 give a syntax: `branch` and the transport
+/// are tokens, `received` an IP address, `rport` empty or a port, `ttl` 0–255.
+fn via_params(via: &Via) -> Result<(), Rejection> {
+    if !is_token(&via.transport) {
+        return Err(Rejection::bad("Via transport is not a token"));
+    }
+    for (name, value) in via.params.iter() {
+        let ok = match (name.to_ascii_lowercase().as_str(), value) {
+            ("branch", Some(v)) => is_token(v),
+            ("received", Some(v)) => v
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok(),
+            ("rport", None) => true,
+            ("rport", Some(v)) => v.parse::<u16>().is_ok_and(|p| p > 0),
+            ("ttl", Some(v)) => v.parse::<u8>().is_ok(),
+            ("branch" | "received" | "ttl", None) => false,
+            _ => true,
+        };
+        if !ok {
+            return Err(Rejection::bad(format!("malformed Via {name} parameter")));
+        }
+    }
+    Ok(())
 }
 
 /// Check a request (RFC 3261 §8.1.1 required headers, scalar ranges, CSeq method).

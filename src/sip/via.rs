@@ -33,16 +33,15 @@ impl Via {
         if !name.eq_ignore_ascii_case("SIP") || !numeric {
             return Err("unsupported Via protocol");
         }
-        let tend = rest
-            .find(|c: char| c.is_ascii_whitespace())
+        let (transport, rest) = rest
+            .split_once(|c: char| c.is_ascii_whitespace())
             .ok_or("missing sent-by")?;
-        let transport = rest[..tend].to_ascii_uppercase();
+        let transport = transport.to_ascii_uppercase();
         if transport.is_empty() {
             return Err("empty transport");
         }
-        let rest = rest[tend..].trim_start();
-        let (sent_by, params) = match rest.find(';') {
-            Some(i) => (rest[..i].trim(), Params::parse(&rest[i..])?),
+        let (sent_by, params) = match rest.split_once(';') {
+            Some((sent_by, params)) => (sent_by.trim(), Params::parse(params)?),
             None => (rest.trim(), Params::new()),
         };
         let (host, port) = split_sent_by(sent_by)?;
@@ -78,9 +77,9 @@ fn split_sent_by(s: &str) -> Result<(String, Option<u16>), &'static str> {
         return Err("empty sent-by");
     }
     if s.starts_with('[') {
-        let end = s.find(']').ok_or("unterminated IPv6 reference")?;
-        let host = s[..=end].to_string();
-        let port = match s[end + 1..].trim().strip_prefix(':') {
+        let (v6, after) = s.split_once(']').ok_or("unterminated IPv6 reference")?;
+        let host = format!("{v6}]");
+        let port = match after.trim().strip_prefix(':') {
             Some(p) => Some(p.trim().parse().map_err(|_| "bad port")?),
             None => None,
         };
@@ -142,5 +141,7 @@ mod tests {
         assert!(Via::parse("HTTP/2.0/UDP a").is_err());
         assert!(Via::parse("SIP/2.0/UDP").is_err());
         assert!(Via::parse("SIP/2.0/UDP a:b").is_err());
+        assert!(Via::parse("SIP/2.0/UDP [::1").is_err());
+        assert!(Via::parse("SIP/2.0/UDPé a").is_ok_and(|v| v.transport == "UDPé"));
     }
 }

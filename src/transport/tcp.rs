@@ -152,7 +152,11 @@ impl Connections {
                     Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
                     Ok(Ok(n)) => n,
                 };
-                match framer.push(&buf[..n]) {
+                // `read` never reports more than `buf` holds.
+                let Some(data) = buf.get(..n) else {
+                    break;
+                };
+                match framer.push(data) {
                     Ok(msgs) => {
                         for m in msgs {
                             if this
@@ -170,7 +174,7 @@ impl Connections {
                         let _ = this
                             .inbound
                             .send(Inbound::Malformed {
-                                raw: Bytes::copy_from_slice(&buf[..n]),
+                                raw: Bytes::copy_from_slice(data),
                                 error: e.to_string(),
                                 flow,
                             })

@@ -26,7 +26,10 @@ pub(crate) async fn recv_loop(sock: Arc<UdpSocket>, tx: mpsc::Sender<Inbound>) {
                 continue;
             }
         };
-        let data = &buf[..n];
+        // `recv_from` never reports more than `buf` holds.
+        let Some(data) = buf.get(..n) else {
+            continue;
+        };
         if data.iter().all(|b| matches!(b, b'\r' | b'\n' | 0)) {
             continue;
         }

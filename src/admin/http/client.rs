@@ -244,8 +244,10 @@ async fn read_response(
                 }));
             }
         };
-        let text =
-            std::str::from_utf8(&buf[..head_len]).map_err(|_| bad("response head is not UTF-8"))?;
+        let text = buf
+            .get(..head_len)
+            .and_then(|head| std::str::from_utf8(head).ok())
+            .ok_or_else(|| bad("response head is not UTF-8"))?;
         let mut lines = text.lines();
         let status = lines.next().and_then(parse_status_line).ok_or_else(|| {
             ReadError::Bad(format!("malformed status line {:?}", first_line(text)))

@@ -81,14 +81,11 @@ pub(super) fn leading_blank(buf: &[u8]) -> usize {
 /// Length of the head (through the empty line that ends it), once `buf` holds all of it.
 /// Lines may end in CRLF or bare LF. `buf` must not start with blank lines.
 pub(super) fn head_len(buf: &[u8]) -> Option<usize> {
-    let mut line_start = 0;
-    for (i, &b) in buf.iter().enumerate() {
-        if b == b'\n' {
-            let line = &buf[line_start..i];
-            if line.is_empty() || line == b"\r" {
-                return Some(i + 1);
-            }
-            line_start = i + 1;
+    let mut len = 0;
+    for line in buf.split_inclusive(|&b| b == b'\n') {
+        len += line.len();
+        if line == b"\n" || line == b"\r\n" {
+            return Some(len);
         }
     }
     None

@@ -1,0 +1,154 @@
+//! Entry points for the coverage-guided fuzzers in `fuzz/` (issue "No packet can stop a
+//! node"). They live in the library, not in the fuzz crate, so that `cargo test` replays every
+//! seed and every crash ever found (`fuzz/seeds/`, `fuzz/regressions/`) through exactly the
+//! code the fuzzers run. Not an API: the functions take raw bytes and panic only when an
+//! invariant of the code under test breaks (that panic is what the fuzzer reports).
+//!
+//! | target | what it drives |
+//! |---|---|
+//! | `message` | [`message`]: parse → serialize → parse, the second serialization identical |
+//! | `framing` | [`framing`]: TCP stream framing fed the same bytes in arbitrary chunks |
+//! | `server` | [`server`]: the whole sans-IO server on a virtual clock ([`harness`]) |
+//! | `bodies` | [`bodies`]: dialog-info, reginfo, the dialog digest, SDP rewriting |
+//! | `admin` | [`admin`]: the admin API's request-head parser |
+
+// A broken invariant must panic here: that is how the fuzzer learns of it.
+#![allow(clippy::panic)]
+
+pub mod harness;
+pub mod seeds;
+
+#[cfg(test)]
+mod tests;
+
+use crate::sip::{Message, ParseError, StreamFramer, parse_datagram, validate};
+
+fn serialize(m: &Message) -> Vec<u8> {
+    match m {
+        Message::Request(r) => r.to_bytes().to_vec(),
+        Message::Response(r) => r.to_bytes().to_vec(),
+    }
+}
+
+/// Parse a datagram; when it parses, what we serialize must parse again to the same
+/// message, and validation must not change its verdict.
+pub fn message(data: &[u8]) {
+    let Ok(first) = parse_datagram(data) else {
+        return;
+    };
+    let verdict = validate(&first).is_ok();
+    let bytes = serialize(&first.message);
+    let second = match parse_datagram(&bytes) {
+        Ok(p) => p,
+        Err(e) => panic!("our own serialization does not parse: {e}"),
+    };
+    assert_eq!(
+        serialize(&second.message),
+        bytes,
+        "serialization is not stable"
+    );
+    if verdict {
+        assert!(
+            validate(&second).is_ok(),
+            "a valid message became invalid once serialized"
+        );
+    }
+}
+
+/// Frame `data` as a TCP stream twice: in one push, and in the chunks the first bytes
+/// choose. Both must yield the same messages (or both lose the framing).
+pub fn framing(data: &[u8]) {
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let (sizes, stream) = rest
+        .split_at_checked(usize::from(n % 16))
+        .unwrap_or((rest, &[]));
+    let whole = frame(stream, &[]);
+    let chunked = frame(stream, sizes);
+    match (whole, chunked) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "chunking changed the messages"),
+        (Err(_), Err(_)) => {}
+        (Ok(a), Err(e)) => {
+            // The whole-buffer push may stop early at the same error; chunks only see it later.
+            panic!(
+                "chunked framing failed ({e}) where one push gave {} messages",
+                a.len()
+            )
+        }
+        (Err(_), Ok(_)) => {}
+    }
+}
+
+fn frame(stream: &[u8], sizes: &[u8]) -> Result<Vec<Vec<u8>>, ParseError> {
+    let mut f = StreamFramer::new();
+    let mut out = Vec::new();
+    let mut rest = stream;
+    let mut sizes = sizes.iter().cycle();
+    while !rest.is_empty() {
+        let size = sizes.next().map_or(rest.len(), |&s| usize::from(s).max(1));
+        let (chunk, tail) = rest.split_at_checked(size).unwrap_or((rest, &[]));
+        rest = tail;
+        for p in f.push(chunk)? {
+            out.push(serialize(&p.message));
+        }
+    }
+    Ok(out)
+}
+
+/// Feed the body parsers on the network path; the first byte picks which.
+pub fn bodies(data: &[u8]) {
+    use crate::pair::{dialoginfo, digest, regsync};
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(body);
+    match which % 5 {
+        0 => {
+            if let Ok(info) = dialoginfo::parse(&text) {
+                let again = dialoginfo::parse(&dialoginfo::to_xml(&info));
+                assert!(again.is_ok(), "our dialog-info does not parse: {again:?}");
+            }
+        }
+        1 => {
+            if let Ok(info) = regsync::parse(&text) {
+                let again = regsync::parse(&regsync::to_xml(&info, "pbx.local"));
+                assert!(again.is_ok(), "our reginfo does not parse: {again:?}");
+            }
+        }
+        2 => {
+            let mut table = digest::DigestTable::default();
+            for part in text.split("\n\n") {
+                let _ = table.apply(part);
+            }
+            let _ = digest::summary(&table);
+            let _ = table.take();
+        }
+        3 => {
+            let _ = crate::media::sdp::media_addr(body);
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+            if let Some(out) = crate::media::sdp::rewrite(body, ip, 20_000) {
+                let addr = crate::media::sdp::media_addr(&out);
+                if crate::media::sdp::media_addr(body).is_some() {
+                    assert!(addr.is_some(), "a rewritten SDP lost its media address");
+                }
+            }
+        }
+        _ => {
+            let _ = crate::sip::digest::DigestParams::parse(&text);
+            let mut server =
+                crate::sip::digest::DigestServer::new("pbx.local", b"fuzz-secret", 300);
+            let _ = server.verify(1_700_000_000, &text, "REGISTER", |_| Some("pw"));
+        }
+    }
+}
+
+/// The admin API's request-head parser.
+pub fn admin(data: &[u8]) {
+    crate::admin::http::fuzz_head(data);
+}
+
+/// The whole server: see [`harness`].
+pub fn server(data: &[u8]) {
+    harness::run(data);
+}
