@@ -224,6 +224,30 @@ impl B2bua {
         self.media.as_ref().map(MediaPlan::available)
     }
 
+    /// The call one of whose legs has this Call-ID. A linear scan: it serves the rare path
+    /// that must find a call from a bare message (the server's last line of defence).
+    pub fn token_of_call_id(&self, call_id: &str) -> Option<u64> {
+        self.calls.iter().find_map(|(&token, c)| {
+            [Side::A, Side::B]
+                .into_iter()
+                .filter_map(|side| c.leg(side))
+                .any(|d| d.call_id == call_id)
+                .then_some(token)
+        })
+    }
+
+    /// Forget one call without sending anything or writing its CDR: what is left when even
+    /// ending it cleanly failed.
+    pub fn discard(&mut self, token: u64) {
+        if self.calls.remove(&token).is_some() {
+            if let Some(m) = self.media.as_mut() {
+                m.release(token);
+            }
+            self.client.retain(|_, (t, _)| *t != token);
+            self.server_invites.retain(|_, t| *t != token);
+        }
+    }
+
     /// Forget every call without sending anything (this node no longer owns them).
     pub fn abandon_all(&mut self) -> usize {
         let tokens: Vec<u64> = self.calls.keys().copied().collect();

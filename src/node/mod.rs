@@ -201,17 +201,17 @@ pub async fn run(
             }
             Some(ib) = in_rx.recv() => {
                 let now = tokio::time::Instant::now().into_std();
-                server.handle_inbound(now, ib);
+                server.handle_inbound_guarded(now, ib);
                 // Drain what is already queued before sleeping again.
                 for _ in 0..256 {
                     match in_rx.try_recv() {
-                        Ok(ib) => server.handle_inbound(now, ib),
+                        Ok(ib) => server.handle_inbound_guarded(now, ib),
                         Err(_) => break,
                     }
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                server.handle_timeout(tokio::time::Instant::now().into_std());
+                server.handle_timeout_guarded(tokio::time::Instant::now().into_std());
             }
         }
         while let Some(t) = server.poll_transmit() {
@@ -233,6 +233,8 @@ pub async fn run(
     );
     let _ = stop_admin_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    // Every call still up gets its CDR (`end_reason = shutdown`).
+    server.shutdown(tokio::time::Instant::now().into_std());
     flush_cdrs(&mut server, &mut relay, cdr.as_ref());
     if let Some(w) = cdr {
         let n = w.close()?;

@@ -50,7 +50,28 @@ pub enum KeepaliveError {
 }
 
 /// HMAC over `node|role|epoch|Call-ID|CSeq`, and `|sha256(body)` when there is a body (the
-/// dialog digest), so a body cannot be swapped under a captured signature.
+/// dialog digest), so a body cannot be swapped under a captured signature. `None` only when
+/// the secret cannot key an HMAC (never for SHA-256, which takes any length).
+fn keyed(
+    secret: &[u8],
+    node: &str,
+    role: &str,
+    epoch: u64,
+    call_id: &str,
+    cseq: &str,
+    body: &[u8],
+) -> Option<Hmac<Sha256>> {
+    use sha2::Digest as _;
+    let mut m = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+    m.update(format!("{node}|{role}|{epoch}|{call_id}|{cseq}").as_bytes());
+    if !body.is_empty() {
+        m.update(b"|");
+        m.update(hex::encode(Sha256::digest(body)).as_bytes());
+    }
+    Some(m)
+}
+
+/// The hex MAC for a message we send.
 fn mac(
     secret: &[u8],
     node: &str,
@@ -60,16 +81,9 @@ fn mac(
     cseq: &str,
     body: &[u8],
 ) -> String {
-    use sha2::Digest as _;
-    let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return String::new();
-    };
-    m.update(format!("{node}|{role}|{epoch}|{call_id}|{cseq}").as_bytes());
-    if !body.is_empty() {
-        m.update(b"|");
-        m.update(hex::encode(Sha256::digest(body)).as_bytes());
-    }
-    hex::encode(m.finalize().into_bytes())
+    keyed(secret, node, role, epoch, call_id, cseq, body)
+        .map(|m| hex::encode(m.finalize().into_bytes()))
+        .unwrap_or_default()
 }
 
 fn other(name: &str) -> HeaderName {
@@ -155,10 +169,12 @@ pub fn verify(m: &impl SipMessage, body: &[u8], secret: &[u8]) -> Result<Info, K
         .get(&HeaderName::CSeq)
         .ok_or(KeepaliveError::Malformed("CSeq"))?
         .trim();
-    let expected = mac(secret, &node, role.as_str(), epoch, call_id, cseq, body);
-    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), auth.trim().as_bytes()) {
-        return Err(KeepaliveError::BadAuth);
-    }
+    // Compared in constant time by the MAC itself.
+    let given = hex::decode(auth.trim()).map_err(|_| KeepaliveError::BadAuth)?;
+    keyed(secret, &node, role.as_str(), epoch, call_id, cseq, body)
+        .ok_or(KeepaliveError::BadAuth)?
+        .verify_slice(&given)
+        .map_err(|_| KeepaliveError::BadAuth)?;
     Ok(Info {
         node,
         role,
@@ -166,10 +182,6 @@ pub fn verify(m: &impl SipMessage, body: &[u8], secret: &[u8]) -> Result<Info, K
         calls,
         config,
     })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -92,11 +92,20 @@ fn ok_to(msgs: Vec<Message>) -> Response {
 /// A call from the gateway (UDP) to the carrier, answered and acknowledged. Returns the
 /// INVITE the carrier got and the 200 the gateway got.
 fn answered_call(s: &mut Server, t0: Instant, b_tcp: bool) -> (Request, Response) {
+    answered_call_with_id(s, t0, b_tcp, "refresh-1")
+}
+
+fn answered_call_with_id(
+    s: &mut Server,
+    t0: Instant,
+    b_tcp: bool,
+    call_id: &str,
+) -> (Request, Response) {
     let body = sdp(6000);
     let invite = format!(
-        "INVITE sip:91234@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKr1\r\n\
+        "INVITE sip:91234@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bK{call_id}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: <sip:91234@127.0.0.1:5060>\r\n\
-         Call-ID: refresh-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{A}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{A}>\r\n\
          Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -115,8 +124,8 @@ fn answered_call(s: &mut Server, t0: Instant, b_tcp: bool) -> (Request, Response
     }
     let ok_a = ok_to(sent_to(s, A));
     let ack = format!(
-        "ACK sip:caller@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKr1ack\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: {}\r\nCall-ID: refresh-1\r\n\
+        "ACK sip:caller@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bK{call_id}ack\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: {}\r\nCall-ID: {call_id}\r\n\
          CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
         ok_a.headers.get(&HeaderName::To).unwrap_or_default()
     );
@@ -248,4 +257,47 @@ fn a_dialog_subscriber_hears_of_changes_only_and_is_dropped_when_gone() {
         B,
     );
     assert_eq!(s.blf.len(), 0);
+}
+
+/// The last line of defence (`server/guard.rs`): a panic while handling a message of one
+/// call ends that call (BYE both legs, CDR `internal_error`), counts it, and leaves every
+/// other call and the server working.
+#[test]
+fn a_panic_costs_one_call_not_the_node() {
+    let t0 = Instant::now();
+    let mut s = server(t0, "udp");
+    let (_, ok1) = answered_call_with_id(&mut s, t0, false, "guard-1");
+    let (_, ok2) = answered_call_with_id(&mut s, t0, false, "guard-2");
+    assert_eq!(s.b2bua().call_count(), 2);
+    let bye = |ok: &Response, call_id: &str| {
+        format!(
+            "BYE sip:caller@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bK{call_id}bye\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: {}\r\nCall-ID: {call_id}\r\n\
+             CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            ok.headers.get(&HeaderName::To).unwrap_or_default()
+        )
+    };
+    let p = parse_datagram(bye(&ok1, "guard-1").as_bytes()).expect("parses");
+    let from: SocketAddr = A.parse().expect("addr");
+    let inbound = Inbound::Message(Box::new(p), Flow::udp(from));
+    let context = super::guard::Context::of(&inbound);
+    s.contained(t0, context, |_| panic!("injected fault"));
+    assert_eq!(s.counters().internal_errors, 1);
+    assert_eq!(s.b2bua().call_count(), 1, "only the touched call ended");
+    let byes = sent_to(&mut s, B);
+    assert!(
+        byes.iter()
+            .any(|m| matches!(m, Message::Request(r) if r.method == crate::sip::Method::Bye)),
+        "the callee of the touched call gets a BYE"
+    );
+    let cdrs = s.take_cdrs();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].end_reason, "internal_error");
+    // The other call still works: its caller's BYE ends it normally.
+    feed(&mut s, t0, bye(&ok2, "guard-2").as_bytes(), A);
+    let _ = sent_to(&mut s, B);
+    assert_eq!(s.b2bua().call_count(), 0);
+    let cdrs = s.take_cdrs();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].end_reason, "normal");
 }

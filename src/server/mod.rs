@@ -5,6 +5,7 @@
 
 mod blf;
 mod dispatch;
+mod guard;
 mod pair;
 mod pinger;
 mod recovery;
@@ -54,6 +55,8 @@ pub struct Counters {
     pub malformed_answered: u64,
     /// Malformed messages dropped (no route for a response).
     pub malformed_dropped: u64,
+    /// Events whose handling panicked and was contained (see `guard`).
+    pub internal_errors: u64,
 }
 
 /// The server.

@@ -145,6 +145,8 @@ impl Server {
             "understudy_malformed_total{{action=\"dropped\"}} {}",
             c.malformed_dropped
         );
+        let _ = writeln!(s, "# TYPE understudy_internal_errors_total counter");
+        let _ = writeln!(s, "understudy_internal_errors_total {}", c.internal_errors);
         let ts = self.tx.stats();
         let _ = writeln!(s, "# TYPE understudy_transactions gauge");
         let _ = writeln!(

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::params::split_outside_quotes;
 
@@ -275,7 +276,10 @@ impl DigestServer {
         };
         let issued = u64::from_str_radix(issued_hex, 16).map_err(|_| AuthError::BadNonce)?;
         let serial = u64::from_str_radix(serial_hex, 16).map_err(|_| AuthError::BadNonce)?;
-        if sig != self.sign(issued, serial) || issued > now_s.saturating_add(5) {
+        // Constant-time comparisons: timing must not reveal how much of a guess was right.
+        if !bool::from(sig.as_bytes().ct_eq(self.sign(issued, serial).as_bytes()))
+            || issued > now_s.saturating_add(5)
+        {
             return Err(AuthError::BadNonce);
         }
         let password = password_of(user).ok_or(AuthError::UnknownUser)?;
@@ -289,7 +293,8 @@ impl DigestServer {
             None => None,
         };
         let expected = compute_response(alg, user, &self.realm, password, method, uri, nonce, qop);
-        if !expected.eq_ignore_ascii_case(response) {
+        let response = response.to_ascii_lowercase();
+        if !bool::from(expected.as_bytes().ct_eq(response.as_bytes())) {
             return Err(AuthError::WrongPassword);
         }
         if now_s > issued.saturating_add(self.lifetime_s) {

@@ -35,14 +35,22 @@ pub enum Inbound {
     },
 }
 
+/// Parse a datagram on the receiving task. A parser bug that panics must not end the task
+/// (the node would go deaf): it is caught and the datagram handed on as malformed.
 fn parse_inbound(data: &[u8], flow: Flow) -> Inbound {
-    match parse_datagram(data) {
-        Ok(p) => Inbound::Message(Box::new(p), flow),
-        Err(e) => Inbound::Malformed {
-            raw: Bytes::copy_from_slice(data),
-            error: e.to_string(),
-            flow,
-        },
+    let parsed = std::panic::catch_unwind(|| parse_datagram(data));
+    let error = match parsed {
+        Ok(Ok(p)) => return Inbound::Message(Box::new(p), flow),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => {
+            tracing::error!(%flow, "internal error in the parser; datagram handled as malformed");
+            "internal parser error".to_string()
+        }
+    };
+    Inbound::Malformed {
+        raw: Bytes::copy_from_slice(data),
+        error,
+        flow,
     }
 }
 

@@ -156,7 +156,15 @@ impl Connections {
                 let Some(data) = buf.get(..n) else {
                     break;
                 };
-                match framer.push(data) {
+                // A parser bug that panics closes this connection only, like lost framing.
+                let pushed =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| framer.push(data)))
+                        .unwrap_or_else(|_| {
+                            Err(crate::sip::ParseError::Framing(
+                                "internal parser error".into(),
+                            ))
+                        });
+                match pushed {
                     Ok(msgs) => {
                         for m in msgs {
                             if this
