@@ -18,9 +18,9 @@ mod types;
 mod validate;
 
 pub use types::{
-    AdminConfig, CallsConfig, CdrConfig, Fallback, HomeRole, MediaConfig, MediaMode, NodeConfig,
-    PairConfig, PairMode, RegistrarConfig, StateConfig, TakeoverConfig, TimersConfig, TrunkAddress,
-    TrunkConfig, TrunkTransport, UserConfig,
+    AdminConfig, CallsConfig, CdrConfig, Fallback, HomeRole, LimitsConfig, MediaConfig, MediaMode,
+    NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig, TakeoverConfig, TimersConfig,
+    TrunkAddress, TrunkConfig, TrunkTransport, UserConfig,
 };
 
 use std::fmt;
@@ -46,6 +46,8 @@ pub struct Config {
     pub timers: TimersConfig,
     /// `[calls]`: session timers and the call limit.
     pub calls: CallsConfig,
+    /// `[limits]`: bounds on tables and queues.
+    pub limits: LimitsConfig,
     /// `[[users]]`: digest-authenticated users, in file order.
     pub users: Vec<UserConfig>,
     /// `[[trunks]]`: IP-authenticated peers, in file order.
@@ -268,6 +270,7 @@ impl Config {
             },
             timers: TimersConfig::default(),
             calls: CallsConfig::default(),
+            limits: LimitsConfig::default(),
             users: vec![
                 demo_user("alice", "alice-secret"),
                 demo_user("bob", "bob-secret"),

@@ -10,9 +10,9 @@ use serde::Deserialize;
 
 use super::types::{CDR_FILE_NAME, DEFAULT_DOMAIN, TomlName};
 use super::{
-    AdminConfig, CallsConfig, CdrConfig, Config, Errors, HomeRole, MediaConfig, MediaMode,
-    NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig, TakeoverConfig, TimersConfig,
-    TrunkAddress, TrunkConfig, TrunkTransport, UserConfig,
+    AdminConfig, CallsConfig, CdrConfig, Config, Errors, HomeRole, LimitsConfig, MediaConfig,
+    MediaMode, NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig, TakeoverConfig,
+    TimersConfig, TrunkAddress, TrunkConfig, TrunkTransport, UserConfig,
 };
 
 /// The whole file.
@@ -27,6 +27,7 @@ pub(super) struct RawConfig {
     registrar: Option<RawRegistrar>,
     timers: Option<RawTimers>,
     calls: Option<RawCalls>,
+    limits: Option<RawLimits>,
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
@@ -113,6 +114,15 @@ struct RawCalls {
     max_calls: Option<usize>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    tcp_connections: Option<usize>,
+    tcp_idle_s: Option<u64>,
+    contacts_per_aor: Option<usize>,
+    subscriptions: Option<usize>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUser {
@@ -173,6 +183,7 @@ pub(super) fn build(raw: RawConfig, errors: &mut Errors) -> Config {
     let registrar = build_registrar(errors, raw.registrar.unwrap_or_default(), &node.domain);
     let timers = build_timers(raw.timers.unwrap_or_default());
     let calls = build_calls(raw.calls.unwrap_or_default());
+    let limits = build_limits(raw.limits.unwrap_or_default());
     let users = raw.users.into_iter().enumerate();
     let users = users.map(|(i, u)| build_user(i, u, errors)).collect();
     let trunks = raw.trunks.into_iter().enumerate();
@@ -192,6 +203,7 @@ pub(super) fn build(raw: RawConfig, errors: &mut Errors) -> Config {
         registrar,
         timers,
         calls,
+        limits,
         users,
         trunks,
         media,
@@ -312,6 +324,16 @@ fn build_calls(raw: RawCalls) -> CallsConfig {
         session_expires_s: raw.session_expires_s.unwrap_or(default.session_expires_s),
         min_se_s: raw.min_se_s.unwrap_or(default.min_se_s),
         max_calls: raw.max_calls.unwrap_or(default.max_calls),
+    }
+}
+
+fn build_limits(raw: RawLimits) -> LimitsConfig {
+    let default = LimitsConfig::default();
+    LimitsConfig {
+        tcp_connections: raw.tcp_connections.unwrap_or(default.tcp_connections),
+        tcp_idle_s: raw.tcp_idle_s.unwrap_or(default.tcp_idle_s),
+        contacts_per_aor: raw.contacts_per_aor.unwrap_or(default.contacts_per_aor),
+        subscriptions: raw.subscriptions.unwrap_or(default.subscriptions),
     }
 }
 

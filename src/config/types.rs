@@ -210,6 +210,34 @@ impl Default for CallsConfig {
     }
 }
 
+/// `[limits]`: how much one peer, or a flood, can make the node keep. Each bound has a policy
+/// (refuse, evict the oldest, or 503) and a counter in `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// `tcp_connections`: open SIP TCP connections, accepted and outgoing (default 10000);
+    /// beyond it a new connection is closed at once.
+    pub tcp_connections: usize,
+    /// `tcp_idle_s`: a TCP connection with no traffic for this long is closed (default 600).
+    pub tcp_idle_s: u64,
+    /// `contacts_per_aor`: bindings one AOR may hold (default 10); a REGISTER adding one
+    /// more replaces the oldest.
+    pub contacts_per_aor: usize,
+    /// `subscriptions`: dialog-event (BLF) subscriptions to our users (default 10000);
+    /// beyond it SUBSCRIBE gets 503.
+    pub subscriptions: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            tcp_connections: 10_000,
+            tcp_idle_s: 600,
+            contacts_per_aor: 10,
+            subscriptions: 10_000,
+        }
+    }
+}
+
 /// One `[[users]]` entry: a digest-authenticated user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserConfig {

@@ -182,6 +182,26 @@ fn check_ranges(config: &Config, errors: &mut Errors) {
         );
     }
     at_least(errors, "calls.max_calls", calls.max_calls as u64, 1);
+    let limits = &config.limits;
+    at_least(
+        errors,
+        "limits.tcp_connections",
+        limits.tcp_connections as u64,
+        1,
+    );
+    at_least(errors, "limits.tcp_idle_s", limits.tcp_idle_s, 1);
+    at_least(
+        errors,
+        "limits.contacts_per_aor",
+        limits.contacts_per_aor as u64,
+        1,
+    );
+    at_least(
+        errors,
+        "limits.subscriptions",
+        limits.subscriptions as u64,
+        1,
+    );
 
     let (low, high) = config.media.rtp_ports;
     if low == 0 || low >= high {

@@ -34,6 +34,33 @@ pub(crate) fn handler(tx: mpsc::Sender<AdminQuery>) -> Handler {
     })
 }
 
+/// The transports' gauges and what they dropped to stay within their bounds.
+fn transport_metrics(m: &mut String, transport: &Transport) {
+    use crate::transport::Counters;
+    use std::fmt::Write as _;
+    let c = transport.counters();
+    let _ = writeln!(m, "# TYPE understudy_tcp_connections gauge");
+    let _ = writeln!(
+        m,
+        "understudy_tcp_connections {}",
+        transport.tcp_connections()
+    );
+    let _ = writeln!(m, "# TYPE understudy_udp_send_backlog gauge");
+    let _ = writeln!(m, "understudy_udp_send_backlog {}", transport.udp_backlog());
+    let _ = writeln!(m, "# TYPE understudy_transport_dropped_total counter");
+    for (what, v) in [
+        ("udp_backlog_full", Counters::get(&c.udp_backlog_dropped)),
+        ("tcp_connection_limit", Counters::get(&c.tcp_refused)),
+        ("tcp_write_queue_full", Counters::get(&c.tcp_queue_overflow)),
+        ("tcp_idle", Counters::get(&c.tcp_idle_closed)),
+    ] {
+        let _ = writeln!(
+            m,
+            "understudy_transport_dropped_total{{reason=\"{what}\"}} {v}"
+        );
+    }
+}
+
 /// Answer one admin request.
 pub(crate) fn answer(
     server: &mut Server,
@@ -48,7 +75,10 @@ pub(crate) fn answer(
             200,
             &server.status_json(
                 now,
-                json!({ "tcp_connections": transport.tcp_connections() }),
+                json!({
+                    "tcp_connections": transport.tcp_connections(),
+                    "udp_send_backlog": transport.udp_backlog(),
+                }),
             ),
         ),
         ("GET", "/calls") => {
@@ -72,7 +102,8 @@ pub(crate) fn answer(
         }
         ("GET", "/registrations") => HttpResponse::json(200, &server.registrations_json(now)),
         ("GET", "/metrics") => {
-            let m = server.metrics_text();
+            let mut m = server.metrics_text();
+            transport_metrics(&mut m, transport);
             HttpResponse {
                 status: 200,
                 content_type: "text/plain; version=0.0.4".into(),

@@ -121,7 +121,11 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let cfg = Arc::new(cfg);
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(8192);
-    let transport = Transport::start(cfg.node.sip_udp, cfg.node.sip_tcp, in_tx).await?;
+    let limits = transport::Limits {
+        tcp_connections: cfg.limits.tcp_connections,
+        tcp_idle: Duration::from_secs(cfg.limits.tcp_idle_s),
+    };
+    let transport = Transport::start(cfg.node.sip_udp, cfg.node.sip_tcp, in_tx, limits).await?;
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
         .map_err(|source| NodeError::Admin {

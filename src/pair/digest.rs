@@ -390,12 +390,18 @@ pub struct DigestCall {
     pub ringing: Option<RingRecord>,
 }
 
+/// Calls the stand-by's digest table holds at most (an active node holds at most
+/// `calls.max_calls`, 100,000 by default); entries for further calls are dropped and counted.
+pub const MAX_DIGEST_CALLS: usize = 1_000_000;
+
 /// The stand-by's side: the calls of the active, in memory only.
 #[derive(Debug, Default)]
 pub struct DigestTable {
     generation: u64,
     next: u64,
     calls: HashMap<u64, DigestCall>,
+    /// Entries dropped because the table held [`MAX_DIGEST_CALLS`].
+    pub dropped: u64,
 }
 
 /// What the stand-by answers to a digest body.
@@ -473,6 +479,14 @@ impl DigestTable {
                 return Ack::Resync;
             };
             self.next = next;
+            let token = e.token();
+            if !matches!(e, Entry::Gone(_))
+                && !self.calls.contains_key(&token)
+                && self.calls.len() >= MAX_DIGEST_CALLS
+            {
+                self.dropped += 1;
+                continue;
+            }
             match e {
                 Entry::Gone(t) => {
                     self.calls.remove(&t);

@@ -71,29 +71,73 @@ pub enum Change {
     },
 }
 
-/// Bindings per AOR (keyed by user name).
-#[derive(Debug, Default)]
+/// Bindings per AOR (keyed by user name), at most `max_per_aor` each.
+#[derive(Debug)]
 pub struct Location {
     aors: HashMap<String, Vec<Binding>>,
     changes: Vec<Change>,
+    max_per_aor: usize,
+    evicted: u64,
+}
+
+impl Default for Location {
+    fn default() -> Self {
+        Self::with_limit(10)
+    }
 }
 
 impl Location {
-    /// Empty.
+    /// Empty, at most 10 bindings per AOR.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Add or refresh a binding (same contact URI replaces).
+    /// Empty, at most `max_per_aor` bindings per AOR (at least 1).
+    pub fn with_limit(max_per_aor: usize) -> Self {
+        Self {
+            aors: HashMap::new(),
+            changes: Vec::new(),
+            max_per_aor: max_per_aor.max(1),
+            evicted: 0,
+        }
+    }
+
+    /// Add or refresh a binding (same contact URI replaces). An AOR at its limit makes room
+    /// by dropping its oldest registration (static contacts stay): a phone that rebooted onto
+    /// a new port must not be locked out by its own stale binding.
     pub fn bind(&mut self, aor: &str, b: Binding) {
         let list = self.aors.entry(aor.to_string()).or_default();
         let key = b.contact.uri.to_string();
         list.retain(|x| x.contact.uri.to_string() != key);
+        while list.len() >= self.max_per_aor {
+            let oldest = list
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.origin != Origin::Static)
+                .min_by_key(|(_, x)| (x.registered_at_s, x.expires_at))
+                .map(|(i, _)| i);
+            let Some(i) = oldest else {
+                break;
+            };
+            let gone = list.remove(i);
+            self.evicted += 1;
+            tracing::info!(aor, contact = %gone.contact.uri, "too many contacts for this AOR; the oldest is replaced");
+            self.changes.push(Change::Removed {
+                aor: aor.to_string(),
+                contact: gone.contact.uri.to_string(),
+                expired: false,
+            });
+        }
         self.changes.push(Change::Bound {
             aor: aor.to_string(),
             binding: Box::new(b.clone()),
         });
         list.push(b);
+    }
+
+    /// Bindings replaced because their AOR was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Remove one contact of an AOR.

@@ -37,7 +37,13 @@ pub struct Settings {
     pub max_auth_failures: u32,
     /// Digest algorithms offered in challenges, in order.
     pub algorithms: Vec<crate::sip::digest::Algorithm>,
+    /// Bindings one AOR may hold (`limits.contacts_per_aor`); one more replaces the oldest.
+    pub max_contacts_per_aor: usize,
 }
+
+/// Source addresses whose failed credential checks are remembered. A flood from many
+/// (spoofed) addresses cannot grow the table beyond this: the oldest entry makes room.
+pub const MAX_FAILURE_SOURCES: usize = 10_000;
 
 /// The result of checking a request's credentials.
 #[derive(Debug)]
@@ -69,6 +75,8 @@ pub struct Stats {
     pub challenged: u64,
     /// 403s sent.
     pub forbidden: u64,
+    /// Failure records dropped because [`MAX_FAILURE_SOURCES`] was reached.
+    pub failure_sources_evicted: u64,
 }
 
 impl Registrar {
@@ -88,12 +96,17 @@ impl Registrar {
                 .into_iter()
                 .map(|(u, p)| (u.to_string(), p.to_string()))
                 .collect(),
+            location: Location::with_limit(settings.max_contacts_per_aor),
             settings,
-            location: Location::new(),
             digest,
             failures: HashMap::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// Source addresses with failed credential checks on record.
+    pub fn failure_sources(&self) -> usize {
+        self.failures.len()
     }
 
     /// Whether `name` is a configured user.
@@ -185,6 +198,17 @@ impl Registrar {
                 AuthOutcome::Reject(r)
             }
             e => {
+                if !self.failures.contains_key(&ip) && self.failures.len() >= MAX_FAILURE_SOURCES {
+                    let oldest = self
+                        .failures
+                        .iter()
+                        .min_by_key(|(_, (_, since))| *since)
+                        .map(|(k, _)| *k);
+                    if let Some(k) = oldest {
+                        self.failures.remove(&k);
+                        self.stats.failure_sources_evicted += 1;
+                    }
+                }
                 let entry = self.failures.entry(ip).or_insert((0, now));
                 entry.0 += 1;
                 entry.1 = now;

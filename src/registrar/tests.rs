@@ -20,6 +20,7 @@ fn settings() -> Settings {
             crate::sip::digest::Algorithm::Md5,
             crate::sip::digest::Algorithm::Sha256,
         ],
+        max_contacts_per_aor: 10,
     }
 }
 
@@ -244,4 +245,67 @@ fn unknown_user_looks_like_a_wrong_password() {
         1,
     );
     assert_eq!(r.handle_register(t0, 1000, &req, src()).status, 403);
+}
+
+/// `limits.contacts_per_aor`: one more contact than the limit replaces the oldest binding;
+/// a hundred REGISTERs with new ports never hold more than the limit.
+#[test]
+fn contacts_per_aor_is_bounded_by_replacing_the_oldest() {
+    let mut s = settings();
+    s.max_contacts_per_aor = 3;
+    let mut r = Registrar::new(s, [("alice", "pw-a")]);
+    let t0 = Instant::now();
+    for i in 0..100u32 {
+        let contact = format!("<sip:alice@127.0.0.1:{}>", 6000 + i);
+        let req = register("alice", 2 * i + 1, &contact, Some(600));
+        let ch = r.handle_register(t0, 1000 + u64::from(i), &req, src());
+        assert_eq!(ch.status, 401);
+        let req = with_auth(
+            register("alice", 2 * i + 2, &contact, Some(600)),
+            &ch,
+            "alice",
+            "pw-a",
+            1,
+        );
+        let ok = r.handle_register(t0, 1000 + u64::from(i), &req, src());
+        assert_eq!(ok.status, 200);
+        assert!(r.location().lookup("alice", t0).len() <= 3);
+    }
+    let left: Vec<String> = r
+        .location()
+        .lookup("alice", t0)
+        .iter()
+        .map(|b| b.uri().to_string())
+        .collect();
+    assert_eq!(left.len(), 3);
+    assert!(
+        left.iter().any(|u| u.ends_with(":6099")),
+        "the newest stays: {left:?}"
+    );
+    assert_eq!(r.location().evicted(), 97);
+}
+
+/// The failure table is bounded: wrong passwords from 20,000 addresses keep at most
+/// `MAX_FAILURE_SOURCES` records, the oldest making room.
+#[test]
+fn failure_table_is_bounded() {
+    let mut r = reg();
+    let t0 = Instant::now();
+    let req = register("alice", 1, "<sip:alice@127.0.0.1:5090>", Some(600));
+    let ch = r.handle_register(t0, 1000, &req, src());
+    for i in 0..20_000u32 {
+        let [a, b, c, d] = (0x0a00_0000 + i).to_be_bytes();
+        let from = Flow::udp(SocketAddr::from(([a, b, c, d], 5060)));
+        let bad = with_auth(
+            register("alice", 2, "<sip:alice@127.0.0.1:5090>", Some(600)),
+            &ch,
+            "alice",
+            "wrong",
+            i + 1,
+        );
+        let resp = r.handle_register(t0, 1000, &bad, from);
+        assert_eq!(resp.status, 403);
+    }
+    assert_eq!(r.failure_sources(), MAX_FAILURE_SOURCES);
+    assert_eq!(r.stats.failure_sources_evicted, 10_000);
 }

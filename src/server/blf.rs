@@ -25,12 +25,26 @@ struct Sub {
     last: Vec<DialogReport>,
 }
 
-/// Dialog-event subscriptions to our users.
-#[derive(Debug, Default)]
+/// Dialog-event subscriptions to our users, at most `limit` (`limits.subscriptions`).
+#[derive(Debug)]
 pub(crate) struct Blf {
     subs: HashMap<String, Sub>,
     /// Our NOTIFYs in flight, by the Call-ID of their subscription.
     notifies: HashMap<ClientTxId, String>,
+    limit: usize,
+    /// New subscriptions refused with 503 at the limit.
+    pub(crate) refused: u64,
+}
+
+impl Blf {
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Self {
+            subs: HashMap::new(),
+            notifies: HashMap::new(),
+            limit,
+            refused: 0,
+        }
+    }
 }
 
 /// The dialogs of every user `wanted` accepts, from that user's point of view, in one pass
@@ -126,6 +140,17 @@ impl Blf {
             .and_then(Result::ok)
             .unwrap_or(3600)
             .min(3600);
+        if !self.subs.contains_key(&call_id) && self.subs.len() >= self.limit {
+            self.refused += 1;
+            tracing::warn!(
+                limit = self.limit,
+                "dialog subscription refused: limits.subscriptions reached"
+            );
+            let mut r = response_to(req, 503, Some(&new_tag()));
+            r.headers.push(HeaderName::RetryAfter, "60");
+            let _ = tx.respond(now, id, &r);
+            return;
+        }
         if !self.subs.contains_key(&call_id) {
             let tag = new_tag();
             let Some(mut d) = Dialog::as_uas(req, &tag, source) else {

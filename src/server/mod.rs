@@ -109,6 +109,7 @@ impl Server {
             nonce_lifetime_s: 300,
             max_auth_failures: 10,
             algorithms: cfg.registrar.digest_algorithms.clone(),
+            max_contacts_per_aor: cfg.limits.contacts_per_aor,
         };
         let mut registrar = Registrar::new(
             settings,
@@ -140,6 +141,7 @@ impl Server {
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
             b2bua.enable_relay(ip, cfg.media.rtp_ports.0, cfg.media.rtp_ports.1);
         }
+        let blf = blf::Blf::with_limit(cfg.limits.subscriptions);
         let config_digest = cfg.shared_digest();
         let pair = cfg
             .pair
@@ -155,7 +157,7 @@ impl Server {
             base: (now, wall_ms),
             pair,
             takeover: None,
-            blf: blf::Blf::default(),
+            blf,
             config_digest,
             pinger,
             next_housekeeping: now + HOUSEKEEPING,

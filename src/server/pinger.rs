@@ -143,6 +143,7 @@ mod tests {
                 nonce_lifetime_s: 300,
                 max_auth_failures: 3,
                 algorithms: vec![],
+                max_contacts_per_aor: 10,
             },
             [("alice", "pw")],
         );

@@ -20,6 +20,9 @@ use crate::sip::{
 use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use crate::transport::{Flow, Proto};
 
+/// Registration subscriptions the active keeps at once (the peer needs one).
+const REG_SUBSCRIBERS: usize = 4;
+
 impl PairGlue {
     /// Start or refresh our `reg` subscription at the active peer.
     pub(crate) fn drive_subscriber(
@@ -223,6 +226,18 @@ impl PairGlue {
             .unwrap_or(REG_EXPIRES)
             .min(3600);
         let call_id = req.call_id().unwrap_or_default().to_string();
+        if !self.notifier.contains_key(&call_id) && self.notifier.len() >= REG_SUBSCRIBERS {
+            // Only the peer subscribes; a new subscription replaces its oldest one (a
+            // restarted stand-by subscribes again before the old one expires).
+            let oldest = self
+                .notifier
+                .iter()
+                .min_by_key(|(_, s)| s.expires_at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.notifier.remove(&k);
+            }
+        }
         if !self.notifier.contains_key(&call_id) {
             let tag = new_tag();
             let Some(mut d) = Dialog::as_uas(req, &tag, source) else {

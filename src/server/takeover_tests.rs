@@ -33,6 +33,7 @@ fn parts() -> (Registrar, TransactionLayer, LocalContact) {
         nonce_lifetime_s: 300,
         max_auth_failures: 3,
         algorithms: vec![crate::sip::digest::Algorithm::Md5],
+        max_contacts_per_aor: 10,
     };
     let timers = Timers {
         t1: Duration::from_millis(500),

@@ -203,6 +203,18 @@ impl Server {
             "understudy_register_total{{result=\"forbidden\"}} {}",
             rs.forbidden
         );
+        let _ = writeln!(s, "# TYPE understudy_dialog_subscriptions gauge");
+        let _ = writeln!(s, "understudy_dialog_subscriptions {}", self.blf.len());
+        let _ = writeln!(s, "# TYPE understudy_limit_dropped_total counter");
+        let digest_dropped = self.pair.as_ref().map_or(0, |p| p.table.dropped);
+        for (table, n) in [
+            ("contacts_per_aor", self.registrar.location().evicted()),
+            ("auth_failures", rs.failure_sources_evicted),
+            ("subscriptions", self.blf.refused),
+            ("digest", digest_dropped),
+        ] {
+            let _ = writeln!(s, "understudy_limit_dropped_total{{table=\"{table}\"}} {n}");
+        }
         let bs = self.b2bua.stats;
         let _ = writeln!(s, "# TYPE understudy_calls gauge");
         let _ = writeln!(s, "understudy_calls {}", self.b2bua.call_count());

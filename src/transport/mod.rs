@@ -87,12 +87,63 @@ pub enum Error {
     },
 }
 
+/// Bounds on what the transports keep (`[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open TCP connections, accepted and outgoing; beyond it new ones are closed at once.
+    pub tcp_connections: usize,
+    /// A TCP connection with no traffic for this long is closed.
+    pub tcp_idle: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            tcp_connections: 10_000,
+            tcp_idle: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// Messages waiting to be sent because a UDP socket buffer was full; beyond this they are
+/// dropped (and counted): a peer that does not drain its socket must not grow our memory.
+pub const UDP_BACKLOG: usize = 16_384;
+
+/// Messages waiting for one TCP connection's writer; beyond this the peer is not reading,
+/// and the connection is closed (and counted).
+pub const TCP_WRITE_QUEUE: usize = 4_096;
+
+/// What the transports dropped to stay within their bounds, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// UDP messages dropped because the send backlog was full.
+    pub udp_backlog_dropped: std::sync::atomic::AtomicU64,
+    /// TCP connections refused (accepted then closed, or not opened) at the connection limit.
+    pub tcp_refused: std::sync::atomic::AtomicU64,
+    /// TCP connections closed because their write queue was full.
+    pub tcp_queue_overflow: std::sync::atomic::AtomicU64,
+    /// TCP connections closed after `tcp_idle` without traffic.
+    pub tcp_idle_closed: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &std::sync::atomic::AtomicU64) {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Read a counter.
+    pub fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+        c.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The running transports: send side for the core loop.
 #[derive(Debug, Clone)]
 pub struct Transport {
     udp: Option<udp::UdpSender>,
     tcp: tcp::Connections,
     tcp_local: Option<SocketAddr>,
+    counters: Arc<Counters>,
 }
 
 impl Transport {
@@ -101,7 +152,9 @@ impl Transport {
         udp_addr: Option<SocketAddr>,
         tcp_addr: Option<SocketAddr>,
         inbound: mpsc::Sender<Inbound>,
+        limits: Limits,
     ) -> Result<Self, Error> {
+        let counters = Arc::new(Counters::default());
         let mut udp = None;
         if let Some(addr) = udp_addr {
             let sock = bind_udp(addr).map_err(|source| Error::Bind {
@@ -111,9 +164,9 @@ impl Transport {
             })?;
             let sock = Arc::new(sock);
             tokio::spawn(udp::recv_loop(sock.clone(), inbound.clone()));
-            udp = Some(udp::UdpSender::new(sock));
+            udp = Some(udp::UdpSender::new(sock, counters.clone()));
         }
-        let conns = tcp::Connections::new(inbound);
+        let conns = tcp::Connections::new(inbound, limits, counters.clone());
         let mut tcp_local = None;
         if let Some(addr) = tcp_addr {
             let l = TcpListener::bind(addr)
@@ -130,6 +183,7 @@ impl Transport {
             udp,
             tcp: conns,
             tcp_local,
+            counters,
         })
     }
 
@@ -146,6 +200,16 @@ impl Transport {
     /// Open TCP connections.
     pub fn tcp_connections(&self) -> usize {
         self.tcp.count()
+    }
+
+    /// Messages waiting in the UDP send backlog.
+    pub fn udp_backlog(&self) -> usize {
+        self.udp.as_ref().map_or(0, udp::UdpSender::backlog)
+    }
+
+    /// What was dropped to stay within the bounds.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Write a message to a flow. Never awaits.

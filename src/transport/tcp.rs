@@ -17,29 +17,37 @@ use tokio::sync::mpsc;
 use super::{ConnId, Flow, Inbound, Proto};
 use crate::sip::StreamFramer;
 
-/// Idle connections are closed after this long without traffic.
-const IDLE: Duration = Duration::from_secs(600);
+type Writer = mpsc::Sender<Bytes>;
 
 #[derive(Debug, Default)]
 struct Table {
-    by_id: HashMap<u64, (SocketAddr, mpsc::UnboundedSender<Bytes>)>,
+    by_id: HashMap<u64, (SocketAddr, Writer)>,
     by_remote: HashMap<SocketAddr, u64>,
 }
 
-/// The connection table.
+/// The connection table, bounded by `Limits::tcp_connections`; each connection's write queue
+/// by [`super::TCP_WRITE_QUEUE`].
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
     table: Arc<Mutex<Table>>,
     next: Arc<AtomicU64>,
     inbound: mpsc::Sender<Inbound>,
+    limits: super::Limits,
+    counters: Arc<super::Counters>,
 }
 
 impl Connections {
-    pub(crate) fn new(inbound: mpsc::Sender<Inbound>) -> Self {
+    pub(crate) fn new(
+        inbound: mpsc::Sender<Inbound>,
+        limits: super::Limits,
+        counters: Arc<super::Counters>,
+    ) -> Self {
         Self {
             table: Arc::new(Mutex::new(Table::default())),
             next: Arc::new(AtomicU64::new(1)),
             inbound,
+            limits,
+            counters,
         }
     }
 
@@ -49,7 +57,7 @@ impl Connections {
     }
 
     /// Enter a connection (open or still connecting) with its writer channel; its id.
-    fn register(&self, t: &mut Table, remote: SocketAddr, w: mpsc::UnboundedSender<Bytes>) -> u64 {
+    fn register(&self, t: &mut Table, remote: SocketAddr, w: Writer) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         t.by_id.insert(id, (remote, w));
         t.by_remote.insert(remote, id);
@@ -77,17 +85,36 @@ impl Connections {
             .or_else(|| t.by_remote.get(&flow.remote).and_then(|id| t.by_id.get(id)))
             .map(|(_, w)| w.clone());
         let bytes = match existing {
-            Some(w) => match w.send(bytes) {
+            Some(w) => match w.try_send(bytes) {
                 Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The peer does not read what we write: close the connection rather than
+                    // queue without bound. Its transactions see a transport error.
+                    super::Counters::bump(&self.counters.tcp_queue_overflow);
+                    tracing::warn!(remote = %flow.remote, "tcp write queue full; closing the connection");
+                    if let Some(id) = t.by_remote.remove(&flow.remote) {
+                        t.by_id.remove(&id);
+                    }
+                    drop(t);
+                    self.report_unreachable(flow);
+                    return;
+                }
                 // The connection just closed: open a new one.
-                Err(e) => e.0,
+                Err(mpsc::error::TrySendError::Closed(b)) => b,
             },
             None => bytes,
         };
-        let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
+        if t.by_id.len() >= self.limits.tcp_connections {
+            drop(t);
+            super::Counters::bump(&self.counters.tcp_refused);
+            tracing::warn!(remote = %flow.remote, limit = self.limits.tcp_connections, "tcp connection limit reached; not connecting");
+            self.report_unreachable(flow);
+            return;
+        }
+        let (wtx, wrx) = mpsc::channel::<Bytes>(super::TCP_WRITE_QUEUE);
         let id = self.register(&mut t, flow.remote, wtx.clone());
         drop(t);
-        let _ = wtx.send(bytes);
+        let _ = wtx.try_send(bytes);
         let this = self.clone();
         tokio::spawn(async move {
             let failure =
@@ -109,35 +136,46 @@ impl Connections {
         });
     }
 
-    /// Run reader and writer tasks for an accepted connection.
+    fn report_unreachable(&self, flow: Flow) {
+        let inbound = self.inbound.clone();
+        tokio::spawn(async move {
+            let _ = inbound.send(Inbound::Unreachable(flow)).await;
+        });
+    }
+
+    /// Run reader and writer tasks for an accepted connection, or close it at once when the
+    /// table is full.
     pub(crate) fn start(&self, stream: TcpStream, remote: SocketAddr) {
-        let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
-        let Ok(id) = self
-            .table
-            .lock()
-            .map(|mut t| self.register(&mut t, remote, wtx))
-        else {
+        let (wtx, wrx) = mpsc::channel::<Bytes>(super::TCP_WRITE_QUEUE);
+        let Ok(mut t) = self.table.lock() else {
             return;
         };
+        if t.by_id.len() >= self.limits.tcp_connections {
+            drop(t);
+            super::Counters::bump(&self.counters.tcp_refused);
+            tracing::debug!(%remote, "tcp connection limit reached; connection closed");
+            return;
+        }
+        let id = self.register(&mut t, remote, wtx);
+        drop(t);
         self.run(stream, remote, id, wrx);
     }
 
     /// The reader and writer tasks of connection `id`.
-    fn run(
-        &self,
-        stream: TcpStream,
-        remote: SocketAddr,
-        id: u64,
-        mut wrx: mpsc::UnboundedReceiver<Bytes>,
-    ) {
+    fn run(&self, stream: TcpStream, remote: SocketAddr, id: u64, mut wrx: mpsc::Receiver<Bytes>) {
         let (mut rd, mut wr) = stream.into_split();
+        // The writer ends when the table lets go of its queue (closed, overflowed) or the
+        // socket fails; the reader then stops too.
+        let (writer_done, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             while let Some(b) = wrx.recv().await {
                 if wr.write_all(&b).await.is_err() {
                     break;
                 }
             }
+            let _ = writer_done.send(());
         });
+        let idle = self.limits.tcp_idle;
         let this = self.clone();
         let flow = Flow {
             proto: Proto::Tcp,
@@ -148,8 +186,17 @@ impl Connections {
             let mut framer = StreamFramer::new();
             let mut buf = vec![0u8; 16 * 1024];
             loop {
-                let n = match tokio::time::timeout(IDLE, rd.read(&mut buf)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                let read = tokio::select! {
+                    r = tokio::time::timeout(idle, rd.read(&mut buf)) => r,
+                    _ = &mut writer_gone => break,
+                };
+                let n = match read {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Err(_) => {
+                        super::Counters::bump(&this.counters.tcp_idle_closed);
+                        tracing::debug!(%remote, "tcp connection idle; closed");
+                        break;
+                    }
                     Ok(Ok(n)) => n,
                 };
                 // `read` never reports more than `buf` holds.
@@ -221,7 +268,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let remote = listener.local_addr().expect("addr");
         let (inbound, _rx) = mpsc::channel(16);
-        let conns = Connections::new(inbound);
+        let conns = Connections::new(inbound, super::super::Limits::default(), Arc::default());
         let flow = Flow {
             proto: Proto::Tcp,
             remote,
@@ -257,7 +304,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("port");
         let (inbound, mut rx) = mpsc::channel(16);
-        let conns = Connections::new(inbound);
+        let conns = Connections::new(inbound, super::super::Limits::default(), Arc::default());
         let flow = Flow {
             proto: Proto::Tcp,
             remote,

@@ -40,16 +40,18 @@ pub(crate) async fn recv_loop(sock: Arc<UdpSocket>, tx: mpsc::Sender<Inbound>) {
     }
 }
 
-/// Sends on a UDP socket without awaiting; falls back to a queue drained by a task.
+/// Sends on a UDP socket without awaiting; falls back to a bounded queue drained by a task
+/// ([`super::UDP_BACKLOG`] messages, then dropped and counted).
 #[derive(Debug, Clone)]
 pub(crate) struct UdpSender {
     sock: Arc<UdpSocket>,
-    backlog: mpsc::UnboundedSender<(Bytes, SocketAddr)>,
+    backlog: mpsc::Sender<(Bytes, SocketAddr)>,
+    counters: Arc<super::Counters>,
 }
 
 impl UdpSender {
-    pub(crate) fn new(sock: Arc<UdpSocket>) -> Self {
-        let (backlog, mut rx) = mpsc::unbounded_channel::<(Bytes, SocketAddr)>();
+    pub(crate) fn new(sock: Arc<UdpSocket>, counters: Arc<super::Counters>) -> Self {
+        let (backlog, mut rx) = mpsc::channel::<(Bytes, SocketAddr)>(super::UDP_BACKLOG);
         let s2 = sock.clone();
         tokio::spawn(async move {
             while let Some((b, to)) = rx.recv().await {
@@ -58,17 +60,29 @@ impl UdpSender {
                 }
             }
         });
-        Self { sock, backlog }
+        Self {
+            sock,
+            backlog,
+            counters,
+        }
     }
 
     pub(crate) fn send(&self, bytes: Bytes, to: SocketAddr) {
         match self.sock.try_send_to(&bytes, to) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let _ = self.backlog.send((bytes, to));
+                if self.backlog.try_send((bytes, to)).is_err() {
+                    super::Counters::bump(&self.counters.udp_backlog_dropped);
+                    tracing::debug!(%to, "udp send backlog full; message dropped");
+                }
             }
             Err(e) => tracing::debug!(%to, error = %e, "udp send failed"),
         }
+    }
+
+    /// Messages waiting in the backlog.
+    pub(crate) fn backlog(&self) -> usize {
+        super::UDP_BACKLOG.saturating_sub(self.backlog.capacity())
     }
 
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
