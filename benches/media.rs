@@ -189,8 +189,20 @@ fn main() {
         let token = i as u64 + 1;
         relay.open(token, 0, pa).expect("open A");
         relay.open(token, 1, pb).expect("open B");
-        relay.set_peer(token, 0, aa, SocketAddr::new(aa.ip(), aa.port() + 1));
-        relay.set_peer(token, 1, ba, SocketAddr::new(ba.ip(), ba.port() + 1));
+        relay.set_peer(
+            token,
+            0,
+            aa,
+            SocketAddr::new(aa.ip(), aa.port() + 1),
+            vec![(0, 8000)],
+        );
+        relay.set_peer(
+            token,
+            1,
+            ba,
+            SocketAddr::new(ba.ip(), ba.port() + 1),
+            vec![(0, 8000)],
+        );
         relayed.push(Stream {
             sock: a,
             dest: SocketAddr::from(([127, 0, 0, 1], pa)),

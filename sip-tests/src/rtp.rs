@@ -100,6 +100,7 @@ pub struct Receiver {
     stop: Arc<AtomicBool>,
     task: JoinHandle<Received>,
     packets: Arc<AtomicU64>,
+    by_ssrc: Arc<std::sync::Mutex<std::collections::HashMap<u32, u64>>>,
 }
 
 impl Receiver {
@@ -107,7 +108,8 @@ impl Receiver {
     pub fn start(sock: Arc<UdpSocket>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let packets = Arc::new(AtomicU64::new(0));
-        let (s2, p2) = (stop.clone(), packets.clone());
+        let by_ssrc = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let (s2, p2, b2) = (stop.clone(), packets.clone(), by_ssrc.clone());
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             let mut r = Received::default();
@@ -130,6 +132,10 @@ impl Receiver {
                 last = Some(now);
                 r.packets += 1;
                 p2.store(r.packets, Ordering::Relaxed);
+                let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                if let Ok(mut m) = b2.lock() {
+                    *m.entry(ssrc).or_insert(0) += 1;
+                }
                 let seq = u32::from(u16::from_be_bytes([buf[2], buf[3]]));
                 match first_seq {
                     None => {
@@ -158,7 +164,16 @@ impl Receiver {
             stop,
             task,
             packets,
+            by_ssrc,
         }
+    }
+
+    /// Packets received so far with SSRC `ssrc`.
+    pub fn from_ssrc(&self, ssrc: u32) -> u64 {
+        self.by_ssrc
+            .lock()
+            .map(|m| m.get(&ssrc).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Packets received so far.

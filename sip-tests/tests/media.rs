@@ -126,3 +126,77 @@ async fn running_out_of_ports_refuses_the_call_with_503() -> Result<()> {
     assert_eq!(alice.bye(&again).await?.status, 200);
     Ok(())
 }
+
+/// Hijack-proof latching (`src/media/latch.rs`): once a leg's media is latched, a third
+/// party sending RTP to that leg's relay port — with its own SSRC or the caller's — reaches
+/// nobody, and the relay keeps sending the other side's media to the real caller.
+#[tokio::test]
+async fn a_third_party_rtp_stream_cannot_take_over_the_media() -> Result<()> {
+    let server = relay_server(24300, 24399).await?;
+    let mut alice = server.ua("alice").await?;
+    let mut bob = server.ua("bob").await?;
+    assert_eq!(alice.register().await?.status, 200);
+    assert_eq!(bob.register().await?.status, 200);
+    bob.answer_next_invite(Answer::ok());
+    let out = alice.invite("bob")?;
+    let inv = bob.expect_new_invite().await?;
+    let ok = alice.wait_final(&out).await?;
+    assert_eq!(ok.status, 200);
+    let to_b = sdp_addr(&inv.body).context("SDP in the B-leg INVITE")?;
+    let to_a = sdp_addr(&ok.body).context("SDP in the 200 to A")?;
+    let bob_sdp = sdp_addr(sip_tests::sdp::body(bob.addr(), "x", 1).as_bytes()).context("sdp")?;
+
+    let bob_rtp = Arc::new(UdpSocket::bind(bob_sdp).await?);
+    let alice_rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    let intruder = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    let at_bob = Receiver::start(bob_rtp.clone());
+    let at_alice = Receiver::start(alice_rtp.clone());
+    let at_intruder = Receiver::start(intruder.clone());
+    let from_alice = Sender::start(alice_rtp.clone(), to_a, 1111);
+    let from_bob = Sender::start(bob_rtp.clone(), to_b, 2222);
+    assert!(at_bob.wait_for(10, Duration::from_secs(3)).await);
+    assert!(at_alice.wait_for(10, Duration::from_secs(3)).await);
+
+    // Mid-call: a stream from a third address into leg A's relay port, first with a new
+    // SSRC, then with the caller's own.
+    for ssrc in [6666, 1111] {
+        let inject = Sender::start(intruder.clone(), to_a, ssrc);
+        let before = at_alice.packets();
+        // 30 of Bob's packets reach Alice meanwhile: the injection ran for about 0.6 s.
+        assert!(at_alice.wait_for(before + 30, Duration::from_secs(5)).await);
+        let injected = inject.stop().await;
+        assert!(injected >= 20, "the intruder sent {injected}");
+    }
+    let alice_sent = from_alice.sent();
+    assert!(
+        at_bob
+            .wait_for(alice_sent.saturating_sub(5), Duration::from_secs(3))
+            .await
+    );
+    assert_eq!(
+        at_bob.from_ssrc(6666),
+        0,
+        "the intruder's stream reached Bob"
+    );
+    assert!(
+        at_bob.from_ssrc(1111) <= alice_sent,
+        "more packets with Alice's SSRC than Alice sent: {} > {alice_sent}",
+        at_bob.from_ssrc(1111)
+    );
+    assert_eq!(
+        at_intruder.packets(),
+        0,
+        "Bob's media was diverted to the intruder"
+    );
+    let calls = server.get_json("/calls").await?;
+    let foreign = calls["calls"][0]["media"]["a_foreign"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        foreign >= 40,
+        "dropped foreign packets are counted: {calls}"
+    );
+    from_alice.stop().await;
+    from_bob.stop().await;
+    Ok(())
+}

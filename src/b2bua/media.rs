@@ -32,6 +32,8 @@ pub enum MediaCommand {
         rtp: SocketAddr,
         /// RTCP address.
         rtcp: SocketAddr,
+        /// Payload types of the stream with their clock rates.
+        formats: Vec<(u8, u32)>,
     },
     /// Stop relaying the call.
     Close {
@@ -101,6 +103,7 @@ impl MediaPlan {
                 side: idx(from),
                 rtp: m.rtp,
                 rtcp: m.rtcp,
+                formats: sdp::formats(&body),
             });
         }
         let port = *ports.leg(from.other());

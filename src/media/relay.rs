@@ -3,9 +3,9 @@
 //! per packet — which keeps the added latency in the tens of microseconds.
 //!
 //! Per call and leg one RTP and one RTCP socket; what arrives on one leg goes out of the
-//! other leg's socket to that leg's peer. Symmetric latching: a leg's peer is where its
-//! packets come from once the first one arrives (soft-phones often send from another address
-//! than their SDP says), the SDP address before that.
+//! other leg's socket to that leg's peer. Which sources are accepted, and where a leg's
+//! media goes, is the latching rule of [`super::latch`]: packets from anyone else are dropped
+//! and counted (`foreign` in `/calls`), so a third party cannot take over a call's media.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -17,6 +17,8 @@ use std::time::Instant;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::latch::{RtcpLatch, RtpHead, RtpLatch, Verdict};
+use super::sdp;
 use super::stats::StreamStats;
 use crate::cdr::MediaCounters;
 
@@ -49,6 +51,7 @@ enum Cmd {
         side: usize,
         rtp: SocketAddr,
         rtcp: SocketAddr,
+        formats: Vec<(u8, u32)>,
     },
     Close {
         token: u64,
@@ -77,15 +80,6 @@ fn bind(ip: IpAddr, port: u16) -> Result<std::net::UdpSocket, RelayError> {
     s.set_nonblocking(true)
         .map_err(|source| RelayError { port, source })?;
     Ok(s)
-}
-
-/// RTP clock rate of a payload type (static types of RFC 3551; dynamic ones assumed 8 kHz).
-fn clock_rate(pt: u8) -> u32 {
-    match pt {
-        10 | 11 => 44100,
-        14 | 25 | 26 | 28 | 31..=34 => 90000,
-        _ => 8000,
-    }
 }
 
 fn counters(s: &Shared) -> MediaCounters {
@@ -146,13 +140,22 @@ impl Relay {
         Ok(())
     }
 
-    /// Tell the relay where leg `side` wants media (from its SDP); resets latching.
-    pub fn set_peer(&mut self, token: u64, side: usize, rtp: SocketAddr, rtcp: SocketAddr) {
+    /// Tell the relay where leg `side` wants media, and its payload types with their clock
+    /// rates (from its SDP); see [`super::latch`] for what that does to latching.
+    pub fn set_peer(
+        &mut self,
+        token: u64,
+        side: usize,
+        rtp: SocketAddr,
+        rtcp: SocketAddr,
+        formats: Vec<(u8, u32)>,
+    ) {
         self.send(Cmd::Peer {
             token,
             side,
             rtp,
             rtcp,
+            formats,
         });
     }
 
@@ -173,6 +176,13 @@ impl Relay {
         self.live.get(&token).map(|(s, _)| counters(s))
     }
 
+    /// Packets dropped from foreign sources on a live call: (leg A, leg B).
+    pub fn foreign(&self, token: u64) -> Option<(u64, u64)> {
+        let (s, _) = self.live.get(&token)?;
+        let [a, b] = s.lock().map(|g| *g).unwrap_or_default();
+        Some((a.foreign, b.foreign))
+    }
+
     /// Final counters of a closed call.
     pub fn take_final(&mut self, token: u64) -> Option<MediaCounters> {
         self.finished.remove(&token)
@@ -191,24 +201,21 @@ impl Drop for Relay {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Peer {
-    sdp_rtp: Option<SocketAddr>,
-    sdp_rtcp: Option<SocketAddr>,
-    latched_rtp: Option<SocketAddr>,
-    latched_rtcp: Option<SocketAddr>,
-}
-
 struct Leg {
     rtp: UdpSocket,
     rtcp: UdpSocket,
-    peer: Peer,
+    rtp_latch: RtpLatch,
+    rtcp_latch: RtcpLatch,
+    /// Payload types this leg's SDP lists, with their clock rates.
+    formats: Vec<(u8, u32)>,
 }
 
 struct Session {
     legs: [Option<Leg>; 2],
     stats: Shared,
     tokens: Vec<Token>,
+    /// The payload types either leg's SDP lists, with their clock rates.
+    formats: Vec<(u8, u32)>,
 }
 
 /// The relay thread: poll, read every ready socket dry, forward.
@@ -250,6 +257,8 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Cmd>) {
 }
 
 fn forward(s: &mut Session, side: usize, rtcp: bool, buf: &mut [u8], start: Instant) {
+    let formats = &s.formats;
+    let clock_rate = |pt: u8| formats.iter().find(|(p, _)| *p == pt).map(|(_, c)| *c);
     let [a, b] = &mut s.legs;
     let (this, out) = match side {
         0 => (a, b),
@@ -269,38 +278,46 @@ fn forward(s: &mut Session, side: usize, rtcp: bool, buf: &mut [u8], start: Inst
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
             Err(_) => return,
         };
-        if let Some(leg) = this.as_mut() {
-            let slot = if rtcp {
-                &mut leg.peer.latched_rtcp
-            } else {
-                &mut leg.peer.latched_rtp
-            };
-            if slot.is_none() {
-                *slot = Some(src);
-            }
-        }
         // `recv_from` never reports more than `buf` holds.
         let Some(data) = buf.get(..n) else {
             return;
         };
+        let now = Instant::now();
+        let head = if rtcp { None } else { RtpHead::parse(data) };
+        let verdict = match this.as_mut() {
+            Some(leg) if rtcp => leg.rtcp_latch.on_packet(src, leg.rtp_latch.latched()),
+            Some(leg) => leg
+                .rtp_latch
+                .on_packet(now, src, head, |pt| clock_rate(pt).is_some()),
+            None => return,
+        };
+        if verdict == Verdict::Foreign {
+            if let Ok(mut st) = s.stats.lock()
+                && let Some(stream) = st.get_mut(side)
+            {
+                stream.foreign += 1;
+            }
+            continue;
+        }
         if !rtcp
             && let Ok(r) = rtp_rs::RtpReader::new(data)
             && let Ok(mut st) = s.stats.lock()
             && let Some(stream) = st.get_mut(side)
         {
+            let pt = r.payload_type();
             stream.on_packet(
                 u16::from(r.sequence_number()),
                 r.timestamp(),
                 r.payload().len(),
-                start.elapsed().as_secs_f64() * 1000.0,
-                clock_rate(r.payload_type()),
+                now.saturating_duration_since(start).as_secs_f64() * 1000.0,
+                clock_rate(pt).unwrap_or_else(|| sdp::static_clock_rate(pt)),
             );
         }
         if let Some(out) = out.as_ref() {
             let dest = if rtcp {
-                out.peer.latched_rtcp.or(out.peer.sdp_rtcp)
+                out.rtcp_latch.destination()
             } else {
-                out.peer.latched_rtp.or(out.peer.sdp_rtp)
+                out.rtp_latch.destination()
             };
             if let Some(d) = dest {
                 let sock = if rtcp { &out.rtcp } else { &out.rtp };
@@ -330,6 +347,7 @@ fn apply(
                 legs: [None, None],
                 stats,
                 tokens: Vec::new(),
+                formats: Vec::new(),
             });
             let mut rtp = UdpSocket::from_std(rtp);
             let mut rtcp = UdpSocket::from_std(rtcp);
@@ -349,7 +367,9 @@ fn apply(
                 *slot = Some(Leg {
                     rtp,
                     rtcp,
-                    peer: Peer::default(),
+                    rtp_latch: RtpLatch::default(),
+                    rtcp_latch: RtcpLatch::default(),
+                    formats: Vec::new(),
                 });
             }
         }
@@ -358,19 +378,24 @@ fn apply(
             side,
             rtp,
             rtcp,
+            formats,
         } => {
-            if let Some(leg) = sessions
-                .get_mut(&token)
-                .and_then(|s| s.legs.get_mut(side))
-                .and_then(Option::as_mut)
-            {
-                if leg.peer.sdp_rtp != Some(rtp) {
-                    leg.peer.latched_rtp = None;
-                    leg.peer.latched_rtcp = None;
-                }
-                leg.peer.sdp_rtp = Some(rtp);
-                leg.peer.sdp_rtcp = Some(rtcp);
+            let Some(s) = sessions.get_mut(&token) else {
+                return;
+            };
+            if let Some(leg) = s.legs.get_mut(side).and_then(Option::as_mut) {
+                leg.rtp_latch.on_sdp(Instant::now(), rtp);
+                leg.rtcp_latch.on_sdp(rtcp);
+                leg.formats = formats;
             }
+            s.formats = s
+                .legs
+                .iter()
+                .flatten()
+                .flat_map(|l| l.formats.iter().copied())
+                .collect();
+            s.formats.sort_unstable();
+            s.formats.dedup_by_key(|(pt, _)| *pt);
         }
         Cmd::Close { token } => {
             if let Some(mut s) = sessions.remove(&token) {

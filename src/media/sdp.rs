@@ -76,6 +76,60 @@ pub fn media_addr(sdp: &[u8]) -> Option<MediaAddr> {
     })
 }
 
+/// RTP clock rate of a static payload type (RFC 3551 Table 4 and 5); 8 kHz otherwise.
+pub fn static_clock_rate(pt: u8) -> u32 {
+    match pt {
+        6 => 16_000,
+        10 | 11 => 44_100,
+        14 | 25 | 26 | 28 | 31..=34 => 90_000,
+        16 => 11_025,
+        17 => 22_050,
+        _ => 8_000,
+    }
+}
+
+/// The payload types of the first media stream with their clock rates: from `a=rtpmap`
+/// where given, else the static type's rate (RFC 3551).
+pub fn formats(sdp: &[u8]) -> Vec<(u8, u32)> {
+    let Ok(text) = std::str::from_utf8(sdp) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u8, u32)> = Vec::new();
+    let mut seen_m = false;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("m=") {
+            if seen_m {
+                break;
+            }
+            seen_m = true;
+            out = rest
+                .split_whitespace()
+                .skip(3)
+                .filter_map(|f| f.parse::<u8>().ok())
+                .filter(|pt| *pt < 128)
+                .map(|pt| (pt, static_clock_rate(pt)))
+                .collect();
+        } else if let Some(rest) = line.strip_prefix("a=rtpmap:")
+            && seen_m
+        {
+            let mut it = rest.split_whitespace();
+            let pt = it.next().and_then(|p| p.parse::<u8>().ok());
+            let clock = it
+                .next()
+                .and_then(|enc| enc.split('/').nth(1))
+                .and_then(|c| c.parse::<u32>().ok())
+                .filter(|c| *c > 0);
+            if let (Some(pt), Some(clock)) = (pt, clock)
+                && let Some(slot) = out.iter_mut().find(|(p, _)| *p == pt)
+            {
+                slot.1 = clock;
+            }
+        }
+    }
+    out
+}
+
 fn addr_line(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(a) => format!("c=IN IP4 {a}"),
@@ -143,6 +197,17 @@ mod tests {
         assert_eq!(m.rtp, "10.0.0.5:40000".parse().unwrap());
         assert_eq!(m.rtcp, "10.0.0.5:40001".parse().unwrap());
         assert!(!m.held);
+    }
+
+    #[test]
+    fn formats_take_clock_rates_from_rtpmap() {
+        let sdp = "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0 9 96 101\r\n\
+                   a=rtpmap:96 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n\
+                   m=video 5000 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n";
+        assert_eq!(
+            formats(sdp.as_bytes()),
+            vec![(0, 8000), (9, 8000), (96, 48000), (101, 8000)]
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct StreamStats {
     pub jitter_ms: f64,
     /// Milliseconds since the relay started when the last packet arrived.
     pub last_ms: u64,
+    /// Packets dropped because they came from a source the leg is not latched to.
+    pub foreign: u64,
     #[serde(skip)]
     base_seq: u32,
     #[serde(skip)]

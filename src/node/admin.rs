@@ -89,13 +89,19 @@ pub(crate) fn answer(
                 .flatten()
                 .filter_map(serde_json::Value::as_object_mut)
             {
-                let media = c
+                let token = c
                     .get("token")
                     .and_then(serde_json::Value::as_str)
-                    .and_then(|t| u64::from_str_radix(t, 16).ok())
-                    .and_then(|t| relay.live(t));
-                if let Some(m) = media {
-                    c.insert("media".into(), serde_json::to_value(m).unwrap_or_default());
+                    .and_then(|t| u64::from_str_radix(t, 16).ok());
+                if let Some(t) = token
+                    && let Some(m) = relay.live(t)
+                {
+                    let mut m = serde_json::to_value(m).unwrap_or_default();
+                    if let (Some(o), Some((a, b))) = (m.as_object_mut(), relay.foreign(t)) {
+                        o.insert("a_foreign".into(), a.into());
+                        o.insert("b_foreign".into(), b.into());
+                    }
+                    c.insert("media".into(), m);
                 }
             }
             HttpResponse::json(200, &v)

@@ -105,7 +105,8 @@ fn apply_media(relay: &mut crate::media::Relay, c: crate::b2bua::MediaCommand) {
             side,
             rtp,
             rtcp,
-        } => relay.set_peer(token, side, rtp, rtcp),
+            formats,
+        } => relay.set_peer(token, side, rtp, rtcp, formats),
         MediaCommand::Close { token } => {
             relay.close(token);
         }
