@@ -329,6 +329,37 @@ impl Node {
         Ok(body)
     }
 
+    /// `GET path` as text.
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        self.http("GET", path).await
+    }
+
+    /// A sample from `/metrics`: the value of the line that starts with `series` followed
+    /// by a space (e.g. `understudy_tcp_connections` or `x_total{reason="y"}`).
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        let text = self.get_text("/metrics").await?;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .ok_or_else(|| anyhow!("{}: no metric {series} in /metrics", self.name))
+    }
+
+    /// Resident memory of the process, in KiB (`VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.pid().context("not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS")
+    }
+
     /// `GET path` as JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         let body = self.http("GET", path).await?;
@@ -508,6 +539,59 @@ impl Pair {
     }
 
     /// The temporary directory (configs, logs, state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// One `understudy` process without a peer: a generated config (users from `users`, then
+/// `extra` TOML appended), in its own temporary directory.
+#[derive(Debug)]
+pub struct Solo {
+    /// The process.
+    pub node: Node,
+    dir: TempDir,
+}
+
+impl Solo {
+    /// Write the config, start the process and wait until `/status` answers.
+    pub async fn start(users: &[&str], extra: &str) -> Result<Self> {
+        let dir = TempDir::new()?;
+        let sip = free_port();
+        let admin = free_port();
+        let ndir = dir.path().join("solo");
+        std::fs::create_dir_all(&ndir)?;
+        let mut text = format!(
+            "[node]\nname = \"solo\"\nsip_udp = \"127.0.0.1:{sip}\"\nsip_tcp = \"127.0.0.1:{sip}\"\n\
+             domain = \"pbx.local\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[state]\ndir = \"{d}\"\n\
+             [cdr]\npath = \"{d}/cdr.sqlite\"\n",
+            d = ndir.display()
+        );
+        for u in users {
+            text.push_str(&format!(
+                "\n[[users]]\nname = \"{u}\"\npassword = \"{}\"\n",
+                password_of(u)
+            ));
+        }
+        text.push('\n');
+        text.push_str(extra);
+        let cfg = dir.path().join("solo.toml");
+        std::fs::write(&cfg, text)?;
+        let mut node = Node {
+            name: "solo",
+            child: None,
+            cfg,
+            sip: SocketAddr::from(([127, 0, 0, 1], sip)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            cdr_path: ndir.join("cdr.sqlite"),
+        };
+        node.start()?;
+        node.wait_status(Duration::from_secs(10), "up", |v| v["role"] == "active")
+            .await?;
+        Ok(Self { node, dir })
+    }
+
+    /// The temporary directory (config, log, state).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -19,9 +19,16 @@ use crate::sip::StreamFramer;
 
 type Writer = mpsc::Sender<Bytes>;
 
+/// Tells a connection's reader and writer to stop (we are closing the connection).
+type Closer = Arc<tokio::sync::watch::Sender<bool>>;
+
+fn closer() -> Closer {
+    Arc::new(tokio::sync::watch::Sender::new(false))
+}
+
 #[derive(Debug, Default)]
 struct Table {
-    by_id: HashMap<u64, (SocketAddr, Writer)>,
+    by_id: HashMap<u64, (SocketAddr, Writer, Closer)>,
     by_remote: HashMap<SocketAddr, u64>,
 }
 
@@ -57,16 +64,16 @@ impl Connections {
     }
 
     /// Enter a connection (open or still connecting) with its writer channel; its id.
-    fn register(&self, t: &mut Table, remote: SocketAddr, w: Writer) -> u64 {
+    fn register(&self, t: &mut Table, remote: SocketAddr, w: Writer, closer: Closer) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        t.by_id.insert(id, (remote, w));
+        t.by_id.insert(id, (remote, w, closer));
         t.by_remote.insert(remote, id);
         id
     }
 
     fn unregister(&self, id: u64) {
         if let Ok(mut t) = self.table.lock()
-            && let Some((remote, _)) = t.by_id.remove(&id)
+            && let Some((remote, _, _)) = t.by_id.remove(&id)
             && t.by_remote.get(&remote) == Some(&id)
         {
             t.by_remote.remove(&remote);
@@ -83,19 +90,30 @@ impl Connections {
             .conn
             .and_then(|c| t.by_id.get(&c.0))
             .or_else(|| t.by_remote.get(&flow.remote).and_then(|id| t.by_id.get(id)))
-            .map(|(_, w)| w.clone());
+            .map(|(_, w, c)| (w.clone(), c.clone()));
         let bytes = match existing {
-            Some(w) => match w.try_send(bytes) {
+            Some((w, closer)) => match w.try_send(bytes) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    // The peer does not read what we write: close the connection rather than
-                    // queue without bound. Its transactions see a transport error.
+                    // The peer does not read what we write: close the connection (and stop
+                    // reading from it) rather than queue without bound.
                     super::Counters::bump(&self.counters.tcp_queue_overflow);
                     tracing::warn!(remote = %flow.remote, "tcp write queue full; closing the connection");
-                    if let Some(id) = t.by_remote.remove(&flow.remote) {
-                        t.by_id.remove(&id);
+                    let ids: Vec<u64> = t
+                        .by_id
+                        .iter()
+                        .filter(|(_, (_, _, c))| Arc::ptr_eq(c, &closer))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in ids {
+                        if let Some((remote, _, _)) = t.by_id.remove(&id)
+                            && t.by_remote.get(&remote) == Some(&id)
+                        {
+                            t.by_remote.remove(&remote);
+                        }
                     }
                     drop(t);
+                    closer.send_replace(true);
                     self.report_unreachable(flow);
                     return;
                 }
@@ -112,7 +130,8 @@ impl Connections {
             return;
         }
         let (wtx, wrx) = mpsc::channel::<Bytes>(super::TCP_WRITE_QUEUE);
-        let id = self.register(&mut t, flow.remote, wtx.clone());
+        let closer = closer();
+        let id = self.register(&mut t, flow.remote, wtx.clone(), closer.clone());
         drop(t);
         let _ = wtx.try_send(bytes);
         let this = self.clone();
@@ -123,7 +142,7 @@ impl Connections {
                 {
                     Ok(Ok(stream)) => {
                         let _ = stream.set_nodelay(true);
-                        this.run(stream, flow.remote, id, wrx);
+                        this.run(stream, flow.remote, id, wrx, closer);
                         return;
                     }
                     Ok(Err(e)) => e.to_string(),
@@ -156,25 +175,46 @@ impl Connections {
             tracing::debug!(%remote, "tcp connection limit reached; connection closed");
             return;
         }
-        let id = self.register(&mut t, remote, wtx);
+        let closer = closer();
+        let id = self.register(&mut t, remote, wtx, closer.clone());
         drop(t);
-        self.run(stream, remote, id, wrx);
+        self.run(stream, remote, id, wrx, closer);
     }
 
     /// The reader and writer tasks of connection `id`.
-    fn run(&self, stream: TcpStream, remote: SocketAddr, id: u64, mut wrx: mpsc::Receiver<Bytes>) {
+    fn run(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        id: u64,
+        mut wrx: mpsc::Receiver<Bytes>,
+        closer: Closer,
+    ) {
         let (mut rd, mut wr) = stream.into_split();
         // The writer ends when the table lets go of its queue (closed, overflowed) or the
         // socket fails; the reader then stops too.
         let (writer_done, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
+        let mut closed = closer.subscribe();
         tokio::spawn(async move {
-            while let Some(b) = wrx.recv().await {
-                if wr.write_all(&b).await.is_err() {
+            loop {
+                let b = tokio::select! {
+                    b = wrx.recv() => b,
+                    _ = closed.wait_for(|c| *c) => None,
+                };
+                let Some(b) = b else {
+                    break;
+                };
+                let written = tokio::select! {
+                    r = wr.write_all(&b) => r.is_ok(),
+                    _ = closed.wait_for(|c| *c) => false,
+                };
+                if !written {
                     break;
                 }
             }
             let _ = writer_done.send(());
         });
+        let mut closed = closer.subscribe();
         let idle = self.limits.tcp_idle;
         let this = self.clone();
         let flow = Flow {
@@ -189,6 +229,7 @@ impl Connections {
                 let read = tokio::select! {
                     r = tokio::time::timeout(idle, rd.read(&mut buf)) => r,
                     _ = &mut writer_gone => break,
+                    _ = closed.wait_for(|c| *c) => break,
                 };
                 let n = match read {
                     Ok(Ok(0)) | Ok(Err(_)) => break,

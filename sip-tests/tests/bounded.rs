@@ -1,0 +1,399 @@
+//! Bounded tables under floods (issue "No packet can stop a node"): one real `understudy`
+//! process with small `[limits]`, flooded on loopback one table at a time. For each flood the
+//! table's gauge never passes its bound, the refusal is counted in `/metrics`, the table
+//! drains afterwards, and the process's resident memory comes back to within
+//! [`SLACK_KIB`] of its baseline (taken after a warm-up, so that the allocator's first growth
+//! is not mistaken for a leak).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sip_tests::cluster::{Solo, password_of};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+use understudy::sip::digest::answer_challenge;
+use understudy::sip::{HeaderName, Message, Method, SipMessage, parse_datagram, response_to};
+
+/// How far above its baseline the process may stay after a flood.
+const SLACK_KIB: u64 = 8 * 1024;
+
+const LIMITS: &str =
+    "[limits]\ntcp_connections = 100\ncontacts_per_aor = 10\nsubscriptions = 200\n";
+
+/// Send every request (keyed by Call-ID) with at most `window` unanswered, retransmitting
+/// after a second of silence; returns the final status per Call-ID.
+async fn exchange(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    requests: &[(String, String)],
+    window: usize,
+) -> Result<HashMap<String, u16>> {
+    let mut done: HashMap<String, u16> = HashMap::new();
+    let mut in_flight: HashMap<String, &str> = HashMap::new();
+    let mut next = 0;
+    let mut buf = vec![0u8; 65_535];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while done.len() < requests.len() {
+        if Instant::now() > deadline {
+            bail!("{} of {} answered", done.len(), requests.len());
+        }
+        while in_flight.len() < window
+            && let Some((id, text)) = requests.get(next)
+        {
+            sock.send_to(text.as_bytes(), server).await?;
+            in_flight.insert(id.clone(), text);
+            next += 1;
+        }
+        let n = match tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                for text in in_flight.values() {
+                    sock.send_to(text.as_bytes(), server).await?;
+                }
+                continue;
+            }
+        };
+        let Ok(p) = parse_datagram(&buf[..n]) else {
+            continue;
+        };
+        let r = match p.message {
+            Message::Response(r) => r,
+            Message::Request(req) => {
+                // NOTIFYs of the subscriptions: answered, as a phone would.
+                if req.method != Method::Ack {
+                    let ok = response_to(&req, 200, Some("flood"));
+                    sock.send_to(&ok.to_bytes(), server).await?;
+                }
+                continue;
+            }
+        };
+        if r.status < 200 {
+            continue;
+        }
+        let id = r.call_id()?.to_string();
+        if in_flight.remove(&id).is_some() {
+            done.insert(id, r.status);
+        }
+    }
+    Ok(done)
+}
+
+/// A challenge for `method` from the server, answered later with growing nonce counts.
+async fn challenge(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    method: &str,
+    uri: &str,
+) -> Result<String> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let call_id = format!("ch-{method}-{n}");
+    let me = sock.local_addr()?;
+    let text = format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@pbx.local>;tag=ch\r\nTo: <sip:alice@pbx.local>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nContact: <sip:alice@{me}>\r\nEvent: dialog\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    sock.send_to(text.as_bytes(), server).await?;
+    let mut buf = vec![0u8; 65_535];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let Ok(n) = tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await
+        else {
+            if Instant::now() > deadline {
+                bail!("no challenge for {method}");
+            }
+            // Timer E: retransmit.
+            sock.send_to(text.as_bytes(), server).await?;
+            continue;
+        };
+        let n = n?;
+        if let Ok(p) = parse_datagram(&buf[..n])
+            && let Message::Response(r) = p.message
+        {
+            if r.call_id()? == call_id && !matches!(r.status, 401 | 407) {
+                bail!("{method} answered {} instead of a challenge", r.status);
+            }
+            if r.call_id()? != call_id {
+                continue;
+            }
+            return r
+                .headers
+                .get(&HeaderName::WwwAuthenticate)
+                .or_else(|| r.headers.get(&HeaderName::ProxyAuthenticate))
+                .map(str::to_string)
+                .context("challenge header");
+        }
+    }
+}
+
+async fn wait_metric(
+    solo: &Solo,
+    series: &str,
+    what: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = solo.node.metric(series).await?;
+        if ok(v) {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{series} = {v}: not {what}\nlog tail:\n{}",
+                solo.node.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn check_memory(solo: &Solo, baseline: u64, flood: &str) -> Result<()> {
+    let rss = solo.node.rss_kib()?;
+    println!("{flood}: RSS {rss} KiB (baseline {baseline} KiB)");
+    if rss > baseline + SLACK_KIB {
+        bail!("after the {flood} flood RSS is {rss} KiB, baseline {baseline} KiB");
+    }
+    Ok(())
+}
+
+/// 5,000 REGISTERs from alice, each with a new contact: at most `contacts_per_aor` bindings.
+async fn register_flood(solo: &Solo, sock: &UdpSocket, round: u32) -> Result<()> {
+    let server = solo.node.sip;
+    let me = sock.local_addr()?;
+    let ch = challenge(sock, server, "REGISTER", "sip:pbx.local").await?;
+    let pw = password_of("alice");
+    let reqs: Vec<(String, String)> = (0..5_000u32)
+        .map(|i| {
+            let auth = answer_challenge(&ch, "alice", &pw, "REGISTER", "sip:pbx.local", i + 1, "cn")
+                .unwrap_or_default();
+            let id = format!("reg-{round}-{i}");
+            let text = format!(
+                "REGISTER sip:pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@pbx.local>;tag=r{i}\r\nTo: <sip:alice@pbx.local>\r\n\
+                 Call-ID: {id}\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@127.0.0.2:{}>\r\nExpires: 600\r\n\
+                 Authorization: {auth}\r\nContent-Length: 0\r\n\r\n",
+                10_000 + i
+            );
+            (id, text)
+        })
+        .collect();
+    let got = exchange(sock, server, &reqs, 64).await?;
+    let ok = got.values().filter(|s| **s == 200).count();
+    assert_eq!(
+        ok,
+        reqs.len(),
+        "every REGISTER accepted: {got:?}",
+        got = got.values().take(5).collect::<Vec<_>>()
+    );
+    let n = solo.node.metric("understudy_registrations").await?;
+    assert!(n <= 10.0, "{n} bindings for one AOR, limit 10");
+    // Unregister everything.
+    let auth = answer_challenge(&ch, "alice", &pw, "REGISTER", "sip:pbx.local", 30_000, "cn")
+        .unwrap_or_default();
+    let clear = vec![(
+        format!("unreg-{round}"),
+        format!(
+            "REGISTER sip:pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKunreg{round}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@pbx.local>;tag=u\r\nTo: <sip:alice@pbx.local>\r\n\
+             Call-ID: unreg-{round}\r\nCSeq: 1 REGISTER\r\nContact: *\r\nExpires: 0\r\n\
+             Authorization: {auth}\r\nContent-Length: 0\r\n\r\n"
+        ),
+    )];
+    let got = exchange(sock, server, &clear, 1).await?;
+    assert_eq!(got.values().next(), Some(&200));
+    wait_metric(solo, "understudy_registrations", "0", |v| v == 0.0).await?;
+    Ok(())
+}
+
+/// 600 dialog SUBSCRIBEs from alice (Expires 2 s): at most `subscriptions` held, the rest
+/// 503; all gone once they expire.
+async fn subscribe_flood(solo: &Solo, sock: &UdpSocket, round: u32) -> Result<()> {
+    let server = solo.node.sip;
+    let me = sock.local_addr()?;
+    let ch = challenge(sock, server, "SUBSCRIBE", "sip:bob@pbx.local").await?;
+    let pw = password_of("alice");
+    let reqs: Vec<(String, String)> = (0..600u32)
+        .map(|i| {
+            let auth =
+                answer_challenge(&ch, "alice", &pw, "SUBSCRIBE", "sip:bob@pbx.local", i + 1, "cn")
+                    .unwrap_or_default();
+            let id = format!("sub-{round}-{i}");
+            let text = format!(
+                "SUBSCRIBE sip:bob@pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@pbx.local>;tag=s{i}\r\nTo: <sip:bob@pbx.local>\r\n\
+                 Call-ID: {id}\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:alice@{me}>\r\nEvent: dialog\r\n\
+                 Accept: application/dialog-info+xml\r\nExpires: 2\r\n\
+                 Proxy-Authorization: {auth}\r\nContent-Length: 0\r\n\r\n"
+            );
+            (id, text)
+        })
+        .collect();
+    let got = exchange(sock, server, &reqs, 32).await?;
+    let ok = got.values().filter(|s| **s == 200).count();
+    let refused = got.values().filter(|s| **s == 503).count();
+    assert!(ok <= 200, "{ok} subscriptions accepted, limit 200");
+    assert_eq!(
+        ok + refused,
+        600,
+        "only 200 and 503: {:?}",
+        got.values().take(5).collect::<Vec<_>>()
+    );
+    assert!(refused >= 400);
+    wait_metric(solo, "understudy_dialog_subscriptions", "0", |v| v == 0.0).await?;
+    Ok(())
+}
+
+/// 400 TCP connections at once, limit 100: the rest closed at once and counted.
+async fn tcp_connection_flood(solo: &Solo) -> Result<()> {
+    let mut conns = Vec::new();
+    for _ in 0..400 {
+        conns.push(TcpStream::connect(solo.node.sip).await?);
+    }
+    let n = wait_metric(
+        solo,
+        "understudy_transport_dropped_total{reason=\"tcp_connection_limit\"}",
+        "≥ 300 more",
+        |v| v >= 300.0,
+    )
+    .await?;
+    let open = solo.node.metric("understudy_tcp_connections").await?;
+    assert!(
+        open <= 100.0,
+        "{open} connections open, limit 100 ({n} refused)"
+    );
+    drop(conns);
+    wait_metric(solo, "understudy_tcp_connections", "0", |v| v == 0.0).await?;
+    Ok(())
+}
+
+/// A TCP peer that sends 60,000 OPTIONS and never reads the answers: the connection is
+/// closed once its write queue is full, instead of queueing without bound.
+async fn tcp_reader_stall(solo: &Solo, round: u32) -> Result<()> {
+    let before = solo
+        .node
+        .metric("understudy_transport_dropped_total{reason=\"tcp_write_queue_full\"}")
+        .await?;
+    let mut s = TcpStream::connect(solo.node.sip).await?;
+    let me = s.local_addr()?;
+    let mut batch = String::new();
+    for i in 0..60_000u32 {
+        batch.push_str(&format!(
+            "OPTIONS sip:solo@pbx.local SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch=z9hG4bKst{round}x{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:load@pbx.local>;tag=st\r\nTo: <sip:solo@pbx.local>\r\n\
+             Call-ID: stall-{round}-{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ));
+        if batch.len() > 64 * 1024 {
+            if s.write_all(batch.as_bytes()).await.is_err() {
+                break; // closed by the server: what we wait for
+            }
+            batch.clear();
+        }
+    }
+    let _ = s.write_all(batch.as_bytes()).await;
+    wait_metric(
+        solo,
+        "understudy_transport_dropped_total{reason=\"tcp_write_queue_full\"}",
+        "counted",
+        |v| v > before,
+    )
+    .await?;
+    drop(s);
+    wait_metric(solo, "understudy_tcp_connections", "0", |v| v == 0.0).await?;
+    wait_metric(
+        solo,
+        "understudy_transactions{kind=\"server\"}",
+        "drained",
+        |v| v == 0.0,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Wrong passwords from 12,000 source addresses (127.1.x.y): the failure table keeps at
+/// most 10,000, the oldest making room.
+async fn auth_failure_flood(solo: &Solo, sock: &UdpSocket) -> Result<()> {
+    let server = solo.node.sip;
+    let ch = challenge(sock, server, "REGISTER", "sip:pbx.local").await?;
+    let before = solo
+        .node
+        .metric("understudy_register_total{result=\"forbidden\"}")
+        .await?;
+    for batch in 0..12u32 {
+        for j in 0..1000u32 {
+            let i = batch * 1000 + j;
+            let [_, _, a, b] = i.to_be_bytes();
+            let from = UdpSocket::bind((std::net::Ipv4Addr::new(127, 1, a, b.max(1)), 0)).await?;
+            let me = from.local_addr()?;
+            let auth =
+                answer_challenge(&ch, "alice", "wrong", "REGISTER", "sip:pbx.local", 1, "cn")
+                    .unwrap_or_default();
+            let text = format!(
+                "REGISTER sip:pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKaf{i}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@pbx.local>;tag=a{i}\r\nTo: <sip:alice@pbx.local>\r\n\
+                 Call-ID: af-{i}\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@{me}>\r\n\
+                 Authorization: {auth}\r\nContent-Length: 0\r\n\r\n"
+            );
+            from.send_to(text.as_bytes(), server).await?;
+        }
+        let want = before + f64::from((batch + 1) * 1000) - 50.0;
+        wait_metric(
+            solo,
+            "understudy_register_total{result=\"forbidden\"}",
+            "caught up",
+            |v| v >= want,
+        )
+        .await?;
+    }
+    wait_metric(
+        solo,
+        "understudy_limit_dropped_total{table=\"auth_failures\"}",
+        "counted",
+        |v| v >= 1500.0,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn floods_of_every_kind_stay_within_their_bounds_and_memory_returns() -> Result<()> {
+    let solo = Solo::start(&["alice", "bob"], LIMITS).await?;
+    let r = floods(&solo).await;
+    if r.is_err() {
+        eprintln!("log tail:\n{}", solo.node.log_tail(40));
+    }
+    r
+}
+
+async fn floods(solo: &Solo) -> Result<()> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await?;
+    // Warm-up: two rounds of each flood (the allocator's arenas grow to their working size
+    // once per thread), then the baseline.
+    for round in 0..2 {
+        register_flood(solo, &sock, round).await?;
+        subscribe_flood(solo, &sock, round).await?;
+        tcp_connection_flood(solo).await?;
+        tcp_reader_stall(solo, round).await?;
+    }
+    let baseline = solo.node.rss_kib()?;
+    for round in 2..=3 {
+        register_flood(solo, &sock, round).await?;
+        check_memory(solo, baseline, "REGISTER")?;
+        subscribe_flood(solo, &sock, round).await?;
+        check_memory(solo, baseline, "SUBSCRIBE")?;
+        tcp_connection_flood(solo).await?;
+        check_memory(solo, baseline, "TCP connection")?;
+        tcp_reader_stall(solo, round).await?;
+        check_memory(solo, baseline, "TCP write queue")?;
+    }
+    auth_failure_flood(solo, &sock).await?;
+    check_memory(solo, baseline, "auth failure")?;
+    // Still serving.
+    let n = solo.node.metric("understudy_internal_errors_total").await?;
+    assert_eq!(n, 0.0);
+    Ok(())
+}
