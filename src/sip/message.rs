@@ -199,6 +199,16 @@ impl Headers {
         Self(Vec::with_capacity(n))
     }
 
+    /// How many header values there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Append a header.
     pub fn push(&mut self, name: HeaderName, value: impl Into<String>) {
         self.0.push(Header {

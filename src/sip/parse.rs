@@ -71,9 +71,18 @@ fn is_list_header(n: &HeaderName) -> bool {
     )
 }
 
+/// Most header values a message may carry once comma lists are split into one value each:
+/// the parser's own limit on header lines, so that what we serialize parses again.
+const MAX_HEADER_VALUES: usize = 256;
+
 fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
     let mut out = Headers::with_capacity(src.len() + 2);
     for h in src.iter() {
+        if out.len() >= MAX_HEADER_VALUES {
+            return Err(ParseError::TooLarge(format!(
+                "more than {MAX_HEADER_VALUES} header values"
+            )));
+        }
         let name = HeaderName::from_wire(&String::from_utf8_lossy(h.name().canonical()));
         let value = String::from_utf8_lossy(&h.value()).into_owned();
         if is_list_header(&name) && value.contains(',') && value.trim() != "*" {
@@ -82,6 +91,11 @@ fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
                 if part.is_empty() {
                     return Err(ParseError::Malformed(format!(
                         "empty element in {name} list"
+                    )));
+                }
+                if out.len() >= MAX_HEADER_VALUES {
+                    return Err(ParseError::TooLarge(format!(
+                        "more than {MAX_HEADER_VALUES} header values"
                     )));
                 }
                 out.push(name.clone(), part);
