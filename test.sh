@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run every test: the sans-IO guard, fmt and clippy, unit and integration tests, the SIPp
-# scenarios and the real soft-phones (baresip, PJSIP) across a takeover.
+# Run every test: the sans-IO guard, fmt and clippy, unit and integration tests, a fuzz
+# smoke of every fuzz target, the SIPp scenarios and the real soft-phones (baresip, PJSIP)
+# across a takeover.
 # Installs what the tests need when it is missing (Debian packages: SIPp from sip-tester,
 # baresip-core, procps, python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
 set -euo pipefail
@@ -39,6 +40,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== unit and integration tests"
 cargo test --workspace
+
+echo "== fuzz smoke: every target for 20 s from the committed seeds (cargo fuzz, nightly)"
+fuzz/run.sh 20
 
 echo "== SIPp scenarios"
 cargo build --release

@@ -16,7 +16,10 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(message framing server bodies admin)
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
-rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+if ! rustup toolchain list | grep -q '^nightly'; then
+  rustup toolchain install nightly --profile minimal \
+    || { echo "fuzz/run.sh: cargo fuzz needs the nightly toolchain, which cannot be installed here" >&2; exit 1; }
+fi
 
 # Debug assertions on (integer overflow panics), optimised.
 cargo +nightly fuzz build --release --debug-assertions 2>&1 | tail -n 2 \
