@@ -111,6 +111,8 @@ pub(crate) struct Report {
     pub(crate) answered: usize,
     pub(crate) not_notifiers: usize,
     pub(crate) reset: usize,
+    /// Not notifiers, but not reset because a call of theirs was recovered.
+    pub(crate) reset_skipped: usize,
     pub(crate) calls_found: usize,
     pub(crate) recovered: usize,
     pub(crate) recovered_via_query: usize,
@@ -178,6 +180,11 @@ pub(crate) struct Takeover {
     txs: HashMap<ClientTxId, Option<String>>,
     legs: HashMap<u64, Pending>,
     resets: VecDeque<Endpoint>,
+    /// Fallback resets wait until every query has settled, then skip the endpoints in
+    /// `saved`: a reset would drop the calls just recovered (DESIGN "Hot takeover", step 5).
+    fallback_resets: VecDeque<Endpoint>,
+    /// Addresses of endpoints with a call being re-bound (from the digest or a query).
+    saved: HashSet<std::net::SocketAddr>,
     adopted: HashSet<u64>,
     initial: Vec<Step>,
     /// While digest-known calls wait for the window, look again at this time.
@@ -244,6 +251,8 @@ impl Takeover {
             txs: HashMap::new(),
             legs: HashMap::new(),
             resets: VecDeque::new(),
+            fallback_resets: VecDeque::new(),
+            saved: HashSet::new(),
             adopted,
             initial,
             retry_at: now,
@@ -259,6 +268,13 @@ impl Takeover {
             },
         };
         t.legs = legs;
+        let initial = std::mem::take(&mut t.initial);
+        for step in &initial {
+            if let Step::Adopt(a) = step {
+                t.save(a);
+            }
+        }
+        t.initial = initial;
         match mode {
             PairMode::Hot => t.queue = eps.into(),
             PairMode::Cold => t.resets = eps.into(),
@@ -329,6 +345,7 @@ impl Takeover {
                 self.not_notifier(q.ep);
             }
         }
+        self.release_fallback_resets();
         if now >= self.next_reset_at {
             // Resets are fire-and-forget: `parallel` of them per pacing interval.
             for _ in 0..self.parallel {
@@ -437,7 +454,34 @@ impl Takeover {
     fn not_notifier(&mut self, ep: Endpoint) {
         self.report.not_notifiers += 1;
         if self.fallback == Fallback::Cold {
-            self.resets.push_back(ep);
+            self.fallback_resets.push_back(ep);
+        }
+    }
+
+    /// Remember where a call being re-bound has its legs.
+    fn save(&mut self, a: &Adopted) {
+        self.saved.insert(a.a.next_hop().remote);
+        self.saved.insert(a.b.next_hop().remote);
+        self.saved.insert(a.a.flow.remote);
+        self.saved.insert(a.b.flow.remote);
+    }
+
+    /// Once no query is pending, the fallback resets go, except to endpoints with a
+    /// recovered call.
+    fn release_fallback_resets(&mut self) {
+        if !self.queue.is_empty() || !self.queries.is_empty() {
+            return;
+        }
+        while let Some(ep) = self.fallback_resets.pop_front() {
+            if self.saved.contains(&ep.flow.remote) {
+                self.report.reset_skipped += 1;
+                tracing::info!(
+                    endpoint = ep.label,
+                    "not a notifier, but a call of it was recovered: no reset"
+                );
+            } else {
+                self.resets.push_back(ep);
+            }
         }
     }
 
@@ -522,7 +566,7 @@ impl Takeover {
             {
                 self.adopted.insert(token);
                 self.report.calls_found += 1;
-                steps.push(Step::Adopt(Box::new(Adopted {
+                let adopted = Adopted {
                     token,
                     caller: a.party.clone(),
                     callee: Uri::parse(&b.party)
@@ -533,7 +577,9 @@ impl Takeover {
                     a: a.dialog,
                     b: b.dialog,
                     source: Source::Query,
-                })));
+                };
+                self.save(&adopted);
+                steps.push(Step::Adopt(Box::new(adopted)));
             }
         }
         steps
@@ -564,6 +610,7 @@ impl Takeover {
         self.queue.is_empty()
             && self.queries.is_empty()
             && self.resets.is_empty()
+            && self.fallback_resets.is_empty()
             && self.legs.is_empty()
     }
 
@@ -597,9 +644,14 @@ impl Takeover {
         // takeover as they arrive) or for the earliest query deadline.
         let query =
             (!self.queue.is_empty() && self.queries.len() < self.parallel).then_some(self.started);
+        let settled = self.queue.is_empty() && self.queries.is_empty();
         let reset = (!self.resets.is_empty()).then_some(self.next_reset_at);
+        let release = (settled && !self.fallback_resets.is_empty()).then_some(self.started);
         let waiting = (!self.initial.is_empty()).then_some(self.retry_at);
-        [q, query, reset, waiting].into_iter().flatten().min()
+        [q, query, reset, release, waiting]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

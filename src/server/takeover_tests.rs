@@ -88,3 +88,42 @@ fn resets_leave_in_paced_batches() {
     assert_eq!(t.report.reset, 5);
     assert_eq!(t.poll_timeout(), None);
 }
+
+/// `takeover.fallback = "cold"` with the digest on: endpoints that do not answer the dialog
+/// query but whose calls were re-bound from the digest get no reset (a default-config
+/// phone reboots on `check-sync` and would drop the call just saved); an endpoint without a
+/// call still gets one.
+#[test]
+fn fallback_resets_spare_endpoints_with_recovered_calls() {
+    use crate::fuzzing::harness::{Event, Harness, Mode};
+    use crate::sip::{HeaderName, Message};
+    let seed = crate::fuzzing::seeds::all()
+        .into_iter()
+        .find(|s| s.target == "server" && s.name == "standby-takeover")
+        .expect("seed");
+    let (_, events) = seed.bytes.split_first().expect("mode byte");
+    let mut h = Harness::new(Mode::Standby, false, 0x5eed);
+    let mut resets: std::collections::HashMap<u8, usize> = std::collections::HashMap::new();
+    let mut reinvites = 0;
+    for e in Event::decode_all(events) {
+        for (dest, _, m) in h.apply(&e) {
+            if let Message::Request(r) = &m {
+                let reset = r.method == crate::sip::Method::Notify
+                    && r.headers
+                        .get(&HeaderName::Event)
+                        .is_some_and(|e| e.starts_with("check-sync"));
+                if reset {
+                    *resets.entry(dest).or_default() += 1;
+                }
+                reinvites += usize::from(r.method == crate::sip::Method::Invite);
+            }
+        }
+    }
+    assert!(reinvites >= 2, "the digest call was re-bound");
+    assert_eq!(resets.get(&0), None, "alice (call recovered) was reset");
+    assert_eq!(resets.get(&1), None, "bob (call recovered) was reset");
+    assert!(
+        resets.get(&7).is_some_and(|n| *n >= 1),
+        "dave (no call) is reset (retransmitted while unanswered): {resets:?}"
+    );
+}
