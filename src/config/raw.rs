@@ -78,6 +78,8 @@ struct RawPair {
     test_hooks: Option<bool>,
     dialog_digest: Option<bool>,
     ping_endpoints: Option<bool>,
+    max_clock_skew_ms: Option<u64>,
+    accept_v1: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +266,8 @@ fn build_pair(raw: RawPair, errors: &mut Errors) -> PairConfig {
         test_hooks: raw.test_hooks.unwrap_or(false),
         dialog_digest: raw.dialog_digest.unwrap_or(true),
         ping_endpoints: raw.ping_endpoints.unwrap_or(false),
+        max_clock_skew_ms: raw.max_clock_skew_ms.unwrap_or(5000),
+        accept_v1: raw.accept_v1.unwrap_or(false),
     }
 }
 

@@ -106,6 +106,13 @@ pub struct PairConfig {
     pub dialog_digest: bool,
     /// `ping_endpoints`: OPTIONS-ping endpoints while standby (default false).
     pub ping_endpoints: bool,
+    /// `max_clock_skew_ms`: a pair message signed longer ago (or later) than this by the
+    /// peer's clock is refused as stale (default 5000; the nodes' clocks must be synchronised,
+    /// e.g. by NTP, to well within it).
+    pub max_clock_skew_ms: u64,
+    /// `accept_v1`: accept a peer that signs as version 1 (no freshness) — only while a pair
+    /// is upgraded one node at a time (default false).
+    pub accept_v1: bool,
 }
 
 /// `takeover.fallback`: what to do with calls a hot takeover cannot rebuild.

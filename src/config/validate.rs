@@ -101,6 +101,12 @@ fn check_pair(config: &Config, pair: &PairConfig, errors: &mut Errors) {
     at_least(errors, "pair.keepalive_ms", pair.keepalive_ms, 10);
     at_least(
         errors,
+        "pair.max_clock_skew_ms",
+        pair.max_clock_skew_ms,
+        100,
+    );
+    at_least(
+        errors,
         "pair.missed_keepalives",
         pair.missed_keepalives.into(),
         1,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::dialog::LocalContact;
-use crate::pair::keepalive;
+use crate::pair::{auth, keepalive};
 use crate::server::Server;
 use crate::sip::{
     HeaderName, Message, Method, Parsed, Request, Response, SipMessage, StreamFramer, Version,
@@ -53,6 +53,9 @@ pub const SOURCES: [&str; 8] = [
 
 /// Index of the peer node in [`SOURCES`].
 pub const PEER: u8 = 4;
+
+/// The server's wall clock (unix ms) when the harness starts it.
+pub const WALL_MS: u64 = 1_700_000_000_000;
 
 /// Methods ops 3 and 4 can send, by `data[0] % len`.
 pub const METHODS: [&str; 10] = [
@@ -186,6 +189,8 @@ pub struct Harness {
     last_final: HashMap<u8, (Response, Proto)>,
     cseq: u32,
     branch: u64,
+    start: Instant,
+    peer_signer: auth::Signer,
 }
 
 fn source_addr(source: u8) -> SocketAddr {
@@ -221,7 +226,7 @@ impl Harness {
             Arc::new(cfg),
             me,
             now,
-            1_700_000_000_000,
+            WALL_MS,
             Box::new(crate::pair::epoch::MemoryEpochStore(1)),
         );
         let mut h = Self {
@@ -234,6 +239,8 @@ impl Harness {
             last_final: HashMap::new(),
             cseq: 100,
             branch: 0,
+            start: now,
+            peer_signer: auth::Signer::new(SECRET.as_bytes(), WALL_MS - 60_000),
         };
         h.server.handle_timeout(now);
         h.drain();
@@ -330,12 +337,23 @@ impl Harness {
     }
 
     fn deliver(&mut self, source: u8, flow: Flow, mut p: Parsed) {
-        if source == PEER && keepalive::is_keepalive(&p.message) {
+        if source == PEER {
+            // The peer signs everything it sends (`pair::auth`): so does the harness, with a
+            // fresh time and counter, so that mutated pair messages still get through.
             let body = p.message.body().clone();
+            let wall = WALL_MS
+                + u64::try_from(self.now.saturating_duration_since(self.start).as_millis())
+                    .unwrap_or(0);
             match &mut p.message {
-                Message::Request(r) => keepalive::resign(&mut r.headers, SECRET.as_bytes(), &body),
+                Message::Request(r) => {
+                    keepalive::resign(&mut r.headers, SECRET.as_bytes(), &body);
+                    let start = auth::start_of_request(r.method.as_str());
+                    self.peer_signer.sign(&mut r.headers, &start, &body, wall);
+                }
                 Message::Response(r) => {
                     keepalive::resign(&mut r.headers, SECRET.as_bytes(), &body);
+                    let start = auth::start_of_response(r.status);
+                    self.peer_signer.sign(&mut r.headers, &start, &body, wall);
                 }
             }
         }

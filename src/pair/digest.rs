@@ -292,6 +292,8 @@ pub struct DigestLog {
     acked: u64,
     pending: VecDeque<(u64, Entry)>,
     reset_from: Option<u64>,
+    /// The first sequence number never sent.
+    unsent_from: u64,
     /// Bytes sent, for the benchmark's link figures.
     pub bytes_sent: u64,
 }
@@ -311,6 +313,7 @@ impl DigestLog {
             acked: 0,
             pending: VecDeque::new(),
             reset_from: None,
+            unsent_from: 1,
             bytes_sent: 0,
         }
     }
@@ -327,6 +330,14 @@ impl DigestLog {
     /// Entries not yet acknowledged.
     pub fn backlog(&self) -> usize {
         self.pending.len()
+    }
+
+    /// How many of the pending entries were sent at least once (they come first).
+    pub fn sent(&self) -> usize {
+        self.pending
+            .iter()
+            .take_while(|(s, _)| *s < self.unsent_from)
+            .count()
     }
 
     /// The stand-by acknowledged everything up to `seq` of `generation`.
@@ -373,6 +384,7 @@ impl DigestLog {
             }
             body.push_str(&l);
             n += 1;
+            self.unsent_from = self.unsent_from.max(seq.saturating_add(1));
         }
         self.bytes_sent += body.len() as u64;
         Some((body, n))

@@ -143,7 +143,30 @@ fn get<'a>(m: &'a impl SipMessage, name: &'static str) -> Result<&'a str, Keepal
         .ok_or(KeepaliveError::Malformed(name))
 }
 
-/// Read and authenticate the keep-alive headers (and the body, when there is one).
+/// Read the keep-alive headers without checking any MAC (the caller authenticated the
+/// message as a whole, `pair::auth`).
+pub fn read(m: &impl SipMessage) -> Result<Info, KeepaliveError> {
+    if !is_keepalive(m) {
+        return Err(KeepaliveError::NotKeepalive);
+    }
+    let role = Announced::parse(get(m, ROLE)?).ok_or(KeepaliveError::Malformed(ROLE))?;
+    Ok(Info {
+        node: get(m, NODE)?.to_string(),
+        role,
+        epoch: get(m, EPOCH)?
+            .trim()
+            .parse()
+            .map_err(|_| KeepaliveError::Malformed(EPOCH))?,
+        calls: get(m, CALLS)?
+            .trim()
+            .parse()
+            .map_err(|_| KeepaliveError::Malformed(CALLS))?,
+        config: get(m, CONFIG)?.to_string(),
+    })
+}
+
+/// Read and authenticate the keep-alive headers with the version 1 MAC (and the body, when
+/// there is one).
 pub fn verify(m: &impl SipMessage, body: &[u8], secret: &[u8]) -> Result<Info, KeepaliveError> {
     if !is_keepalive(m) {
         return Err(KeepaliveError::NotKeepalive);

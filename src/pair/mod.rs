@@ -1,6 +1,7 @@
 //! The pair: keep-alives with their authentication, the role machine, epoch persistence and
 //! registration sync (DESIGN "The pair protocol").
 
+pub mod auth;
 pub mod dialoginfo;
 pub mod digest;
 pub mod epoch;

@@ -133,14 +133,13 @@ impl Server {
                     b.on_no_ack(&mut env, id);
                 }
                 TxEvent::StrayResponse { response, source } => {
-                    let ours = self
-                        .pinger
-                        .as_mut()
-                        .is_some_and(|p| p.on_response(&response))
-                        || self
-                            .pair
+                    let ours =
+                        self.pinger
                             .as_mut()
-                            .is_some_and(|p| p.on_stray_response(now, &response));
+                            .is_some_and(|p| p.on_response(&response))
+                            || self.pair.as_mut().is_some_and(|p| {
+                                p.on_stray_response(now, &response, source.remote)
+                            });
                     if !ours {
                         tracing::trace!(%source, status = response.status, "stray response");
                     }
@@ -235,7 +234,15 @@ impl Server {
             if let Some(p) = self.pair.as_mut()
                 && p.owns_in_dialog(&req)
             {
-                p.on_in_dialog(now, &mut self.tx, &mut self.registrar, id, &req, &self.me);
+                p.on_in_dialog(
+                    now,
+                    &mut self.tx,
+                    &mut self.registrar,
+                    id,
+                    &req,
+                    source,
+                    &self.me,
+                );
                 return;
             }
             let (mut env, b) = self.env_parts(now);
@@ -251,7 +258,7 @@ impl Server {
             Method::Options if keepalive::is_keepalive(&req) && self.pair.is_some() => {
                 let calls = self.b2bua.call_count();
                 if let Some(p) = self.pair.as_mut() {
-                    p.on_keepalive_request(now, &mut self.tx, id, &req, calls);
+                    p.on_keepalive_request(now, &mut self.tx, id, &req, source.remote, calls);
                 }
             }
             Method::Options => {

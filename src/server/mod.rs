@@ -146,7 +146,7 @@ impl Server {
         let pair = cfg
             .pair
             .as_ref()
-            .map(|p| PairGlue::new(&cfg, p, epochs, now, config_digest.clone()));
+            .map(|p| PairGlue::new(&cfg, p, epochs, now, wall_ms, config_digest.clone()));
         Self {
             tx: TransactionLayer::new(timers, cfg.node.force_rport),
             cfg,

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, PairConfig};
 use crate::dialog::{Dialog, LocalContact};
+use crate::pair::auth::{self, AuthError, Signer, Verified, Verifier};
 use crate::pair::digest::{self, Ack, DigestLog, DigestTable};
 use crate::pair::epoch::EpochStore;
 use crate::pair::keepalive::{self, Info};
@@ -22,8 +23,12 @@ use crate::transport::{Flow, Proto};
 /// Subscription lifetime asked for and granted.
 pub(super) const REG_EXPIRES: u32 = 600;
 
-/// Largest digest chunk on one keep-alive (bytes; keeps datagrams well under 16 KiB).
-const DIGEST_CHUNK: usize = 12_000;
+/// Largest digest chunk in one message on a TCP state channel (bytes).
+const DIGEST_CHUNK_TCP: usize = 48_000;
+
+/// Largest digest chunk when the nodes have no TCP listener (UDP only): with the headers the
+/// datagram stays under 1,300 bytes, so it never fragments across a WAN.
+const DIGEST_CHUNK_UDP: usize = 400;
 
 /// Extra keep-alives per interval when the digest has a backlog.
 const DIGEST_EXTRA: usize = 8;
@@ -48,6 +53,8 @@ pub(super) enum Subscriber {
         dialog: Box<Dialog>,
         refresh_at: Instant,
         refreshing: Option<ClientTxId>,
+        /// The version of the last NOTIFY applied (RFC 3680 §5.2: each is one more).
+        version: Option<u64>,
     },
 }
 
@@ -64,6 +71,10 @@ pub(crate) struct PairStats {
     pub(crate) keepalives_sent: u64,
     pub(crate) keepalives_received: u64,
     pub(crate) keepalives_rejected: u64,
+    /// Pair messages refused as replayed or stale.
+    pub(crate) replays_refused: u64,
+    /// Pair messages refused because they came from another address than the peer's.
+    pub(crate) wrong_source: u64,
     pub(crate) reg_notifies_sent: u64,
     pub(crate) reg_notifies_received: u64,
 }
@@ -97,6 +108,15 @@ pub(crate) struct PairGlue {
     /// Active: the stand-by asked for the full list.
     pub(crate) resync_wanted: bool,
     pub(super) last_takeover: Option<Value>,
+    /// Signs what we send to the peer (`pair::auth`).
+    pub(super) signer: Signer,
+    /// Checks what the peer sends (`pair::auth`).
+    pub(super) verifier: Verifier,
+    /// The clock reading at start and the wall clock then (unix ms), for signing times.
+    wall_base: (Instant, u64),
+    /// How bulk state (digest, registrations) travels: TCP when this node listens on TCP
+    /// (the state channel), else UDP in small chunks.
+    pub(super) channel: Proto,
 }
 
 impl PairGlue {
@@ -105,6 +125,7 @@ impl PairGlue {
         pair: &PairConfig,
         store: Box<dyn EpochStore>,
         now: Instant,
+        wall_ms: u64,
         config_digest: String,
     ) -> Self {
         let epoch = match store.load() {
@@ -152,6 +173,97 @@ impl PairGlue {
             table: DigestTable::default(),
             resync_wanted: true,
             last_takeover: None,
+            signer: Signer::new(pair.secret.as_bytes(), wall_ms),
+            verifier: Verifier::new(
+                pair.secret.as_bytes(),
+                pair.max_clock_skew_ms,
+                pair.accept_v1,
+            ),
+            wall_base: (now, wall_ms),
+            channel: if cfg.node.sip_tcp.is_some() {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            },
+        }
+    }
+
+    /// The wall clock (unix ms) at `now`.
+    pub(super) fn wall_ms(&self, now: Instant) -> u64 {
+        let (base, ms) = self.wall_base;
+        ms.saturating_add(now.saturating_duration_since(base).as_millis() as u64)
+    }
+
+    /// Where bulk state goes: the peer over the state channel.
+    pub(super) fn channel_flow(&self) -> Flow {
+        Flow {
+            proto: self.channel,
+            remote: self.cfg.peer,
+            conn: None,
+        }
+    }
+
+    fn digest_chunk(&self) -> usize {
+        match self.channel {
+            Proto::Tcp => DIGEST_CHUNK_TCP,
+            Proto::Udp => DIGEST_CHUNK_UDP,
+        }
+    }
+
+    /// Sign a message for the peer (version 2, `pair::auth`).
+    pub(super) fn sign(
+        &mut self,
+        now: Instant,
+        h: &mut crate::sip::Headers,
+        start: &str,
+        body: &[u8],
+    ) {
+        let wall = self.wall_ms(now);
+        self.signer.sign(h, start, body, wall);
+    }
+
+    /// Check that a pair message comes from the peer's address and is signed and fresh.
+    pub(super) fn check(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        h: &crate::sip::Headers,
+        start: &str,
+        body: &[u8],
+    ) -> Result<Verified, String> {
+        if source.ip() != self.cfg.peer.ip() {
+            self.stats.wrong_source += 1;
+            return Err(format!(
+                "from {source}, not from the peer {}",
+                self.cfg.peer.ip()
+            ));
+        }
+        let wall = self.wall_ms(now);
+        match self.verifier.verify(h, start, body, wall) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if matches!(e, AuthError::Replayed | AuthError::Stale(_)) {
+                    self.stats.replays_refused += 1;
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Authenticate a keep-alive (request or answer) and read what it says.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        m: &impl SipMessage,
+        start: &str,
+        body: &[u8],
+    ) -> Result<Info, String> {
+        let v = self.check(now, source, m.headers(), start, body)?;
+        match v {
+            // Version 1 peers: their MAC is all there is.
+            Verified::Legacy => keepalive::verify(m, body, &self.secret).map_err(|e| e.to_string()),
+            Verified::Fresh => keepalive::read(m).map_err(|e| e.to_string()),
         }
     }
 
@@ -176,16 +288,18 @@ impl PairGlue {
 
     fn keepalive_request(
         &mut self,
+        now: Instant,
         me: &LocalContact,
         calls: usize,
         role: Announced,
         body: Option<String>,
+        proto: Proto,
     ) -> (Request, u32) {
         self.ka_seq += 1;
         let seq = self.ka_seq;
         let mut r = Request::new(Method::Options, format!("sip:{}", self.cfg.peer));
         let h = &mut r.headers;
-        h.push(HeaderName::Via, me.via(Proto::Udp));
+        h.push(HeaderName::Via, me.via(proto));
         h.push(HeaderName::MaxForwards, "70");
         h.push(
             HeaderName::From,
@@ -200,7 +314,49 @@ impl PairGlue {
         }
         let info = self.info(calls, role);
         keepalive::stamp(&mut r.headers, &self.secret, &info, &r.body);
+        let body = r.body.clone();
+        self.sign(
+            now,
+            &mut r.headers,
+            &auth::start_of_request("OPTIONS"),
+            &body,
+        );
         (r, seq)
+    }
+
+    /// Send digest chunks to the peer over the state channel: only what was never sent (a
+    /// call just confirmed: the stand-by learns it within one link round trip), or everything
+    /// not yet acknowledged (every keep-alive interval, after a loss or a reconnect).
+    pub(crate) fn send_digest(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        me: &LocalContact,
+        calls: usize,
+        unsent_only: bool,
+    ) {
+        if self.partitioned || self.machine.role() != Role::Active {
+            return;
+        }
+        let limit = self.digest_chunk();
+        let mut skip = if unsent_only { self.log.sent() } else { 0 };
+        let most = if unsent_only {
+            usize::MAX
+        } else {
+            DIGEST_EXTRA + 1
+        };
+        let flow = self.channel_flow();
+        for _ in 0..most {
+            let Some((body, n)) = self.log.chunk(limit, skip) else {
+                break;
+            };
+            skip += n;
+            let role = self.machine.announced();
+            let (r, seq) = self.keepalive_request(now, me, calls, role, Some(body), flow.proto);
+            self.sent.insert(seq, now);
+            self.stats.keepalives_sent += 1;
+            tx.send_stateless(flow, r.to_bytes());
+        }
     }
 
     /// Run the role machine and apply its actions. Returns role changes for the server.
@@ -217,34 +373,21 @@ impl PairGlue {
             match a {
                 Action::SendKeepalive(_) | Action::SendProbe if self.partitioned => {}
                 Action::SendKeepalive(role) => {
-                    if role == Announced::Standby {
-                        let body = Some(self.ack_body());
-                        let (r, seq) = self.keepalive_request(me, calls, role, body);
-                        self.sent.insert(seq, now);
-                        self.stats.keepalives_sent += 1;
-                        tx.send_stateless(Flow::udp(self.cfg.peer), r.to_bytes());
-                        continue;
-                    }
-                    // Active: the digest rides on the keep-alive; a backlog takes a few more.
-                    let mut skip = 0;
-                    for i in 0..=DIGEST_EXTRA {
-                        let chunk = self.log.chunk(DIGEST_CHUNK, skip);
-                        if i > 0 && chunk.is_none() {
-                            break;
-                        }
-                        let body = chunk.map(|(b, n)| {
-                            skip += n;
-                            b
-                        });
-                        let (r, seq) = self.keepalive_request(me, calls, role, body);
-                        self.sent.insert(seq, now);
-                        self.stats.keepalives_sent += 1;
-                        tx.send_stateless(Flow::udp(self.cfg.peer), r.to_bytes());
+                    // The liveness signal: a small UDP keep-alive (the stand-by's carries its
+                    // digest acknowledgement).
+                    let body = (role == Announced::Standby).then(|| self.ack_body());
+                    let (r, seq) = self.keepalive_request(now, me, calls, role, body, Proto::Udp);
+                    self.sent.insert(seq, now);
+                    self.stats.keepalives_sent += 1;
+                    tx.send_stateless(Flow::udp(self.cfg.peer), r.to_bytes());
+                    if role != Announced::Standby {
+                        // The active's unacknowledged digest goes again on the state channel.
+                        self.send_digest(now, tx, me, calls, false);
                     }
                 }
                 Action::SendProbe => {
                     let role = self.machine.announced();
-                    let (r, seq) = self.keepalive_request(me, calls, role, None);
+                    let (r, seq) = self.keepalive_request(now, me, calls, role, None, Proto::Udp);
                     self.sent.insert(seq, now);
                     self.probe_seq = Some(seq);
                     tracing::warn!(peer = %self.cfg.peer, missed = self.cfg.missed_keepalives, "pair: peer silent; probing it directly");
@@ -331,9 +474,11 @@ impl PairGlue {
         tx: &mut TransactionLayer,
         id: ServerTxId,
         req: &Request,
+        source: SocketAddr,
         calls: usize,
     ) {
-        match keepalive::verify(req, &req.body, &self.secret) {
+        let start = auth::start_of_request("OPTIONS");
+        match self.authenticate(now, source, req, &start, &req.body) {
             Ok(info) => {
                 self.stats.keepalives_received += 1;
                 self.observe(&info);
@@ -354,11 +499,13 @@ impl PairGlue {
                 }
                 let mine = self.info(calls, self.machine.announced());
                 keepalive::stamp(&mut r.headers, &self.secret, &mine, &r.body);
+                let body = r.body.clone();
+                self.sign(now, &mut r.headers, &auth::start_of_response(200), &body);
                 let _ = tx.respond(now, id, &r);
             }
             Err(e) => {
                 self.stats.keepalives_rejected += 1;
-                tracing::warn!(error = %e, "pair: keep-alive refused");
+                tracing::warn!(error = %e, %source, "pair: keep-alive refused");
                 let mut r = response_to(req, 403, Some(&new_tag()));
                 r.reason = "Keep-alive Authentication Failed".into();
                 let _ = tx.respond(now, id, &r);
@@ -367,7 +514,12 @@ impl PairGlue {
     }
 
     /// A response that matched no transaction: the answer to one of our keep-alives?
-    pub(crate) fn on_stray_response(&mut self, now: Instant, resp: &Response) -> bool {
+    pub(crate) fn on_stray_response(
+        &mut self,
+        now: Instant,
+        resp: &Response,
+        source: SocketAddr,
+    ) -> bool {
         if resp
             .call_id()
             .is_ok_and(|c| c.strip_suffix("-w") == Some(self.ka_call_id.as_str()))
@@ -385,9 +537,14 @@ impl PairGlue {
         if resp.status != 200 {
             return true;
         }
-        let Ok(info) = keepalive::verify(resp, &resp.body, &self.secret) else {
-            self.stats.keepalives_rejected += 1;
-            return true;
+        let start = auth::start_of_response(resp.status);
+        let info = match self.authenticate(now, source, resp, &start, &resp.body) {
+            Ok(info) => info,
+            Err(e) => {
+                self.stats.keepalives_rejected += 1;
+                tracing::debug!(error = e, %source, "pair: keep-alive answer refused");
+                return true;
+            }
         };
         let _ = self.on_digest_body(&resp.body);
         self.stats.keepalives_received += 1;

@@ -155,6 +155,7 @@ impl Server {
             // The stand-by stopped acknowledging: start over with the current calls.
             p.resync_wanted = true;
         }
+        let fresh = !entries.is_empty();
         if p.resync_wanted {
             p.resync_wanted = false;
             p.log.resync(self.b2bua.digest_snapshot());
@@ -162,6 +163,11 @@ impl Server {
             for e in entries {
                 p.log.push(e);
             }
+        }
+        if fresh {
+            // No lag: a confirmed call reaches the stand-by now, not at the next keep-alive.
+            let calls = self.b2bua.call_count();
+            p.send_digest(now, &mut self.tx, &self.me, calls, true);
         }
     }
 

@@ -1,7 +1,11 @@
 //! Registration sync between the nodes with the RFC 3680 `reg` event package: the stand-by
 //! subscribes at the active and keeps its bindings (origin `peer`); the active is the notifier
-//! (a full `reginfo+xml` NOTIFY first, then partial ones as bindings change). The requests are
-//! authenticated with the keep-alive HMAC.
+//! (a full `reginfo+xml` state first, then partial NOTIFYs as bindings change). Both sides sign
+//! and check every request (`pair::auth`), and they travel on the state channel (TCP when the
+//! nodes listen on TCP). A full state of any size is split into NOTIFYs of at most
+//! [`CHUNK_TCP`] (or [`CHUNK_UDP`]) bytes: the first says `full`, the rest `partial`, each with
+//! the next version; a stand-by that sees a version out of order subscribes again, which
+//! brings the full state.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -10,6 +14,7 @@ use bytes::Bytes;
 
 use super::pair::{NotifierSub, PairGlue, REG_EXPIRES, Subscriber};
 use crate::dialog::{Dialog, LocalContact};
+use crate::pair::auth;
 use crate::pair::keepalive;
 use crate::pair::regsync::{self, RegContact, RegInfo, RegRecord};
 use crate::pair::{Announced, Role};
@@ -22,6 +27,38 @@ use crate::transport::{Flow, Proto};
 
 /// Registration subscriptions the active keeps at once (the peer needs one).
 const REG_SUBSCRIBERS: usize = 4;
+
+/// Largest reginfo body in one NOTIFY on a TCP state channel (bytes).
+pub(crate) const CHUNK_TCP: usize = 60_000;
+
+/// Largest reginfo body in one NOTIFY over UDP (keeps datagrams under 1,300 bytes).
+pub(crate) const CHUNK_UDP: usize = 500;
+
+/// Split `records` into bodies of at most about `limit` bytes (a record larger than that
+/// goes alone), keeping the order.
+fn chunks(records: Vec<RegRecord>, limit: usize) -> Vec<Vec<RegRecord>> {
+    let mut out: Vec<Vec<RegRecord>> = Vec::new();
+    let mut cur: Vec<RegRecord> = Vec::new();
+    let mut size = 0;
+    for r in records {
+        let est = 80
+            + r.aor.len()
+            + r.contacts
+                .iter()
+                .map(|c| 160 + c.uri.len() * 2 + c.source.as_ref().map_or(0, String::len))
+                .sum::<usize>();
+        if !cur.is_empty() && size + est > limit {
+            out.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        size += est;
+        cur.push(r);
+    }
+    if !cur.is_empty() || out.is_empty() {
+        out.push(cur);
+    }
+    out
+}
 
 impl PairGlue {
     /// Start or refresh our `reg` subscription at the active peer.
@@ -36,11 +73,13 @@ impl PairGlue {
         }
         let peer_alive = self.machine.peer_alive(now);
         let info = self.info(0, Announced::Standby);
+        let wall = self.wall_ms(now);
+        let flow = self.channel_flow();
         match &mut self.subscriber {
             Subscriber::Idle { retry_at } if now >= *retry_at && peer_alive => {
                 let mut r = Request::new(Method::Subscribe, format!("sip:reg@{}", self.cfg.peer));
                 let h = &mut r.headers;
-                h.push(HeaderName::Via, me.via(Proto::Udp));
+                h.push(HeaderName::Via, me.via(flow.proto));
                 h.push(HeaderName::MaxForwards, "70");
                 h.push(
                     HeaderName::From,
@@ -52,12 +91,18 @@ impl PairGlue {
                     format!("reg-{:016x}", crate::entropy::random::<u64>()),
                 );
                 h.push(HeaderName::CSeq, "1 SUBSCRIBE");
-                h.push(HeaderName::Contact, me.contact(Proto::Udp));
+                h.push(HeaderName::Contact, me.contact(flow.proto));
                 h.push(HeaderName::Event, "reg");
                 h.push(HeaderName::Accept, "application/reginfo+xml");
                 h.push(HeaderName::Expires, REG_EXPIRES.to_string());
                 keepalive::stamp(&mut r.headers, &self.secret, &info, b"");
-                if let Ok(id) = tx.send_request(now, &r, Flow::udp(self.cfg.peer)) {
+                self.signer.sign(
+                    &mut r.headers,
+                    &auth::start_of_request("SUBSCRIBE"),
+                    b"",
+                    wall,
+                );
+                if let Ok(id) = tx.send_request(now, &r, flow) {
                     self.client_txs.insert(id);
                     self.subscriber = Subscriber::Subscribing {
                         tx: id,
@@ -69,6 +114,7 @@ impl PairGlue {
                 dialog,
                 refresh_at,
                 refreshing,
+                ..
             } if now >= *refresh_at && refreshing.is_none() => {
                 let mut r = dialog.request(Method::Subscribe, me, None);
                 r.headers.push(HeaderName::Event, "reg");
@@ -76,6 +122,12 @@ impl PairGlue {
                     .push(HeaderName::Accept, "application/reginfo+xml");
                 r.headers.push(HeaderName::Expires, REG_EXPIRES.to_string());
                 keepalive::stamp(&mut r.headers, &self.secret, &info, b"");
+                self.signer.sign(
+                    &mut r.headers,
+                    &auth::start_of_request("SUBSCRIBE"),
+                    b"",
+                    wall,
+                );
                 if let Ok(id) = tx.send_request(now, &r, dialog.next_hop()) {
                     self.client_txs.insert(id);
                     *refreshing = Some(id);
@@ -97,10 +149,11 @@ impl PairGlue {
             return;
         }
         self.client_txs.remove(&id);
+        let flow = self.channel_flow();
         match &mut self.subscriber {
             Subscriber::Subscribing { tx, request } if *tx == id => {
                 if let (200..=299, Some(resp)) = (status, resp)
-                    && let Some(d) = Dialog::as_uac(request, resp, Flow::udp(self.cfg.peer))
+                    && let Some(d) = Dialog::as_uac(request, resp, flow)
                 {
                     let exp = resp
                         .header_u32(&HeaderName::Expires)
@@ -111,6 +164,7 @@ impl PairGlue {
                         dialog: Box::new(d),
                         refresh_at: now + Duration::from_secs(u64::from(exp) * 4 / 5),
                         refreshing: None,
+                        version: None,
                     };
                 } else {
                     tracing::info!(status, "pair: reg subscription refused; retrying");
@@ -168,14 +222,23 @@ impl PairGlue {
         registrar: &mut Registrar,
         id: ServerTxId,
         req: &Request,
+        source: Flow,
         me: &LocalContact,
     ) {
         if req.method == Method::Subscribe {
-            self.on_subscribe(now, tx, registrar, id, req, Flow::udp(self.cfg.peer), me);
+            self.on_subscribe(now, tx, registrar, id, req, source, me);
             return;
         }
         if req.method != Method::Notify {
             let _ = tx.respond(now, id, &response_to(req, 405, None));
+            return;
+        }
+        let start = auth::start_of_request("NOTIFY");
+        if let Err(e) = self.check(now, source.remote, &req.headers, &start, &req.body) {
+            tracing::warn!(error = e, "pair: reg NOTIFY refused");
+            let mut r = response_to(req, 403, None);
+            r.reason = "Peer Authentication Failed".into();
+            let _ = tx.respond(now, id, &r);
             return;
         }
         let _ = tx.respond(now, id, &response_to(req, 200, None));
@@ -185,10 +248,30 @@ impl PairGlue {
             .get(&HeaderName::SubscriptionState)
             .is_some_and(|s| s.trim_start().starts_with("terminated"));
         let body = String::from_utf8_lossy(&req.body);
-        match regsync::parse(&body) {
-            Ok(info) => apply_reginfo(registrar, now, &info),
-            Err(e) => tracing::warn!(error = %e, "pair: bad reginfo from the peer"),
+        let info = match regsync::parse(&body) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(error = %e, "pair: bad reginfo from the peer; subscribing again");
+                self.subscriber = Subscriber::Idle { retry_at: now };
+                return;
+            }
+        };
+        if let Subscriber::Active { version, .. } = &mut self.subscriber {
+            let in_order =
+                info.full || version.is_some_and(|v| v.checked_add(1) == Some(info.version));
+            if !in_order {
+                // A NOTIFY was lost or came out of order: the full state again.
+                tracing::warn!(
+                    got = info.version,
+                    last = *version,
+                    "pair: reg NOTIFY version gap; subscribing again for the full state"
+                );
+                self.subscriber = Subscriber::Idle { retry_at: now };
+                return;
+            }
+            *version = Some(info.version);
         }
+        apply_reginfo(registrar, now, &info);
         if terminated {
             self.subscriber = Subscriber::Idle {
                 retry_at: now + Duration::from_secs(1),
@@ -208,7 +291,15 @@ impl PairGlue {
         source: Flow,
         me: &LocalContact,
     ) {
-        if keepalive::verify(req, &req.body, &self.secret).is_err() {
+        let start = auth::start_of_request("SUBSCRIBE");
+        let v = self.check(now, source.remote, &req.headers, &start, &req.body);
+        let legacy_ok = || keepalive::verify(req, &req.body, &self.secret).is_ok();
+        let ok = match v {
+            Ok(auth::Verified::Fresh) => true,
+            Ok(auth::Verified::Legacy) => legacy_ok(),
+            Err(_) => false,
+        };
+        if !ok {
             let mut r = response_to(req, 403, Some(&new_tag()));
             r.reason = "Peer Authentication Failed".into();
             let _ = tx.respond(now, id, &r);
@@ -260,11 +351,26 @@ impl PairGlue {
         sub.expires_at = now + Duration::from_secs(u64::from(expires));
         let mut r = response_to(req, 200, Some(&sub.dialog.local_tag));
         r.headers.push(HeaderName::Expires, expires.to_string());
-        r.headers.push(HeaderName::Contact, me.contact(Proto::Udp));
+        r.headers
+            .push(HeaderName::Contact, me.contact(source.proto));
         let _ = tx.respond(now, id, &r);
-        // RFC 6665 §4.2.1.2: a NOTIFY with the full state follows every accepted SUBSCRIBE.
+        // RFC 6665 §4.2.1.2: the full state follows every accepted SUBSCRIBE, in as many
+        // NOTIFYs as its size needs.
         let full = full_state(registrar, now);
-        self.send_notify(now, tx, me, &call_id, full, expires == 0);
+        let limit = match source.proto {
+            Proto::Tcp => CHUNK_TCP,
+            Proto::Udp => CHUNK_UDP,
+        };
+        let parts = chunks(full.records, limit);
+        let n = parts.len();
+        for (i, records) in parts.into_iter().enumerate() {
+            let info = RegInfo {
+                version: 0,
+                full: i == 0,
+                records,
+            };
+            self.send_notify(now, tx, me, &call_id, info, expires == 0 && i + 1 == n);
+        }
         if expires == 0 {
             self.notifier.remove(&call_id);
         }
@@ -299,6 +405,13 @@ impl PairGlue {
             .push(HeaderName::ContentType, "application/reginfo+xml");
         r.body = Bytes::from(regsync::to_xml(&info, &self.domain));
         let hop = sub.dialog.next_hop();
+        let body = r.body.clone();
+        self.sign(
+            now,
+            &mut r.headers,
+            &auth::start_of_request("NOTIFY"),
+            &body,
+        );
         if let Ok(id) = tx.send_request(now, &r, hop) {
             self.client_txs.insert(id);
             self.notify_txs.insert(id, call_id.to_string());
@@ -319,6 +432,7 @@ impl PairGlue {
             return;
         }
         let mut records: Vec<RegRecord> = Vec::new();
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for c in changes {
             let (aor, contact) = match c {
                 Change::Bound { aor, binding } if binding.origin != Origin::Static => {
@@ -335,12 +449,15 @@ impl PairGlue {
                 ),
                 Change::Bound { .. } => continue,
             };
-            match records.iter_mut().find(|r| &r.aor == aor) {
+            match index.get(aor.as_str()).and_then(|&i| records.get_mut(i)) {
                 Some(r) => r.contacts.push(contact),
-                None => records.push(RegRecord {
-                    aor: aor.clone(),
-                    contacts: vec![contact],
-                }),
+                None => {
+                    index.insert(aor.as_str(), records.len());
+                    records.push(RegRecord {
+                        aor: aor.clone(),
+                        contacts: vec![contact],
+                    });
+                }
             }
         }
         if records.is_empty() {
@@ -348,12 +465,18 @@ impl PairGlue {
         }
         let keys: Vec<String> = self.notifier.keys().cloned().collect();
         for k in keys {
-            let info = RegInfo {
-                version: 0,
-                full: false,
-                records: records.clone(),
+            let limit = match self.notifier.get(&k).map(|s| s.dialog.flow.proto) {
+                Some(Proto::Tcp) => CHUNK_TCP,
+                _ => CHUNK_UDP,
             };
-            self.send_notify(now, tx, me, &k, info, false);
+            for part in chunks(records.clone(), limit) {
+                let info = RegInfo {
+                    version: 0,
+                    full: false,
+                    records: part,
+                };
+                self.send_notify(now, tx, me, &k, info, false);
+            }
         }
     }
 }

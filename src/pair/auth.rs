@@ -1,0 +1,387 @@
+//! Authentication and freshness of every pair message: keep-alives and their answers, the
+//! registration SUBSCRIBE and its NOTIFYs (DESIGN "Wave 2: pair link").
+//!
+//! A signed message carries, besides its `X-Understudy-*` payload headers:
+//! - `X-Understudy-Version: 2` (the pair protocol version),
+//! - `X-Understudy-Seq: <boot>.<counter>`: `boot` is the sender's start time (unix ms), the
+//!   counter grows by one per signed message,
+//! - `X-Understudy-Time: <unix ms>` when it was signed,
+//! - `X-Understudy-Sig`: hex HMAC-SHA256 with `pair.secret` over the start line kind, the
+//!   Call-ID, the CSeq, *every* `X-Understudy-*` header in order (but the signatures), and
+//!   SHA-256 of the body. Headers a later version adds are covered without a format change.
+//!
+//! The receiver accepts a message only when the signature is right, its time is within
+//! `pair.max_clock_skew_ms` of its own clock, and its sequence number is new: higher than any
+//! seen from that boot, or one of the last [`WINDOW`] not seen yet (UDP may reorder). A boot
+//! older than the newest seen is refused. So a captured message replayed later is refused
+//! (seen, or stale), and a forged one fails the signature; neither can keep a stand-by from
+//! taking over nor force a handover.
+//!
+//! Rolling upgrades: version 2 nodes also send the version 1 `X-Understudy-Auth` (which older
+//! nodes check), and accept an unsigned version 1 peer only with `pair.accept_v1 = true`, for
+//! the duration of the upgrade.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest as _, Sha256};
+
+use crate::sip::{HeaderName, Headers};
+
+/// Protocol version header.
+pub const VERSION: &str = "X-Understudy-Version";
+/// Sequence header.
+pub const SEQ: &str = "X-Understudy-Seq";
+/// Signing time header.
+pub const TIME: &str = "X-Understudy-Time";
+/// Version 2 signature header.
+pub const SIG: &str = "X-Understudy-Sig";
+/// The pair protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// How many sequence numbers below the highest seen may still arrive (reordering).
+pub const WINDOW: u64 = 64;
+
+/// Why a pair message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No version 2 signature (and version 1 is not accepted).
+    #[error("unsigned (version 1) pair message; set pair.accept_v1 during a rolling upgrade")]
+    Unsigned,
+    /// Malformed `Seq`/`Time`/`Sig`.
+    #[error("malformed pair signature headers")]
+    Malformed,
+    /// The signature is wrong (forged or altered).
+    #[error("bad pair signature")]
+    BadSignature,
+    /// Signed too long ago or in the future (replayed, or the clocks differ).
+    #[error("stale pair message (clock skew {0} ms)")]
+    Stale(i64),
+    /// Already seen, or from an older boot of the peer (replayed).
+    #[error("replayed pair message")]
+    Replayed,
+}
+
+/// What kind of message is signed: its start line without the variable parts.
+pub fn start_of_request(method: &str) -> String {
+    format!("REQ {method}")
+}
+
+/// The start line kind of a response.
+pub fn start_of_response(status: u16) -> String {
+    format!("RSP {status}")
+}
+
+fn is_pair_header(name: &str) -> bool {
+    name.len() > 13
+        && name
+            .get(..13)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-understudy-"))
+}
+
+fn canonical(h: &Headers, start: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"understudy-pair-v2\n");
+    out.extend_from_slice(start.as_bytes());
+    out.push(b'\n');
+    for name in [HeaderName::CallId, HeaderName::CSeq] {
+        out.extend_from_slice(h.get(&name).unwrap_or("").trim().as_bytes());
+        out.push(b'\n');
+    }
+    for x in h.iter() {
+        let HeaderName::Other(n) = &x.name else {
+            continue;
+        };
+        if !is_pair_header(n)
+            || n.eq_ignore_ascii_case(SIG)
+            || n.eq_ignore_ascii_case(super::keepalive::AUTH)
+        {
+            continue;
+        }
+        out.extend_from_slice(n.to_ascii_lowercase().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(x.value.trim().as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(hex::encode(Sha256::digest(body)).as_bytes());
+    out
+}
+
+fn keyed(secret: &[u8], data: &[u8]) -> Option<Hmac<Sha256>> {
+    let mut m = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+    m.update(data);
+    Some(m)
+}
+
+fn other(name: &str) -> HeaderName {
+    HeaderName::Other(name.to_string())
+}
+
+fn get<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
+    h.iter()
+        .find(|x| matches!(&x.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(name)))
+        .map(|x| x.value.trim())
+}
+
+/// Signs what this node sends to its peer.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    secret: Vec<u8>,
+    boot: u64,
+    counter: u64,
+}
+
+impl Signer {
+    /// A signer for a process that started at `boot_ms` (unix ms).
+    pub fn new(secret: &[u8], boot_ms: u64) -> Self {
+        Self {
+            secret: secret.to_vec(),
+            boot: boot_ms,
+            counter: 0,
+        }
+    }
+
+    /// Add the version, sequence, time and signature headers to a message whose other
+    /// headers and body are final.
+    pub fn sign(&mut self, h: &mut Headers, start: &str, body: &[u8], now_ms: u64) {
+        self.counter += 1;
+        h.retain(|x| {
+            !matches!(&x.name, HeaderName::Other(n)
+                if [VERSION, SEQ, TIME, SIG].iter().any(|k| n.eq_ignore_ascii_case(k)))
+        });
+        h.push(other(VERSION), PROTOCOL_VERSION.to_string());
+        h.push(other(SEQ), format!("{}.{}", self.boot, self.counter));
+        h.push(other(TIME), now_ms.to_string());
+        let sig = keyed(&self.secret, &canonical(h, start, body))
+            .map(|m| hex::encode(m.finalize().into_bytes()))
+            .unwrap_or_default();
+        h.push(other(SIG), sig);
+    }
+}
+
+/// What the receiver remembers of the peer's sequence numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Seen {
+    boot: u64,
+    /// Highest counter accepted from `boot`.
+    max: u64,
+    /// Bit `i` set: `max - i` was accepted.
+    bits: u64,
+}
+
+impl Seen {
+    /// Whether (`boot`, `counter`) is new; records it when it is.
+    fn accept(&mut self, boot: u64, counter: u64) -> bool {
+        if boot < self.boot {
+            return false;
+        }
+        if boot > self.boot {
+            *self = Self {
+                boot,
+                max: counter,
+                bits: 1,
+            };
+            return true;
+        }
+        if counter > self.max {
+            let shift = counter - self.max;
+            self.bits = if shift >= 64 { 0 } else { self.bits << shift };
+            self.bits |= 1;
+            self.max = counter;
+            return true;
+        }
+        let back = self.max - counter;
+        if back >= WINDOW {
+            return false;
+        }
+        let bit = 1u64 << back;
+        if self.bits & bit != 0 {
+            return false;
+        }
+        self.bits |= bit;
+        true
+    }
+}
+
+/// Checks what the peer sends.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    secret: Vec<u8>,
+    max_skew_ms: u64,
+    accept_v1: bool,
+    seen: Seen,
+}
+
+/// How a message was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Version 2: signed, fresh, not seen before.
+    Fresh,
+    /// Version 1 (a peer not yet upgraded), accepted because `pair.accept_v1` is set; its
+    /// version 1 MAC is checked by the caller.
+    Legacy,
+}
+
+impl Verifier {
+    /// A verifier for `secret`.
+    pub fn new(secret: &[u8], max_skew_ms: u64, accept_v1: bool) -> Self {
+        Self {
+            secret: secret.to_vec(),
+            max_skew_ms,
+            accept_v1,
+            seen: Seen::default(),
+        }
+    }
+
+    /// Check a message's signature and freshness; a fresh message is remembered, so the same
+    /// one is refused next time.
+    pub fn verify(
+        &mut self,
+        h: &Headers,
+        start: &str,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Verified, AuthError> {
+        let Some(sig) = get(h, SIG) else {
+            return if self.accept_v1 {
+                Ok(Verified::Legacy)
+            } else {
+                Err(AuthError::Unsigned)
+            };
+        };
+        let given = hex::decode(sig).map_err(|_| AuthError::Malformed)?;
+        keyed(&self.secret, &canonical(h, start, body))
+            .ok_or(AuthError::BadSignature)?
+            .verify_slice(&given)
+            .map_err(|_| AuthError::BadSignature)?;
+        let (boot, counter) = get(h, SEQ)
+            .and_then(|s| s.split_once('.'))
+            .and_then(|(b, c)| Some((b.parse::<u64>().ok()?, c.parse::<u64>().ok()?)))
+            .ok_or(AuthError::Malformed)?;
+        let time: u64 = get(h, TIME)
+            .and_then(|t| t.parse().ok())
+            .ok_or(AuthError::Malformed)?;
+        let skew = i64::try_from(i128::from(now_ms) - i128::from(time)).unwrap_or(i64::MAX);
+        if skew.unsigned_abs() > self.max_skew_ms {
+            return Err(AuthError::Stale(skew));
+        }
+        if !self.seen.accept(boot, counter) {
+            return Err(AuthError::Replayed);
+        }
+        Ok(Verified::Fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(signer: &mut Signer, now_ms: u64, body: &[u8]) -> Headers {
+        let mut h = Headers::new();
+        h.push(HeaderName::CallId, "ka-1");
+        h.push(HeaderName::CSeq, "7 OPTIONS");
+        h.push(other("X-Understudy-Node"), "main-1");
+        h.push(other("X-Understudy-Calls"), "12");
+        signer.sign(&mut h, &start_of_request("OPTIONS"), body, now_ms);
+        h
+    }
+
+    const T: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn a_signed_message_verifies_once() {
+        let mut s = Signer::new(b"k", T - 5000);
+        let mut v = Verifier::new(b"k", 5000, false);
+        let h = msg(&mut s, T, b"D\tbody");
+        let start = start_of_request("OPTIONS");
+        assert_eq!(
+            v.verify(&h, &start, b"D\tbody", T + 10),
+            Ok(Verified::Fresh)
+        );
+        assert_eq!(
+            v.verify(&h, &start, b"D\tbody", T + 20),
+            Err(AuthError::Replayed)
+        );
+    }
+
+    #[test]
+    fn every_pair_header_the_body_and_the_start_line_are_covered() {
+        let mut s = Signer::new(b"k", T);
+        let h = msg(&mut s, T, b"x");
+        let start = start_of_request("OPTIONS");
+        let mut calls = h.clone();
+        calls.set(other("X-Understudy-Calls"), "0");
+        let mut v = Verifier::new(b"k", 5000, false);
+        assert_eq!(
+            v.verify(&calls, &start, b"x", T),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(v.verify(&h, &start, b"y", T), Err(AuthError::BadSignature));
+        assert_eq!(
+            v.verify(&h, &start_of_response(200), b"x", T),
+            Err(AuthError::BadSignature)
+        );
+        let mut added = h.clone();
+        added.push(other("X-Understudy-Role"), "handover");
+        assert_eq!(
+            v.verify(&added, &start, b"x", T),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(v.verify(&h, &start, b"x", T), Ok(Verified::Fresh));
+        let mut wrong = Verifier::new(b"other", 5000, false);
+        assert_eq!(
+            wrong.verify(&h, &start, b"x", T),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn stale_reordered_and_old_boot_messages() {
+        let mut s = Signer::new(b"k", T);
+        let start = start_of_request("OPTIONS");
+        let first = msg(&mut s, T, b"");
+        let second = msg(&mut s, T + 200, b"");
+        let mut v = Verifier::new(b"k", 5000, false);
+        // Reordered: the second first, then the first: both fresh.
+        assert_eq!(v.verify(&second, &start, b"", T + 210), Ok(Verified::Fresh));
+        assert_eq!(v.verify(&first, &start, b"", T + 220), Ok(Verified::Fresh));
+        // Replayed later than the skew allows: stale.
+        let third = msg(&mut s, T + 400, b"");
+        assert!(matches!(
+            v.verify(&third, &start, b"", T + 400 + 5001),
+            Err(AuthError::Stale(_))
+        ));
+        // The peer restarted: a new boot is accepted, the old boot no longer.
+        let mut restarted = Signer::new(b"k", T + 1000);
+        let fresh = msg(&mut restarted, T + 1100, b"");
+        assert_eq!(v.verify(&fresh, &start, b"", T + 1100), Ok(Verified::Fresh));
+        let old = msg(&mut s, T + 1150, b"");
+        assert_eq!(
+            v.verify(&old, &start, b"", T + 1150),
+            Err(AuthError::Replayed)
+        );
+    }
+
+    #[test]
+    fn the_window_forgets_what_is_too_old() {
+        let mut seen = Seen::default();
+        assert!(seen.accept(1, 100));
+        assert!(seen.accept(1, 100 + WINDOW));
+        assert!(!seen.accept(1, 100), "fell out of the window");
+        assert!(seen.accept(1, 110), "late but within the window");
+        assert!(!seen.accept(1, 110), "seen");
+        assert!(!seen.accept(1, 100 + WINDOW), "seen");
+    }
+
+    #[test]
+    fn v1_peers_only_when_allowed() {
+        let mut h = Headers::new();
+        h.push(HeaderName::CallId, "ka-1");
+        let start = start_of_request("OPTIONS");
+        assert_eq!(
+            Verifier::new(b"k", 5000, false).verify(&h, &start, b"", T),
+            Err(AuthError::Unsigned)
+        );
+        assert_eq!(
+            Verifier::new(b"k", 5000, true).verify(&h, &start, b"", T),
+            Ok(Verified::Legacy)
+        );
+    }
+}
