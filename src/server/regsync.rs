@@ -215,6 +215,7 @@ impl PairGlue {
     }
 
     /// A NOTIFY (or a SUBSCRIBE refresh) inside a reg subscription dialog.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_in_dialog(
         &mut self,
         now: Instant,
