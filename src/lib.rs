@@ -12,6 +12,8 @@ pub mod node;
 pub mod pair;
 pub mod registrar;
 pub mod server;
+#[doc(hidden)]
+pub mod sim;
 pub mod sip;
 pub mod transaction;
 pub mod transport;

@@ -180,6 +180,23 @@ impl Server {
         &self.registrar
     }
 
+    /// The registrar, mutably (test support: the simulator loads bindings directly).
+    #[doc(hidden)]
+    pub fn registrar_mut(&mut self) -> &mut Registrar {
+        &mut self.registrar
+    }
+
+    /// Pair counters: keep-alives refused, replays refused, messages from a wrong source.
+    pub fn pair_refusals(&self) -> (u64, u64, u64) {
+        self.pair.as_ref().map_or((0, 0, 0), |p| {
+            (
+                p.stats.keepalives_rejected,
+                p.stats.replays_refused,
+                p.stats.wrong_source,
+            )
+        })
+    }
+
     /// The B2BUA.
     pub fn b2bua(&self) -> &B2bua {
         &self.b2bua

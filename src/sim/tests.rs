@@ -1,0 +1,254 @@
+//! The pair's protocol on the simulator: settling, replayed and forged pair messages, and
+//! registration sync at scale.
+
+use std::time::{Duration, Instant};
+
+use super::{Datagram, Sim, pair_config};
+use crate::pair::Role;
+use crate::registrar::{Binding, Origin};
+use crate::sip::NameAddr;
+use crate::transport::{Flow, Proto};
+
+const MAIN: &str = "127.0.0.1:5060";
+const STANDBY: &str = "127.0.0.1:5062";
+
+fn pair(seed: u64, extra: &str) -> Sim {
+    let mut sim = Sim::new(seed);
+    sim.add_node(pair_config("main-1", "main", MAIN, STANDBY, extra));
+    sim.add_node(pair_config("standby-1", "standby", STANDBY, MAIN, extra));
+    sim
+}
+
+fn role(sim: &Sim, i: usize) -> Option<Role> {
+    sim.server(i).map(crate::server::Server::role)
+}
+
+fn settled(sim: &Sim) -> bool {
+    role(sim, 0) == Some(Role::Active) && role(sim, 1) == Some(Role::Standby)
+}
+
+#[test]
+fn the_pair_settles_main_active_standby_standby() {
+    let mut sim = pair(1, "");
+    let took = sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled);
+    assert!(took.is_some(), "not settled");
+    sim.run_for(Duration::from_secs(5));
+    assert!(settled(&sim), "flapped");
+}
+
+fn keepalive_from_main(d: &Datagram) -> bool {
+    d.from.to_string() == MAIN && d.to.to_string() == STANDBY && d.bytes.starts_with(b"OPTIONS ")
+}
+
+/// Keep-alives captured from the link and replayed once the main is dead neither delay the
+/// takeover nor count as the peer being alive.
+#[test]
+fn replayed_keepalives_do_not_delay_the_takeover() {
+    let mut detection = Vec::new();
+    for replay in [false, true] {
+        let mut sim = pair(7, "");
+        assert!(
+            sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+                .is_some()
+        );
+        sim.tap(keepalive_from_main);
+        sim.run_for(Duration::from_secs(3));
+        let captured = std::mem::take(&mut sim.tapped);
+        assert!(
+            captured.len() >= 10,
+            "{} keep-alives captured",
+            captured.len()
+        );
+        sim.kill(0);
+        let killed = sim.now;
+        let mut replays = captured.iter().cycle();
+        let mut became = None;
+        for _ in 0..200 {
+            if replay && let Some(d) = replays.next() {
+                sim.inject(d.clone());
+            }
+            sim.run_for(Duration::from_millis(50));
+            if role(&sim, 1) == Some(Role::Active) {
+                became = Some(sim.now.saturating_duration_since(killed));
+                break;
+            }
+        }
+        let became = became.unwrap_or_else(|| panic!("no takeover (replay {replay})"));
+        if replay {
+            let (_, refused, _) = sim.server(1).map(|s| s.pair_refusals()).unwrap_or_default();
+            assert!(refused > 0, "replays were not refused");
+        }
+        detection.push(became);
+    }
+    let (plain, replayed) = (detection[0], detection[1]);
+    assert!(
+        replayed <= plain + Duration::from_millis(100),
+        "replays delayed the takeover: {replayed:?} against {plain:?}"
+    );
+    assert!(plain < Duration::from_millis(1500), "detection {plain:?}");
+}
+
+fn bind(sim: &mut Sim, i: usize, aor: &str, port: u32) {
+    let now = sim.now;
+    let Some(s) = sim.server_mut(i) else {
+        return;
+    };
+    let uri = format!(
+        "<sip:{aor}@10.{}.{}.{}:5060>",
+        (port >> 16) & 255,
+        (port >> 8) & 255,
+        port & 255
+    );
+    let contact = NameAddr::parse(&uri).expect("contact");
+    s.registrar_mut().location_mut().bind(
+        aor,
+        Binding {
+            contact,
+            expires_at: now + Duration::from_secs(3600),
+            source: Some(Flow::udp("192.0.2.10:5060".parse().expect("addr"))),
+            call_id: format!("reg-{port}"),
+            cseq: 1,
+            origin: Origin::Local,
+            registered_at_s: 1,
+        },
+    );
+}
+
+fn bindings(sim: &Sim, i: usize) -> usize {
+    sim.server(i)
+        .map_or(0, |s| s.registrar().location().binding_count())
+}
+
+fn notify_to_standby(d: &Datagram) -> bool {
+    d.from.to_string() == MAIN && d.to.to_string() == STANDBY && d.bytes.starts_with(b"NOTIFY ")
+}
+
+/// 100,000 bindings (some AORs with several contacts) reach the stand-by in chunks of at
+/// most 64 KB on the state channel; a later change follows within a keep-alive interval.
+#[test]
+fn registration_sync_of_100_000_bindings() {
+    let mut sim = pair(3, "");
+    sim.kill(1);
+    for i in 0..90_000u32 {
+        bind(&mut sim, 0, &format!("u{i}"), i);
+    }
+    for i in 0..5_000u32 {
+        bind(&mut sim, 0, &format!("u{i}"), 200_000 + i);
+        bind(&mut sim, 0, &format!("u{i}"), 300_000 + i);
+    }
+    assert_eq!(bindings(&sim, 0), 100_000);
+    sim.tap(notify_to_standby);
+    let cpu = Instant::now();
+    sim.start_node(1);
+    let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(20), |s| {
+        bindings(s, 1) == 100_000
+    });
+    let cpu = cpu.elapsed();
+    let took = took.unwrap_or_else(|| panic!("the stand-by knows {} of 100000", bindings(&sim, 1)));
+    let notifies = sim.tapped.len();
+    let bytes: usize = sim.tapped.iter().map(|d| d.bytes.len()).sum();
+    let biggest = sim.tapped.iter().map(|d| d.bytes.len()).max().unwrap_or(0);
+    println!(
+        "regsync 100000 bindings: {notifies} NOTIFYs, {bytes} bytes, largest {biggest} B, \
+         virtual {took:?}, cpu {cpu:?} (debug build, both nodes)"
+    );
+    assert!(
+        sim.tapped.iter().all(|d| d.proto == Proto::Tcp),
+        "bulk state on the TCP channel"
+    );
+    assert!(biggest < 64 * 1024, "largest NOTIFY {biggest} B");
+    assert!(took < Duration::from_secs(10));
+    // A later change reaches the stand-by within one keep-alive interval (200 ms).
+    bind(&mut sim, 0, "late", 999_999);
+    let took = sim.run_until(Duration::from_secs(2), Duration::from_millis(5), |s| {
+        bindings(s, 1) == 100_001
+    });
+    assert!(
+        took.is_some_and(|t| t <= Duration::from_millis(200)),
+        "{took:?}"
+    );
+}
+
+/// A lost NOTIFY (version gap) makes the stand-by subscribe again and get the full state.
+#[test]
+fn a_lost_reg_notify_brings_the_full_state_again() {
+    let mut sim = pair(5, "");
+    assert!(
+        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+            .is_some()
+    );
+    sim.run_for(Duration::from_secs(1));
+    bind(&mut sim, 0, "alice", 1);
+    assert!(
+        sim.run_until(
+            Duration::from_secs(2),
+            Duration::from_millis(5),
+            |s| bindings(s, 1) == 1
+        )
+        .is_some()
+    );
+    // The next NOTIFY is lost on the (reliable) channel: cut the link for a moment.
+    let (m, sb) = (MAIN.parse().expect("addr"), STANDBY.parse().expect("addr"));
+    sim.cut.insert((m, sb));
+    bind(&mut sim, 0, "bob", 2);
+    sim.run_for(Duration::from_millis(30));
+    sim.cut.clear();
+    bind(&mut sim, 0, "carol", 3);
+    let took = sim.run_until(Duration::from_secs(5), Duration::from_millis(10), |s| {
+        bindings(s, 1) == 3
+    });
+    assert!(
+        took.is_some(),
+        "the stand-by knows {} of 3",
+        bindings(&sim, 1)
+    );
+}
+
+/// A reg NOTIFY altered on the way (or forged) is refused; so is one replayed.
+#[test]
+fn forged_and_replayed_reg_notifies_are_refused() {
+    let mut sim = pair(9, "");
+    assert!(
+        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+            .is_some()
+    );
+    sim.tap(notify_to_standby);
+    bind(&mut sim, 0, "alice", 1);
+    assert!(
+        sim.run_until(
+            Duration::from_secs(2),
+            Duration::from_millis(5),
+            |s| bindings(s, 1) == 1
+        )
+        .is_some()
+    );
+    let real = sim.tapped.last().cloned().expect("a NOTIFY");
+    let text = String::from_utf8_lossy(&real.bytes).into_owned();
+    let forged = text.replace("alice", "mallo");
+    assert_ne!(forged, text);
+    let (before_refused, before_replays, _) =
+        sim.server(1).map(|s| s.pair_refusals()).unwrap_or_default();
+    let _ = before_refused;
+    // Later than any transaction would absorb it as a retransmission: the replay first,
+    // then the forgery (its own branch, so it is not taken for a retransmission either).
+    sim.run_for(Duration::from_secs(40));
+    sim.inject(real.clone());
+    sim.run_for(Duration::from_millis(100));
+    let forged = forged.replace("branch=z9hG4bK", "branch=z9hG4bKforged");
+    sim.inject(Datagram {
+        bytes: bytes::Bytes::from(forged.into_bytes()),
+        ..real.clone()
+    });
+    sim.run_for(Duration::from_millis(100));
+    let now = sim.now;
+    let learned = sim
+        .server(1)
+        .map(|s| s.registrar().location().lookup("mallo", now).len())
+        .unwrap_or(0);
+    assert_eq!(learned, 0, "the forged binding was learned");
+    let (_, replays, _) = sim.server(1).map(|s| s.pair_refusals()).unwrap_or_default();
+    assert!(
+        replays > before_replays,
+        "the replayed NOTIFY was not refused as a replay"
+    );
+}
