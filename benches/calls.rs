@@ -107,7 +107,7 @@ fn main() {
         me,
         t0,
         1_700_000_000_000,
-        Box::new(understudy::pair::epoch::MemoryEpochStore(1)),
+        Box::new(understudy::pair::epoch::MemoryEpochStore::new(1)),
     );
     let n = 10_000;
     let before = LIVE.load(Ordering::Relaxed);

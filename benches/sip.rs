@@ -78,7 +78,7 @@ fn register_round(c: &mut Criterion) {
         me,
         t0,
         1_700_000_000_000,
-        Box::new(understudy::pair::epoch::MemoryEpochStore(1)),
+        Box::new(understudy::pair::epoch::MemoryEpochStore::new(1)),
     );
     let from: SocketAddr = "127.0.0.1:5090".parse().expect("addr");
     let mut n: u64 = 0;

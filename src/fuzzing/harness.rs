@@ -227,7 +227,7 @@ impl Harness {
             me,
             now,
             WALL_MS,
-            Box::new(crate::pair::epoch::MemoryEpochStore(1)),
+            Box::new(crate::pair::epoch::MemoryEpochStore::new(1)),
         );
         let mut h = Self {
             server,

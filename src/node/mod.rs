@@ -178,7 +178,7 @@ pub async fn run(
     let epochs: Box<dyn crate::pair::epoch::EpochStore> = if cfg.pair.is_some() {
         Box::new(crate::pair::epoch::FileEpochStore::new(&cfg.state.dir).map_err(NodeError::State)?)
     } else {
-        Box::new(crate::pair::epoch::MemoryEpochStore(1))
+        Box::new(crate::pair::epoch::MemoryEpochStore::new(1))
     };
     let relay_ip = me
         .udp

@@ -88,9 +88,15 @@ pub enum Action {
     SendProbe,
     /// Ping the witnesses: one answer proves we are not isolated.
     PingWitnesses,
-    /// Persist `epoch`, then act as active.
+    /// Write `epoch` durably, then report with [`RoleMachine::on_epoch_persisted`]; the node
+    /// is `TakingOver` meanwhile (not active: it takes no calls).
+    PersistEpoch {
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// The new epoch is durable: act as active.
     BecomeActive {
-        /// The new epoch (already persisted by the driver before acting).
+        /// The new epoch (persisted).
         epoch: u64,
         /// Why.
         reason: TakeoverReason,
@@ -175,6 +181,9 @@ pub struct RoleMachine {
     pub takeovers: u64,
     /// The last takeover attempt found neither the peer nor any witness.
     pub isolated: bool,
+    /// While taking over: the epoch being persisted, why, and the epoch to return to if the
+    /// write fails.
+    persisting: Option<(u64, TakeoverReason, u64)>,
 }
 
 impl RoleMachine {
@@ -196,6 +205,7 @@ impl RoleMachine {
             missed_total: 0,
             takeovers: 0,
             isolated: false,
+            persisting: None,
             s,
         }
     }
@@ -265,17 +275,48 @@ impl RoleMachine {
     }
 
     fn take_over(&mut self, reason: TakeoverReason) {
+        if self.role != Role::Standby {
+            return;
+        }
         self.heard_since = None;
+        let before = self.epoch;
         // The peer's epoch comes off the wire (authenticated, but still a u64 from outside).
         self.epoch = self.epoch.max(self.peer.epoch).saturating_add(1);
-        self.role = Role::Active;
+        self.role = Role::TakingOver;
         self.phase = Phase::Running;
         self.missed_counted = 0;
-        self.takeovers += 1;
-        self.actions.push_back(Action::BecomeActive {
-            epoch: self.epoch,
-            reason,
-        });
+        self.persisting = Some((self.epoch, reason, before));
+        self.actions
+            .push_back(Action::PersistEpoch { epoch: self.epoch });
+    }
+
+    /// The write of `epoch` finished. Durable: the node is active now. Failed: it stays
+    /// stand-by with its old epoch (a node that could restart into a lower epoch must not
+    /// act as active), says why, and tries again after the next detection period.
+    pub fn on_epoch_persisted(&mut self, now: Instant, epoch: u64, result: Result<(), String>) {
+        let Some((pending, reason, before)) = self.persisting else {
+            return;
+        };
+        if pending != epoch || self.role != Role::TakingOver {
+            return;
+        }
+        self.persisting = None;
+        match result {
+            Ok(()) => {
+                self.role = Role::Active;
+                self.takeovers += 1;
+                self.actions
+                    .push_back(Action::BecomeActive { epoch, reason });
+            }
+            Err(e) => {
+                self.role = Role::Standby;
+                self.epoch = before;
+                self.last_heard = Some(now);
+                self.actions.push_back(Action::Warn(format!(
+                    "cannot persist epoch {epoch} ({e}): not taking over; staying stand-by"
+                )));
+            }
+        }
     }
 
     fn step_down(&mut self, now: Instant, reason: StepDownReason) {

@@ -15,8 +15,24 @@ fn settings(home: HomeRole) -> Settings {
     }
 }
 
+/// Every action; epoch writes succeed at once (see `slow_or_failing_epoch_writes` for the
+/// others).
 fn drain(m: &mut RoleMachine) -> Vec<Action> {
-    std::iter::from_fn(|| m.poll_action()).collect()
+    let mut out = Vec::new();
+    while let Some(a) = m.poll_action() {
+        if let Action::PersistEpoch { epoch } = a {
+            m.on_epoch_persisted(Instant::now(), epoch, Ok(()));
+            continue;
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// The disk confirms the pending epoch write (leaves the queued actions alone).
+fn confirm(m: &mut RoleMachine) {
+    let e = m.epoch();
+    m.on_epoch_persisted(Instant::now(), e, Ok(()));
 }
 
 fn hear(m: &mut RoleMachine, now: Instant, role: Announced, epoch: u64) {
@@ -172,6 +188,7 @@ fn active_hands_over_and_steps_down_when_peer_is_active_with_higher_epoch() {
     let t0 = Instant::now();
     let mut m = RoleMachine::new(settings(HomeRole::Main), 3, t0);
     m.handle_timeout(t0 + Duration::from_millis(800));
+    confirm(&mut m);
     assert_eq!(m.role(), Role::Active);
     assert_eq!(m.epoch(), 4);
     drain(&mut m);
@@ -193,6 +210,7 @@ fn switchover_without_a_live_peer_is_refused() {
     let t0 = Instant::now();
     let mut m = RoleMachine::new(settings(HomeRole::Main), 1, t0);
     m.handle_timeout(t0 + Duration::from_millis(800));
+    confirm(&mut m);
     assert!(m.request_switchover(t0 + Duration::from_secs(1)).is_err());
     assert_eq!(m.role(), Role::Active);
 }
@@ -236,6 +254,8 @@ fn startup_main_without_peer_becomes_active_standby_waits() {
     m.handle_timeout(t0 + Duration::from_millis(790));
     assert_eq!(m.role(), Role::Standby);
     m.handle_timeout(t0 + Duration::from_millis(800));
+    assert_eq!(m.role(), Role::TakingOver);
+    confirm(&mut m);
     assert_eq!(m.role(), Role::Active);
     let mut s = RoleMachine::new(settings(HomeRole::Standby), 0, t0);
     s.handle_timeout(t0 + Duration::from_millis(800));
@@ -301,6 +321,7 @@ fn witnesses_gate_the_takeover() {
     );
     assert!(a.iter().any(|(_, a)| *a == Action::PingWitnesses));
     m.on_witness_answer();
+    confirm(&mut m);
     assert_eq!(m.role(), Role::Active);
     assert!(!m.isolated);
 }
@@ -373,4 +394,37 @@ fn a_stalled_node_sends_one_keepalive_not_one_per_missed_tick() {
         .count();
     assert_eq!(sent, 1);
     assert_eq!(m.poll_timeout(), t + KA, "the schedule restarts from now");
+}
+
+#[test]
+fn a_node_whose_epoch_write_fails_stays_standby_and_says_why() {
+    let t0 = Instant::now();
+    let mut m = running_standby(t0);
+    m.request_switchover(t0).expect("switchover");
+    assert_eq!(m.poll_action(), Some(Action::PersistEpoch { epoch: 2 }));
+    assert_eq!(m.role(), Role::TakingOver);
+    assert!(!m.accepts_calls(), "no calls before the epoch is durable");
+    assert_eq!(m.announced(), Announced::Standby);
+    m.on_epoch_persisted(t0, 2, Err("disk full".into()));
+    assert_eq!(m.role(), Role::Standby);
+    assert_eq!(m.epoch(), 1);
+    let acts: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Warn(w) if w.contains("disk full"))),
+        "{acts:?}"
+    );
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::BecomeActive { .. }))
+    );
+    // A slow write: active only once it is durable.
+    m.request_switchover(t0).expect("again");
+    assert_eq!(m.poll_action(), Some(Action::PersistEpoch { epoch: 2 }));
+    m.handle_timeout(t0 + KA * 5);
+    assert_eq!(m.role(), Role::TakingOver);
+    m.on_epoch_persisted(t0 + KA * 5, 2, Ok(()));
+    assert_eq!(m.role(), Role::Active);
+    assert!(m.accepts_calls());
 }

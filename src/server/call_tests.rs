@@ -42,7 +42,7 @@ fn server(now: Instant, b_transport: &str) -> Server {
         me,
         now,
         1_700_000_000_000,
-        Box::new(crate::pair::epoch::MemoryEpochStore(1)),
+        Box::new(crate::pair::epoch::MemoryEpochStore::new(1)),
     )
 }
 

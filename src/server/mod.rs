@@ -360,6 +360,8 @@ impl Server {
             Some(self.next_housekeeping),
             self.pinger.as_ref().map(pinger::Pinger::poll_timeout),
             self.pair.as_ref().map(|p| p.machine.poll_timeout()),
+            // An epoch write under way is looked at every few milliseconds.
+            self.pair.as_ref().and_then(|p| p.persist_poll_at),
             self.takeover
                 .as_ref()
                 .filter(|t| t.report.in_progress)

@@ -30,6 +30,9 @@ const DIGEST_CHUNK_TCP: usize = 48_000;
 /// datagram stays under 1,300 bytes, so it never fragments across a WAN.
 const DIGEST_CHUNK_UDP: usize = 400;
 
+/// How often a pending epoch write is looked at.
+const EPOCH_POLL: Duration = Duration::from_millis(2);
+
 /// Extra keep-alives per interval when the digest has a backlog.
 const DIGEST_EXTRA: usize = 8;
 
@@ -117,6 +120,8 @@ pub(crate) struct PairGlue {
     /// How bulk state (digest, registrations) travels: TCP when this node listens on TCP
     /// (the state channel), else UDP in small chunks.
     pub(super) channel: Proto,
+    /// An epoch write is under way (`EpochStore::begin`): look at it again then.
+    pub(super) persist_poll_at: Option<Instant>,
 }
 
 impl PairGlue {
@@ -180,6 +185,7 @@ impl PairGlue {
                 pair.accept_v1,
             ),
             wall_base: (now, wall_ms),
+            persist_poll_at: None,
             channel: if cfg.node.sip_tcp.is_some() {
                 Proto::Tcp
             } else {
@@ -367,6 +373,22 @@ impl PairGlue {
         me: &LocalContact,
         calls: usize,
     ) -> Vec<RoleChange> {
+        if self.persist_poll_at.is_some() {
+            self.persist_poll_at = Some(now + EPOCH_POLL);
+        }
+        if self.persist_poll_at.is_some()
+            && let Some((epoch, result)) = self.store.poll(now)
+        {
+            self.persist_poll_at = None;
+            if let Err(e) = &result {
+                tracing::error!(
+                    error = e,
+                    epoch,
+                    "pair: cannot persist the epoch; not becoming active"
+                );
+            }
+            self.machine.on_epoch_persisted(now, epoch, result);
+        }
         self.machine.handle_timeout(now);
         let mut changes = Vec::new();
         while let Some(a) = self.machine.poll_action() {
@@ -393,14 +415,12 @@ impl PairGlue {
                     tracing::warn!(peer = %self.cfg.peer, missed = self.cfg.missed_keepalives, "pair: peer silent; probing it directly");
                     tx.send_stateless(Flow::udp(self.cfg.peer), r.to_bytes());
                 }
+                Action::PersistEpoch { epoch } => {
+                    tracing::info!(epoch, "pair: taking over; persisting the new epoch first");
+                    self.store.begin(epoch);
+                    self.persist_poll_at = Some(now);
+                }
                 Action::BecomeActive { epoch, reason } => {
-                    if let Err(e) = self.store.store(epoch) {
-                        tracing::error!(
-                            error = e,
-                            epoch,
-                            "pair: cannot persist the epoch; acting as active anyway"
-                        );
-                    }
                     tracing::warn!(
                         node = self.node,
                         epoch,

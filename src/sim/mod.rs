@@ -32,19 +32,53 @@ use crate::transport::{Flow, Inbound, Proto};
 /// The wall clock (unix ms) at the start of every simulation.
 pub const WALL0: u64 = 1_700_000_000_000;
 
-/// An epoch store that survives a node's "crash" (the simulated disk).
+/// The simulated disk of a node: its epoch survives a crash; writes may be slow or fail.
 #[derive(Debug, Clone, Default)]
-pub struct SharedEpoch(pub Arc<Mutex<u64>>);
+pub struct Disk {
+    /// The persisted epoch.
+    pub epoch: u64,
+    /// How long a write takes.
+    pub latency: Duration,
+    /// Whether writes fail (a full or read-only disk).
+    pub failing: bool,
+}
+
+/// An epoch store on a simulated [`Disk`], shared with the simulator.
+#[derive(Debug, Clone, Default)]
+pub struct SharedEpoch {
+    /// The disk.
+    pub disk: Arc<Mutex<Disk>>,
+    pending: Option<(u64, Option<Instant>)>,
+}
 
 impl EpochStore for SharedEpoch {
     fn load(&self) -> Result<u64, String> {
-        self.0.lock().map(|e| *e).map_err(|e| e.to_string())
+        self.disk.lock().map(|d| d.epoch).map_err(|e| e.to_string())
     }
 
     fn store(&mut self, epoch: u64) -> Result<(), String> {
-        let mut g = self.0.lock().map_err(|e| e.to_string())?;
-        *g = epoch;
+        let mut d = self.disk.lock().map_err(|e| e.to_string())?;
+        if d.failing {
+            return Err("simulated disk failure".into());
+        }
+        d.epoch = epoch;
         Ok(())
+    }
+
+    fn begin(&mut self, epoch: u64) {
+        self.pending = Some((epoch, None));
+    }
+
+    fn poll(&mut self, now: Instant) -> Option<crate::pair::epoch::Persisted> {
+        let (epoch, ready) = self.pending?;
+        let latency = self.disk.lock().map(|d| d.latency).unwrap_or_default();
+        let ready = ready.unwrap_or(now + latency);
+        if now < ready {
+            self.pending = Some((epoch, Some(ready)));
+            return None;
+        }
+        self.pending = None;
+        Some((epoch, self.store(epoch)))
     }
 }
 
@@ -203,6 +237,11 @@ impl Sim {
         if let Some(n) = self.nodes.get_mut(i) {
             n.server = None;
         }
+    }
+
+    /// The simulated disk of node `i`.
+    pub fn disk(&self, i: usize) -> Option<Arc<Mutex<Disk>>> {
+        self.nodes.get(i).map(|n| n.epoch.disk.clone())
     }
 
     /// Record what the nodes send that `f` accepts.

@@ -252,3 +252,53 @@ fn forged_and_replayed_reg_notifies_are_refused() {
         "the replayed NOTIFY was not refused as a replay"
     );
 }
+
+/// A slow epoch write holds the takeover (no calls accepted meanwhile); a failing one keeps
+/// the node stand-by, whatever the main does.
+#[test]
+fn the_epoch_is_durable_before_the_node_is_active() {
+    let mut sim = pair(11, "");
+    assert!(
+        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+            .is_some()
+    );
+    if let Some(d) = sim.disk(1) {
+        d.lock().expect("disk").latency = Duration::from_millis(500);
+    }
+    sim.kill(0);
+    let taking = sim.run_until(Duration::from_secs(3), Duration::from_millis(5), |s| {
+        role(s, 1) == Some(Role::TakingOver)
+    });
+    assert!(taking.is_some(), "never started taking over");
+    assert!(
+        !sim.server(1)
+            .is_some_and(crate::server::Server::accepts_calls)
+    );
+    let active = sim.run_until(Duration::from_secs(3), Duration::from_millis(5), |s| {
+        role(s, 1) == Some(Role::Active)
+    });
+    let active = active.expect("active once durable");
+    assert!(
+        active >= Duration::from_millis(490),
+        "active after {active:?}, before the write"
+    );
+    assert_eq!(
+        sim.disk(1).map(|d| d.lock().expect("disk").epoch),
+        sim.server(1).map(|s| s.epoch())
+    );
+
+    let mut sim = pair(12, "");
+    assert!(
+        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+            .is_some()
+    );
+    if let Some(d) = sim.disk(1) {
+        d.lock().expect("disk").failing = true;
+    }
+    sim.kill(0);
+    let never = sim.run_until(Duration::from_secs(10), Duration::from_millis(10), |s| {
+        role(s, 1) == Some(Role::Active)
+    });
+    assert_eq!(never, None, "became active without a durable epoch");
+    assert_eq!(role(&sim, 1), Some(Role::Standby));
+}
