@@ -61,6 +61,7 @@ fn trunk(name: &str, addr: SocketAddr, prefix: &str) -> TrunkConfig {
         priority: 0,
         reset_event: None,
         transport: TrunkTransport::Udp,
+        max_cps: None,
     }
 }
 

@@ -74,6 +74,7 @@ pub fn trunk(name: &str, addr: SocketAddr, prefixes: &[&str], strip: usize) -> T
         priority: 0,
         reset_event: None,
         transport: TrunkTransport::Udp,
+        max_cps: None,
     }
 }
 

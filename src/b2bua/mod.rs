@@ -399,6 +399,11 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&token) else {
             return;
         };
+        if call.rebind.take().is_some() {
+            // Ended while its re-bind was under way (an endpoint hung up): the takeover hears
+            // of it like of any other re-bind.
+            self.rebind_outcomes.push((token, rebind::Outcome::HungUp));
+        }
         // Requests relayed across the call that have no final answer yet: the call is gone,
         // so they end with 487 (RFC 3261 §15.1.2) instead of hanging.
         let mut pending: Vec<Relay> = call.relays.drain().map(|(_, r)| r).collect();

@@ -55,7 +55,14 @@ pub enum Outcome {
     Failed(u16),
     /// A TCP leg's endpoint could not be reached; the call is kept for when it comes back.
     Unreachable,
+    /// The first leg answered 503 (overloaded): the re-bind is tried again later.
+    Deferred,
+    /// An endpoint hung up while its call was being re-bound: the call ended normally.
+    HungUp,
 }
+
+/// How many times a re-bind refused with 503 is tried again before the call is given up.
+pub const REBIND_ATTEMPTS: u8 = 6;
 
 /// Where a re-bind is.
 #[derive(Debug, Clone)]
@@ -80,6 +87,8 @@ pub(super) struct Rebind {
     /// most likely to be unreachable goes first, so that nothing is owed to the other when it
     /// is.
     pub(super) first: Side,
+    /// Attempts refused with 503 so far.
+    pub(super) refused: u8,
 }
 
 /// An SDP answer that rejects every stream of `offer` (ports 0), for ending a half-done
@@ -133,6 +142,7 @@ impl B2bua {
             step: Step::First { cseq: 0 },
             source: call.source,
             first,
+            refused: 0,
         }));
         self.calls.insert(token, Box::new(c));
         self.stats.adopted += 1;
@@ -240,8 +250,13 @@ impl B2bua {
 
     fn rebind_done(&mut self, env: &mut Env<'_>, token: u64, outcome: Outcome, bye: &[Side]) {
         self.rebind_outcomes.push((token, outcome));
+        if let Some(c) = self.calls.get_mut(&token)
+            && !matches!(outcome, Outcome::Deferred)
+        {
+            c.rebind = None;
+        }
         match outcome {
-            Outcome::Recovered(_) | Outcome::Unreachable => {}
+            Outcome::Recovered(_) | Outcome::Unreachable | Outcome::Deferred | Outcome::HungUp => {}
             Outcome::Ended(code) | Outcome::Failed(code) => {
                 self.finish(env, token, &format!("failed:{code}"), bye);
             }
@@ -322,6 +337,23 @@ impl B2bua {
                     self.send_rebind_second(env, token, cseq, offer, ctype);
                 } else if status == 491 {
                     self.rebind_glare(env, token, first);
+                } else if status == 503 && rb.refused + 1 < REBIND_ATTEMPTS {
+                    // Overloaded, not gone: no offer was exchanged yet, so try again later
+                    // (after its Retry-After, at most 10 s) rather than drop the call.
+                    let after = resp
+                        .header_u32(&HeaderName::RetryAfter)
+                        .and_then(Result::ok)
+                        .map_or_else(|| u64::from(rb.refused) + 1, u64::from)
+                        .clamp(1, 10);
+                    if let Some(r) = call.rebind.as_mut() {
+                        r.refused += 1;
+                    }
+                    self.timers.push(Reverse((
+                        env.now + Duration::from_secs(after),
+                        token,
+                        TimerKind::RebindRetry,
+                    )));
+                    self.rebind_outcomes.push((token, Outcome::Deferred));
                 } else if matches!(status, 481 | 408) {
                     self.rebind_done(env, token, Outcome::Ended(status), &[second]);
                 } else {
@@ -399,6 +431,9 @@ impl B2bua {
                         s => Outcome::Failed(s),
                     };
                     self.rebind_outcomes.push((token, outcome));
+                    if let Some(c) = self.calls.get_mut(&token) {
+                        c.rebind = None;
+                    }
                     let reason = if status == 0 {
                         "failed:503".to_string()
                     } else {
@@ -459,10 +494,25 @@ impl B2bua {
     pub fn bye_orphan(
         &mut self,
         env: &mut Env<'_>,
+        leg: Dialog,
+        caller: &str,
+        callee: &str,
+        start_ms: u64,
+    ) {
+        self.bye_unbound(env, leg, caller, callee, start_ms, "takeover_orphan");
+        self.stats.orphaned += 1;
+    }
+
+    /// Hang up one leg of a call this node never re-bound (its other leg is gone or said
+    /// BYE), and write the call's CDR with `reason`.
+    pub fn bye_unbound(
+        &mut self,
+        env: &mut Env<'_>,
         mut leg: Dialog,
         caller: &str,
         callee: &str,
         start_ms: u64,
+        reason: &str,
     ) {
         leg.local_cseq = leg.local_cseq.max(env.cseq_base());
         let bye = leg.request(Method::Bye, env.me, None);
@@ -480,12 +530,11 @@ impl B2bua {
             answer_ms: Some(start_ms as i64),
             end_ms: env.now_ms as i64,
             duration_ms: env.now_ms.saturating_sub(start_ms) as i64,
-            end_reason: "takeover_orphan".into(),
+            end_reason: reason.into(),
             recovered: true,
             node: env.node.to_string(),
             media: None,
         });
-        self.stats.orphaned += 1;
     }
 
     /// Re-bind results since the last call.

@@ -147,6 +147,7 @@ struct RawTrunk {
     priority: Option<i32>,
     reset_event: Option<String>,
     transport: Option<String>,
+    max_cps: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -385,6 +386,7 @@ fn build_trunk(index: usize, raw: RawTrunk, errors: &mut Errors) -> TrunkConfig 
         priority: raw.priority.unwrap_or(0),
         reset_event: raw.reset_event,
         transport: enum_value(errors, &key, raw.transport, TrunkTransport::Udp),
+        max_cps: raw.max_cps,
     }
 }
 

@@ -288,6 +288,9 @@ pub struct TrunkConfig {
     pub reset_event: Option<String>,
     /// `transport`: `"udp"` (default) or `"tcp"`.
     pub transport: TrunkTransport,
+    /// `max_cps`: at most this many re-binds per second to this trunk at a takeover (a
+    /// carrier's calls-per-second limit); none by default.
+    pub max_cps: Option<u32>,
 }
 
 /// A trunk's address: an IP, with or without a port.

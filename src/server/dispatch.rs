@@ -231,6 +231,29 @@ impl Server {
                 self.apply_takeover(now, steps);
                 return;
             }
+            if req.method == Method::Bye
+                && let Some(t) = self.takeover.as_mut()
+                && let Some((call, side)) = t.claim_waiting(&req)
+            {
+                // A hang-up that reached us before its call's re-bind: the call ends now, on
+                // both legs, with its one CDR.
+                self.reply(now, id, &req, 200);
+                let other = match side {
+                    crate::b2bua::Side::A => call.b,
+                    crate::b2bua::Side::B => call.a,
+                };
+                let (mut env, b) = self.env_parts(now);
+                b.bye_unbound(
+                    &mut env,
+                    other,
+                    &call.caller,
+                    &call.callee,
+                    call.start_ms,
+                    "normal",
+                );
+                self.cdrs.extend(self.b2bua.take_cdrs());
+                return;
+            }
             if let Some(p) = self.pair.as_mut()
                 && p.owns_in_dialog(&req)
             {

@@ -22,6 +22,8 @@ use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, new_tag
 use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use crate::transport::Flow;
 
+use super::pacing::{self, Pacer, Verdict};
+
 /// Interval between batches of reset NOTIFYs (cold takeover or fallback).
 const RESET_PACE: Duration = Duration::from_millis(20);
 
@@ -113,6 +115,10 @@ pub(crate) struct Report {
     pub(crate) reset: usize,
     /// Not notifiers, but not reset because a call of theirs was recovered.
     pub(crate) reset_skipped: usize,
+    /// Re-binds refused with 503 (overloaded endpoint) and tried again later.
+    pub(crate) deferred: usize,
+    /// Calls whose endpoint hung up before their re-bind started: ended on both legs.
+    pub(crate) ended_before_rebind: usize,
     pub(crate) calls_found: usize,
     pub(crate) recovered: usize,
     pub(crate) recovered_via_query: usize,
@@ -187,6 +193,12 @@ pub(crate) struct Takeover {
     saved: HashSet<std::net::SocketAddr>,
     adopted: HashSet<u64>,
     initial: Vec<Step>,
+    /// Calls found (digest or query) waiting for the pacer to let their re-bind start.
+    waiting: VecDeque<Adopted>,
+    /// Per-destination re-bind windows (`pacing`).
+    pacer: Pacer,
+    /// T1, for what counts as a prompt answer.
+    t1: Duration,
     /// While digest-known calls wait for the window, look again at this time.
     retry_at: Instant,
     /// The next batch of reset NOTIFYs may leave at this time.
@@ -240,6 +252,11 @@ impl Takeover {
             // and calls set up in it may be between endpoints that also have digest-known
             // calls. Pairing by token merges both sources (a call is adopted once).
         }
+        let caps = cfg
+            .trunks
+            .iter()
+            .filter_map(|t| t.max_cps.map(|c| (t.address, c)))
+            .collect();
         let mut t = Self {
             started: now,
             started_ms: now_ms,
@@ -254,7 +271,10 @@ impl Takeover {
             fallback_resets: VecDeque::new(),
             saved: HashSet::new(),
             adopted,
-            initial,
+            initial: Vec::new(),
+            waiting: VecDeque::new(),
+            pacer: Pacer::new(caps),
+            t1: Duration::from_millis(cfg.timers.t1_ms),
             retry_at: now,
             next_reset_at: now,
             report: Report {
@@ -268,13 +288,15 @@ impl Takeover {
             },
         };
         t.legs = legs;
-        let initial = std::mem::take(&mut t.initial);
-        for step in &initial {
-            if let Step::Adopt(a) = step {
-                t.save(a);
+        for step in initial {
+            match step {
+                Step::Adopt(a) => {
+                    t.save(&a);
+                    t.waiting.push_back(*a);
+                }
+                other => t.initial.push(other),
             }
         }
-        t.initial = initial;
         match mode {
             PairMode::Hot => t.queue = eps.into(),
             PairMode::Cold => t.resets = eps.into(),
@@ -290,6 +312,24 @@ impl Takeover {
     /// Whether a client transaction is ours.
     pub(crate) fn owns_tx(&self, id: ClientTxId) -> bool {
         self.txs.contains_key(&id)
+    }
+
+    /// A request in the dialog of a call still waiting for its re-bind: the call leaves the
+    /// queue, with the leg the request came on and the other one.
+    pub(crate) fn claim_waiting(&mut self, req: &Request) -> Option<(Adopted, Side)> {
+        let call_id = req.call_id().ok()?;
+        let i = self
+            .waiting
+            .iter()
+            .position(|a| a.a.call_id == call_id || a.b.call_id == call_id)?;
+        let a = self.waiting.remove(i)?;
+        let side = if a.a.call_id == call_id {
+            Side::A
+        } else {
+            Side::B
+        };
+        self.report.ended_before_rebind += 1;
+        Some((a, side))
     }
 
     /// Whether an in-dialog NOTIFY answers one of our queries.
@@ -308,21 +348,21 @@ impl Takeover {
         me: &LocalContact,
         in_flight: usize,
     ) -> Vec<Step> {
-        let window = (self.parallel * 16).saturating_sub(in_flight);
-        let mut steps = Vec::new();
-        let mut kept = Vec::new();
-        let mut adopts = 0;
-        for s in std::mem::take(&mut self.initial) {
-            match s {
-                Step::Adopt(_) if adopts >= window => kept.push(s),
-                Step::Adopt(_) => {
-                    adopts += 1;
-                    steps.push(s);
-                }
-                other => steps.push(other),
+        let mut steps: Vec<Step> = std::mem::take(&mut self.initial);
+        // Calls found so far start their re-bind as the pacer lets them: per destination, and
+        // never more than `parallel × 16` at a time in all.
+        let mut room = (self.parallel * 16).saturating_sub(in_flight);
+        let mut kept = VecDeque::new();
+        while let Some(a) = self.waiting.pop_front() {
+            let dests = [a.a.next_hop().remote, a.b.next_hop().remote];
+            if room > 0 && self.pacer.admit(now, a.token, dests) {
+                room -= 1;
+                steps.push(Step::Adopt(Box::new(a)));
+            } else {
+                kept.push_back(a);
             }
         }
-        self.initial = kept;
+        self.waiting = kept;
         self.retry_at = now + Duration::from_millis(50);
         while self.queries.len() < self.parallel {
             let Some(ep) = self.queue.pop_front() else {
@@ -356,7 +396,7 @@ impl Takeover {
             }
             self.next_reset_at = now + RESET_PACE;
         }
-        if self.queue.is_empty() && self.queries.is_empty() && self.initial.is_empty() {
+        if self.queue.is_empty() && self.queries.is_empty() && self.waiting.is_empty() {
             // Everything reported that will report: the rest are orphans.
             let orphans: Vec<u64> = self.legs.keys().copied().collect();
             for token in orphans {
@@ -536,7 +576,7 @@ impl Takeover {
                 return Vec::new();
             }
         };
-        let mut steps = Vec::new();
+        let steps = Vec::new();
         for d in info.dialogs {
             if d.state != "confirmed" {
                 continue; // ended, or still early (ringing calls are not recovered by query)
@@ -579,7 +619,7 @@ impl Takeover {
                     source: Source::Query,
                 };
                 self.save(&adopted);
-                steps.push(Step::Adopt(Box::new(adopted)));
+                self.waiting.push_back(adopted);
             }
         }
         steps
@@ -587,7 +627,17 @@ impl Takeover {
 
     /// Count the B2BUA's re-bind results.
     pub(crate) fn record(&mut self, now: Instant, outcomes: &[(u64, Outcome)]) {
-        for (_, o) in outcomes {
+        for (token, o) in outcomes {
+            let quick = self
+                .pacer
+                .elapsed(now, *token)
+                .is_some_and(|d| d <= pacing::prompt(self.t1));
+            let verdict = match o {
+                Outcome::Recovered(_) if quick => Verdict::Prompt,
+                Outcome::Ended(481) | Outcome::Failed(_) if quick => Verdict::Prompt,
+                _ => Verdict::Congested,
+            };
+            self.pacer.finished(*token, verdict);
             match o {
                 Outcome::Recovered(src) => {
                     self.report.recovered += 1;
@@ -601,13 +651,16 @@ impl Takeover {
                 Outcome::Ended(_) => self.report.ended += 1,
                 Outcome::Unreachable => self.report.tcp_unreachable += 1,
                 Outcome::Failed(_) => self.report.failed += 1,
+                Outcome::Deferred => self.report.deferred += 1,
+                Outcome::HungUp => self.report.ended_before_rebind += 1,
             }
         }
     }
 
     /// Whether all work is done (the B2BUA's re-binds are counted separately).
     pub(crate) fn idle(&self) -> bool {
-        self.queue.is_empty()
+        self.waiting.is_empty()
+            && self.queue.is_empty()
             && self.queries.is_empty()
             && self.resets.is_empty()
             && self.fallback_resets.is_empty()
@@ -647,7 +700,7 @@ impl Takeover {
         let settled = self.queue.is_empty() && self.queries.is_empty();
         let reset = (!self.resets.is_empty()).then_some(self.next_reset_at);
         let release = (settled && !self.fallback_resets.is_empty()).then_some(self.started);
-        let waiting = (!self.initial.is_empty()).then_some(self.retry_at);
+        let waiting = (!self.waiting.is_empty()).then_some(self.retry_at);
         [q, query, reset, release, waiting]
             .into_iter()
             .flatten()

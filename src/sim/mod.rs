@@ -10,8 +10,11 @@
 // Test support: a broken assumption panics, which is how a test learns of it.
 #![allow(clippy::panic)]
 
+pub mod endpoint;
 #[cfg(test)]
 mod tests;
+
+pub use endpoint::Endpoint;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
@@ -167,8 +170,10 @@ pub struct Sim {
     /// Everything sent that matched the tap, in order.
     pub tapped: Vec<Datagram>,
     tap: Option<fn(&Datagram) -> bool>,
-    /// What the nodes sent to addresses that are not nodes (endpoints), in order.
+    /// What the nodes sent to addresses that are neither nodes nor endpoints, in order.
     pub outbox: Vec<Datagram>,
+    /// The simulated endpoints.
+    pub endpoints: Vec<Endpoint>,
 }
 
 impl Sim {
@@ -189,6 +194,7 @@ impl Sim {
             tapped: Vec::new(),
             tap: None,
             outbox: Vec::new(),
+            endpoints: Vec::new(),
         }
     }
 
@@ -322,7 +328,9 @@ impl Sim {
         let _ = s.take_cdrs();
         let _ = s.take_media_commands();
         for d in out {
-            if self.nodes.iter().any(|n| n.addr == d.to) {
+            if self.nodes.iter().any(|n| n.addr == d.to)
+                || self.endpoints.iter().any(|e| e.addr == d.to)
+            {
                 self.send(d);
             } else {
                 if let Some(tap) = self.tap
@@ -335,7 +343,37 @@ impl Sim {
         }
     }
 
+    /// Add an endpoint; returns its index.
+    pub fn add_endpoint(&mut self, e: Endpoint) -> usize {
+        self.endpoints.push(e);
+        self.endpoints.len() - 1
+    }
+
+    /// Let endpoint `i` act (place a call, hang up...) and send what it produced.
+    pub fn with_endpoint<R>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut Endpoint, Instant) -> R,
+    ) -> Option<R> {
+        let now = self.now;
+        let e = self.endpoints.get_mut(i)?;
+        let r = f(e, now);
+        let out = e.take_out();
+        for d in out {
+            self.send(d);
+        }
+        Some(r)
+    }
+
     fn deliver(&mut self, d: Datagram) {
+        if let Some(e) = self.endpoints.iter_mut().find(|e| e.addr == d.to) {
+            e.receive(self.now, &d);
+            let out = e.take_out();
+            for d in out {
+                self.send(d);
+            }
+            return;
+        }
         let Some(i) = self.nodes.iter().position(|n| n.addr == d.to) else {
             return;
         };
@@ -369,6 +407,7 @@ impl Sim {
                 .nodes
                 .iter_mut()
                 .filter_map(|n| n.server.as_mut().and_then(Server::poll_timeout))
+                .chain(self.endpoints.iter().filter_map(Endpoint::poll_timeout))
                 .min();
             let next = [next_net, next_timer].into_iter().flatten().min();
             match next {
@@ -381,6 +420,16 @@ impl Sim {
                         continue;
                     }
                     let now = self.now;
+                    let mut sent = Vec::new();
+                    for e in &mut self.endpoints {
+                        if e.poll_timeout().is_some_and(|t| t <= now) {
+                            e.handle_timeout(now);
+                            sent.extend(e.take_out());
+                        }
+                    }
+                    for d in sent {
+                        self.send(d);
+                    }
                     for i in 0..self.nodes.len() {
                         let due = self
                             .nodes

@@ -302,3 +302,210 @@ fn the_epoch_is_durable_before_the_node_is_active() {
     assert_eq!(never, None, "became active without a durable epoch");
     assert_eq!(role(&sim, 1), Some(Role::Standby));
 }
+
+const LEFT: &str = "127.0.0.2:5070";
+const RIGHT: &str = "127.0.0.3:5070";
+
+fn trunks() -> String {
+    format!(
+        "[[trunks]]\nname = \"left\"\naddress = \"{LEFT}\"\nprefixes = [\"8\"]\n\
+         [[trunks]]\nname = \"right\"\naddress = \"{RIGHT}\"\nprefixes = [\"9\"]\n"
+    )
+}
+
+/// Takeover under steady load, endpoints with small receive buffers (a stock socket drops a
+/// burst): 1,000 calls held while new ones arrive at 100 per second; the main dies. Every
+/// call answered before the death — also those answered in its last keep-alive interval —
+/// is re-bound and its later BYE is answered 200 by the new active, with almost no
+/// re-INVITE lost to the endpoints' buffers.
+#[test]
+fn takeover_under_load_rebinds_every_call_without_overwhelming_endpoints() {
+    let mut sim = pair(21, &trunks());
+    let left = sim.add_endpoint(super::Endpoint::new(LEFT.parse().expect("addr"), 64));
+    let right = sim.add_endpoint(super::Endpoint::new(RIGHT.parse().expect("addr"), 64));
+    assert!(
+        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+            .is_some()
+    );
+    let main: std::net::SocketAddr = MAIN.parse().expect("addr");
+    let standby: std::net::SocketAddr = STANDBY.parse().expect("addr");
+    // 100 calls a second for 10 s: 1,000 calls up.
+    for _ in 0..100 {
+        for _ in 0..10 {
+            sim.with_endpoint(left, |e, now| e.call(now, main, "91234"));
+        }
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.run_for(Duration::from_millis(50));
+    let up = sim.endpoints[left].confirmed();
+    assert!(up >= 990, "{up} calls up before the kill");
+    let drops_before = sim.endpoints[right].stats.dropped + sim.endpoints[left].stats.dropped;
+    let answered_before: Vec<String> = sim.endpoints[left]
+        .dialogs
+        .values()
+        .filter(|d| !d.remote_tag.is_empty())
+        .map(|d| d.call_id.clone())
+        .collect();
+    sim.kill(0);
+    let killed = sim.now;
+    // New calls keep coming, now to the stand-by (the trunk fails over).
+    let mut active_at = None;
+    for _ in 0..100 {
+        for _ in 0..10 {
+            sim.with_endpoint(left, |e, now| e.call(now, standby, "91234"));
+        }
+        sim.run_for(Duration::from_millis(100));
+        if active_at.is_none() && role(&sim, 1) == Some(Role::Active) {
+            active_at = Some(sim.now.saturating_duration_since(killed));
+        }
+    }
+    let report = sim
+        .server(1)
+        .and_then(crate::server::Server::takeover_report);
+    println!("takeover after {active_at:?}: {report:?}");
+    let report = report.expect("report");
+    assert_eq!(report["in_progress"], false, "{report}");
+    let rebind_ms = report["rebind_ms"].as_u64().unwrap_or(u64::MAX);
+    println!("last re-bind {rebind_ms} ms after the takeover began");
+    // Every call answered before the kill ends with a BYE answered 200 by the new active.
+    let drops_after_takeover =
+        sim.endpoints[right].stats.dropped + sim.endpoints[left].stats.dropped;
+    println!(
+        "endpoint drops: {drops_before} before the kill, {drops_after_takeover} after the takeover"
+    );
+    // Callers hang up at 100 a second.
+    let mut hung = 0;
+    for ids in answered_before.chunks(10) {
+        for id in ids {
+            if sim
+                .with_endpoint(left, |e, now| e.hang_up(now, id))
+                .unwrap_or(false)
+            {
+                hung += 1;
+            }
+        }
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.run_for(Duration::from_secs(40));
+    let ls = sim.endpoints[left].stats;
+    let rs = sim.endpoints[right].stats;
+    println!("left {ls:?}\nright {rs:?}");
+    assert_eq!(
+        hung,
+        answered_before.len(),
+        "some calls were no longer up at the caller"
+    );
+    assert_eq!(ls.byes_failed, 0, "BYEs not answered 200: {ls:?}");
+    assert!(ls.byes_ok >= answered_before.len() as u64);
+    let reinvites = ls.reinvites + rs.reinvites;
+    let lost = drops_after_takeover.saturating_sub(drops_before);
+    assert!(
+        lost * 100 <= reinvites.max(1),
+        "{lost} re-INVITEs lost or retransmitted of {reinvites}"
+    );
+}
+
+fn calls_up(sim: &mut Sim, left: usize, n: usize) -> Vec<String> {
+    let main: std::net::SocketAddr = MAIN.parse().expect("addr");
+    for _ in 0..n {
+        sim.with_endpoint(left, |e, now| e.call(now, main, "91234"));
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(Duration::from_millis(300));
+    sim.endpoints[left]
+        .dialogs
+        .values()
+        .filter(|d| !d.remote_tag.is_empty())
+        .map(|d| d.call_id.clone())
+        .collect()
+}
+
+/// A hang-up that reaches the new active before its call's re-bind started ends the call at
+/// once on both legs (the callee gets its BYE), and the call is not re-bound afterwards.
+#[test]
+fn a_bye_before_the_rebind_ends_the_call_on_both_legs() {
+    let mut sim = pair(31, &trunks());
+    let left = sim.add_endpoint(super::Endpoint::new(LEFT.parse().expect("addr"), 64));
+    let right = sim.add_endpoint(super::Endpoint::new(RIGHT.parse().expect("addr"), 4096));
+    assert!(
+        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+            .is_some()
+    );
+    let calls = calls_up(&mut sim, left, 200);
+    assert_eq!(calls.len(), 200);
+    // From now on the callee is slow (a busy SBC): 20 ms a message.
+    sim.endpoints[right].service = Duration::from_millis(20);
+    sim.kill(0);
+    assert!(
+        sim.run_until(Duration::from_secs(3), Duration::from_millis(5), |s| role(
+            s, 1
+        )
+            == Some(Role::Active))
+            .is_some()
+    );
+    sim.run_for(Duration::from_millis(50));
+    // The slow callee holds the re-binds back: most calls are still waiting. Their callers
+    // hang up through the new active.
+    let standby: std::net::SocketAddr = STANDBY.parse().expect("addr");
+    let last: Vec<String> = calls.iter().rev().take(50).cloned().collect();
+    for id in &last {
+        assert!(
+            sim.with_endpoint(left, |e, now| e.hang_up_via(now, id, Some(standby)))
+                .unwrap_or(false)
+        );
+    }
+    sim.run_for(Duration::from_secs(60));
+    let report = sim
+        .server(1)
+        .and_then(crate::server::Server::takeover_report)
+        .expect("report");
+    println!("{report}");
+    let early = report["ended_before_rebind"].as_u64().unwrap_or(0);
+    assert!(
+        early > 0,
+        "no BYE arrived before its call's re-bind: {report}"
+    );
+    let ls = sim.endpoints[left].stats;
+    assert_eq!(ls.byes_ok, 50, "{ls:?}");
+    assert_eq!(ls.byes_failed, 0);
+    assert_eq!(
+        sim.endpoints[right].stats.byes_received, 50,
+        "callees got their BYE"
+    );
+    assert_eq!(report["recovered"].as_u64(), Some(200 - early), "{report}");
+}
+
+/// An endpoint that answers re-bind re-INVITEs with 503 (overloaded) gets them again later:
+/// no call is dropped for it.
+#[test]
+fn rebinds_refused_with_503_are_tried_again() {
+    let mut sim = pair(41, &trunks());
+    let left = sim.add_endpoint(super::Endpoint::new(LEFT.parse().expect("addr"), 64));
+    let right = sim.add_endpoint(super::Endpoint::new(RIGHT.parse().expect("addr"), 64));
+    assert!(
+        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+            .is_some()
+    );
+    let calls = calls_up(&mut sim, left, 100);
+    assert_eq!(calls.len(), 100);
+    sim.endpoints[left].refuse_reinvites = 40;
+    sim.kill(0);
+    sim.run_for(Duration::from_secs(30));
+    let report = sim
+        .server(1)
+        .and_then(crate::server::Server::takeover_report)
+        .expect("report");
+    assert_eq!(report["recovered"].as_u64(), Some(100), "{report}");
+    assert!(report["deferred"].as_u64().unwrap_or(0) >= 40, "{report}");
+    assert_eq!(sim.endpoints[left].stats.refused, 40);
+    for id in &calls {
+        assert!(
+            sim.with_endpoint(left, |e, now| e.hang_up(now, id))
+                .unwrap_or(false)
+        );
+        sim.run_for(Duration::from_millis(5));
+    }
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.endpoints[left].stats.byes_ok, 100);
+    assert_eq!(sim.endpoints[right].stats.byes_received, 100);
+}
