@@ -224,6 +224,11 @@ impl B2bua {
         self.media.as_ref().map(MediaPlan::available)
     }
 
+    /// Whether the call with this token is here.
+    pub fn has_call(&self, token: u64) -> bool {
+        self.calls.contains_key(&token)
+    }
+
     /// The call one of whose legs has this Call-ID. A linear scan: it serves the rare path
     /// that must find a call from a bare message (the server's last line of defence).
     pub fn token_of_call_id(&self, call_id: &str) -> Option<u64> {

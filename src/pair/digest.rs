@@ -534,6 +534,20 @@ impl DigestTable {
         self.ack()
     }
 
+    /// Take the calls whose both legs (or ringing record) are known, keeping the sequence:
+    /// later chunks of the same list still apply.
+    pub fn drain_complete(&mut self) -> HashMap<u64, DigestCall> {
+        let done: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| (c.a.is_some() && c.b.is_some()) || c.ringing.is_some())
+            .map(|(t, _)| *t)
+            .collect();
+        done.into_iter()
+            .filter_map(|t| self.calls.remove(&t).map(|c| (t, c)))
+            .collect()
+    }
+
     /// Take every call (at takeover).
     pub fn take(&mut self) -> HashMap<u64, DigestCall> {
         self.generation = 0;

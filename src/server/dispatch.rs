@@ -94,6 +94,7 @@ impl Server {
             },
         }
         self.drain_events(now);
+        self.take_handoff(now);
         self.drive_takeover(now);
         self.pump_digest(now);
     }

@@ -322,6 +322,13 @@ impl Server {
                         }
                     }
                     RoleChange::SteppedDown => {
+                        // Every call goes to the winner, which re-binds it (it writes the CDR).
+                        let calls = self.b2bua.digest_snapshot();
+                        if !calls.is_empty()
+                            && let Some(p) = self.pair.as_mut()
+                        {
+                            p.start_handoff(calls);
+                        }
                         let n = self.b2bua.abandon_all();
                         if n > 0 {
                             tracing::warn!(
@@ -334,6 +341,7 @@ impl Server {
             }
             self.drain_events(now);
         }
+        self.take_handoff(now);
         self.drive_takeover(now);
         self.pump_digest(now);
         {

@@ -122,7 +122,14 @@ pub(crate) struct PairGlue {
     pub(super) channel: Proto,
     /// An epoch write is under way (`EpochStore::begin`): look at it again then.
     pub(super) persist_poll_at: Option<Instant>,
+    /// After stepping down: the calls this node had, until the peer acknowledged them all.
+    pub(super) handoff_out: Option<DigestLog>,
+    /// While active: calls the peer handed over after stepping down.
+    pub(crate) handoff_in: DigestTable,
 }
+
+/// Header marking a hand-off: the digest of a node that stepped down, for the active.
+pub(crate) const HANDOFF: &str = "X-Understudy-Handoff";
 
 impl PairGlue {
     pub(crate) fn new(
@@ -186,6 +193,8 @@ impl PairGlue {
             ),
             wall_base: (now, wall_ms),
             persist_poll_at: None,
+            handoff_out: None,
+            handoff_in: DigestTable::default(),
             channel: if cfg.node.sip_tcp.is_some() {
                 Proto::Tcp
             } else {
@@ -301,6 +310,20 @@ impl PairGlue {
         body: Option<String>,
         proto: Proto,
     ) -> (Request, u32) {
+        self.pair_request(now, me, calls, role, body, proto, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pair_request(
+        &mut self,
+        now: Instant,
+        me: &LocalContact,
+        calls: usize,
+        role: Announced,
+        body: Option<String>,
+        proto: Proto,
+        handoff: bool,
+    ) -> (Request, u32) {
         self.ka_seq += 1;
         let seq = self.ka_seq;
         let mut r = Request::new(Method::Options, format!("sip:{}", self.cfg.peer));
@@ -320,6 +343,9 @@ impl PairGlue {
         }
         let info = self.info(calls, role);
         keepalive::stamp(&mut r.headers, &self.secret, &info, &r.body);
+        if handoff {
+            r.headers.push(HeaderName::Other(HANDOFF.into()), "1");
+        }
         let body = r.body.clone();
         self.sign(
             now,
@@ -328,6 +354,45 @@ impl PairGlue {
             &body,
         );
         (r, seq)
+    }
+
+    /// We stepped down with calls: hand them to the peer (it re-binds them), chunk by chunk
+    /// on the state channel, until it acknowledged every one.
+    pub(crate) fn start_handoff(&mut self, calls: Vec<digest::Entry>) {
+        let mut log = DigestLog::new();
+        log.resync(calls);
+        tracing::warn!(
+            entries = log.backlog(),
+            "pair: handing our calls to the active peer"
+        );
+        self.handoff_out = Some(log);
+    }
+
+    fn send_handoff(&mut self, now: Instant, tx: &mut TransactionLayer, me: &LocalContact) {
+        if self.partitioned {
+            return;
+        }
+        let Some(mut log) = self.handoff_out.take() else {
+            return;
+        };
+        if log.backlog() == 0 {
+            tracing::info!("pair: the active peer has every call we handed over");
+            return;
+        }
+        let limit = self.digest_chunk();
+        let flow = self.channel_flow();
+        let mut skip = 0;
+        for _ in 0..=DIGEST_EXTRA {
+            let Some((body, n)) = log.chunk(limit, skip) else {
+                break;
+            };
+            skip += n;
+            let role = self.machine.announced();
+            let (r, seq) = self.pair_request(now, me, 0, role, Some(body), flow.proto, true);
+            self.sent.insert(seq, now);
+            tx.send_stateless(flow, r.to_bytes());
+        }
+        self.handoff_out = Some(log);
     }
 
     /// Send digest chunks to the peer over the state channel: only what was never sent (a
@@ -406,6 +471,7 @@ impl PairGlue {
                         // The active's unacknowledged digest goes again on the state channel.
                         self.send_digest(now, tx, me, calls, false);
                     }
+                    self.send_handoff(now, tx, me);
                 }
                 Action::SendProbe => {
                     let role = self.machine.announced();
@@ -512,7 +578,15 @@ impl PairGlue {
                     None,
                 );
                 let mut r = response_to(req, 200, Some(&self.ka_tag));
-                if let Some(b) = self.on_digest_body(&req.body) {
+                let handoff = req.headers.iter().any(
+                    |h| matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(HANDOFF)),
+                );
+                let answer = if handoff {
+                    self.on_handoff_body(&req.body)
+                } else {
+                    self.on_digest_body(&req.body)
+                };
+                if let Some(b) = answer {
                     r.headers
                         .push(HeaderName::ContentType, digest::CONTENT_TYPE);
                     r.body = Bytes::from(b);
@@ -588,6 +662,17 @@ impl PairGlue {
         true
     }
 
+    /// A hand-off chunk from a peer that stepped down: kept for re-binding while we are
+    /// active (our acknowledgement goes back); refused otherwise (it sends again).
+    fn on_handoff_body(&mut self, body: &[u8]) -> Option<String> {
+        if self.machine.role() != Role::Active {
+            return None;
+        }
+        let text = std::str::from_utf8(body).ok()?;
+        let ack = self.handoff_in.apply(text);
+        Some(format!("A\t{}\n", ack.to_header()))
+    }
+
     /// A digest body from the peer: a chunk (we are stand-by: apply it, return our ack) or an
     /// ack (we are active: drop what it covers, or prepare the full list).
     fn on_digest_body(&mut self, body: &[u8]) -> Option<String> {
@@ -598,6 +683,12 @@ impl PairGlue {
             }
             self.table.apply(text);
             return Some(self.ack_body());
+        }
+        if let Some(Ack::Upto(g, s)) = text.strip_prefix("A\t").and_then(|a| Ack::parse(a.trim()))
+            && let Some(log) = self.handoff_out.as_mut()
+        {
+            // The active acknowledging our hand-off (the log ignores another generation).
+            log.on_ack(g, s);
         }
         if let Some(ack) = text.strip_prefix("A\t").and_then(|a| Ack::parse(a.trim()))
             && self.machine.role() == Role::Active

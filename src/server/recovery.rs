@@ -171,6 +171,31 @@ impl Server {
         }
     }
 
+    /// Calls a peer handed over after stepping down: re-bind them as in a takeover.
+    pub(super) fn take_handoff(&mut self, now: Instant) {
+        let Some(p) = self.pair.as_mut() else {
+            return;
+        };
+        if p.machine.role() != Role::Active {
+            return;
+        }
+        let mut calls = p.handoff_in.drain_complete();
+        // Calls we own already (re-bound by our own takeover during the split) stay as they are.
+        calls.retain(|token, _| !self.b2bua.has_call(*token));
+        if calls.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            calls = calls.len(),
+            "pair: the peer handed its calls over; re-binding them"
+        );
+        let now_ms = self.wall_ms(now);
+        match self.takeover.as_mut() {
+            Some(t) if t.report.in_progress => t.add_calls(calls),
+            _ => self.takeover = Some(super::Takeover::handoff(&self.cfg, now, now_ms, calls)),
+        }
+    }
+
     pub(super) fn drive_takeover(&mut self, now: Instant) {
         let Some(t) = self.takeover.as_mut() else {
             return;

@@ -216,6 +216,54 @@ impl Takeover {
     ) -> Self {
         let mode = cfg.pair.as_ref().map_or(PairMode::Hot, |p| p.mode);
         let eps = endpoints(cfg, registrar, now, mode == PairMode::Cold);
+        Self::with(cfg, now, now_ms, digest, mode, eps)
+    }
+
+    /// Adopt the calls a peer hands over after a network split healed (it stepped down and
+    /// sent us its calls): re-bind them from their identifiers, asking no endpoint.
+    pub(crate) fn handoff(
+        cfg: &Config,
+        now: Instant,
+        now_ms: u64,
+        digest: std::collections::HashMap<u64, DigestCall>,
+    ) -> Self {
+        let mut t = Self::with(cfg, now, now_ms, digest, PairMode::Hot, Vec::new());
+        t.report.mode = "handoff".into();
+        t
+    }
+
+    /// More handed-over calls for a takeover (or hand-off) in progress.
+    pub(crate) fn add_calls(&mut self, digest: std::collections::HashMap<u64, DigestCall>) {
+        for (token, c) in digest {
+            if let (None, Some(a), Some(b)) = (c.ringing, c.a, c.b)
+                && self.adopted.insert(token)
+            {
+                let adopted = Adopted {
+                    token,
+                    caller: a.party.clone(),
+                    callee: b.party.clone(),
+                    start_ms: a.start_ms,
+                    a: leg_dialog(&a),
+                    b: leg_dialog(&b),
+                    source: Source::Digest,
+                };
+                self.report.calls_found += 1;
+                self.report.digest_calls += 1;
+                self.save(&adopted);
+                self.waiting.push_back(adopted);
+            }
+        }
+        self.report.in_progress = true;
+    }
+
+    fn with(
+        cfg: &Config,
+        now: Instant,
+        now_ms: u64,
+        digest: std::collections::HashMap<u64, DigestCall>,
+        mode: PairMode,
+        eps: Vec<Endpoint>,
+    ) -> Self {
         let mut initial = Vec::new();
         let mut legs: HashMap<u64, Pending> = HashMap::new();
         let mut adopted = HashSet::new();

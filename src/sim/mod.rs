@@ -174,6 +174,8 @@ pub struct Sim {
     pub outbox: Vec<Datagram>,
     /// The simulated endpoints.
     pub endpoints: Vec<Endpoint>,
+    /// Every CDR written, with the node that wrote it.
+    pub cdrs: Vec<(usize, crate::cdr::CdrRecord)>,
 }
 
 impl Sim {
@@ -195,6 +197,7 @@ impl Sim {
             tap: None,
             outbox: Vec::new(),
             endpoints: Vec::new(),
+            cdrs: Vec::new(),
         }
     }
 
@@ -325,8 +328,9 @@ impl Sim {
                 bytes: t.bytes,
             });
         }
-        let _ = s.take_cdrs();
+        let cdrs = s.take_cdrs();
         let _ = s.take_media_commands();
+        self.cdrs.extend(cdrs.into_iter().map(|c| (i, c)));
         for d in out {
             if self.nodes.iter().any(|n| n.addr == d.to)
                 || self.endpoints.iter().any(|e| e.addr == d.to)

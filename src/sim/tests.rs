@@ -509,3 +509,99 @@ fn rebinds_refused_with_503_are_tried_again() {
     assert_eq!(sim.endpoints[left].stats.byes_ok, 100);
     assert_eq!(sim.endpoints[right].stats.byes_received, 100);
 }
+
+/// A network split with calls set up on both sides: once it heals, the node that steps down
+/// hands its calls to the winner, which re-binds them; every call then ends through the
+/// winner, with exactly one CDR.
+#[test]
+fn after_a_split_heals_every_call_has_one_owner_and_one_cdr() {
+    let mut sim = pair(51, &trunks());
+    let left = sim.add_endpoint(super::Endpoint::new(LEFT.parse().expect("addr"), 64));
+    let right = sim.add_endpoint(super::Endpoint::new(RIGHT.parse().expect("addr"), 64));
+    assert!(
+        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+            .is_some()
+    );
+    let (main, standby): (std::net::SocketAddr, std::net::SocketAddr) =
+        (MAIN.parse().expect("addr"), STANDBY.parse().expect("addr"));
+    let before = calls_up(&mut sim, left, 20);
+    assert_eq!(before.len(), 20);
+    // Split: the nodes no longer hear each other; both end up active.
+    sim.cut.insert((main, standby));
+    sim.cut.insert((standby, main));
+    let both = sim.run_until(Duration::from_secs(5), Duration::from_millis(10), |s| {
+        role(s, 0) == Some(Role::Active) && role(s, 1) == Some(Role::Active)
+    });
+    assert!(both.is_some(), "not both active during the split");
+    sim.run_for(Duration::from_secs(1));
+    // Calls on both sides of the split.
+    for i in 0..20 {
+        let via = if i % 2 == 0 { main } else { standby };
+        sim.with_endpoint(left, |e, now| e.call(now, via, "91234"));
+        sim.run_for(Duration::from_millis(20));
+    }
+    sim.run_for(Duration::from_millis(500));
+    let up: Vec<String> = sim.endpoints[left]
+        .dialogs
+        .values()
+        .filter(|d| !d.remote_tag.is_empty())
+        .map(|d| d.call_id.clone())
+        .collect();
+    assert_eq!(up.len(), 40);
+    // Heal.
+    sim.cut.clear();
+    let one = sim.run_until(Duration::from_secs(5), Duration::from_millis(10), |s| {
+        [role(s, 0), role(s, 1)]
+            .iter()
+            .filter(|r| **r == Some(Role::Active))
+            .count()
+            == 1
+    });
+    assert!(one.is_some(), "still two actives after healing");
+    sim.run_for(Duration::from_secs(5));
+    let winner = if role(&sim, 0) == Some(Role::Active) {
+        0
+    } else {
+        1
+    };
+    let winner_addr = sim.nodes[winner].addr;
+    let owned = sim.server(winner).map_or(0, |s| s.b2bua().call_count());
+    assert_eq!(owned, 40, "the winner owns every call");
+    let loser = 1 - winner;
+    assert_eq!(sim.server(loser).map_or(0, |s| s.b2bua().call_count()), 0);
+    // Every call ends through the winner.
+    for id in &up {
+        let target = sim.endpoints[left].dialogs.get(id).map(|d| d.remote_target);
+        assert_eq!(
+            target,
+            Some(winner_addr),
+            "call {id} is not bound to the winner"
+        );
+        assert!(
+            sim.with_endpoint(left, |e, now| e.hang_up(now, id))
+                .unwrap_or(false)
+        );
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(Duration::from_secs(5));
+    let ls = sim.endpoints[left].stats;
+    assert_eq!((ls.byes_ok, ls.byes_failed), (40, 0), "{ls:?}");
+    assert_eq!(sim.endpoints[right].stats.byes_received, 40);
+    let mut per_call: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (_, c) in &sim.cdrs {
+        *per_call.entry(c.token.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        per_call.len(),
+        40,
+        "CDRs: {:?}",
+        sim.cdrs
+            .iter()
+            .map(|(n, c)| (n, &c.end_reason))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        per_call.values().all(|n| *n == 1),
+        "a call with several CDRs: {per_call:?}"
+    );
+}
