@@ -158,6 +158,7 @@ pub fn config(mode: Mode, relay: bool) -> Config {
     let text = format!(
         "[node]\nname = \"{name}\"\nhome_role = \"{home}\"\nsip_udp = \"{udp}\"\n\
          sip_tcp = \"{udp}\"\n{pair}{media}\
+         [timers]\nt1_ms = 50\nt2_ms = 400\nt4_ms = 500\n\
          [cdr]\nenabled = false\n\
          [[users]]\nname = \"alice\"\npassword = \"alice-secret\"\n\
          [[users]]\nname = \"bob\"\npassword = \"bob-secret\"\n\
@@ -206,8 +207,9 @@ fn source_of(addr: SocketAddr) -> Option<u8> {
     (0..8u8).find(|&i| source_addr(i) == addr)
 }
 
-/// Longest virtual time one event may let pass (keeps a run short).
-const MAX_DELAY: Duration = Duration::from_secs(40);
+/// Longest virtual time one event may let pass (keeps a run short; with T1 = 50 ms every
+/// transaction timer, Timer B and F included, fires within it).
+const MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// Most timer firings one delay may cause.
 const MAX_FIRINGS: usize = 5_000;
@@ -582,8 +584,8 @@ pub fn run(data: &[u8]) {
         _ => Mode::StandbyCold,
     };
     let mut h = Harness::new(mode, relay, 0x5eed);
-    for ev in Event::decode_all(events).iter().take(256) {
+    for ev in Event::decode_all(events).iter().take(128) {
         h.apply(ev);
     }
-    h.advance(MAX_DELAY);
+    h.advance(Duration::from_secs(5));
 }
