@@ -175,6 +175,9 @@ pub struct Call {
     pub created: Instant,
     /// Recovered after a takeover.
     pub recovered: bool,
+    /// End without a CDR: a re-bound call that had already ended before this node owned it
+    /// (the node that ended it wrote the CDR).
+    pub(super) no_cdr: bool,
     /// CANCEL received from A before the answer.
     pub cancelled: bool,
     /// Re-bind exchange in progress (adopted calls).
@@ -236,6 +239,7 @@ impl Call {
             answer_ms: None,
             created,
             recovered: false,
+            no_cdr: false,
             cancelled: false,
             rebind: None,
             rebind_acks: None,

@@ -194,6 +194,35 @@ impl B2bua {
         self.maybe_finish_unanswered(env, token);
     }
 
+    /// Fail every call not answered yet: `503` + `Retry-After` to the caller and CANCEL to
+    /// the callee's forks (a node stepping down does this before handing its calls over: a
+    /// ringing call cannot move).
+    pub fn reject_unanswered(&mut self, env: &mut Env<'_>) {
+        let ringing: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.a_invite.is_some())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in ringing {
+            let Some(call) = self.calls.get_mut(&token) else {
+                continue;
+            };
+            let Some((id, req)) = call.a_invite.take().map(|b| *b) else {
+                continue;
+            };
+            let mut r = response_to(&req, 503, Some(&call.a.local_tag));
+            r.headers.push(HeaderName::RetryAfter, "1");
+            let _ = env.tx.respond(env.now, id, &r);
+            call.cancelled = true;
+            // The CDR is the winner's: the digest told it of this ringing call, and it fails
+            // it on its side too (a crashed node could not).
+            call.no_cdr = true;
+            self.cancel_forks(env, token, None);
+            self.finish(env, token, "failed:503", &[]);
+        }
+    }
+
     pub(super) fn cancel_forks(
         &mut self,
         env: &mut Env<'_>,

@@ -141,6 +141,8 @@ pub struct Stats {
 /// The B2BUA.
 #[derive(Debug, Default)]
 pub struct B2bua {
+    /// Calls ended here, for a minute: a hand-off does not bring them back.
+    recently_ended: HashMap<u64, Instant>,
     calls: HashMap<u64, Box<Call>>,
     client: HashMap<ClientTxId, (u64, Purpose)>,
     server_invites: HashMap<ServerTxId, u64>,
@@ -206,6 +208,12 @@ impl B2bua {
         shrink(&mut self.server_invites);
     }
 
+    /// Forget calls ended more than a minute before `now` (see [`Self::has_call`]).
+    pub fn forget_ended(&mut self, now: Instant) {
+        self.recently_ended
+            .retain(|_, t| now.saturating_duration_since(*t) < Duration::from_secs(60));
+    }
+
     /// Relay media through this node from `ip`, with RTP ports `lo..=hi`.
     pub fn enable_relay(&mut self, ip: std::net::IpAddr, lo: u16, hi: u16) {
         self.media = Some(MediaPlan::new(ip, lo, hi));
@@ -224,9 +232,10 @@ impl B2bua {
         self.media.as_ref().map(MediaPlan::available)
     }
 
-    /// Whether the call with this token is here.
+    /// Whether the call with this token is here, or ended here within the last minute (a
+    /// hand-off must not bring back a call this node already ended).
     pub fn has_call(&self, token: u64) -> bool {
-        self.calls.contains_key(&token)
+        self.calls.contains_key(&token) || self.recently_ended.contains_key(&token)
     }
 
     /// The call one of whose legs has this Call-ID. A linear scan: it serves the rare path
@@ -250,6 +259,14 @@ impl B2bua {
             }
             self.client.retain(|_, (t, _)| *t != token);
             self.server_invites.retain(|_, t| *t != token);
+        }
+    }
+
+    /// Which leg of call `token` has `call_id` (leg A unless it is leg B's).
+    pub fn side_of_call_id(&self, token: u64, call_id: &str) -> Side {
+        match self.calls.get(&token).and_then(|c| c.leg(Side::B)) {
+            Some(b) if b.call_id == call_id => Side::B,
+            _ => Side::A,
         }
     }
 
@@ -455,9 +472,20 @@ impl B2bua {
             self.server_invites.remove(&id);
         }
         self.stats.ended += 1;
+        if self.digest_on {
+            self.recently_ended.insert(token, env.now);
+        }
         self.digest_gone(token);
         if let Some(m) = self.media.as_mut() {
             m.release(token);
+        }
+        if call.no_cdr {
+            tracing::info!(
+                token = format!("{token:016x}"),
+                reason,
+                "call had ended before this node owned it; its CDR is the previous owner's"
+            );
+            return;
         }
         let answer = call.answer_ms;
         let end = env.now_ms;

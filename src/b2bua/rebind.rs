@@ -255,6 +255,11 @@ impl B2bua {
         {
             c.rebind = None;
         }
+        if let (Outcome::Ended(_), Some(c)) = (outcome, self.calls.get_mut(&token)) {
+            // The first leg no longer knows the call: it ended before this node owned it,
+            // and the node that ended it wrote its CDR (one CDR per call across the pair).
+            c.no_cdr = true;
+        }
         match outcome {
             Outcome::Recovered(_) | Outcome::Unreachable | Outcome::Deferred | Outcome::HungUp => {}
             Outcome::Ended(code) | Outcome::Failed(code) => {
@@ -433,6 +438,8 @@ impl B2bua {
                     self.rebind_outcomes.push((token, outcome));
                     if let Some(c) = self.calls.get_mut(&token) {
                         c.rebind = None;
+                        // Gone at the second leg too: ended before we owned it.
+                        c.no_cdr = matches!(outcome, Outcome::Ended(_));
                     }
                     let reason = if status == 0 {
                         "failed:503".to_string()
@@ -488,6 +495,41 @@ impl B2bua {
                 self.send_rebind_second(env, token, first_cseq, offer, "application/sdp".into());
             }
         }
+    }
+
+    /// Take every confirmed call out, as calls to adopt again (re-bind): their dialogs, the
+    /// parties and the start time. Nothing is sent; the calls are gone until re-adopted.
+    pub fn take_for_rebind(&mut self) -> Vec<Adopted> {
+        let tokens: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.state == CallState::Confirmed && c.b.is_some())
+            .map(|(t, _)| *t)
+            .collect();
+        let mut out = Vec::new();
+        for token in tokens {
+            let Some(c) = self.calls.remove(&token) else {
+                continue;
+            };
+            if let Some(m) = self.media.as_mut() {
+                m.release(token);
+            }
+            self.client.retain(|_, (t, _)| *t != token);
+            self.server_invites.retain(|_, t| *t != token);
+            let Some(b) = c.b else {
+                continue;
+            };
+            out.push(Adopted {
+                token,
+                a: c.a,
+                b,
+                caller: c.caller,
+                callee: c.callee,
+                start_ms: c.answer_ms.unwrap_or(0),
+                source: Source::Digest,
+            });
+        }
+        out
     }
 
     /// Hang up a leg whose partner never turned up at takeover, and write its CDR.

@@ -65,6 +65,9 @@ pub enum TakeoverReason {
     Startup,
     /// The home `main` took its role back after `preempt_after_s` of stable keep-alives.
     Preempt,
+    /// Still active, but the peer (now stand-by) reached a higher epoch while we did not
+    /// hear it (a split): our calls may have moved to it, so we take them back.
+    Reclaim,
 }
 
 /// Why a node stepped down.
@@ -91,6 +94,12 @@ pub enum Action {
     /// Write `epoch` durably, then report with [`RoleMachine::on_epoch_persisted`]; the node
     /// is `TakingOver` meanwhile (not active: it takes no calls).
     PersistEpoch {
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// An active node raised its epoch above the peer's (durably): re-bind every call it
+    /// has, since during a split the peer may have taken them (and lost them since).
+    Reclaim {
         /// The new epoch.
         epoch: u64,
     },
@@ -220,6 +229,11 @@ impl RoleMachine {
         self.epoch
     }
 
+    /// The epoch being made durable, while taking over (or reclaiming).
+    pub fn persisting_epoch(&self) -> Option<u64> {
+        self.persisting.map(|(e, _, _)| e)
+    }
+
     /// What we know of the peer.
     pub fn peer(&self) -> &PeerView {
         &self.peer
@@ -281,13 +295,13 @@ impl RoleMachine {
         self.heard_since = None;
         let before = self.epoch;
         // The peer's epoch comes off the wire (authenticated, but still a u64 from outside).
-        self.epoch = self.epoch.max(self.peer.epoch).saturating_add(1);
+        // The new epoch is announced only once it is durable.
+        let next = self.epoch.max(self.peer.epoch).saturating_add(1);
         self.role = Role::TakingOver;
         self.phase = Phase::Running;
         self.missed_counted = 0;
-        self.persisting = Some((self.epoch, reason, before));
-        self.actions
-            .push_back(Action::PersistEpoch { epoch: self.epoch });
+        self.persisting = Some((next, reason, before));
+        self.actions.push_back(Action::PersistEpoch { epoch: next });
     }
 
     /// The write of `epoch` finished. Durable: the node is active now. Failed: it stays
@@ -297,13 +311,31 @@ impl RoleMachine {
         let Some((pending, reason, before)) = self.persisting else {
             return;
         };
-        if pending != epoch || self.role != Role::TakingOver {
+        if pending != epoch {
+            return;
+        }
+        if reason == TakeoverReason::Reclaim {
+            self.persisting = None;
+            match result {
+                Ok(()) if self.role == Role::Active => {
+                    self.epoch = epoch;
+                    self.actions.push_back(Action::Reclaim { epoch });
+                }
+                Ok(()) => {}
+                Err(e) => self.actions.push_back(Action::Warn(format!(
+                    "cannot persist epoch {epoch} ({e}): our calls are not reclaimed"
+                ))),
+            }
+            return;
+        }
+        if self.role != Role::TakingOver {
             return;
         }
         self.persisting = None;
         match result {
             Ok(()) => {
                 self.role = Role::Active;
+                self.epoch = epoch;
                 self.takeovers += 1;
                 self.actions
                     .push_back(Action::BecomeActive { epoch, reason });
@@ -375,6 +407,17 @@ impl RoleMachine {
                 if let Phase::Starting { .. } = self.phase {
                     self.phase = Phase::Running;
                 }
+            }
+            (Role::Active, Announced::Standby)
+                if epoch > self.epoch
+                    && self.persisting.is_none()
+                    && !matches!(self.phase, Phase::HandingOver { .. }) =>
+            {
+                // The peer was active at a higher epoch while we did not hear it: raise ours
+                // above it first (durably), then take our calls back.
+                let next = epoch.saturating_add(1);
+                self.persisting = Some((next, TakeoverReason::Reclaim, self.epoch));
+                self.actions.push_back(Action::PersistEpoch { epoch: next });
             }
             (Role::Active, Announced::Active | Announced::Handover) => {
                 if epoch > self.epoch {

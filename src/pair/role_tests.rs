@@ -31,8 +31,9 @@ fn drain(m: &mut RoleMachine) -> Vec<Action> {
 
 /// The disk confirms the pending epoch write (leaves the queued actions alone).
 fn confirm(m: &mut RoleMachine) {
-    let e = m.epoch();
-    m.on_epoch_persisted(Instant::now(), e, Ok(()));
+    if let Some(e) = m.persisting_epoch() {
+        m.on_epoch_persisted(Instant::now(), e, Ok(()));
+    }
 }
 
 fn hear(m: &mut RoleMachine, now: Instant, role: Announced, epoch: u64) {

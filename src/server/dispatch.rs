@@ -269,6 +269,21 @@ impl Server {
                 );
                 return;
             }
+            if req.method == Method::Bye
+                && let Ok(call_id) = req.call_id()
+                && self.b2bua.token_of_call_id(call_id).is_none()
+                && let Some(p) = self.pair.as_mut()
+                && p.machine.peer_alive(now)
+            {
+                // Not ours: the peer may own the call (it moved during a split, or has not
+                // been re-bound yet). The endpoint is done with it either way.
+                self.reply(now, id, &req, 200);
+                let call_id = call_id.to_string();
+                if let Some(p) = self.pair.as_mut() {
+                    p.forward_bye(now, &mut self.tx, &self.me, &call_id);
+                }
+                return;
+            }
             let (mut env, b) = self.env_parts(now);
             b.on_in_dialog(&mut env, id, req, source);
             return;

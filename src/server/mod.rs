@@ -321,13 +321,28 @@ impl Server {
                             ));
                         }
                     }
+                    RoleChange::Reclaim => {
+                        let calls = self.b2bua.take_for_rebind();
+                        if !calls.is_empty() {
+                            let now_ms = self.wall_ms(now);
+                            self.takeover = Some(Takeover::reclaim(&self.cfg, now, now_ms, calls));
+                        }
+                    }
                     RoleChange::SteppedDown => {
                         // Every call goes to the winner, which re-binds it (it writes the CDR).
-                        let calls = self.b2bua.digest_snapshot();
-                        if !calls.is_empty()
-                            && let Some(p) = self.pair.as_mut()
                         {
-                            p.start_handoff(calls);
+                            let (mut env, b) = self.env_parts(now);
+                            b.reject_unanswered(&mut env);
+                        }
+                        self.cdrs.extend(self.b2bua.take_cdrs());
+                        let calls = self.b2bua.digest_snapshot();
+                        let regs =
+                            regsync::handoff_bodies(&self.registrar, now, &self.cfg.node.domain);
+                        if let Some(p) = self.pair.as_mut() {
+                            if !calls.is_empty() {
+                                p.start_handoff(calls);
+                            }
+                            p.start_reg_handoff(regs);
                         }
                         let n = self.b2bua.abandon_all();
                         if n > 0 {
@@ -354,6 +369,7 @@ impl Server {
             self.registrar.expire(now, now_s);
             self.tx.compact();
             self.b2bua.compact();
+            self.b2bua.forget_ended(now);
             let domain = self.cfg.node.domain.clone();
             self.blf
                 .tick(now, &mut self.tx, &self.b2bua, &self.me, &domain);

@@ -41,6 +41,8 @@ const DIGEST_EXTRA: usize = 8;
 pub(crate) enum RoleChange {
     BecameActive(crate::pair::TakeoverReason),
     SteppedDown,
+    /// Still active at a new epoch: re-bind every call (they may have moved during a split).
+    Reclaim,
 }
 
 #[derive(Debug)]
@@ -126,7 +128,17 @@ pub(crate) struct PairGlue {
     pub(super) handoff_out: Option<DigestLog>,
     /// While active: calls the peer handed over after stepping down.
     pub(crate) handoff_in: DigestTable,
+    /// After stepping down: our registrations for the peer, by chunk number, until it
+    /// acknowledged each (reginfo bodies).
+    pub(super) reg_handoff_out: std::collections::BTreeMap<u32, String>,
+    /// While active: registrations the peer handed over, for the server to apply.
+    pub(crate) reg_handoff_in: Vec<crate::pair::regsync::RegInfo>,
+    /// Call-IDs of BYEs the peer received for calls it does not have (ours, maybe).
+    pub(crate) byes_in: Vec<String>,
 }
+
+/// Header of a pair message passing on a BYE: the Call-ID of the dialog it ended.
+pub(crate) const FORWARDED_BYE: &str = "X-Understudy-Bye";
 
 /// Header marking a hand-off: the digest of a node that stepped down, for the active.
 pub(crate) const HANDOFF: &str = "X-Understudy-Handoff";
@@ -195,6 +207,9 @@ impl PairGlue {
             persist_poll_at: None,
             handoff_out: None,
             handoff_in: DigestTable::default(),
+            reg_handoff_out: std::collections::BTreeMap::new(),
+            reg_handoff_in: Vec::new(),
+            byes_in: Vec::new(),
             channel: if cfg.node.sip_tcp.is_some() {
                 Proto::Tcp
             } else {
@@ -368,9 +383,55 @@ impl PairGlue {
         self.handoff_out = Some(log);
     }
 
+    /// A BYE for a call this node does not have reached it (the endpoint still sends to us,
+    /// or the call moved): the peer may own it, so tell it; it ends its call on both legs.
+    pub(crate) fn forward_bye(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        me: &LocalContact,
+        call_id: &str,
+    ) {
+        if self.partitioned {
+            return;
+        }
+        let flow = self.channel_flow();
+        let role = self.machine.announced();
+        let (mut r, seq) = self.pair_request(now, me, 0, role, None, flow.proto, false);
+        r.headers
+            .push(HeaderName::Other(FORWARDED_BYE.into()), call_id.to_string());
+        self.sign(now, &mut r.headers, &auth::start_of_request("OPTIONS"), b"");
+        self.sent.insert(seq, now);
+        tx.send_stateless(flow, r.to_bytes());
+    }
+
+    /// With the calls go the registrations this node has (a node that restarted and won
+    /// may have none: the phones must stay reachable).
+    pub(crate) fn start_reg_handoff(&mut self, bodies: Vec<String>) {
+        self.reg_handoff_out = (0u32..).zip(bodies).collect();
+    }
+
     fn send_handoff(&mut self, now: Instant, tx: &mut TransactionLayer, me: &LocalContact) {
         if self.partitioned {
             return;
+        }
+        let flow = self.channel_flow();
+        let chunks: Vec<(u32, String)> = self
+            .reg_handoff_out
+            .iter()
+            .take(DIGEST_EXTRA + 1)
+            .map(|(n, b)| (*n, b.clone()))
+            .collect();
+        for (n, body) in chunks {
+            let role = self.machine.announced();
+            let (mut r, seq) = self.pair_request(now, me, 0, role, Some(body), flow.proto, true);
+            // Which chunk: the signature covers it (re-signed below).
+            r.headers
+                .set(HeaderName::Other(HANDOFF.into()), format!("reg;n={n}"));
+            let b = r.body.clone();
+            self.sign(now, &mut r.headers, &auth::start_of_request("OPTIONS"), &b);
+            self.sent.insert(seq, now);
+            tx.send_stateless(flow, r.to_bytes());
         }
         let Some(mut log) = self.handoff_out.take() else {
             return;
@@ -486,6 +547,13 @@ impl PairGlue {
                     self.store.begin(epoch);
                     self.persist_poll_at = Some(now);
                 }
+                Action::Reclaim { epoch } => {
+                    tracing::warn!(
+                        epoch,
+                        "pair: the peer was active at a higher epoch during a split; taking our calls back"
+                    );
+                    changes.push(RoleChange::Reclaim);
+                }
                 Action::BecomeActive { epoch, reason } => {
                     tracing::warn!(
                         node = self.node,
@@ -578,13 +646,22 @@ impl PairGlue {
                     None,
                 );
                 let mut r = response_to(req, 200, Some(&self.ka_tag));
-                let handoff = req.headers.iter().any(
-                    |h| matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(HANDOFF)),
-                );
-                let answer = if handoff {
-                    self.on_handoff_body(&req.body)
-                } else {
-                    self.on_digest_body(&req.body)
+                if let Some(bye) = req.headers.iter().find(|h| {
+                    matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(FORWARDED_BYE))
+                }) {
+                    self.byes_in.push(bye.value.trim().to_string());
+                }
+                let handoff = req
+                    .headers
+                    .iter()
+                    .find(|h| {
+                        matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(HANDOFF))
+                    })
+                    .map(|h| h.value.clone());
+                let answer = match handoff.as_deref().map(str::trim) {
+                    Some(v) if v.starts_with("reg;n=") => self.on_reg_handoff(v, &req.body),
+                    Some(_) => self.on_handoff_body(&req.body),
+                    None => self.on_digest_body(&req.body),
                 };
                 if let Some(b) = answer {
                     r.headers
@@ -662,6 +739,18 @@ impl PairGlue {
         true
     }
 
+    /// Registrations handed over by a peer that stepped down: kept for the server to apply
+    /// while we are active; the chunk number goes back as the acknowledgement.
+    fn on_reg_handoff(&mut self, value: &str, body: &[u8]) -> Option<String> {
+        if self.machine.role() != Role::Active {
+            return None;
+        }
+        let n: u32 = value.strip_prefix("reg;n=")?.trim().parse().ok()?;
+        let info = crate::pair::regsync::parse(&String::from_utf8_lossy(body)).ok()?;
+        self.reg_handoff_in.push(info);
+        Some(format!("R\t{n}\n"))
+    }
+
     /// A hand-off chunk from a peer that stepped down: kept for re-binding while we are
     /// active (our acknowledgement goes back); refused otherwise (it sends again).
     fn on_handoff_body(&mut self, body: &[u8]) -> Option<String> {
@@ -683,6 +772,13 @@ impl PairGlue {
             }
             self.table.apply(text);
             return Some(self.ack_body());
+        }
+        if let Some(n) = text
+            .strip_prefix("R\t")
+            .and_then(|n| n.trim().parse::<u32>().ok())
+        {
+            self.reg_handoff_out.remove(&n);
+            return None;
         }
         if let Some(Ack::Upto(g, s)) = text.strip_prefix("A\t").and_then(|a| Ack::parse(a.trim()))
             && let Some(log) = self.handoff_out.as_mut()

@@ -171,17 +171,37 @@ impl Server {
         }
     }
 
-    /// Calls a peer handed over after stepping down: re-bind them as in a takeover.
+    /// What the peer passed on while we are active: registrations and calls it handed over
+    /// after stepping down (re-bound as in a takeover), and BYEs it received for our calls.
     pub(super) fn take_handoff(&mut self, now: Instant) {
         let Some(p) = self.pair.as_mut() else {
             return;
         };
+        let byes = std::mem::take(&mut p.byes_in);
         if p.machine.role() != Role::Active {
             return;
         }
+        let regs = std::mem::take(&mut p.reg_handoff_in);
+        for info in regs {
+            super::regsync::apply_reginfo(&mut self.registrar, now, &info);
+        }
+        for call_id in byes {
+            // A BYE the peer received for one of our calls: end it on the other leg.
+            if let Some(token) = self.b2bua.token_of_call_id(&call_id) {
+                let side = self.b2bua.side_of_call_id(token, &call_id);
+                let (mut env, b) = self.env_parts(now);
+                b.finish(&mut env, token, "normal", &[side.other()]);
+                tracing::info!(call_id, "a BYE the peer received ended our call");
+            }
+        }
+        self.cdrs.extend(self.b2bua.take_cdrs());
+        let Some(p) = self.pair.as_mut() else {
+            return;
+        };
         let mut calls = p.handoff_in.drain_complete();
-        // Calls we own already (re-bound by our own takeover during the split) stay as they are.
-        calls.retain(|token, _| !self.b2bua.has_call(*token));
+        // Calls we own already (re-bound by our own takeover during the split) stay as they
+        // are; ringing calls were failed by the peer itself.
+        calls.retain(|token, c| c.ringing.is_none() && !self.b2bua.has_call(*token));
         if calls.is_empty() {
             return;
         }

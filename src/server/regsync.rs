@@ -36,7 +36,7 @@ pub(crate) const CHUNK_UDP: usize = 500;
 
 /// Split `records` into bodies of at most about `limit` bytes (a record larger than that
 /// goes alone), keeping the order.
-fn chunks(records: Vec<RegRecord>, limit: usize) -> Vec<Vec<RegRecord>> {
+pub(super) fn chunks(records: Vec<RegRecord>, limit: usize) -> Vec<Vec<RegRecord>> {
     let mut out: Vec<Vec<RegRecord>> = Vec::new();
     let mut cur: Vec<RegRecord> = Vec::new();
     let mut size = 0;
@@ -490,7 +490,26 @@ fn contact_of(b: &Binding, now: Instant) -> RegContact {
     }
 }
 
-fn full_state(registrar: &Registrar, now: Instant) -> RegInfo {
+/// Every registration of this node as reginfo bodies for a hand-off (partial state: the
+/// receiver merges them into what it has).
+pub(super) fn handoff_bodies(registrar: &Registrar, now: Instant, domain: &str) -> Vec<String> {
+    chunks(full_state(registrar, now).records, CHUNK_TCP)
+        .into_iter()
+        .filter(|c| !c.is_empty())
+        .map(|records| {
+            regsync::to_xml(
+                &RegInfo {
+                    version: 0,
+                    full: false,
+                    records,
+                },
+                domain,
+            )
+        })
+        .collect()
+}
+
+pub(super) fn full_state(registrar: &Registrar, now: Instant) -> RegInfo {
     let mut records: Vec<RegRecord> = registrar
         .location()
         .iter()
@@ -522,7 +541,7 @@ fn parse_source(s: &str) -> Option<Flow> {
 }
 
 /// Apply a reginfo document from the peer to our location service.
-fn apply_reginfo(registrar: &mut Registrar, now: Instant, info: &RegInfo) {
+pub(super) fn apply_reginfo(registrar: &mut Registrar, now: Instant, info: &RegInfo) {
     let loc = registrar.location_mut();
     if info.full {
         let peer_learned: Vec<(String, String)> = loc

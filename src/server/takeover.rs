@@ -232,6 +232,26 @@ impl Takeover {
         t
     }
 
+    /// Re-bind calls this node already had (`RoleChange::Reclaim`).
+    pub(crate) fn reclaim(cfg: &Config, now: Instant, now_ms: u64, calls: Vec<Adopted>) -> Self {
+        let mut t = Self::with(
+            cfg,
+            now,
+            now_ms,
+            std::collections::HashMap::new(),
+            PairMode::Hot,
+            Vec::new(),
+        );
+        t.report.mode = "reclaim".into();
+        for a in calls {
+            t.adopted.insert(a.token);
+            t.report.calls_found += 1;
+            t.save(&a);
+            t.waiting.push_back(a);
+        }
+        t
+    }
+
     /// More handed-over calls for a takeover (or hand-off) in progress.
     pub(crate) fn add_calls(&mut self, digest: std::collections::HashMap<u64, DigestCall>) {
         for (token, c) in digest {

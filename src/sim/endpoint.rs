@@ -98,6 +98,14 @@ pub struct Endpoint {
     pending: HashMap<String, Pending>,
     next_id: u64,
     out: Vec<Datagram>,
+    /// A phone's registration: user, password, and the REGISTER waiting for its answer.
+    registration: Option<(String, String)>,
+    /// Registrations answered 200.
+    pub registered: u64,
+    /// Where the phone registers.
+    registrar: SocketAddr,
+    /// Our INVITEs not yet answered finally, and where they went.
+    invites: HashMap<String, (Request, SocketAddr)>,
 }
 
 fn sdp(addr: SocketAddr) -> String {
@@ -135,7 +143,45 @@ impl Endpoint {
             pending: HashMap::new(),
             next_id: 0,
             out: Vec::new(),
+            registration: None,
+            registered: 0,
+            registrar: addr,
+            invites: HashMap::new(),
         }
+    }
+
+    fn register_request(&mut self, cseq: u32, auth: Option<String>) -> Request {
+        let (user, _) = self.registration.clone().unwrap_or_default();
+        let me = self.addr;
+        let mut r = Request::new(Method::Register, "sip:pbx.local");
+        let branch = self.id("z9hG4bKr");
+        let h = &mut r.headers;
+        h.push(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP {me};branch={branch};rport"),
+        );
+        h.push(HeaderName::MaxForwards, "70");
+        h.push(
+            HeaderName::From,
+            format!("<sip:{user}@pbx.local>;tag=r{}", me.port()),
+        );
+        h.push(HeaderName::To, format!("<sip:{user}@pbx.local>"));
+        h.push(HeaderName::CallId, format!("reg-{user}-{me}"));
+        h.push(HeaderName::CSeq, format!("{cseq} REGISTER"));
+        h.push(HeaderName::Contact, format!("<sip:{user}@{me}>"));
+        h.push(HeaderName::Expires, "3600");
+        if let Some(a) = auth {
+            h.push(HeaderName::Authorization, a);
+        }
+        r
+    }
+
+    /// Register as `user` at the PBX (a phone); the digest challenge is answered.
+    pub fn register(&mut self, now: Instant, pbx: SocketAddr, user: &str, password: &str) {
+        self.registration = Some((user.to_string(), password.to_string()));
+        self.registrar = pbx;
+        let r = self.register_request(1, None);
+        self.send_request(now, pbx, &r);
     }
 
     fn id(&mut self, what: &str) -> String {
@@ -193,7 +239,14 @@ impl Endpoint {
             format!("SIP/2.0/UDP {me};branch={branch};rport"),
         );
         h.push(HeaderName::MaxForwards, "70");
-        h.push(HeaderName::From, format!("<sip:ep@{me}>;tag={tag}"));
+        let from_user = self
+            .registration
+            .as_ref()
+            .map_or_else(|| "ep".to_string(), |(u, _)| u.clone());
+        h.push(
+            HeaderName::From,
+            format!("<sip:{from_user}@pbx.local>;tag={tag}"),
+        );
         h.push(HeaderName::To, format!("<sip:{number}@{pbx}>"));
         h.push(HeaderName::CallId, call_id.clone());
         h.push(HeaderName::CSeq, "1 INVITE");
@@ -208,11 +261,12 @@ impl Endpoint {
                 remote_tag: String::new(),
                 remote_target: pbx,
                 cseq: 1,
-                local_uri: format!("<sip:ep@{me}>"),
+                local_uri: format!("<sip:{from_user}@pbx.local>"),
                 remote_uri: format!("<sip:{number}@{pbx}>"),
                 caller: true,
             },
         );
+        self.invites.insert(call_id.clone(), (r.clone(), pbx));
         self.send_request(now, pbx, &r);
         call_id
     }
@@ -413,7 +467,84 @@ impl Endpoint {
         let key = format!("{call_id}/{}", cseq.seq);
         let was_pending = self.pending.remove(&key).is_some();
         match cseq.method {
+            Method::Register if was_pending => {
+                if r.status == 401
+                    && cseq.seq < 3
+                    && let (Some(ch), Some((user, pw))) = (
+                        r.headers.get(&HeaderName::WwwAuthenticate),
+                        self.registration.clone(),
+                    )
+                {
+                    let auth = crate::sip::digest::answer_challenge(
+                        ch,
+                        &user,
+                        &pw,
+                        "REGISTER",
+                        "sip:pbx.local",
+                        1,
+                        "sim",
+                    );
+                    let pbx = self.registrar;
+                    let req = self.register_request(cseq.seq + 1, auth);
+                    self.send_request(now, pbx, &req);
+                } else if r.status == 200 {
+                    self.registered += 1;
+                }
+            }
             Method::Invite => {
+                let invite = self.invites.remove(&call_id);
+                if r.status >= 300
+                    && let Some((inv, to)) = &invite
+                {
+                    // The ACK of a non-2xx belongs to the INVITE's transaction (same branch).
+                    let mut ack = Request::new(Method::Ack, inv.uri.clone());
+                    for n in [HeaderName::Via, HeaderName::From, HeaderName::CallId] {
+                        if let Some(v) = inv.headers.get(&n) {
+                            ack.headers.push(n, v);
+                        }
+                    }
+                    if let Some(v) = r.headers.get(&HeaderName::To) {
+                        ack.headers.push(HeaderName::To, v);
+                    }
+                    ack.headers
+                        .push(HeaderName::CSeq, format!("{} ACK", cseq.seq));
+                    self.send(*to, ack.to_bytes());
+                    if matches!(r.status, 401 | 407)
+                        && cseq.seq == 1
+                        && let Some((user, pw)) = self.registration.clone()
+                    {
+                        let header = if r.status == 407 {
+                            (
+                                HeaderName::ProxyAuthenticate,
+                                HeaderName::ProxyAuthorization,
+                            )
+                        } else {
+                            (HeaderName::WwwAuthenticate, HeaderName::Authorization)
+                        };
+                        if let Some(ch) = r.headers.get(&header.0) {
+                            let auth = crate::sip::digest::answer_challenge(
+                                ch, &user, &pw, "INVITE", &inv.uri, 1, "sim",
+                            );
+                            let mut again = inv.clone();
+                            let branch = self.id("z9hG4bKi");
+                            again.headers.set(
+                                HeaderName::Via,
+                                format!("SIP/2.0/UDP {};branch={branch};rport", self.addr),
+                            );
+                            again.headers.set(HeaderName::CSeq, "2 INVITE");
+                            if let Some(a) = auth {
+                                again.headers.push(header.1, a);
+                            }
+                            if let Some(d) = self.dialogs.get_mut(&call_id) {
+                                d.cseq = 2;
+                            }
+                            let to = *to;
+                            self.invites.insert(call_id.clone(), (again.clone(), to));
+                            self.send_request(now, to, &again);
+                            return;
+                        }
+                    }
+                }
                 let Some(d) = self.dialogs.get_mut(&call_id) else {
                     return;
                 };

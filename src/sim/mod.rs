@@ -11,6 +11,7 @@
 #![allow(clippy::panic)]
 
 pub mod endpoint;
+pub mod run;
 #[cfg(test)]
 mod tests;
 
