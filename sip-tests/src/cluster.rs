@@ -531,8 +531,10 @@ impl Pair {
             })
             .await?;
         self.standby
-            .wait_status(limit, "stand-by with the peer alive", |v| {
-                v["role"] == "standby" && v["peer"]["state"] == "alive"
+            .wait_status(limit, "stand-by with the active peer alive", |v| {
+                v["role"] == "standby"
+                    && v["peer"]["state"] == "alive"
+                    && v["peer"]["role"] == "active"
             })
             .await?;
         Ok(())

@@ -242,7 +242,11 @@ impl Pair {
                 } else {
                     "standby"
                 };
-                v["role"] == want && v["peer"]["state"] == "alive"
+                // The stand-by is settled once it heard the active announce itself (and its
+                // epoch), not merely heard it.
+                v["role"] == want
+                    && v["peer"]["state"] == "alive"
+                    && (want == "active" || v["peer"]["role"] == "active")
             })
         };
         assert!(
@@ -453,7 +457,7 @@ fn network_split_gives_two_actives_then_exactly_one() {
         "during a split both are active"
     );
     let (em, es) = (p.main.epoch(), p.standby.epoch());
-    assert!(es > em);
+    assert!(es > em, "standby epoch {es}, main epoch {em}");
     p.main.post("/test/partition?off");
     p.standby.post("/test/partition?off");
     // Healed: the higher epoch (the former stand-by) stays active, the main steps down.
