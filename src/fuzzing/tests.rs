@@ -91,3 +91,4 @@ fn server_seeds_reach_deep_states() {
         );
     }
 }
+

@@ -72,8 +72,9 @@ fn is_list_header(n: &HeaderName) -> bool {
 }
 
 /// Most header values a message may carry once comma lists are split into one value each:
-/// the parser's own limit on header lines, so that what we serialize parses again.
-const MAX_HEADER_VALUES: usize = 256;
+/// the parser's own limit on header lines (256) less the `Content-Length` line our
+/// serialization always writes, so that what we serialize parses again.
+const MAX_HEADER_VALUES: usize = 255;
 
 fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
     let mut out = Headers::with_capacity(src.len() + 2);
