@@ -91,4 +91,3 @@ fn server_seeds_reach_deep_states() {
         );
     }
 }
-

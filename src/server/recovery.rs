@@ -10,7 +10,6 @@ const DIGEST_GRACE: Duration = Duration::from_secs(5);
 
 use super::Server;
 use super::takeover::Step;
-use crate::cdr::CdrRecord;
 use crate::pair::Role;
 use crate::sip::{HeaderName, Method, Request};
 use crate::transport::Flow;
@@ -108,28 +107,14 @@ impl Server {
             let bye = d.request(Method::Bye, &self.me, None);
             let _ = self.tx.send_request(now, &bye, d.next_hop());
         }
-        let now_ms = self.wall_ms(now) as i64;
-        self.cdrs.push(CdrRecord {
-            call_id: r.a_call_id.clone(),
-            b_call_id: r.b_call_id.clone(),
-            token: format!("{:016x}", r.token),
-            caller: crate::sip::NameAddr::parse(&r.a_from)
-                .map(|a| a.uri.to_string())
-                .unwrap_or_default(),
-            callee: crate::sip::Uri::parse(&r.b_uri)
-                .ok()
-                .and_then(|u| u.user)
-                .unwrap_or_default(),
-            trunk: None,
-            start_ms: now_ms,
-            answer_ms: None,
-            end_ms: now_ms,
-            duration_ms: 0,
-            end_reason: "failed:503".into(),
-            recovered: true,
-            node: self.cfg.node.name.clone(),
-            media: None,
-        });
+        // No CDR: the call never connected, and the previous owner — alive during a
+        // split, or crashed — answered or failed it on its side (one CDR per call at most).
+        // The takeover report counts it (`ringing_failed`).
+        tracing::info!(
+            token = format!("{:016x}", r.token),
+            call_id = r.a_call_id,
+            "ringing call failed at takeover"
+        );
     }
 
     /// Move the B2BUA's digest entries into the pair's log (active only).

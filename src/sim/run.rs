@@ -417,8 +417,17 @@ fn check_end(sim: &Sim, rep: &mut Report) {
     let calls = sim.server(0).map_or(0, |s| s.b2bua().call_count())
         + sim.server(1).map_or(0, |s| s.b2bua().call_count());
     if calls > 0 {
+        let which: Vec<String> = (0..2)
+            .filter_map(|i| sim.server(i).map(|s| (i, s)))
+            .flat_map(|(i, s)| {
+                s.b2bua()
+                    .calls()
+                    .map(move |c| format!("node {i}: {:016x} {:?}", c.token, c.state))
+            })
+            .take(3)
+            .collect();
         rep.violations.push(format!(
-            "{calls} calls still held by the nodes after every hang-up"
+            "{calls} calls still held by the nodes after every hang-up: {which:?}"
         ));
     }
     // The stand-by knows every registration the active knows.
