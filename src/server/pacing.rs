@@ -2,11 +2,13 @@
 //! in an adaptive window, so that a takeover under load never overwhelms the endpoints it is
 //! saving (stock socket buffers drop a burst; a carrier answers one with 503 or silence).
 //!
-//! Per destination, a window of re-binds in flight starts at [`START`], grows by one per
-//! window's worth of re-binds answered promptly (both legs within [`prompt`] of the start:
-//! no retransmission was needed) up to [`MAX`], and halves when one was slow, refused with
-//! 503 or timed out. New re-binds start as earlier ones end (the answers clock them), so
-//! an endpoint sees at most a window's worth at once, however many calls it has.
+//! Per destination, a window of re-binds in flight starts at [`START`] and grows while
+//! re-binds are answered promptly (both legs within [`prompt`] of the start: no
+//! retransmission was needed) — by one per prompt answer up to [`QUICK`] (or the first sign of
+//! congestion), by one per window's worth after it — up to [`MAX`]; it halves when a re-bind was slow,
+//! refused with 503 or timed out. New re-binds start as earlier ones end (the answers clock
+//! them), so an endpoint never gets more than two at once past the first few, however many
+//! calls it has.
 //! A call occupies a place at both its legs' destinations until its re-bind ends. A trunk
 //! with `max_cps` also gets at most that many re-binds started per second. Sans-IO: the clock
 //! is an argument.
@@ -17,9 +19,12 @@ use std::time::{Duration, Instant};
 
 /// Initial window per destination.
 pub(crate) const START: f64 = 4.0;
-/// Largest window per destination: a re-bind puts two datagrams in the endpoint's receive
-/// buffer, and a stock buffer holds about 64.
-pub(crate) const MAX: f64 = 24.0;
+/// Up to this window, it grows by one per prompt answer (then by one per window's worth).
+pub(crate) const QUICK: f64 = 16.0;
+
+/// Largest window per destination (re-binds in flight; they arrive clocked by the answers,
+/// not in one burst).
+pub(crate) const MAX: f64 = 64.0;
 
 /// How long a re-bind may take and still count as prompt: two round trips (leg A, then leg
 /// B) without a retransmission, i.e. under 2 × T1.
@@ -30,6 +35,8 @@ pub(crate) fn prompt(t1: Duration) -> Duration {
 #[derive(Debug, Clone)]
 struct Dest {
     window: f64,
+    /// Below it the window grows by one per prompt answer; above, by one per window.
+    threshold: f64,
     in_flight: usize,
     /// `max_cps` token bucket: tokens and when they were last refilled.
     bucket: Option<(f64, f64, Instant)>,
@@ -39,6 +46,7 @@ impl Dest {
     fn new(cps: Option<u32>, now: Instant) -> Self {
         Self {
             window: START,
+            threshold: QUICK,
             in_flight: 0,
             bucket: cps.map(|c| (f64::from(c), f64::from(c), now)),
         }
@@ -135,10 +143,16 @@ impl Pacer {
         for d in dests {
             if let Some(dest) = self.dests.get_mut(&d) {
                 dest.in_flight = dest.in_flight.saturating_sub(1);
-                dest.window = match verdict {
-                    Verdict::Prompt => (dest.window + 1.0 / dest.window).min(MAX),
-                    Verdict::Congested => (dest.window / 2.0).max(1.0),
-                };
+                match verdict {
+                    Verdict::Prompt if dest.window < dest.threshold => {
+                        dest.window = (dest.window + 1.0).min(MAX);
+                    }
+                    Verdict::Prompt => dest.window = (dest.window + 1.0 / dest.window).min(MAX),
+                    Verdict::Congested => {
+                        dest.window = (dest.window / 2.0).max(1.0);
+                        dest.threshold = dest.window;
+                    }
+                }
             }
         }
     }
@@ -168,12 +182,21 @@ mod tests {
         for t in 0..4 {
             p.finished(t, Verdict::Prompt);
         }
-        // One more per window's worth of prompt answers.
-        assert!(p.window(x).is_some_and(|w| (w - (START + 1.0)).abs() < 0.1));
+        // Before any congestion: one more per prompt answer.
+        assert_eq!(p.window(x), Some(START + 4.0));
         let admitted = (10..30).filter(|&t| p.admit(t0, t, [x, y])).count();
-        assert_eq!(admitted, 4, "the window is 4.9: four at once");
+        assert_eq!(admitted, 8);
         p.finished(10, Verdict::Congested);
-        assert!(p.window(x).is_some_and(|w| w < 2.5));
+        assert_eq!(p.window(x), Some(4.0));
+        // After it: one more per window's worth.
+        for t in 11..15 {
+            p.finished(t, Verdict::Prompt);
+        }
+        assert!(
+            p.window(x).is_some_and(|w| w > 4.8 && w < 5.0),
+            "{:?}",
+            p.window(x)
+        );
         // Other destinations are not held back by a congested one.
         assert!(p.admit(t0, 99, [a(3), a(4)]));
     }

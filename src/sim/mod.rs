@@ -129,6 +129,11 @@ pub struct Faults {
     pub loss: f64,
     /// Probability a UDP datagram arrives twice.
     pub duplicate: f64,
+    /// UDP datagrams larger than this are dropped (a path MTU whose fragments a firewall
+    /// drops); `None`: no limit.
+    pub max_udp: Option<usize>,
+    /// Datagrams dropped for their size.
+    pub dropped_oversize: u64,
 }
 
 impl Default for Faults {
@@ -138,6 +143,8 @@ impl Default for Faults {
             jitter: Duration::ZERO,
             loss: 0.0,
             duplicate: 0.0,
+            max_udp: None,
+            dropped_oversize: 0,
         }
     }
 }
@@ -284,6 +291,10 @@ impl Sim {
             self.tapped.push(d.clone());
         }
         let udp = d.proto == Proto::Udp;
+        if udp && self.faults.max_udp.is_some_and(|m| d.bytes.len() > m) {
+            self.faults.dropped_oversize += 1;
+            return;
+        }
         if udp && self.faults.loss > 0.0 && self.rng.r#gen::<f64>() < self.faults.loss {
             return;
         }
