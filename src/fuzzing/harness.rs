@@ -209,7 +209,7 @@ fn source_of(addr: SocketAddr) -> Option<u8> {
 
 /// Longest virtual time one event may let pass (keeps a run short; with T1 = 50 ms every
 /// transaction timer, Timer B and F included, fires within it).
-const MAX_DELAY: Duration = Duration::from_secs(10);
+const MAX_DELAY: Duration = Duration::from_secs(4);
 
 /// Most timer firings one delay may cause.
 const MAX_FIRINGS: usize = 5_000;
