@@ -177,3 +177,30 @@ async fn every_prefix_of_a_request_is_survived() -> Result<()> {
     client.barrier(LIMIT).await?;
     Ok(())
 }
+
+/// The datagram that killed a node (and then its stand-by): a BYE whose To tag is `u`, 15
+/// × `a` and `é` — 17 bytes after the `u`, split inside the two-byte `é` by the old call-tag
+/// parser. A tag must be a token (RFC 3261 §25.1): the node answers 400 and keeps serving.
+#[tokio::test]
+async fn a_to_tag_that_is_not_a_token_gets_400_and_the_node_survives() -> Result<()> {
+    let server = TestServer::start().await?;
+    let client = RawClient::bind(server.sip).await?;
+    let me = client.addr();
+    let tag = format!("u{}é", "a".repeat(15));
+    let bye = format!(
+        "BYE sip:alice@pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKutf8;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@pbx.local>;tag=x1\r\nTo: <sip:alice@pbx.local>;tag={tag}\r\n\
+         Call-ID: tag-utf8\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let got = client.exchange(bye.as_bytes(), LIMIT).await?;
+    let statuses: Vec<Option<u16>> = got.iter().map(Received::status).collect();
+    assert_eq!(statuses, [Some(400)], "answers: {:?}", lines(&got));
+    client.barrier(LIMIT).await?;
+    let (status, metrics) = server.get_text("/metrics").await?;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("understudy_internal_errors_total 0\n"),
+        "{metrics}"
+    );
+    Ok(())
+}
