@@ -27,7 +27,8 @@ impl Server {
         }
         match inbound {
             Inbound::Unreachable(flow) => {
-                tracing::info!(%flow, "destination unreachable");
+                // Debug only: a peer that closed its connection makes one per message.
+                tracing::debug!(%flow, "destination unreachable");
                 self.tx.transport_error(flow);
             }
             Inbound::Message(parsed, flow) => {
