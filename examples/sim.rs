@@ -27,6 +27,14 @@ fn main() {
         );
         std::process::exit(i32::from(!r.violations.is_empty()));
     }
+    if let [flag, seed] = args.as_slice()
+        && flag == "--clean"
+    {
+        let seed: u64 = seed.parse().unwrap_or(1);
+        let r = run(seed, &[]);
+        println!("seed {seed} without faults: violations {:?}", r.violations);
+        return;
+    }
     let n: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(100);
     let first: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
     let t0 = Instant::now();

@@ -270,7 +270,14 @@ impl Server {
                 );
                 return;
             }
+            // Our tag (the To tag of a request from an endpoint) names the call, even one
+            // whose leg is still being set up here.
+            let ours = req
+                .to_tag()
+                .and_then(|t| crate::b2bua::parse_tag(&t))
+                .is_some_and(|(token, _)| self.b2bua.has_call(token));
             if req.method == Method::Bye
+                && !ours
                 && let Ok(call_id) = req.call_id()
                 && self.b2bua.token_of_call_id(call_id).is_none()
                 && let Some(p) = self.pair.as_mut()

@@ -39,6 +39,8 @@ pub struct EpDialog {
     remote_uri: String,
     /// Whether we placed the call.
     pub caller: bool,
+    /// The callee got the ACK of its 2xx: only then may it send BYE (RFC 3261 §15.1.1).
+    pub acked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +106,8 @@ pub struct Endpoint {
     pub registered: u64,
     /// Where the phone registers.
     registrar: SocketAddr,
+    /// The clock at the last datagram handled.
+    now: Instant,
     /// Our INVITEs not yet answered finally, and where they went.
     invites: HashMap<String, (Request, SocketAddr)>,
 }
@@ -146,6 +150,7 @@ impl Endpoint {
             registration: None,
             registered: 0,
             registrar: addr,
+            now: Instant::now(),
             invites: HashMap::new(),
         }
     }
@@ -264,6 +269,7 @@ impl Endpoint {
                 local_uri: format!("<sip:{from_user}@pbx.local>"),
                 remote_uri: format!("<sip:{number}@{pbx}>"),
                 caller: true,
+                acked: true,
             },
         );
         self.invites.insert(call_id.clone(), (r.clone(), pbx));
@@ -283,7 +289,7 @@ impl Endpoint {
         let Some(d) = self.dialogs.get_mut(call_id) else {
             return false;
         };
-        if d.remote_tag.is_empty() {
+        if d.remote_tag.is_empty() || !d.acked {
             return false;
         }
         d.cseq += 1;
@@ -328,6 +334,7 @@ impl Endpoint {
     }
 
     fn handle(&mut self, now: Instant, d: &Datagram) {
+        self.now = now;
         let Ok(p) = parse_datagram(&d.bytes) else {
             return;
         };
@@ -362,6 +369,21 @@ impl Endpoint {
         {
             self.answered.insert(b, bytes.clone());
         }
+        if (200..300).contains(&status) && req.method == Method::Invite {
+            // A UAS retransmits its 2xx until the ACK comes (RFC 3261 §13.3.1.4).
+            let key = format!("{}/2xx", req.call_id().unwrap_or(""));
+            self.pending.insert(
+                key,
+                Pending {
+                    bye: false,
+                    bytes: bytes.clone(),
+                    to,
+                    next: self.now + T1,
+                    interval: T1,
+                    tries: 1,
+                },
+            );
+        }
         self.send(to, bytes);
     }
 
@@ -382,7 +404,12 @@ impl Endpoint {
         let call_id = r.call_id().unwrap_or("").to_string();
         let to_tag = r.to_tag();
         match r.method {
-            Method::Ack => {}
+            Method::Ack => {
+                self.pending.remove(&format!("{call_id}/2xx"));
+                if let Some(d) = self.dialogs.get_mut(&call_id) {
+                    d.acked = true;
+                }
+            }
             Method::Invite if to_tag.is_none() => {
                 let tag = self.id("t");
                 let target = target_of(r.headers.get(&HeaderName::Contact)).unwrap_or(from);
@@ -402,6 +429,7 @@ impl Endpoint {
                             .map(|a| format!("<{}>", a.uri))
                             .unwrap_or_default(),
                         caller: false,
+                        acked: false,
                     },
                 );
                 let body = sdp(self.addr);
@@ -622,6 +650,16 @@ impl Endpoint {
         }
         for (k, bye) in gone {
             self.pending.remove(&k);
+            if let Some(call_id) = k.strip_suffix("/2xx") {
+                // No ACK for our 2xx: the dialog is confirmed, but the session ends with a
+                // BYE (RFC 3261 §13.3.1.4).
+                let call_id = call_id.to_string();
+                if let Some(d) = self.dialogs.get_mut(&call_id) {
+                    d.acked = true;
+                }
+                self.hang_up(now, &call_id);
+                continue;
+            }
             self.stats.timeouts += 1;
             if bye {
                 self.stats.byes_failed += 1;
@@ -649,11 +687,11 @@ impl Endpoint {
             .count()
     }
 
-    /// A confirmed dialog's Call-ID, if any.
+    /// A confirmed dialog's Call-ID (one we may hang up), if any.
     pub fn some_call(&self) -> Option<String> {
         self.dialogs
             .values()
-            .find(|d| !d.remote_tag.is_empty())
+            .find(|d| !d.remote_tag.is_empty() && d.acked)
             .map(|d| d.call_id.clone())
     }
 

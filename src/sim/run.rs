@@ -188,6 +188,13 @@ pub fn run(seed: u64, faults: &[Fault]) -> Report {
     let mut rep = Report::default();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut sim = Sim::new(seed);
+    // `SIM_TAP=text`: the trace shows every datagram containing `text` (e.g. a call token).
+    if std::env::var("SIM_TAP").is_ok() {
+        sim.tap(|d| {
+            let t = std::env::var("SIM_TAP").unwrap_or_default();
+            !t.is_empty() && d.bytes.windows(t.len()).any(|w| w == t.as_bytes())
+        });
+    }
     let extra = config_extra();
     sim.add_node(pair_config("main-1", "main", MAIN, STANDBY, &extra));
     sim.add_node(pair_config("standby-1", "standby", STANDBY, MAIN, &extra));
@@ -335,6 +342,13 @@ pub fn run(seed: u64, faults: &[Fault]) -> Report {
         .iter()
         .map(|e| e.stats.answered as usize)
         .sum();
+    for d in &sim.tapped {
+        let text = String::from_utf8_lossy(&d.bytes);
+        let first = text.lines().next().unwrap_or("");
+        let cseq = text.lines().find(|x| x.starts_with("CSeq")).unwrap_or("");
+        rep.trace
+            .push(format!("tap: {} -> {} {first} [{cseq}]", d.from, d.to));
+    }
     check_end(&sim, &mut rep);
     rep
 }
