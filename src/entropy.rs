@@ -6,6 +6,7 @@
 //! is reproduced by the seed (the clock is injected the same way: as an argument).
 
 use std::cell::RefCell;
+use std::hash::BuildHasher;
 
 use rand::distributions::{Distribution, Standard};
 use rand::rngs::StdRng;
@@ -46,6 +47,40 @@ pub fn token(n: usize, alphabet: &[u8]) -> String {
             .map(|&b| char::from(b))
             .collect()
     })
+}
+
+/// Hash maps and sets of the protocol layers. Their hasher is keyed from this source: random
+/// per process in production (no one can aim collisions at a table), a function of the seed in
+/// a simulation (so iteration order, and with it the whole run, is reproduced).
+pub type HashMap<K, V> = std::collections::HashMap<K, V, Keyed>;
+
+/// See [`HashMap`].
+pub type HashSet<K> = std::collections::HashSet<K, Keyed>;
+
+/// A SipHash hasher builder with keys drawn from this source.
+#[derive(Debug, Clone, Copy)]
+pub struct Keyed {
+    k0: u64,
+    k1: u64,
+}
+
+impl Default for Keyed {
+    fn default() -> Self {
+        Self {
+            k0: random(),
+            k1: random(),
+        }
+    }
+}
+
+impl BuildHasher for Keyed {
+    #[allow(deprecated)]
+    type Hasher = std::hash::SipHasher;
+
+    #[allow(deprecated)]
+    fn build_hasher(&self) -> Self::Hasher {
+        std::hash::SipHasher::new_with_keys(self.k0, self.k1)
+    }
 }
 
 #[cfg(test)]

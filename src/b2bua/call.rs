@@ -1,7 +1,7 @@
 //! The call model: two legs, the forks of the B leg while it is being set up, and the
 //! transactions in flight that belong to the call.
 
-use std::collections::HashMap;
+use crate::entropy::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -228,7 +228,7 @@ impl Call {
             b_tx: None,
             reinvite: None,
             relay_tx: None,
-            relays: HashMap::new(),
+            relays: HashMap::default(),
             last_sdp: [None, None],
             timers: [None, None],
             peer_update: [false, false],

@@ -1,7 +1,7 @@
 //! The B2BUA's side of media relay: port pairs per call (one facing each leg), SDP rewritten
 //! as it crosses the call, and commands for the relay that owns the sockets.
 
-use std::collections::HashMap;
+use crate::entropy::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
@@ -57,7 +57,7 @@ impl MediaPlan {
         Self {
             ip,
             pool: PortPool::new(lo, hi),
-            ports: HashMap::new(),
+            ports: HashMap::default(),
             commands: Vec::new(),
         }
     }

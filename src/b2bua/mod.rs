@@ -13,7 +13,9 @@ mod routing;
 mod session;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use crate::entropy::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -8,7 +8,9 @@
 //! with `\\`, `\t` and `\n` escaped:
 //! `D <generation> <first-seq> <reset 0|1>` then `L`/`R`/`G` lines (leg, ringing, gone).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::entropy::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 

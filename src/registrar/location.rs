@@ -1,7 +1,7 @@
 //! The location service: bindings per address-of-record with expiry driven by `now`
 //! (RFC 3261 §10.3).
 
-use std::collections::HashMap;
+use crate::entropy::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::sip::{NameAddr, Uri};
@@ -95,7 +95,7 @@ impl Location {
     /// Empty, at most `max_per_aor` bindings per AOR (at least 1).
     pub fn with_limit(max_per_aor: usize) -> Self {
         Self {
-            aors: HashMap::new(),
+            aors: HashMap::default(),
             changes: Vec::new(),
             max_per_aor: max_per_aor.max(1),
             evicted: 0,

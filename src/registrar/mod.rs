@@ -8,7 +8,7 @@ pub mod reginfo;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use crate::entropy::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -99,7 +99,7 @@ impl Registrar {
             location: Location::with_limit(settings.max_contacts_per_aor),
             settings,
             digest,
-            failures: HashMap::new(),
+            failures: HashMap::default(),
             stats: Stats::default(),
         }
     }

@@ -3,7 +3,7 @@
 //! calls this node handles. `Expires: 0` is a one-shot fetch; otherwise the subscription lasts
 //! and a NOTIFY follows whenever the user's dialogs change (checked once a second).
 
-use std::collections::{HashMap, HashSet};
+use crate::entropy::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,8 +39,8 @@ pub(crate) struct Blf {
 impl Blf {
     pub(crate) fn with_limit(limit: usize) -> Self {
         Self {
-            subs: HashMap::new(),
-            notifies: HashMap::new(),
+            subs: HashMap::default(),
+            notifies: HashMap::default(),
             limit,
             refused: 0,
         }
@@ -55,7 +55,7 @@ fn reports(
     domain: &str,
     now: Instant,
 ) -> HashMap<String, Vec<DialogReport>> {
-    let mut out: HashMap<String, Vec<DialogReport>> = HashMap::new();
+    let mut out: HashMap<String, Vec<DialogReport>> = HashMap::default();
     for c in b2bua.calls() {
         let state = match c.state {
             CallState::Calling => "trying",

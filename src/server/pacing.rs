@@ -13,7 +13,7 @@
 //! with `max_cps` also gets at most that many re-binds started per second. Sans-IO: the clock
 //! is an argument.
 
-use std::collections::HashMap;
+use crate::entropy::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! persistence, stand-by call refusal, switchover, and the RFC 3680 `reg` subscription in
 //! both directions (the active notifies, the stand-by subscribes).
 
-use std::collections::{HashMap, HashSet};
+use crate::entropy::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -183,15 +183,15 @@ impl PairGlue {
             ka_call_id: format!("ka-{:016x}", crate::entropy::random::<u64>()),
             ka_tag: new_tag(),
             ka_seq: 0,
-            sent: HashMap::new(),
+            sent: HashMap::default(),
             probe_seq: None,
             partitioned: false,
             stats: PairStats::default(),
             mismatch_logged: None,
             subscriber: Subscriber::Idle { retry_at: now },
-            notifier: HashMap::new(),
-            client_txs: HashSet::new(),
-            notify_txs: HashMap::new(),
+            notifier: HashMap::default(),
+            client_txs: HashSet::default(),
+            notify_txs: HashMap::default(),
             domain: cfg.node.domain.clone(),
             log: DigestLog::new(),
             table: DigestTable::default(),

@@ -3,7 +3,7 @@
 //! answered the last two pings is marked unreachable in `/registrations` and counted in
 //! `/status` and `/metrics`. Stateless: answers are matched by Call-ID.
 
-use std::collections::HashMap;
+use crate::entropy::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::dialog::{LocalContact, uri_flow};
@@ -35,7 +35,7 @@ impl Pinger {
         Self {
             call_id: format!("ep-{:016x}", crate::entropy::random::<u64>()),
             next: now + INTERVAL,
-            health: HashMap::new(),
+            health: HashMap::default(),
             round: Vec::new(),
         }
     }
@@ -92,7 +92,7 @@ impl Pinger {
                 seen.push(uri);
             }
         }
-        let current: std::collections::HashSet<&String> = seen.iter().collect();
+        let current: crate::entropy::HashSet<&String> = seen.iter().collect();
         self.health.retain(|u, _| current.contains(u));
         self.round = seen;
     }

@@ -433,7 +433,7 @@ impl PairGlue {
             return;
         }
         let mut records: Vec<RegRecord> = Vec::new();
-        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut index: crate::entropy::HashMap<&str, usize> = crate::entropy::HashMap::default();
         for c in changes {
             let (aor, contact) = match c {
                 Change::Bound { aor, binding } if binding.origin != Origin::Static => {

@@ -7,7 +7,9 @@
 //! notifiers (any non-2xx, or silence) are reset the cold way when `takeover.fallback = cold`.
 //! Cold: send each endpoint `NOTIFY Event: check-sync` and start with every line idle.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::entropy::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -50,7 +52,7 @@ pub(crate) fn endpoints(
     for_reset: bool,
 ) -> Vec<Endpoint> {
     let mut out = Vec::new();
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     let users: HashMap<&str, &crate::config::UserConfig> =
         cfg.users.iter().map(|u| (u.name.as_str(), u)).collect();
     for (aor, list) in registrar.location().iter() {
@@ -212,7 +214,7 @@ impl Takeover {
         registrar: &Registrar,
         now: Instant,
         now_ms: u64,
-        digest: std::collections::HashMap<u64, DigestCall>,
+        digest: crate::entropy::HashMap<u64, DigestCall>,
     ) -> Self {
         let mode = cfg.pair.as_ref().map_or(PairMode::Hot, |p| p.mode);
         let eps = endpoints(cfg, registrar, now, mode == PairMode::Cold);
@@ -225,7 +227,7 @@ impl Takeover {
         cfg: &Config,
         now: Instant,
         now_ms: u64,
-        digest: std::collections::HashMap<u64, DigestCall>,
+        digest: crate::entropy::HashMap<u64, DigestCall>,
     ) -> Self {
         let mut t = Self::with(cfg, now, now_ms, digest, PairMode::Hot, Vec::new());
         t.report.mode = "handoff".into();
@@ -238,7 +240,7 @@ impl Takeover {
             cfg,
             now,
             now_ms,
-            std::collections::HashMap::new(),
+            crate::entropy::HashMap::default(),
             PairMode::Hot,
             Vec::new(),
         );
@@ -253,7 +255,7 @@ impl Takeover {
     }
 
     /// More handed-over calls for a takeover (or hand-off) in progress.
-    pub(crate) fn add_calls(&mut self, digest: std::collections::HashMap<u64, DigestCall>) {
+    pub(crate) fn add_calls(&mut self, digest: crate::entropy::HashMap<u64, DigestCall>) {
         for (token, c) in digest {
             if let (None, Some(a), Some(b)) = (c.ringing, c.a, c.b)
                 && self.adopted.insert(token)
@@ -280,13 +282,13 @@ impl Takeover {
         cfg: &Config,
         now: Instant,
         now_ms: u64,
-        digest: std::collections::HashMap<u64, DigestCall>,
+        digest: crate::entropy::HashMap<u64, DigestCall>,
         mode: PairMode,
         eps: Vec<Endpoint>,
     ) -> Self {
         let mut initial = Vec::new();
-        let mut legs: HashMap<u64, Pending> = HashMap::new();
-        let mut adopted = HashSet::new();
+        let mut legs: HashMap<u64, Pending> = HashMap::default();
+        let mut adopted = HashSet::default();
         let (mut calls_found, mut ringing) = (0, 0);
         if mode == PairMode::Hot {
             for (token, c) in digest {
@@ -332,12 +334,12 @@ impl Takeover {
             parallel: cfg.takeover.parallel.max(1),
             query_timeout: Duration::from_millis(cfg.takeover.query_timeout_ms),
             queue: VecDeque::new(),
-            queries: HashMap::new(),
-            txs: HashMap::new(),
-            legs: HashMap::new(),
+            queries: HashMap::default(),
+            txs: HashMap::default(),
+            legs: HashMap::default(),
             resets: VecDeque::new(),
             fallback_resets: VecDeque::new(),
-            saved: HashSet::new(),
+            saved: HashSet::default(),
             adopted,
             initial: Vec::new(),
             waiting: VecDeque::new(),

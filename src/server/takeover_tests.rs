@@ -1,6 +1,6 @@
 //! Takeover pacing on a virtual clock: queries wait for a free slot, resets leave in batches.
 
-use std::collections::HashMap;
+use crate::entropy::HashMap;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -56,7 +56,7 @@ fn full_query_slots_wait_for_answers_instead_of_spinning() {
     let cfg = config("hot");
     let (registrar, mut tx, me) = parts();
     let now = Instant::now();
-    let mut t = Takeover::start(&cfg, &registrar, now, 0, HashMap::new());
+    let mut t = Takeover::start(&cfg, &registrar, now, 0, HashMap::default());
     assert_eq!(t.report.endpoints, 5);
     t.tick(now, &mut tx, &me, 0);
     assert_eq!(t.report.queried, 2, "at most `parallel` queries at a time");
@@ -76,7 +76,7 @@ fn resets_leave_in_paced_batches() {
     let cfg = config("cold");
     let (registrar, mut tx, me) = parts();
     let now = Instant::now();
-    let mut t = Takeover::start(&cfg, &registrar, now, 0, HashMap::new());
+    let mut t = Takeover::start(&cfg, &registrar, now, 0, HashMap::default());
     t.tick(now, &mut tx, &me, 0);
     assert_eq!(t.report.reset, 2);
     assert_eq!(t.poll_timeout(), Some(now + RESET_PACE));
@@ -103,7 +103,7 @@ fn fallback_resets_spare_endpoints_with_recovered_calls() {
         .expect("seed");
     let (_, events) = seed.bytes.split_first().expect("mode byte");
     let mut h = Harness::new(Mode::Standby, false, 0x5eed);
-    let mut resets: std::collections::HashMap<u8, usize> = std::collections::HashMap::new();
+    let mut resets: crate::entropy::HashMap<u8, usize> = crate::entropy::HashMap::default();
     let mut reinvites = 0;
     for e in Event::decode_all(events) {
         for (dest, _, m) in h.apply(&e) {

@@ -6,7 +6,9 @@
 //! socket at its stock size (about 64 datagrams in 208 KiB) in front of an application that
 //! handles 10,000 messages a second.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::entropy::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -136,22 +138,22 @@ impl Endpoint {
     pub fn new(addr: SocketAddr, buffer: usize) -> Self {
         Self {
             addr,
-            dialogs: HashMap::new(),
+            dialogs: HashMap::default(),
             stats: EpStats::default(),
             buffer,
             service: Duration::from_micros(100),
             refuse_reinvites: 0,
             queue: VecDeque::new(),
             next_service: None,
-            answered: HashMap::new(),
-            pending: HashMap::new(),
+            answered: HashMap::default(),
+            pending: HashMap::default(),
             next_id: 0,
             out: Vec::new(),
             registration: None,
             registered: 0,
             registrar: addr,
             now: Instant::now(),
-            invites: HashMap::new(),
+            invites: HashMap::default(),
         }
     }
 

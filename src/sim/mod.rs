@@ -18,7 +18,9 @@ mod tests;
 pub use endpoint::Endpoint;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::BinaryHeap;
+
+use crate::entropy::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -200,7 +202,7 @@ impl Sim {
             net: BinaryHeap::new(),
             seq: 0,
             faults: Faults::default(),
-            cut: HashSet::new(),
+            cut: HashSet::default(),
             tapped: Vec::new(),
             tap: None,
             outbox: Vec::new(),

@@ -18,7 +18,7 @@
 //! Everything is a function of the seed; [`shrink`] removes faults from a failing schedule
 //! while it still fails, for a minimal trace.
 
-use std::collections::HashMap;
+use crate::entropy::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -406,7 +406,7 @@ fn check_end(sim: &Sim, rep: &mut Report) {
             "{left_up} dialogs still up at the endpoints, e.g. {ids:?}"
         ));
     }
-    let mut per_token: HashMap<&str, usize> = HashMap::new();
+    let mut per_token: HashMap<&str, usize> = HashMap::default();
     for (_, c) in &sim.cdrs {
         *per_token.entry(c.token.as_str()).or_default() += 1;
     }

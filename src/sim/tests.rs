@@ -587,7 +587,8 @@ fn after_a_split_heals_every_call_has_one_owner_and_one_cdr() {
     let ls = sim.endpoints[left].stats;
     assert_eq!((ls.byes_ok, ls.byes_failed), (40, 0), "{ls:?}");
     assert_eq!(sim.endpoints[right].stats.byes_received, 40);
-    let mut per_call: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut per_call: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::default();
     for (_, c) in &sim.cdrs {
         *per_call.entry(c.token.clone()).or_default() += 1;
     }

@@ -1,7 +1,7 @@
 //! HTTP digest authentication for SIP (RFC 3261 §22, RFC 2617, RFC 8760): MD5 and SHA-256,
 //! `qop=auth`, server nonces that expire and cannot be replayed.
 
-use std::collections::HashMap;
+use crate::entropy::HashMap;
 use std::fmt::Write as _;
 
 use hmac::{Hmac, Mac};
@@ -60,7 +60,7 @@ impl DigestParams {
         if !scheme.eq_ignore_ascii_case("Digest") {
             return None;
         }
-        let mut map = HashMap::new();
+        let mut map = HashMap::default();
         for part in split_outside_quotes(rest, ',') {
             let Some((k, v)) = part.split_once('=') else {
                 continue;
@@ -195,7 +195,7 @@ impl DigestServer {
             lifetime_s,
             algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
             counter: crate::entropy::random::<u32>().into(),
-            seen: HashMap::new(),
+            seen: HashMap::default(),
         }
     }
 

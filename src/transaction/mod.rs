@@ -36,7 +36,9 @@ macro_rules! ctx {
 }
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+
+use crate::entropy::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -202,11 +204,11 @@ impl TransactionLayer {
             timers,
             force_rport,
             next_id: 0,
-            clients: HashMap::new(),
-            client_keys: HashMap::new(),
-            servers: HashMap::new(),
-            server_keys: HashMap::new(),
-            accepted: HashMap::new(),
+            clients: HashMap::default(),
+            client_keys: HashMap::default(),
+            servers: HashMap::default(),
+            server_keys: HashMap::default(),
+            accepted: HashMap::default(),
             heap: BinaryHeap::new(),
             seq: 0,
             transmits: VecDeque::new(),
