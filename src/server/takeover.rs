@@ -260,15 +260,7 @@ impl Takeover {
             if let (None, Some(a), Some(b)) = (c.ringing, c.a, c.b)
                 && self.adopted.insert(token)
             {
-                let adopted = Adopted {
-                    token,
-                    caller: a.party.clone(),
-                    callee: b.party.clone(),
-                    start_ms: a.start_ms,
-                    a: leg_dialog(&a),
-                    b: leg_dialog(&b),
-                    source: Source::Digest,
-                };
+                let adopted = from_digest(token, &a, &b);
                 self.report.calls_found += 1;
                 self.report.digest_calls += 1;
                 self.save(&adopted);
@@ -301,15 +293,7 @@ impl Takeover {
                     (Some(a), Some(b)) => {
                         adopted.insert(token);
                         calls_found += 1;
-                        initial.push(Step::Adopt(Box::new(Adopted {
-                            token,
-                            caller: a.party.clone(),
-                            callee: b.party.clone(),
-                            start_ms: a.start_ms,
-                            a: leg_dialog(&a),
-                            b: leg_dialog(&b),
-                            source: Source::Digest,
-                        })));
+                        initial.push(Step::Adopt(Box::new(from_digest(token, &a, &b))));
                     }
                     (a, b) => {
                         let p = legs.entry(token).or_default();
@@ -775,6 +759,19 @@ impl Takeover {
             .into_iter()
             .flatten()
             .min()
+    }
+}
+
+/// A call to re-bind from its two legs as the digest describes them.
+fn from_digest(token: u64, a: &LegRecord, b: &LegRecord) -> Adopted {
+    Adopted {
+        token,
+        caller: a.party.clone(),
+        callee: b.party.clone(),
+        start_ms: a.start_ms,
+        a: leg_dialog(a),
+        b: leg_dialog(b),
+        source: Source::Digest,
     }
 }
 

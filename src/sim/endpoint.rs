@@ -300,9 +300,16 @@ impl Endpoint {
             d.remote_target = v;
         }
         self.dialogs.remove(call_id);
+        let r = self.in_dialog(&d, Method::Bye, d.cseq);
+        self.send_request(now, d.remote_target, &r);
+        true
+    }
+
+    /// A request of ours in dialog `d`.
+    fn in_dialog(&mut self, d: &EpDialog, method: Method, cseq: u32) -> Request {
         let me = self.addr;
-        let mut r = Request::new(Method::Bye, format!("sip:pbx@{}", d.remote_target));
-        let branch = self.id("z9hG4bKb");
+        let branch = self.id("z9hG4bKd");
+        let mut r = Request::new(method.clone(), format!("sip:pbx@{}", d.remote_target));
         let h = &mut r.headers;
         h.push(
             HeaderName::Via,
@@ -318,9 +325,8 @@ impl Endpoint {
             format!("{};tag={}", d.remote_uri, d.remote_tag),
         );
         h.push(HeaderName::CallId, d.call_id.clone());
-        h.push(HeaderName::CSeq, format!("{} BYE", d.cseq));
-        self.send_request(now, d.remote_target, &r);
-        true
+        h.push(HeaderName::CSeq, format!("{cseq} {}", method.as_str()));
+        r
     }
 
     /// A datagram arrived: into the receive buffer, or dropped when it is full.
@@ -587,25 +593,7 @@ impl Endpoint {
                         d.remote_target = t;
                     }
                     let d = d.clone();
-                    let me = self.addr;
-                    let mut ack = Request::new(Method::Ack, format!("sip:pbx@{}", d.remote_target));
-                    let branch = self.id("z9hG4bKa");
-                    let h = &mut ack.headers;
-                    h.push(
-                        HeaderName::Via,
-                        format!("SIP/2.0/UDP {me};branch={branch};rport"),
-                    );
-                    h.push(HeaderName::MaxForwards, "70");
-                    h.push(
-                        HeaderName::From,
-                        format!("{};tag={}", d.local_uri, d.local_tag),
-                    );
-                    h.push(
-                        HeaderName::To,
-                        format!("{};tag={}", d.remote_uri, d.remote_tag),
-                    );
-                    h.push(HeaderName::CallId, d.call_id.clone());
-                    h.push(HeaderName::CSeq, format!("{} ACK", cseq.seq));
+                    let ack = self.in_dialog(&d, Method::Ack, cseq.seq);
                     self.send_request(now, d.remote_target, &ack);
                 } else {
                     self.dialogs.remove(&call_id);

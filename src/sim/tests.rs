@@ -23,6 +23,15 @@ fn role(sim: &Sim, i: usize) -> Option<Role> {
     sim.server(i).map(crate::server::Server::role)
 }
 
+/// Run until the main is active and the stand-by stand-by (at most 5 s).
+fn settle(sim: &mut Sim) {
+    assert!(
+        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
+            .is_some(),
+        "the pair did not settle"
+    );
+}
+
 fn settled(sim: &Sim) -> bool {
     role(sim, 0) == Some(Role::Active) && role(sim, 1) == Some(Role::Standby)
 }
@@ -173,10 +182,7 @@ fn registration_sync_of_100_000_bindings() {
 #[test]
 fn a_lost_reg_notify_brings_the_full_state_again() {
     let mut sim = pair(5, "");
-    assert!(
-        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
-            .is_some()
-    );
+    settle(&mut sim);
     sim.run_for(Duration::from_secs(1));
     bind(&mut sim, 0, "alice", 1);
     assert!(
@@ -208,10 +214,7 @@ fn a_lost_reg_notify_brings_the_full_state_again() {
 #[test]
 fn forged_and_replayed_reg_notifies_are_refused() {
     let mut sim = pair(9, "");
-    assert!(
-        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
-            .is_some()
-    );
+    settle(&mut sim);
     sim.tap(notify_to_standby);
     bind(&mut sim, 0, "alice", 1);
     assert!(
@@ -258,10 +261,7 @@ fn forged_and_replayed_reg_notifies_are_refused() {
 #[test]
 fn the_epoch_is_durable_before_the_node_is_active() {
     let mut sim = pair(11, "");
-    assert!(
-        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
-            .is_some()
-    );
+    settle(&mut sim);
     if let Some(d) = sim.disk(1) {
         d.lock().expect("disk").latency = Duration::from_millis(500);
     }
@@ -288,10 +288,7 @@ fn the_epoch_is_durable_before_the_node_is_active() {
     );
 
     let mut sim = pair(12, "");
-    assert!(
-        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
-            .is_some()
-    );
+    settle(&mut sim);
     if let Some(d) = sim.disk(1) {
         d.lock().expect("disk").failing = true;
     }
@@ -323,10 +320,7 @@ fn takeover_under_load_rebinds_every_call_without_overwhelming_endpoints() {
     let mut sim = pair(21, &trunks());
     let left = sim.add_endpoint(super::Endpoint::new(LEFT.parse().expect("addr"), 64));
     let right = sim.add_endpoint(super::Endpoint::new(RIGHT.parse().expect("addr"), 64));
-    assert!(
-        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
-            .is_some()
-    );
+    settle(&mut sim);
     let main: std::net::SocketAddr = MAIN.parse().expect("addr");
     let standby: std::net::SocketAddr = STANDBY.parse().expect("addr");
     // 100 calls a second for 10 s: 1,000 calls up.
@@ -427,10 +421,7 @@ fn a_bye_before_the_rebind_ends_the_call_on_both_legs() {
     let mut sim = pair(31, &trunks());
     let left = sim.add_endpoint(super::Endpoint::new(LEFT.parse().expect("addr"), 64));
     let right = sim.add_endpoint(super::Endpoint::new(RIGHT.parse().expect("addr"), 4096));
-    assert!(
-        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
-            .is_some()
-    );
+    settle(&mut sim);
     let calls = calls_up(&mut sim, left, 200);
     assert_eq!(calls.len(), 200);
     // From now on the callee is slow (a busy SBC): 20 ms a message.
@@ -482,10 +473,7 @@ fn rebinds_refused_with_503_are_tried_again() {
     let mut sim = pair(41, &trunks());
     let left = sim.add_endpoint(super::Endpoint::new(LEFT.parse().expect("addr"), 64));
     let right = sim.add_endpoint(super::Endpoint::new(RIGHT.parse().expect("addr"), 64));
-    assert!(
-        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
-            .is_some()
-    );
+    settle(&mut sim);
     let calls = calls_up(&mut sim, left, 100);
     assert_eq!(calls.len(), 100);
     sim.endpoints[left].refuse_reinvites = 40;
@@ -518,10 +506,7 @@ fn after_a_split_heals_every_call_has_one_owner_and_one_cdr() {
     let mut sim = pair(51, &trunks());
     let left = sim.add_endpoint(super::Endpoint::new(LEFT.parse().expect("addr"), 64));
     let right = sim.add_endpoint(super::Endpoint::new(RIGHT.parse().expect("addr"), 64));
-    assert!(
-        sim.run_until(Duration::from_secs(5), Duration::from_millis(10), settled)
-            .is_some()
-    );
+    settle(&mut sim);
     let (main, standby): (std::net::SocketAddr, std::net::SocketAddr) =
         (MAIN.parse().expect("addr"), STANDBY.parse().expect("addr"));
     let before = calls_up(&mut sim, left, 20);
