@@ -71,19 +71,21 @@ fn is_list_header(n: &HeaderName) -> bool {
     )
 }
 
-/// Most header values a message may carry once comma lists are split into one value each:
-/// the parser's own limit on header lines (256) less the `Content-Length` line our
-/// serialization always writes, so that what we serialize parses again.
+/// Most header values besides `Content-Length` a message may carry once comma lists are
+/// split into one value each: the parser's own limit on header lines (256) less the
+/// `Content-Length` line our serialization always writes, so that what we serialize parses
+/// again.
 const MAX_HEADER_VALUES: usize = 255;
+
+fn too_many() -> ParseError {
+    ParseError::TooLarge(format!("more than {MAX_HEADER_VALUES} header values"))
+}
 
 fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
     let mut out = Headers::with_capacity(src.len() + 2);
+    // Content-Length is written again from the body whatever the message said.
+    let mut values = 0usize;
     for h in src.iter() {
-        if out.len() >= MAX_HEADER_VALUES {
-            return Err(ParseError::TooLarge(format!(
-                "more than {MAX_HEADER_VALUES} header values"
-            )));
-        }
         let name = HeaderName::from_wire(&String::from_utf8_lossy(h.name().canonical()));
         let value = String::from_utf8_lossy(&h.value()).into_owned();
         if is_list_header(&name) && value.contains(',') && value.trim() != "*" {
@@ -94,14 +96,19 @@ fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
                         "empty element in {name} list"
                     )));
                 }
-                if out.len() >= MAX_HEADER_VALUES {
-                    return Err(ParseError::TooLarge(format!(
-                        "more than {MAX_HEADER_VALUES} header values"
-                    )));
+                values += 1;
+                if values > MAX_HEADER_VALUES {
+                    return Err(too_many());
                 }
                 out.push(name.clone(), part);
             }
         } else {
+            if name != HeaderName::ContentLength {
+                values += 1;
+                if values > MAX_HEADER_VALUES {
+                    return Err(too_many());
+                }
+            }
             out.push(name, value);
         }
     }
