@@ -414,8 +414,10 @@ pub struct DigestTable {
     generation: u64,
     next: u64,
     calls: HashMap<u64, DigestCall>,
-    /// Entries dropped because the table held [`MAX_DIGEST_CALLS`].
+    /// Entries dropped because the table held its limit ([`MAX_DIGEST_CALLS`]).
     pub dropped: u64,
+    /// The limit; 0 means [`MAX_DIGEST_CALLS`].
+    limit: usize,
 }
 
 /// What the stand-by answers to a digest body.
@@ -448,6 +450,22 @@ impl Ack {
 }
 
 impl DigestTable {
+    /// A table holding at most `limit` calls.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    fn limit(&self) -> usize {
+        if self.limit == 0 {
+            MAX_DIGEST_CALLS
+        } else {
+            self.limit
+        }
+    }
+
     /// Calls known.
     pub fn len(&self) -> usize {
         self.calls.len()
@@ -496,7 +514,7 @@ impl DigestTable {
             let token = e.token();
             if !matches!(e, Entry::Gone(_))
                 && !self.calls.contains_key(&token)
-                && self.calls.len() >= MAX_DIGEST_CALLS
+                && self.calls.len() >= self.limit()
             {
                 self.dropped += 1;
                 continue;

@@ -186,3 +186,19 @@ fn ack_header_round_trip() {
     assert_eq!(Ack::parse("resync"), Some(Ack::Resync));
     assert_eq!(Ack::parse("x"), None);
 }
+
+/// A flood of digest entries (an active with more calls than the stand-by will keep, or a
+/// peer gone wrong) fills the table to its limit and no further; the rest is counted.
+#[test]
+fn the_table_is_bounded() {
+    let mut log = DigestLog::new();
+    let mut t = DigestTable::with_limit(1_000);
+    log.resync((1..=3_000u64).map(|token| leg(token, true)).collect());
+    let mut skip = 0;
+    while let Some((body, n)) = log.chunk(64 * 1024, skip) {
+        skip += n;
+        t.apply(&body);
+    }
+    assert_eq!(t.len(), 1_000);
+    assert_eq!(t.dropped, 2_000);
+}

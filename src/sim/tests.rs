@@ -693,3 +693,60 @@ fn across_a_wan_2000_calls_and_10000_registrations_survive_a_kill() {
         oversize_before, sim.faults.dropped_oversize
     );
 }
+
+/// A flood of authentic registration SUBSCRIBEs (50 dialogs, as a stand-by restarting in a
+/// loop would make, its Contact silent so no NOTIFY is refused): the active keeps at most 4
+/// subscriptions, the newest.
+#[test]
+fn registration_subscriptions_are_bounded() {
+    use crate::sip::{HeaderName, Method, Request};
+    let mut sim = pair(71, "");
+    settle(&mut sim);
+    let (main, standby): (std::net::SocketAddr, std::net::SocketAddr) =
+        (MAIN.parse().expect("addr"), STANDBY.parse().expect("addr"));
+    let mut signer = crate::pair::auth::Signer::new(b"simulated-pair-secret", sim.wall_ms() - 1);
+    for i in 0..50 {
+        let mut r = Request::new(Method::Subscribe, format!("sip:reg@{main}"));
+        let h = &mut r.headers;
+        h.push(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP {standby};branch=z9hG4bKflood{i}"),
+        );
+        h.push(HeaderName::MaxForwards, "70");
+        h.push(
+            HeaderName::From,
+            format!("<sip:standby-1@{standby}>;tag=f{i}"),
+        );
+        h.push(HeaderName::To, format!("<sip:reg@{main}>"));
+        h.push(HeaderName::CallId, format!("regflood-{i}"));
+        h.push(HeaderName::CSeq, "1 SUBSCRIBE");
+        h.push(HeaderName::Contact, "<sip:flood@127.0.0.9:5099>");
+        h.push(HeaderName::Event, "reg");
+        h.push(HeaderName::Expires, "600");
+        let wall = sim.wall_ms();
+        signer.sign(
+            &mut r.headers,
+            &crate::pair::auth::start_of_request("SUBSCRIBE"),
+            b"",
+            wall,
+        );
+        sim.inject(super::Datagram {
+            from: standby,
+            to: main,
+            proto: Proto::Udp,
+            bytes: r.to_bytes(),
+        });
+        sim.run_for(Duration::from_millis(5));
+    }
+    sim.run_for(Duration::from_millis(200));
+    let now = sim.now;
+    let subs = sim
+        .server(0)
+        .map(|s| s.status_json(now, serde_json::Value::Null)["reg_subscribers"].as_u64())
+        .unwrap_or_default();
+    assert_eq!(
+        subs,
+        Some(4),
+        "registration subscriptions held by the active"
+    );
+}
