@@ -14,6 +14,7 @@
 //!   generated configs, for pair and takeover tests (kill -9, SIGTERM, admin API polling).
 //! - [`raw`]: [`RawClient`], a bare socket that sends arbitrary bytes and collects what comes
 //!   back, using an OPTIONS probe as a barrier instead of waiting a fixed time.
+//! - [`netns`]: one test run again inside a fresh network namespace.
 //! - [`sdp`]: minimal SDP offers and answers.
 //! - [`rtp`]: an RTP sender and receiver (50 packets/s, loss and longest gap).
 //!
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod netns;
 pub mod raw;
 pub mod rtp;
 pub mod sdp;

@@ -410,3 +410,156 @@ async fn floods(solo: &Solo) -> Result<()> {
     assert_eq!(n, 0.0);
     Ok(())
 }
+
+/// This test's path inside the test binary, for the namespaced re-run.
+const BACKLOG_TEST: &str =
+    "bounded::a_peer_that_cannot_take_our_datagrams_meets_the_udp_send_backlog";
+
+/// A peer that asks faster than the link back to it carries: on the loopback of a fresh
+/// network namespace, `tc` holds what the node sends to the flooder's port (8 kbit/s, a deep
+/// queue) while everything else flows. The node's socket buffer fills, answers wait in the
+/// UDP send backlog, which never holds more than its 16,384 messages; the rest are dropped
+/// and counted. Then the link opens: the backlog drains, the node still answers others, and
+/// memory comes back to its baseline, round after round.
+#[test]
+fn a_peer_that_cannot_take_our_datagrams_meets_the_udp_send_backlog() {
+    if !sip_tests::netns::inside() {
+        let out = sip_tests::netns::run_inside(BACKLOG_TEST);
+        assert!(
+            out.contains("udp backlog: checked"),
+            "the namespaced run checked nothing"
+        );
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Err(e) = rt.block_on(backlog_flood()) {
+        panic!("{e:#}");
+    }
+}
+
+fn tc(cmd: &str) -> Result<()> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("tc {cmd}")])
+        .output()?;
+    if !out.status.success() {
+        bail!("tc {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Set the rate of what the node sends from its SIP port.
+fn node_link(rate: &str) -> Result<()> {
+    tc(&format!(
+        "class change dev lo parent 1: classid 1:10 htb rate {rate} ceil {rate}"
+    ))
+}
+
+async fn backlog_flood() -> Result<()> {
+    // Short timers, so that a round's OPTIONS transactions end within seconds.
+    let solo = Solo::start(&["alice"], &format!("{LIMITS}[timers]\nt1_ms = 50\n")).await?;
+    let sip = solo.node.sip.port();
+    tc("qdisc add dev lo root handle 1: htb default 20")?;
+    tc("class add dev lo parent 1: classid 1:10 htb rate 1gbit ceil 1gbit")?;
+    tc("class add dev lo parent 1: classid 1:20 htb rate 10gbit")?;
+    tc("qdisc add dev lo parent 1:10 pfifo limit 200000")?;
+    tc(&format!(
+        "filter add dev lo parent 1: protocol ip u32 match ip sport {sip} 0xffff flowid 1:10"
+    ))?;
+    let r = backlog_rounds(&solo).await;
+    if r.is_err() {
+        eprintln!("log tail:\n{}", solo.node.log_tail(40));
+    }
+    r
+}
+
+async fn backlog_rounds(solo: &Solo) -> Result<()> {
+    let bound = understudy::transport::UDP_BACKLOG as f64;
+    let series = "understudy_transport_dropped_total{reason=\"udp_backlog_full\"}";
+    let flooder = UdpSocket::bind("127.0.0.1:0").await?;
+    let me = flooder.local_addr()?;
+    let other = UdpSocket::bind("127.0.0.1:0").await?;
+    let mut baseline = 0;
+    let mut after_round = Vec::new();
+    for round in 0..5u32 {
+        let before = solo.node.metric(series).await?;
+        let mut peak = 0.0f64;
+        node_link("8kbit")?;
+        // OPTIONS in chunks of 1,000 until the node counts answers dropped at the full
+        // backlog (at most 200,000), the backlog read between chunks.
+        let mut sent = 0u32;
+        while sent < 200_000 && solo.node.metric(series).await? <= before {
+            for _ in 0..1_000u32 {
+                let i = sent;
+                sent += 1;
+                let text = format!(
+                    "OPTIONS sip:solo@pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbl{round}x{i}\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:load@pbx.local>;tag=bl\r\nTo: <sip:solo@pbx.local>\r\n\
+                     Call-ID: backlog-{round}-{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                );
+                flooder.send_to(text.as_bytes(), solo.node.sip).await?;
+            }
+            peak = peak.max(solo.node.metric("understudy_udp_send_backlog").await?);
+        }
+        let dropped = wait_metric(solo, series, "counted", |v| v > before).await?;
+        peak = peak.max(solo.node.metric("understudy_udp_send_backlog").await?);
+        assert!(peak <= bound, "send backlog reached {peak}, bound {bound}");
+        assert!(peak > 0.0, "the flood never reached the backlog");
+        node_link("1gbit")?;
+        wait_metric(solo, "understudy_udp_send_backlog", "drained", |v| v == 0.0).await?;
+        wait_metric(
+            solo,
+            "understudy_transactions{kind=\"server\"}",
+            "drained",
+            |v| v == 0.0,
+        )
+        .await?;
+        println!(
+            "round {round}: {sent} OPTIONS, backlog peak {peak}, {} answers dropped at the full \
+             backlog",
+            dropped - before
+        );
+        // Still answering others.
+        probe(&other, solo.node.sip, &format!("{round}-end")).await?;
+        // The first two rounds are the warm-up that sets the baseline.
+        if round < 2 {
+            baseline = solo.node.rss_kib()?;
+        } else {
+            check_memory(solo, baseline, "UDP send backlog")?;
+            after_round.push(solo.node.rss_kib()?);
+        }
+    }
+    println!("RSS after each round: {after_round:?} KiB");
+    if let [.., before, last] = after_round.as_slice()
+        && *last > before + ROUND_GROWTH_KIB
+    {
+        bail!("memory grows round after round: {after_round:?} KiB");
+    }
+    assert_eq!(
+        solo.node.metric("understudy_internal_errors_total").await?,
+        0.0
+    );
+    println!("udp backlog: checked");
+    Ok(())
+}
+
+/// An OPTIONS from `sock`, answered 200.
+async fn probe(sock: &UdpSocket, server: SocketAddr, id: &str) -> Result<()> {
+    let me = sock.local_addr()?;
+    let req = vec![(
+        format!("probe-{id}"),
+        format!(
+            "OPTIONS sip:solo@pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKprobe{id}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@pbx.local>;tag=p\r\nTo: <sip:solo@pbx.local>\r\n\
+             Call-ID: probe-{id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ),
+    )];
+    let got = exchange(sock, server, &req, 1).await?;
+    if got.values().next() != Some(&200) {
+        bail!("probe {id}: {got:?}");
+    }
+    Ok(())
+}

@@ -6,15 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use sip_tests::TestServer;
 use sip_tests::raw::{RawClient, Received};
-
-/// Set in the environment of the inner (namespaced) run.
-const INNER: &str = "SIP_TESTS_NETNS_INNER";
 
 /// This test's path inside the test binary, for `--exact`.
 const TEST_NAME: &str = "torture::rfc4475_corpus";
@@ -46,7 +42,7 @@ fn rfc4475_corpus() {
         println!("skipped: corpus not found");
         return;
     }
-    if std::env::var_os(INNER).is_some() {
+    if sip_tests::netns::inside() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -56,35 +52,7 @@ fn rfc4475_corpus() {
         }
         return;
     }
-    let exe = std::env::current_exe().expect("current test binary");
-    let out = Command::new("unshare")
-        .args([
-            "--net",
-            "--",
-            "sh",
-            "-c",
-            r#"ip link set lo up && exec "$0" "$@""#,
-        ])
-        .arg(&exe)
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(INNER, "1")
-        .output()
-        .expect("cannot run `unshare` (util-linux)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    if !out.status.success() && stderr.contains("unshare failed") {
-        panic!(
-            "`unshare --net` is not permitted here (this test needs root or unprivileged user \
-             namespaces to isolate the corpus's foreign addresses): {stderr}"
-        );
-    }
-    assert!(
-        out.status.success(),
-        "the namespaced corpus run failed ({})",
-        out.status
-    );
+    let stdout = sip_tests::netns::run_inside(TEST_NAME);
     assert!(
         stdout.contains("rfc4475: checked"),
         "the namespaced run did not check the corpus"

@@ -51,8 +51,9 @@ pub fn parse_datagram(buf: &[u8]) -> Result<Parsed, ParseError> {
         buf = rest;
     }
     let buf = Bytes::copy_from_slice(buf);
-    let msg = px::parse_datagram(buf, &limits_datagram()).map_err(map_error)?;
-    convert(msg)
+    let limits = limits_datagram();
+    let msg = px::parse_datagram(buf, &limits).map_err(map_error)?;
+    convert(msg, limits.max_message_bytes)
 }
 
 fn map_error(e: px::error::ParseError) -> ParseError {
@@ -77,12 +78,31 @@ fn is_list_header(n: &HeaderName) -> bool {
 /// again.
 const MAX_HEADER_VALUES: usize = 255;
 
+/// The longest header line (name, `": "`, value) a message may carry as we serialize it: the
+/// parser's own limit, so that a compact name written in full, a missing space after the
+/// colon or unfolded continuation lines cannot make our serialization unparseable.
+const MAX_HEADER_LINE: usize = 8 * 1024;
+
 fn too_many() -> ParseError {
     ParseError::TooLarge(format!("more than {MAX_HEADER_VALUES} header values"))
 }
 
-fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
+/// The bytes the header `name: value` takes in our serialization, CRLF included; an error
+/// when the line would pass [`MAX_HEADER_LINE`].
+fn line_bytes(name: &HeaderName, value: &str) -> Result<usize, ParseError> {
+    let line = name.as_str().len() + 2 + value.len();
+    if line > MAX_HEADER_LINE {
+        return Err(ParseError::TooLarge(format!(
+            "{name} header of {line} bytes once serialized (limit {MAX_HEADER_LINE})"
+        )));
+    }
+    Ok(line + 2)
+}
+
+/// The headers, and the bytes they take in our serialization (Content-Length excluded).
+fn convert_headers(src: &px::Headers) -> Result<(Headers, usize), ParseError> {
     let mut out = Headers::with_capacity(src.len() + 2);
+    let mut bytes = 0usize;
     // Content-Length is written again from the body whatever the message said.
     let mut values = 0usize;
     for h in src.iter() {
@@ -100,6 +120,7 @@ fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
                 if values > MAX_HEADER_VALUES {
                     return Err(too_many());
                 }
+                bytes += line_bytes(&name, part)?;
                 out.push(name.clone(), part);
             }
         } else {
@@ -108,14 +129,29 @@ fn convert_headers(src: &px::Headers) -> Result<Headers, ParseError> {
                 if values > MAX_HEADER_VALUES {
                     return Err(too_many());
                 }
+                bytes += line_bytes(&name, &value)?;
             }
             out.push(name, value);
         }
     }
-    Ok(out)
+    Ok((out, bytes))
 }
 
-fn convert(msg: px::Message) -> Result<Parsed, ParseError> {
+/// Refuse a message whose serialization (start line, headers, Content-Length, body) would be
+/// larger than `max` bytes, the limit it was parsed under.
+fn check_size(start: usize, headers: usize, body: usize, max: usize) -> Result<(), ParseError> {
+    // "Content-Length: " + digits + CRLF CRLF
+    let content_length = 16 + body.to_string().len() + 4;
+    let total = start + 2 + headers + content_length + body;
+    if total > max {
+        return Err(ParseError::TooLarge(format!(
+            "{total} bytes once serialized (limit {max})"
+        )));
+    }
+    Ok(())
+}
+
+fn convert(msg: px::Message, max_message: usize) -> Result<Parsed, ParseError> {
     match msg {
         px::Message::Request(r) => {
             let version = if r.version.is_supported() {
@@ -125,7 +161,10 @@ fn convert(msg: px::Message) -> Result<Parsed, ParseError> {
             };
             let method = Method::from_token(&String::from_utf8_lossy(r.method.as_bytes()));
             let uri = String::from_utf8_lossy(&r.uri.to_bytes()).into_owned();
-            let headers = convert_headers(&r.headers)?;
+            let (headers, head) = convert_headers(&r.headers)?;
+            // "METHOD uri SIP/2.0"
+            let start = method.as_str().len() + 1 + uri.len() + 8;
+            check_size(start, head, r.body().len(), max_message)?;
             Ok(Parsed {
                 message: Message::Request(Request {
                     method,
@@ -142,11 +181,16 @@ fn convert(msg: px::Message) -> Result<Parsed, ParseError> {
             } else {
                 Version::Unsupported
             };
-            let headers = convert_headers(&r.headers)?;
+            let (headers, head) = convert_headers(&r.headers)?;
+            let status = r.status.code();
+            let reason = String::from_utf8_lossy(&r.reason).into_owned();
+            // "SIP/2.0 NNN reason"
+            let start = 8 + status.to_string().len() + 1 + reason.len();
+            check_size(start, head, r.body().len(), max_message)?;
             Ok(Parsed {
                 message: Message::Response(Response {
-                    status: r.status.code(),
-                    reason: String::from_utf8_lossy(&r.reason).into_owned(),
+                    status,
+                    reason,
                     headers,
                     body: r.body().clone(),
                 }),
@@ -186,7 +230,8 @@ impl StreamFramer {
             ParseError::Malformed(s) => ParseError::Framing(s),
             other => other,
         })?;
-        msgs.into_iter().map(convert).collect()
+        let max = px::Limits::stream().max_message_bytes;
+        msgs.into_iter().map(|m| convert(m, max)).collect()
     }
 
     /// How many CRLF keep-alive pairs were seen since the last call (RFC 5626 §4.4.1).
