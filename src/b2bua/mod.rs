@@ -150,6 +150,10 @@ pub struct B2bua {
     server_invites: HashMap<ServerTxId, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
     cdrs: Vec<CdrRecord>,
+    /// CDRs of calls that ended while their re-bind was under way, held until the other
+    /// leg answers our BYE: 481 there means that leg had already hung up to the previous
+    /// owner, whose CDR stands (one CDR per call across the pair).
+    held_cdrs: std::collections::BTreeMap<ClientTxId, CdrRecord>,
     rebind_outcomes: Vec<(u64, Outcome)>,
     digest_on: bool,
     digest_out: Vec<crate::pair::digest::Entry>,
@@ -281,11 +285,31 @@ impl B2bua {
             }
         }
         let n = self.calls.len();
+        // Nobody will answer the BYEs now: what was held is written.
+        let held = std::mem::take(&mut self.held_cdrs).into_values();
+        self.cdrs.extend(held);
         self.calls.clear();
         self.client.clear();
         self.server_invites.clear();
         self.timers.clear();
         n
+    }
+
+    /// The final answer `status` to the BYE a held CDR waits for: written, unless the leg
+    /// no longer knew the call (481).
+    fn release_held_cdr(&mut self, id: ClientTxId, status: u16) {
+        let Some(cdr) = self.held_cdrs.remove(&id) else {
+            return;
+        };
+        if status == 481 {
+            tracing::info!(
+                token = cdr.token,
+                "the other leg had hung up before this node owned the call; its CDR is the \
+                 previous owner's"
+            );
+        } else {
+            self.cdrs.push(cdr);
+        }
     }
 
     /// Take the CDRs of calls that ended.
@@ -304,6 +328,9 @@ impl B2bua {
 
     /// A response for one of our client transactions. Returns whether it was ours.
     pub fn on_response(&mut self, env: &mut Env<'_>, id: ClientTxId, resp: Response) -> bool {
+        if resp.status >= 200 {
+            self.release_held_cdr(id, resp.status);
+        }
         let Some(&(token, purpose)) = self.client.get(&id) else {
             return false;
         };
@@ -354,6 +381,7 @@ impl B2bua {
 
     /// A client transaction timed out (Timer B/F): treated as 408.
     pub fn on_timeout(&mut self, env: &mut Env<'_>, id: ClientTxId) -> bool {
+        self.release_held_cdr(id, 408);
         let Some(&(token, purpose)) = self.client.get(&id) else {
             return false;
         };
@@ -423,11 +451,13 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&token) else {
             return;
         };
-        if call.rebind.take().is_some() {
+        let rebinding = call.rebind.take().is_some();
+        if rebinding {
             // Ended while its re-bind was under way (an endpoint hung up): the takeover hears
             // of it like of any other re-bind.
             self.rebind_outcomes.push((token, rebind::Outcome::HungUp));
         }
+        let mut byes = Vec::new();
         // Requests relayed across the call that have no final answer yet: the call is gone,
         // so they end with 487 (RFC 3261 §15.1.2) instead of hanging.
         let mut pending: Vec<Relay> = call.relays.drain().map(|(_, r)| r).collect();
@@ -454,6 +484,7 @@ impl B2bua {
                     let r = d.request(Method::Bye, env.me, None);
                     if let Ok(tx) = env.tx.send_request(env.now, &r, d.next_hop()) {
                         self.client.insert(tx, (token, Purpose::Bye));
+                        byes.push(tx);
                     }
                 }
             }
@@ -491,7 +522,7 @@ impl B2bua {
         }
         let answer = call.answer_ms;
         let end = env.now_ms;
-        self.cdrs.push(CdrRecord {
+        let cdr = CdrRecord {
             call_id: call.a.call_id.clone(),
             b_call_id: call.b_call_id.clone(),
             token: format!("{token:016x}"),
@@ -506,7 +537,13 @@ impl B2bua {
             recovered: call.recovered,
             node: env.node.to_string(),
             media: None,
-        });
+        };
+        match byes.as_slice() {
+            [tx] if rebinding => {
+                self.held_cdrs.insert(*tx, cdr);
+            }
+            _ => self.cdrs.push(cdr),
+        }
         tracing::debug!(token = format!("{token:016x}"), reason, "call ended");
     }
 

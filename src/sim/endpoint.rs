@@ -585,12 +585,15 @@ impl Endpoint {
                     return;
                 };
                 if (200..300).contains(&r.status) {
+                    // The first 2xx sets the dialog's remote tag and target (RFC 3261
+                    // §12.1.2); a retransmission is only ACKed, so it cannot undo a target
+                    // refresh that came in between (a re-bind by the other node).
                     if was_pending {
                         self.stats.answered += 1;
-                    }
-                    d.remote_tag = r.to_tag().unwrap_or_default();
-                    if let Some(t) = target_of(r.headers.get(&HeaderName::Contact)) {
-                        d.remote_target = t;
+                        d.remote_tag = r.to_tag().unwrap_or_default();
+                        if let Some(t) = target_of(r.headers.get(&HeaderName::Contact)) {
+                            d.remote_target = t;
+                        }
                     }
                     let d = d.clone();
                     let ack = self.in_dialog(&d, Method::Ack, cseq.seq);
