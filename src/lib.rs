@@ -8,6 +8,7 @@ pub mod entropy;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod media;
+pub mod net;
 pub mod node;
 pub mod pair;
 pub mod registrar;

@@ -7,9 +7,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::dialog::Dialog;
+use crate::net::Flow;
 use crate::sip::Request;
 use crate::transaction::{ClientTxId, ServerTxId};
-use crate::transport::Flow;
 
 /// Which leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

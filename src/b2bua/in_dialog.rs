@@ -8,9 +8,9 @@ use bytes::Bytes;
 
 use super::call::{CallState, Relay, Side, parse_tag};
 use super::{ALLOW, B2bua, Env, PerLeg, Purpose, copy_body, media, session};
+use crate::net::Flow;
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, response_to};
 use crate::transaction::{ClientTxId, ServerTxId};
-use crate::transport::Flow;
 
 impl B2bua {
     /// An ACK that matched no transaction: the ACK for one of our 2xx.

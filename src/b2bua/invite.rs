@@ -9,9 +9,9 @@ use super::{
     media, reason_for, resolve, session,
 };
 use crate::dialog::{Dialog, DialogState};
+use crate::net::Flow;
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, response_to};
 use crate::transaction::{ClientTxId, ServerTxId};
-use crate::transport::Flow;
 
 impl B2bua {
     /// A new INVITE outside any dialog, already authenticated (or from a trunk).

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use crate::config::{Config, TrunkTransport};
 use crate::dialog::uri_flow;
+use crate::net::Flow;
 use crate::registrar::Registrar;
-use crate::transport::Flow;
 
 /// One destination of the B leg.
 #[derive(Debug, Clone)]

@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
+use crate::net::{Flow, Proto};
 use crate::sip::{HeaderName, Method, NameAddr, Request, Response, SipMessage, Uri, new_branch};
-use crate::transport::{Flow, Proto};
 
 #[cfg(test)]
 mod tests;

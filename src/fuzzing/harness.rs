@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::dialog::LocalContact;
+use crate::net::{Flow, Inbound, Proto};
 use crate::pair::{auth, keepalive};
 use crate::server::Server;
 use crate::sip::{
     HeaderName, Message, Method, Parsed, Request, Response, SipMessage, StreamFramer, Version,
     parse_datagram, response_to,
 };
-use crate::transport::{Flow, Inbound, Proto};
 
 /// The shared secret of the harness's pair.
 pub const SECRET: &str = "fuzz-pair-secret";

@@ -5,11 +5,11 @@
 //! `fuzz/seeds/<target>/`; the tests replay every one.
 
 use super::harness::{Event, Harness, METHODS, Mode, PEER, SOURCES};
+use crate::net::Proto;
 use crate::pair::keepalive::{self, Info};
 use crate::pair::{Announced, dialoginfo, regsync};
 use crate::sip::digest::answer_challenge;
 use crate::sip::{HeaderName, Message};
-use crate::transport::Proto;
 
 /// A seed: the target it is for, a file name, the bytes.
 #[derive(Debug, Clone)]

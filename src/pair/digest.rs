@@ -14,7 +14,7 @@ use crate::entropy::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use crate::transport::Proto;
+use crate::net::Proto;
 
 /// Content type of a digest body.
 pub const CONTENT_TYPE: &str = "application/x-understudy-digest";

@@ -4,8 +4,8 @@
 use crate::entropy::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::net::Flow;
 use crate::sip::{NameAddr, Uri};
-use crate::transport::Flow;
 
 /// Where a binding came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 pub use location::{Binding, Change, Location, Origin};
 
+use crate::net::Flow;
 use crate::sip::digest::{AuthError, DigestServer};
 use crate::sip::{HeaderName, NameAddr, Request, Response, SipMessage, new_tag, response_to};
-use crate::transport::Flow;
 
 /// Registrar settings (from `[registrar]` and `[node]`).
 #[derive(Debug, Clone)]

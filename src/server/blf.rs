@@ -10,10 +10,10 @@ use bytes::Bytes;
 
 use crate::b2bua::{B2bua, CallState, Side};
 use crate::dialog::{Dialog, LocalContact};
+use crate::net::Flow;
 use crate::pair::dialoginfo::{self, DialogInfo, DialogReport};
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, new_tag, response_to};
 use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
-use crate::transport::Flow;
 
 #[derive(Debug)]
 struct Sub {

@@ -9,8 +9,8 @@ use super::Server;
 use crate::config::Config;
 use crate::dialog::LocalContact;
 use crate::media::sdp::media_addr;
+use crate::net::{Flow, Inbound};
 use crate::sip::{HeaderName, Message, Request, Response, SipMessage, parse_datagram, response_to};
-use crate::transport::{Flow, Inbound};
 
 const A: &str = "127.0.0.1:5080";
 const B: &str = "127.0.0.1:5070";

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::pair::PairGlue;
 use super::{Server, routable, uas};
+use crate::net::{Flow, Inbound};
 use crate::pair::keepalive;
 use crate::registrar::AuthOutcome;
 use crate::sip::{
@@ -13,7 +14,6 @@ use crate::sip::{
     validate,
 };
 use crate::transaction::{ServerTxId, TxEvent};
-use crate::transport::{Flow, Inbound};
 
 impl Server {
     /// Something arrived from the network.

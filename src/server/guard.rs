@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use super::Server;
 use crate::b2bua::Side;
+use crate::net::Inbound;
 use crate::sip::{Message, SipMessage};
-use crate::transport::Inbound;
 
 /// What is known about an event before it is handled, for the log line and the teardown.
 #[derive(Debug, Default)]
@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn context_names_the_message() {
         let raw = bytes::Bytes::from_static(b"BYE sip:x SIP/2.0\r\nVia: broken");
-        let flow = crate::transport::Flow::udp("127.0.0.1:5091".parse().expect("addr"));
+        let flow = crate::net::Flow::udp("127.0.0.1:5091".parse().expect("addr"));
         let c = Context::of(&Inbound::Malformed {
             raw,
             error: "x".into(),

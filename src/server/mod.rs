@@ -23,12 +23,12 @@ use crate::b2bua::{B2bua, Env};
 use crate::cdr::CdrRecord;
 use crate::config::Config;
 use crate::dialog::LocalContact;
+use crate::net::{Flow, Transmit};
 use crate::pair::Role;
 use crate::pair::epoch::EpochStore;
 use crate::registrar::{self, Registrar};
 use crate::sip::{HeaderName, Request, SipMessage};
 use crate::transaction::{Timers, TransactionLayer};
-use crate::transport::{Flow, Transmit};
 use pair::{PairGlue, RoleChange};
 use takeover::Takeover;
 

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, PairConfig};
 use crate::dialog::{Dialog, LocalContact};
+use crate::net::{Flow, Proto};
 use crate::pair::auth::{self, AuthError, Signer, Verified, Verifier};
 use crate::pair::digest::{self, Ack, DigestLog, DigestTable};
 use crate::pair::epoch::EpochStore;
@@ -18,7 +19,6 @@ use crate::pair::keepalive::{self, Info};
 use crate::pair::{Action, Announced, Role, RoleMachine, Settings};
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, new_tag, response_to};
 use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
-use crate::transport::{Flow, Proto};
 
 /// Subscription lifetime asked for and granted.
 pub(super) const REG_EXPIRES: u32 = 600;

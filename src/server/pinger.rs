@@ -125,10 +125,10 @@ impl Pinger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::Flow;
     use crate::registrar::{Binding, Settings};
     use crate::sip::{NameAddr, parse_datagram, response_to};
     use crate::transaction::Timers;
-    use crate::transport::Flow;
 
     #[test]
     fn silent_contacts_become_unreachable_and_answers_clear_it() {

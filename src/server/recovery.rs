@@ -10,9 +10,9 @@ const DIGEST_GRACE: Duration = Duration::from_secs(5);
 
 use super::Server;
 use super::takeover::Step;
+use crate::net::Flow;
 use crate::pair::Role;
 use crate::sip::{HeaderName, Method, Request};
-use crate::transport::Flow;
 
 impl Server {
     pub(super) fn apply_takeover(&mut self, now: Instant, steps: Vec<Step>) {

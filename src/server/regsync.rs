@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use super::pair::{NotifierSub, PairGlue, REG_EXPIRES, Subscriber};
 use crate::dialog::{Dialog, LocalContact};
+use crate::net::{Flow, Proto};
 use crate::pair::auth;
 use crate::pair::keepalive;
 use crate::pair::regsync::{self, RegContact, RegInfo, RegRecord};
@@ -23,7 +24,6 @@ use crate::sip::{
     HeaderName, Method, NameAddr, Request, Response, SipMessage, new_tag, response_to,
 };
 use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
-use crate::transport::{Flow, Proto};
 
 /// Registration subscriptions the active keeps at once (the peer needs one).
 const REG_SUBSCRIBERS: usize = 4;

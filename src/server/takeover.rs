@@ -17,12 +17,12 @@ use serde::Serialize;
 use crate::b2bua::{Adopted, Outcome, Side, Source, parse_tag};
 use crate::config::{Config, Fallback, PairMode, TrunkTransport};
 use crate::dialog::{Dialog, DialogState, LocalContact, uri_flow};
+use crate::net::Flow;
 use crate::pair::dialoginfo::{self, DialogReport};
 use crate::pair::digest::{DigestCall, LegRecord, RingRecord};
 use crate::registrar::Registrar;
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, new_tag, response_to};
 use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
-use crate::transport::Flow;
 
 use super::pacing::{self, Pacer, Verdict};
 

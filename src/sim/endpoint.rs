@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::Datagram;
+use crate::net::Proto;
 use crate::sip::{
     HeaderName, Message, Method, Request, Response, SipMessage, Uri, parse_datagram, response_to,
 };
-use crate::transport::Proto;
 
 /// T1 of the endpoint's own retransmissions.
 const T1: Duration = Duration::from_millis(500);

@@ -30,10 +30,10 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
 use crate::dialog::LocalContact;
+use crate::net::{Flow, Inbound, Proto};
 use crate::pair::epoch::EpochStore;
 use crate::server::Server;
 use crate::sip::parse_datagram;
-use crate::transport::{Flow, Inbound, Proto};
 
 /// The wall clock (unix ms) at the start of every simulation.
 pub const WALL0: u64 = 1_700_000_000_000;

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use super::{Datagram, Sim, pair_config};
+use crate::net::{Flow, Proto};
 use crate::pair::Role;
 use crate::registrar::{Binding, Origin};
 use crate::sip::NameAddr;
-use crate::transport::{Flow, Proto};
 
 const MAIN: &str = "127.0.0.1:5060";
 const STANDBY: &str = "127.0.0.1:5062";

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::timer::{Timer, Timers};
-use crate::transport::{Flow, Transmit};
+use crate::net::{Flow, Transmit};
 
 /// Which transaction a scheduled timer belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

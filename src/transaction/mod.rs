@@ -51,8 +51,8 @@ pub use self::key::{ClientKey, ServerKey};
 use self::server_invite::{ServerInvite, Up as ServerUp};
 use self::server_non_invite::ServerNonInvite;
 pub use self::timer::{Timer, Timers};
+use crate::net::{Flow, Proto, Transmit};
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Via};
-use crate::transport::{Flow, Proto, Transmit};
 
 /// A client transaction handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::transport::Proto;
+use crate::net::Proto;
 
 /// RFC 3261 base timer values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,6 @@
 //! (RFC 3261 §18). The only module that owns SIP sockets. Parsing of received bytes happens
 //! here, on the receiving task, so the core loop only sees messages.
 
-mod addr;
 mod tcp;
 mod udp;
 
@@ -13,27 +12,9 @@ use bytes::Bytes;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
-pub use addr::{ConnId, Flow, Proto, Transmit};
+pub use crate::net::{ConnId, Flow, Inbound, Proto, Transmit};
 
-use crate::sip::{Parsed, parse_datagram};
-
-/// Something received from the network.
-#[derive(Debug)]
-pub enum Inbound {
-    /// A message that parsed.
-    Message(Box<Parsed>, Flow),
-    /// A connection to a flow could not be opened (TCP connect refused or timed out).
-    Unreachable(Flow),
-    /// Bytes that did not parse (the core answers 400 when it can route one).
-    Malformed {
-        /// What arrived.
-        raw: Bytes,
-        /// Why it did not parse.
-        error: String,
-        /// From where.
-        flow: Flow,
-    },
-}
+use crate::sip::parse_datagram;
 
 /// Parse a datagram on the receiving task. A parser bug that panics must not end the task
 /// (the node would go deaf): it is caught and the datagram handed on as malformed.

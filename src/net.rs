@@ -1,9 +1,12 @@
-//! Plain address types shared by the transport and the sans-IO layers (no sockets here).
+//! Plain network value types shared by the transport (which owns the sockets) and the
+//! sans-IO protocol layers, which depend on this module and never on `transport`.
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+
+use crate::sip::Parsed;
 
 /// A SIP transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -99,4 +102,22 @@ pub struct Transmit {
     pub flow: Flow,
     /// The serialized message.
     pub bytes: Bytes,
+}
+
+/// Something received from the network.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message that parsed.
+    Message(Box<Parsed>, Flow),
+    /// A connection to a flow could not be opened (TCP connect refused or timed out).
+    Unreachable(Flow),
+    /// Bytes that did not parse (the core answers 400 when it can route one).
+    Malformed {
+        /// What arrived.
+        raw: Bytes,
+        /// Why it did not parse.
+        error: String,
+        /// From where.
+        flow: Flow,
+    },
 }
