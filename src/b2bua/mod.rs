@@ -354,7 +354,7 @@ impl B2bua {
                 if done && (200..300).contains(&resp.status) {
                     self.rebind_reack(env, token, side);
                 } else {
-                    self.rebind_response(env, token, side, resp);
+                    self.rebind_response(env, token, side, rebind::Answer::Final(resp));
                 }
             }
             Purpose::Bye | Purpose::Cancel => {}
@@ -371,9 +371,7 @@ impl B2bua {
         };
         if let Purpose::Rebind(side) = purpose {
             self.client.remove(&id);
-            let mut unreachable = Response::new(503);
-            unreachable.status = 0;
-            self.rebind_response(env, token, side, unreachable);
+            self.rebind_response(env, token, side, rebind::Answer::Unreachable);
             return true;
         }
         self.on_timeout(env, id)
@@ -418,7 +416,7 @@ impl B2bua {
             }
             (Purpose::Rebind(side), _) => {
                 let resp = Response::new(408);
-                self.rebind_response(env, token, side, resp);
+                self.rebind_response(env, token, side, rebind::Answer::Final(resp));
             }
             (Purpose::Refresh { side, cseq }, _) => {
                 self.client.remove(&id);

@@ -43,6 +43,15 @@ pub struct Adopted {
     pub source: Source,
 }
 
+/// What came back for a re-bind re-INVITE.
+#[derive(Debug)]
+pub(super) enum Answer {
+    /// A final response.
+    Final(Response),
+    /// The transport could not reach the leg (a TCP endpoint not reachable from here).
+    Unreachable,
+}
+
 /// The result of re-binding one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -268,15 +277,18 @@ impl B2bua {
         }
     }
 
-    /// A response to a re-bind re-INVITE from leg `side`. Status 0 means the transport could
-    /// not reach the leg.
+    /// What came of a re-bind re-INVITE to leg `side`.
     pub(super) fn rebind_response(
         &mut self,
         env: &mut Env<'_>,
         token: u64,
         side: Side,
-        resp: Response,
+        answer: Answer,
     ) {
+        let resp = match answer {
+            Answer::Final(r) => r,
+            Answer::Unreachable => return self.rebind_unreachable(env, token, side),
+        };
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
@@ -292,28 +304,7 @@ impl B2bua {
         match &rb.step {
             Step::First { cseq } if side == first => {
                 let cseq = *cseq;
-                if status == 0 {
-                    // Cannot reach it from here: keep the call; the endpoint's next in-dialog
-                    // request (on a connection of its own) adopts it. If nothing comes within a
-                    // session interval, the session timer ends the call on both legs.
-                    call.rebind = None;
-                    call.state = CallState::Confirmed;
-                    let s = env.cfg.calls.session_expires_s.max(90);
-                    *call.timers.leg_mut(first) = Some(SessionTimer {
-                        interval_s: s,
-                        we_refresh: false,
-                        deadline: env.now + Duration::from_secs(u64::from(s)),
-                    });
-                    for t in super::session::deadlines(call) {
-                        self.timers.push(Reverse(t));
-                    }
-                    tracing::info!(
-                        token = format!("{token:016x}"),
-                        ?side,
-                        "re-bind: endpoint unreachable over its transport; waiting for it to come back"
-                    );
-                    self.rebind_outcomes.push((token, Outcome::Unreachable));
-                } else if (200..300).contains(&status) {
+                if (200..300).contains(&status) {
                     let Some(leg) = call.leg_mut(first) else {
                         return;
                     };
@@ -431,7 +422,6 @@ impl B2bua {
                     // exchange, then hang it up.
                     self.close_first(env, token, first, first_cseq, &offer);
                     let outcome = match status {
-                        0 => Outcome::Unreachable,
                         481 | 408 => Outcome::Ended(status),
                         s => Outcome::Failed(s),
                     };
@@ -441,13 +431,57 @@ impl B2bua {
                         // Gone at the second leg too: ended before we owned it.
                         c.no_cdr = matches!(outcome, Outcome::Ended(_));
                     }
-                    let reason = if status == 0 {
-                        "failed:503".to_string()
-                    } else {
-                        format!("failed:{status}")
-                    };
-                    self.finish(env, token, &reason, &[first]);
+                    self.finish(env, token, &format!("failed:{status}"), &[first]);
                 }
+            }
+            _ => {}
+        }
+    }
+
+    /// The transport could not reach leg `side` for its re-bind re-INVITE.
+    fn rebind_unreachable(&mut self, env: &mut Env<'_>, token: u64, side: Side) {
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some(rb) = call.rebind.clone() else {
+            return;
+        };
+        let first = rb.first;
+        let second = first.other();
+        match &rb.step {
+            Step::First { .. } if side == first => {
+                // Cannot reach it from here: keep the call; the endpoint's next in-dialog
+                // request (on a connection of its own) adopts it. If nothing comes within a
+                // session interval, the session timer ends the call on both legs.
+                call.rebind = None;
+                call.state = CallState::Confirmed;
+                let s = env.cfg.calls.session_expires_s.max(90);
+                *call.timers.leg_mut(first) = Some(SessionTimer {
+                    interval_s: s,
+                    we_refresh: false,
+                    deadline: env.now + Duration::from_secs(u64::from(s)),
+                });
+                for t in super::session::deadlines(call) {
+                    self.timers.push(Reverse(t));
+                }
+                tracing::info!(
+                    token = format!("{token:016x}"),
+                    ?side,
+                    "re-bind: endpoint unreachable over its transport; waiting for it to come back"
+                );
+                self.rebind_outcomes.push((token, Outcome::Unreachable));
+            }
+            Step::Second {
+                first_cseq, offer, ..
+            } if side == second => {
+                // The first leg already moved: close its exchange, then hang it up.
+                let (first_cseq, offer) = (*first_cseq, offer.clone());
+                self.close_first(env, token, first, first_cseq, &offer);
+                self.rebind_outcomes.push((token, Outcome::Unreachable));
+                if let Some(c) = self.calls.get_mut(&token) {
+                    c.rebind = None;
+                }
+                self.finish(env, token, "failed:503", &[first]);
             }
             _ => {}
         }
