@@ -298,6 +298,12 @@ impl Config {
         digest::shared_digest(self)
     }
 
+    /// Each shared setting under a key naming its item (`user[alice].password`) with a
+    /// keyed hash of its value, so that the nodes of a pair can say which settings differ.
+    pub fn setting_digests(&self, secret: &[u8]) -> std::collections::BTreeMap<String, String> {
+        digest::setting_digests(self, secret)
+    }
+
     /// The realm for digest challenges: `registrar.realm`, else `node.domain`.
     pub fn realm(&self) -> &str {
         self.registrar.realm.as_deref().unwrap_or(&self.node.domain)

@@ -2,6 +2,7 @@
 //! registration sync (DESIGN "The pair protocol").
 
 pub mod auth;
+pub mod config_check;
 pub mod dialoginfo;
 pub mod digest;
 pub mod epoch;

@@ -13,6 +13,7 @@ use crate::config::{Config, PairConfig};
 use crate::dialog::{Dialog, LocalContact};
 use crate::net::{Flow, Proto};
 use crate::pair::auth::{self, AuthError, Signer, Verified, Verifier};
+use crate::pair::config_check::ConfigCheck;
 use crate::pair::digest::{self, Ack, DigestLog, DigestTable};
 use crate::pair::epoch::EpochStore;
 use crate::pair::keepalive::{self, Info};
@@ -89,7 +90,8 @@ pub(crate) struct PairStats {
 pub(crate) struct PairGlue {
     pub(super) cfg: PairConfig,
     pub(super) node: String,
-    pub(super) digest: String,
+    /// Our shared configuration against the peer's (`pair::config_check`).
+    pub(super) config: ConfigCheck,
     pub(super) secret: Vec<u8>,
     pub(crate) machine: RoleMachine,
     pub(super) store: Box<dyn EpochStore>,
@@ -100,7 +102,6 @@ pub(crate) struct PairGlue {
     pub(super) probe_seq: Option<u32>,
     pub(crate) partitioned: bool,
     pub(crate) stats: PairStats,
-    pub(super) mismatch_logged: Option<String>,
     pub(super) subscriber: Subscriber,
     pub(super) notifier: HashMap<String, NotifierSub>,
     pub(crate) client_txs: HashSet<ClientTxId>,
@@ -176,7 +177,7 @@ impl PairGlue {
         Self {
             cfg: pair.clone(),
             node: cfg.node.name.clone(),
-            digest: config_digest,
+            config: ConfigCheck::new(config_digest, cfg.setting_digests(pair.secret.as_bytes())),
             secret: pair.secret.as_bytes().to_vec(),
             machine: RoleMachine::new(settings, epoch, now),
             store,
@@ -187,7 +188,6 @@ impl PairGlue {
             probe_seq: None,
             partitioned: false,
             stats: PairStats::default(),
-            mismatch_logged: None,
             subscriber: Subscriber::Idle { retry_at: now },
             notifier: HashMap::default(),
             client_txs: HashSet::default(),
@@ -307,7 +307,7 @@ impl PairGlue {
             role,
             epoch: self.machine.epoch(),
             calls: calls as u64,
-            config: self.digest.clone(),
+            config: self.config.digest().to_string(),
         }
     }
 
@@ -456,6 +456,22 @@ impl PairGlue {
         self.handoff_out = Some(log);
     }
 
+    /// Our settings list, when the peer's configuration differs and it has not sent its
+    /// list: on the state channel (too big for a keep-alive datagram).
+    fn send_config_list(&mut self, now: Instant, tx: &mut TransactionLayer, me: &LocalContact) {
+        if self.partitioned || self.channel != Proto::Tcp {
+            return;
+        }
+        let Some(body) = self.config.poll_send(now) else {
+            return;
+        };
+        let flow = self.channel_flow();
+        let role = self.machine.announced();
+        let (r, seq) = self.pair_request(now, me, 0, role, Some(body), flow.proto, false);
+        self.sent.insert(seq, now);
+        tx.send_stateless(flow, r.to_bytes());
+    }
+
     /// Send digest chunks to the peer over the state channel: only what was never sent (a
     /// call just confirmed: the stand-by learns it within one link round trip), or everything
     /// not yet acknowledged (every keep-alive interval, after a loss or a reconnect).
@@ -533,6 +549,7 @@ impl PairGlue {
                         self.send_digest(now, tx, me, calls, false);
                     }
                     self.send_handoff(now, tx, me);
+                    self.send_config_list(now, tx, me);
                 }
                 Action::SendProbe => {
                     let role = self.machine.announced();
@@ -602,23 +619,8 @@ impl PairGlue {
         changes
     }
 
-    fn observe(&mut self, info: &Info) {
-        if info.config != self.digest {
-            if self.mismatch_logged.as_deref() != Some(info.config.as_str()) {
-                tracing::warn!(
-                    peer = info.node,
-                    ours = self.digest,
-                    theirs = info.config,
-                    "pair: configuration differs from the peer's (users, trunks, timers...)"
-                );
-                self.mismatch_logged = Some(info.config.clone());
-            }
-        } else if self.mismatch_logged.take().is_some() {
-            tracing::info!(
-                peer = info.node,
-                "pair: configuration matches the peer's again"
-            );
-        }
+    fn observe(&mut self, now: Instant, info: &Info) {
+        self.config.observe(now, &info.node, &info.config);
     }
 
     /// A keep-alive OPTIONS from the peer: answer it (200 with our headers, or 403).
@@ -635,7 +637,7 @@ impl PairGlue {
         match self.authenticate(now, source, req, &start, &req.body) {
             Ok(info) => {
                 self.stats.keepalives_received += 1;
-                self.observe(&info);
+                self.observe(now, &info);
                 self.machine.on_keepalive(
                     now,
                     &info.node,
@@ -719,7 +721,7 @@ impl PairGlue {
         };
         let _ = self.on_digest_body(&resp.body);
         self.stats.keepalives_received += 1;
-        self.observe(&info);
+        self.observe(now, &info);
         let rtt = self.sent.remove(&cseq.seq).map(|t| now.duration_since(t));
         if self.probe_seq == Some(cseq.seq) {
             self.probe_seq = None;
@@ -766,6 +768,11 @@ impl PairGlue {
     /// ack (we are active: drop what it covers, or prepare the full list).
     fn on_digest_body(&mut self, body: &[u8]) -> Option<String> {
         let text = std::str::from_utf8(body).ok()?;
+        if ConfigCheck::is_list(text) {
+            // The peer's settings list: ours goes back in the answer.
+            self.config.on_list(text);
+            return Some(self.config.body());
+        }
         if text.starts_with("D\t") {
             if self.machine.role() == Role::Active {
                 return None; // two actives: ignore the other's digest
@@ -825,7 +832,8 @@ impl PairGlue {
                 "partitioned": self.partitioned,
                 "isolated": self.machine.isolated,
             },
-            "config_match": p.config.as_deref().is_none_or(|c| c == self.digest),
+            "config_match": p.config.as_deref().is_none_or(|c| self.config.matches(c)),
+            "config_differs": self.config.differs(),
             "mode": self.cfg.mode.as_str(),
             "reg_sync": match &self.subscriber {
                 Subscriber::Idle { .. } => "idle",
@@ -851,7 +859,7 @@ impl PairGlue {
             .peer()
             .config
             .as_deref()
-            .is_none_or(|c| c == self.digest)
+            .is_none_or(|c| self.config.matches(c))
     }
 
     pub(crate) fn redirect(&self) -> bool {

@@ -752,3 +752,71 @@ fn registration_subscriptions_are_bounded() {
         "registration subscriptions held by the active"
     );
 }
+
+/// The two nodes were given different users: each names exactly the settings that differ
+/// (a changed password, a user only one of them has), and no password crosses the link.
+#[test]
+fn the_nodes_name_the_settings_that_differ() {
+    let mut sim = Sim::new(72);
+    let alice = |pw: &str| format!("[[users]]\nname = \"alice\"\npassword = \"{pw}\"\n");
+    sim.add_node(pair_config(
+        "main-1",
+        "main",
+        MAIN,
+        STANDBY,
+        &alice("first-secret"),
+    ));
+    sim.add_node(pair_config(
+        "standby-1",
+        "standby",
+        STANDBY,
+        MAIN,
+        &format!(
+            "{}[[users]]\nname = \"zed\"\npassword = \"zed-secret\"\n",
+            alice("second-secret")
+        ),
+    ));
+    sim.tap(|d| String::from_utf8_lossy(&d.bytes).contains("K\tv1"));
+    settle(&mut sim);
+    sim.run_for(Duration::from_secs(2));
+    let now = sim.now;
+    let differs = |sim: &Sim, i: usize| -> Vec<String> {
+        sim.server(i)
+            .map(|s| s.status_json(now, serde_json::Value::Null)["config_differs"].clone())
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    };
+    let main = differs(&sim, 0);
+    let standby = differs(&sim, 1);
+    for (node, list, zed) in [
+        ("main", &main, "(only on the peer)"),
+        ("stand-by", &standby, "(not on the peer)"),
+    ] {
+        assert!(
+            list.contains(&"user[alice].password".to_string()),
+            "{node}: {list:?}"
+        );
+        assert!(list.contains(&"users".to_string()), "{node}: {list:?}");
+        assert!(
+            list.contains(&format!("user[zed].password {zed}")),
+            "{node}: {list:?}"
+        );
+        assert!(
+            !list.iter().any(|k| k.starts_with("user[alice].contact")),
+            "{node}: {list:?}"
+        );
+        assert_eq!(list.len(), 7, "{node}: {list:?}");
+    }
+    assert!(
+        !sim.tapped.is_empty(),
+        "the lists crossed the state channel"
+    );
+    for d in &sim.tapped {
+        let text = String::from_utf8_lossy(&d.bytes);
+        assert!(
+            !text.contains("secret\""),
+            "a value crossed the link: {text}"
+        );
+        assert!(!text.contains("first-secret") && !text.contains("zed-secret"));
+    }
+}
