@@ -37,6 +37,9 @@ enum Command {
     Registrations(AdminArgs),
     /// Ask a running node to hand over to its peer.
     Switchover(AdminArgs),
+    /// Ask a running node to re-read its configuration file (as SIGHUP does): users,
+    /// trunks, `[calls]` and `[takeover]` take effect at once.
+    Reload(AdminArgs),
 }
 
 #[derive(clap::Args)]
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Calls(a) => admin(a, "GET", "/calls"),
         Command::Registrations(a) => admin(a, "GET", "/registrations"),
         Command::Switchover(a) => admin(a, "POST", "/switchover"),
+        Command::Reload(a) => admin(a, "POST", "/reload"),
     }
 }
 
@@ -118,9 +122,34 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             tracing::info!("signal received; stopping");
             let _ = stop_tx.send(true);
         });
-        understudy::node::run(cfg, stop_rx, None).await
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(forward_sighup(reload_tx));
+        let reloading = understudy::node::Reloading {
+            path: config,
+            requests: Some(reload_rx),
+        };
+        understudy::node::run_with(cfg, stop_rx, None, reloading).await
     })?;
     Ok(())
+}
+
+/// Each SIGHUP asks the node to reload its configuration.
+async fn forward_sighup(tx: tokio::sync::mpsc::Sender<()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
 }
 
 async fn wait_for_signal() {

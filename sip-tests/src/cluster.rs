@@ -329,6 +329,13 @@ impl Node {
         Ok(body)
     }
 
+    /// `method path` on the admin API: the HTTP status and body, whatever the status.
+    pub async fn http_status(&self, method: &str, path: &str) -> Result<(u16, String)> {
+        understudy::admin::http::request(&self.admin.to_string(), method, path, None, None)
+            .await
+            .map_err(|e| anyhow!("{} {method} {path}: {e}", self.name))
+    }
+
     /// `GET path` as text.
     pub async fn get_text(&self, path: &str) -> Result<String> {
         self.http("GET", path).await

@@ -1,8 +1,8 @@
 //! The admin API: an HTTP/1.1 JSON interface on a separate (by default loopback) listener,
-//! used by the CLI (`understudy status`, `calls`, `switchover`) and by monitoring.
+//! used by the CLI (`understudy status`, `calls`, `switchover`, `reload`) and by monitoring.
 //!
 //! [`http`] is the transport: a small server and client on tokio with bearer-token checks. The
-//! routes (`/status`, `/calls`, `/registrations`, `/metrics`, `POST /switchover`) live beside it.
+//! routes (`/status`, `/calls`, `/registrations`, `/metrics`, `POST /switchover`, `POST /reload`) live beside it.
 
 pub mod http;
 
@@ -38,6 +38,16 @@ pub fn render(path: &str, body: &str) -> String {
                         "match"
                     }
                 );
+                if let Some(d) = v.get("config_differs").and_then(|d| d.as_array())
+                    && !d.is_empty()
+                {
+                    let names: Vec<&str> = d.iter().filter_map(|x| x.as_str()).collect();
+                    let _ = writeln!(
+                        s,
+                        "settings that differ from the peer's: {}",
+                        names.join(", ")
+                    );
+                }
             } else {
                 let _ = writeln!(s, "no peer (single node)");
             }

@@ -66,6 +66,7 @@ pub(crate) fn answer(
     server: &mut Server,
     transport: &Transport,
     relay: &crate::media::Relay,
+    config_path: Option<&std::path::Path>,
     now: Instant,
     q: AdminQuery,
 ) {
@@ -123,6 +124,15 @@ pub(crate) fn answer(
             ),
             Err(e) => HttpResponse::json(409, &json!({"error": e})),
         },
+        ("POST", "/reload") => match super::reload(server, config_path, now) {
+            Ok(changes) => HttpResponse::json(
+                200,
+                &json!({"result": if changes.is_empty() { "nothing changed" } else { "reloaded" },
+                        "changes": changes,
+                        "config_digest": server.config_digest()}),
+            ),
+            Err(e) => HttpResponse::json(409, &json!({"error": e})),
+        },
         ("POST", "/test/partition") => {
             let on = r.query.as_deref() != Some("off");
             match server.set_partition(on) {
@@ -130,7 +140,7 @@ pub(crate) fn answer(
                 Err(e) => HttpResponse::json(403, &json!({"error": e})),
             }
         }
-        (_, "/status" | "/calls" | "/registrations" | "/metrics" | "/switchover") => {
+        (_, "/status" | "/calls" | "/registrations" | "/metrics" | "/switchover" | "/reload") => {
             HttpResponse::json(405, &json!({"error": "method not allowed"}))
         }
         _ => HttpResponse::json(

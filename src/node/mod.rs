@@ -113,12 +113,54 @@ fn apply_media(relay: &mut crate::media::Relay, c: crate::b2bua::MediaCommand) {
     }
 }
 
+/// How a node finds its configuration again (`understudy reload`, SIGHUP).
+#[derive(Debug, Default)]
+pub struct Reloading {
+    /// The file the configuration came from; without it, reloads are refused.
+    pub path: Option<std::path::PathBuf>,
+    /// Each message asks for a reload (the process's SIGHUP handler sends them).
+    pub requests: Option<mpsc::Receiver<()>>,
+}
+
 /// Run a node until `shutdown` becomes true. `bound` receives the bound addresses once the
 /// sockets are open.
 pub async fn run(
     cfg: Config,
+    shutdown: watch::Receiver<bool>,
+    bound: Option<oneshot::Sender<Bound>>,
+) -> Result<(), NodeError> {
+    run_with(cfg, shutdown, bound, Reloading::default()).await
+}
+
+/// Re-read the configuration file and apply it: what changed, or why nothing did (the
+/// file's errors with key and line, or the section that needs a restart).
+pub(crate) fn reload(
+    server: &mut Server,
+    path: Option<&std::path::Path>,
+    now: std::time::Instant,
+) -> Result<Vec<String>, String> {
+    let Some(path) = path else {
+        return Err("this node was started without a configuration file".into());
+    };
+    let cfg = Config::load(path).map_err(|e| {
+        let e = e.to_string();
+        tracing::error!(
+            error = e,
+            "reload refused: the configuration file has errors"
+        );
+        e
+    })?;
+    server.reload(now, cfg).inspect_err(|e| {
+        tracing::error!(error = e, "reload refused");
+    })
+}
+
+/// [`run`], with a way to reload the configuration.
+pub async fn run_with(
+    cfg: Config,
     mut shutdown: watch::Receiver<bool>,
     bound: Option<oneshot::Sender<Bound>>,
+    mut reloading: Reloading,
 ) -> Result<(), NodeError> {
     let cfg = Arc::new(cfg);
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(8192);
@@ -202,7 +244,16 @@ pub async fn run(
             }
             Some(q) = admin_rx.recv() => {
                 let now = tokio::time::Instant::now().into_std();
-                admin::answer(&mut server, &transport, &relay, now, q);
+                admin::answer(&mut server, &transport, &relay, reloading.path.as_deref(), now, q);
+            }
+            Some(()) = async {
+                match reloading.requests.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = tokio::time::Instant::now().into_std();
+                let _ = reload(&mut server, reloading.path.as_deref(), now);
             }
             Some(ib) = in_rx.recv() => {
                 let now = tokio::time::Instant::now().into_std();

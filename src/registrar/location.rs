@@ -183,6 +183,18 @@ impl Location {
             .unwrap_or_default()
     }
 
+    /// Remove every contact of an AOR, static ones too.
+    pub fn remove_aor(&mut self, aor: &str) {
+        let uris: Vec<String> = self
+            .aors
+            .get(aor)
+            .map(|l| l.iter().map(|b| b.contact.uri.to_string()).collect())
+            .unwrap_or_default();
+        for u in uris {
+            self.unbind(aor, &u);
+        }
+    }
+
     /// Drop expired bindings.
     pub fn expire(&mut self, now: Instant) {
         let mut removed = Vec::new();

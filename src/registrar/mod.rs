@@ -109,6 +109,30 @@ impl Registrar {
         self.failures.len()
     }
 
+    /// Replace the configured users (a reloaded configuration). A user no longer configured
+    /// loses every binding, static or registered; the names of those users are returned.
+    pub fn set_users<'a>(
+        &mut self,
+        users: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<String> {
+        let new: HashMap<String, String> = users
+            .into_iter()
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect();
+        let mut gone: Vec<String> = self
+            .users
+            .keys()
+            .filter(|u| !new.contains_key(*u))
+            .cloned()
+            .collect();
+        gone.sort();
+        for u in &gone {
+            self.location.remove_aor(u);
+        }
+        self.users = new;
+        gone
+    }
+
     /// Whether `name` is a configured user.
     pub fn is_user(&self, name: &str) -> bool {
         self.users.contains_key(name)

@@ -11,6 +11,7 @@ mod pair;
 mod pinger;
 mod recovery;
 mod regsync;
+mod reload;
 mod takeover;
 mod uas;
 mod views;
@@ -174,6 +175,11 @@ impl Server {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The hash of the shared configuration (what keep-alives carry).
+    pub fn config_digest(&self) -> &str {
+        &self.config_digest
     }
 
     /// The registrar.
