@@ -811,6 +811,31 @@ fn the_nodes_name_the_settings_that_differ() {
         !sim.tapped.is_empty(),
         "the lists crossed the state channel"
     );
+    // The stand-by's file is corrected and reloaded: both nodes agree again.
+    let fixed = pair_config(
+        "standby-1",
+        "standby",
+        STANDBY,
+        MAIN,
+        &alice("first-secret"),
+    );
+    let now = sim.now;
+    let changes = sim
+        .server_mut(1)
+        .map(|s| s.reload(now, fixed))
+        .expect("stand-by running")
+        .expect("users reload without a restart");
+    assert_eq!(changes, vec!["users ~alice -zed".to_string()]);
+    sim.run_for(Duration::from_secs(2));
+    let now = sim.now;
+    for i in 0..2 {
+        let st = sim
+            .server(i)
+            .map(|s| s.status_json(now, serde_json::Value::Null))
+            .unwrap_or_default();
+        assert_eq!(st["config_match"], true, "node {i}: {st}");
+        assert_eq!(st["config_differs"], serde_json::json!([]), "node {i}");
+    }
     for d in &sim.tapped {
         let text = String::from_utf8_lossy(&d.bytes);
         assert!(
