@@ -287,11 +287,7 @@ async fn tcp_reader_stall(solo: &Solo, round: u32) -> Result<()> {
     let me = s.local_addr()?;
     let mut batch = String::new();
     for i in 0..60_000u32 {
-        batch.push_str(&format!(
-            "OPTIONS sip:solo@pbx.local SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch=z9hG4bKst{round}x{i}\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:load@pbx.local>;tag=st\r\nTo: <sip:solo@pbx.local>\r\n\
-             Call-ID: stall-{round}-{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-        ));
+        batch.push_str(&options(me, "TCP", &format!("stall-{round}-{i}")));
         if batch.len() > 64 * 1024 {
             if s.write_all(batch.as_bytes()).await.is_err() {
                 break; // closed by the server: what we wait for
@@ -495,11 +491,7 @@ async fn backlog_rounds(solo: &Solo) -> Result<()> {
             for _ in 0..1_000u32 {
                 let i = sent;
                 sent += 1;
-                let text = format!(
-                    "OPTIONS sip:solo@pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbl{round}x{i}\r\n\
-                     Max-Forwards: 70\r\nFrom: <sip:load@pbx.local>;tag=bl\r\nTo: <sip:solo@pbx.local>\r\n\
-                     Call-ID: backlog-{round}-{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-                );
+                let text = options(me, "UDP", &format!("backlog-{round}-{i}"));
                 flooder.send_to(text.as_bytes(), solo.node.sip).await?;
             }
             peak = peak.max(solo.node.metric("understudy_udp_send_backlog").await?);
@@ -546,17 +538,20 @@ async fn backlog_rounds(solo: &Solo) -> Result<()> {
     Ok(())
 }
 
+/// An OPTIONS from `me` over `transport` (`UDP`, `TCP`), its Call-ID (and branch) from `id`.
+fn options(me: SocketAddr, transport: &str, id: &str) -> String {
+    format!(
+        "OPTIONS sip:solo@pbx.local SIP/2.0\r\nVia: SIP/2.0/{transport} {me};branch=z9hG4bK{id}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:load@pbx.local>;tag=o\r\nTo: <sip:solo@pbx.local>\r\n\
+         Call-ID: {id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
 /// An OPTIONS from `sock`, answered 200.
 async fn probe(sock: &UdpSocket, server: SocketAddr, id: &str) -> Result<()> {
     let me = sock.local_addr()?;
-    let req = vec![(
-        format!("probe-{id}"),
-        format!(
-            "OPTIONS sip:solo@pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKprobe{id}\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:probe@pbx.local>;tag=p\r\nTo: <sip:solo@pbx.local>\r\n\
-             Call-ID: probe-{id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-        ),
-    )];
+    let call_id = format!("probe-{id}");
+    let req = vec![(call_id.clone(), options(me, "UDP", &call_id))];
     let got = exchange(sock, server, &req, 1).await?;
     if got.values().next() != Some(&200) {
         bail!("probe {id}: {got:?}");

@@ -19,6 +19,20 @@ fn pair(seed: u64, extra: &str) -> Sim {
     sim
 }
 
+/// Call-IDs of the calls endpoint `i` has up (answered).
+fn answered(sim: &Sim, i: usize) -> Vec<String> {
+    sim.endpoints
+        .get(i)
+        .map(|e| {
+            e.dialogs
+                .values()
+                .filter(|d| !d.remote_tag.is_empty())
+                .map(|d| d.call_id.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn role(sim: &Sim, i: usize) -> Option<Role> {
     sim.server(i).map(crate::server::Server::role)
 }
@@ -334,12 +348,7 @@ fn takeover_under_load_rebinds_every_call_without_overwhelming_endpoints() {
     let up = sim.endpoints[left].confirmed();
     assert!(up >= 990, "{up} calls up before the kill");
     let drops_before = sim.endpoints[right].stats.dropped + sim.endpoints[left].stats.dropped;
-    let answered_before: Vec<String> = sim.endpoints[left]
-        .dialogs
-        .values()
-        .filter(|d| !d.remote_tag.is_empty())
-        .map(|d| d.call_id.clone())
-        .collect();
+    let answered_before: Vec<String> = answered(&sim, left);
     sim.kill(0);
     let killed = sim.now;
     // New calls keep coming, now to the stand-by (the trunk fails over).
@@ -406,12 +415,7 @@ fn calls_up(sim: &mut Sim, left: usize, n: usize) -> Vec<String> {
         sim.run_for(Duration::from_millis(10));
     }
     sim.run_for(Duration::from_millis(300));
-    sim.endpoints[left]
-        .dialogs
-        .values()
-        .filter(|d| !d.remote_tag.is_empty())
-        .map(|d| d.call_id.clone())
-        .collect()
+    answered(sim, left)
 }
 
 /// A hang-up that reaches the new active before its call's re-bind started ends the call at
@@ -526,12 +530,7 @@ fn after_a_split_heals_every_call_has_one_owner_and_one_cdr() {
         sim.run_for(Duration::from_millis(20));
     }
     sim.run_for(Duration::from_millis(500));
-    let up: Vec<String> = sim.endpoints[left]
-        .dialogs
-        .values()
-        .filter(|d| !d.remote_tag.is_empty())
-        .map(|d| d.call_id.clone())
-        .collect();
+    let up: Vec<String> = answered(&sim, left);
     assert_eq!(up.len(), 40);
     // Heal.
     sim.cut.clear();
@@ -650,12 +649,7 @@ fn across_a_wan_2000_calls_and_10000_registrations_survive_a_kill() {
         sim.run_for(Duration::from_millis(100));
     }
     sim.run_for(Duration::from_secs(3));
-    let up: Vec<String> = sim.endpoints[left]
-        .dialogs
-        .values()
-        .filter(|d| !d.remote_tag.is_empty())
-        .map(|d| d.call_id.clone())
-        .collect();
+    let up: Vec<String> = answered(&sim, left);
     assert_eq!(up.len(), 2000, "calls up across the WAN");
     assert_eq!(
         bindings(&sim, 1),
