@@ -29,7 +29,7 @@ const LIMITS: &str =
 
 /// Send every request (keyed by Call-ID) with at most `window` unanswered, retransmitting
 /// after a second of silence; returns the final status per Call-ID.
-async fn exchange(
+pub(crate) async fn exchange(
     sock: &UdpSocket,
     server: SocketAddr,
     requests: &[(String, String)],
@@ -86,7 +86,7 @@ async fn exchange(
 }
 
 /// A challenge for `method` from the server, answered later with growing nonce counts.
-async fn challenge(
+pub(crate) async fn challenge(
     sock: &UdpSocket,
     server: SocketAddr,
     method: &str,

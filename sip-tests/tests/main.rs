@@ -11,6 +11,7 @@ mod media;
 mod options;
 mod pair;
 mod registration;
+mod regsync_scale;
 mod reload;
 mod routing;
 mod smart_ua;

@@ -350,12 +350,14 @@ impl Harness {
                 Message::Request(r) => {
                     keepalive::resign(&mut r.headers, SECRET.as_bytes(), &body);
                     let start = auth::start_of_request(r.method.as_str());
-                    self.peer_signer.sign(&mut r.headers, &start, &body, wall);
+                    self.peer_signer
+                        .sign(&mut r.headers, &start, &body, wall, flow.proto.into());
                 }
                 Message::Response(r) => {
                     keepalive::resign(&mut r.headers, SECRET.as_bytes(), &body);
                     let start = auth::start_of_response(r.status);
-                    self.peer_signer.sign(&mut r.headers, &start, &body, wall);
+                    self.peer_signer
+                        .sign(&mut r.headers, &start, &body, wall, flow.proto.into());
                 }
             }
         }

@@ -5,6 +5,9 @@
 //! - `X-Understudy-Version: 2` (the pair protocol version),
 //! - `X-Understudy-Seq: <boot>.<counter>`: `boot` is the sender's start time (unix ms), the
 //!   counter grows by one per signed message,
+//! - `X-Understudy-Channel: stream` on messages sent on the state channel's stream (TCP):
+//!   the sender counts those apart from its datagrams, so a burst queued on the stream cannot
+//!   fall behind the receiver's window while keep-alives overtake it on UDP,
 //! - `X-Understudy-Time: <unix ms>` when it was signed,
 //! - `X-Understudy-Sig`: hex HMAC-SHA256 with `pair.secret` over the start line kind, the
 //!   Call-ID, the CSeq, *every* `X-Understudy-*` header in order (but the signatures), and
@@ -12,7 +15,9 @@
 //!
 //! The receiver accepts a message only when the signature is right, its time is within
 //! `pair.max_clock_skew_ms` of its own clock, and its sequence number is new: higher than any
-//! seen from that boot, or one of the last [`WINDOW`] not seen yet (UDP may reorder). A boot
+//! seen from that boot on that channel, or one of the last [`WINDOW`] not seen yet (UDP may
+//! reorder). The channel header is signed like the others, so a message cannot be moved from
+//! one sequence to the other. A boot
 //! older than the newest seen is refused. So a captured message replayed later is refused
 //! (seen, or stale), and a forged one fails the signature; neither can keep a stand-by from
 //! taking over nor force a handover.
@@ -32,12 +37,33 @@ pub const VERSION: &str = "X-Understudy-Version";
 pub const SEQ: &str = "X-Understudy-Seq";
 /// Signing time header.
 pub const TIME: &str = "X-Understudy-Time";
+/// Channel header: present (`stream`) when the message was counted in the stream sequence.
+pub const CHANNEL: &str = "X-Understudy-Channel";
 /// Version 2 signature header.
 pub const SIG: &str = "X-Understudy-Sig";
 /// The pair protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 2;
 /// How many sequence numbers below the highest seen may still arrive (reordering).
 pub const WINDOW: u64 = 64;
+
+/// Which sequence a message is counted in: what the pair link may reorder is only ever
+/// compared with messages that travelled the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// UDP: reordering within [`WINDOW`] tolerated.
+    Datagram,
+    /// The TCP state channel: in order, but arbitrarily late relative to datagrams.
+    Stream,
+}
+
+impl From<crate::net::Proto> for Channel {
+    fn from(p: crate::net::Proto) -> Self {
+        match p {
+            crate::net::Proto::Udp => Self::Datagram,
+            crate::net::Proto::Tcp => Self::Stream,
+        }
+    }
+}
 
 /// Why a pair message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -125,7 +151,8 @@ fn get<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
 pub struct Signer {
     secret: Vec<u8>,
     boot: u64,
-    counter: u64,
+    /// Messages signed so far, datagrams and stream.
+    counters: [u64; 2],
 }
 
 impl Signer {
@@ -134,20 +161,36 @@ impl Signer {
         Self {
             secret: secret.to_vec(),
             boot: boot_ms,
-            counter: 0,
+            counters: [0; 2],
         }
     }
 
     /// Add the version, sequence, time and signature headers to a message whose other
-    /// headers and body are final.
-    pub fn sign(&mut self, h: &mut Headers, start: &str, body: &[u8], now_ms: u64) {
-        self.counter += 1;
+    /// headers and body are final, counting it in `channel`'s sequence.
+    pub fn sign(
+        &mut self,
+        h: &mut Headers,
+        start: &str,
+        body: &[u8],
+        now_ms: u64,
+        channel: Channel,
+    ) {
+        let [datagrams, stream] = &mut self.counters;
+        let counter = match channel {
+            Channel::Datagram => datagrams,
+            Channel::Stream => stream,
+        };
+        *counter += 1;
+        let counter = *counter;
         h.retain(|x| {
             !matches!(&x.name, HeaderName::Other(n)
-                if [VERSION, SEQ, TIME, SIG].iter().any(|k| n.eq_ignore_ascii_case(k)))
+                if [VERSION, SEQ, CHANNEL, TIME, SIG].iter().any(|k| n.eq_ignore_ascii_case(k)))
         });
         h.push(other(VERSION), PROTOCOL_VERSION.to_string());
-        h.push(other(SEQ), format!("{}.{}", self.boot, self.counter));
+        h.push(other(SEQ), format!("{}.{counter}", self.boot));
+        if channel == Channel::Stream {
+            h.push(other(CHANNEL), "stream");
+        }
         h.push(other(TIME), now_ms.to_string());
         let sig = keyed(&self.secret, &canonical(h, start, body))
             .map(|m| hex::encode(m.finalize().into_bytes()))
@@ -206,7 +249,10 @@ pub struct Verifier {
     secret: Vec<u8>,
     max_skew_ms: u64,
     accept_v1: bool,
+    /// Sequence numbers seen on datagrams.
     seen: Seen,
+    /// Sequence numbers seen on the stream.
+    seen_stream: Seen,
 }
 
 /// How a message was authenticated.
@@ -227,6 +273,7 @@ impl Verifier {
             max_skew_ms,
             accept_v1,
             seen: Seen::default(),
+            seen_stream: Seen::default(),
         }
     }
 
@@ -262,7 +309,12 @@ impl Verifier {
         if skew.unsigned_abs() > self.max_skew_ms {
             return Err(AuthError::Stale(skew));
         }
-        if !self.seen.accept(boot, counter) {
+        let seen = match get(h, CHANNEL) {
+            None => &mut self.seen,
+            Some(c) if c.eq_ignore_ascii_case("stream") => &mut self.seen_stream,
+            Some(_) => return Err(AuthError::Malformed),
+        };
+        if !seen.accept(boot, counter) {
             return Err(AuthError::Replayed);
         }
         Ok(Verified::Fresh)
@@ -279,7 +331,13 @@ mod tests {
         h.push(HeaderName::CSeq, "7 OPTIONS");
         h.push(other("X-Understudy-Node"), "main-1");
         h.push(other("X-Understudy-Calls"), "12");
-        signer.sign(&mut h, &start_of_request("OPTIONS"), body, now_ms);
+        signer.sign(
+            &mut h,
+            &start_of_request("OPTIONS"),
+            body,
+            now_ms,
+            Channel::Datagram,
+        );
         h
     }
 
@@ -368,6 +426,44 @@ mod tests {
         assert!(seen.accept(1, 110), "late but within the window");
         assert!(!seen.accept(1, 110), "seen");
         assert!(!seen.accept(1, 100 + WINDOW), "seen");
+    }
+
+    #[test]
+    fn a_burst_on_the_stream_is_not_overtaken_by_datagrams() {
+        let mut s = Signer::new(b"k", T);
+        let mut v = Verifier::new(b"k", 5000, false);
+        let start = start_of_request("NOTIFY");
+        let burst: Vec<Headers> = (0..WINDOW * 4)
+            .map(|i| {
+                let mut h = Headers::new();
+                h.push(HeaderName::CallId, "reg-1");
+                h.push(HeaderName::CSeq, format!("{i} NOTIFY"));
+                s.sign(&mut h, &start, b"", T, Channel::Stream);
+                h
+            })
+            .collect();
+        // Keep-alives signed after the burst arrive first (UDP overtakes the TCP queue).
+        for _ in 0..WINDOW * 2 {
+            let ka = msg(&mut s, T, b"");
+            assert_eq!(
+                v.verify(&ka, &start_of_request("OPTIONS"), b"", T),
+                Ok(Verified::Fresh)
+            );
+        }
+        for h in &burst {
+            assert_eq!(v.verify(h, &start, b"", T), Ok(Verified::Fresh));
+        }
+        // Each sequence still refuses its replays, and the channel cannot be changed.
+        let first = burst.first().cloned().unwrap_or_default();
+        assert_eq!(v.verify(&first, &start, b"", T), Err(AuthError::Replayed));
+        let mut moved = first;
+        moved.retain(
+            |x| !matches!(&x.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(CHANNEL)),
+        );
+        assert_eq!(
+            v.verify(&moved, &start, b"", T),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]

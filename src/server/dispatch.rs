@@ -305,7 +305,7 @@ impl Server {
             Method::Options if keepalive::is_keepalive(&req) && self.pair.is_some() => {
                 let calls = self.b2bua.call_count();
                 if let Some(p) = self.pair.as_mut() {
-                    p.on_keepalive_request(now, &mut self.tx, id, &req, source.remote, calls);
+                    p.on_keepalive_request(now, &mut self.tx, id, &req, source, calls);
                 }
             }
             Method::Options => {

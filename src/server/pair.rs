@@ -54,6 +54,8 @@ pub(super) enum Subscriber {
     Subscribing {
         tx: ClientTxId,
         request: Box<Request>,
+        /// A NOTIFY may overtake the 2xx (RFC 6665 §4.1.2.4): its version, when one did.
+        version: Option<u64>,
     },
     Active {
         dialog: Box<Dialog>,
@@ -82,7 +84,12 @@ pub(crate) struct PairStats {
     /// Pair messages refused because they came from another address than the peer's.
     pub(crate) wrong_source: u64,
     pub(crate) reg_notifies_sent: u64,
+    /// Bytes of the registration NOTIFYs sent (whole messages, first transmissions).
+    pub(crate) reg_notify_bytes_sent: u64,
     pub(crate) reg_notifies_received: u64,
+    /// Stand-by: times the registration state was asked for again in full because a NOTIFY
+    /// was missing, out of order or unreadable.
+    pub(crate) reg_resyncs: u64,
 }
 
 /// The pair's state in the server.
@@ -240,16 +247,17 @@ impl PairGlue {
         }
     }
 
-    /// Sign a message for the peer (version 2, `pair::auth`).
+    /// Sign a message for the peer (version 2, `pair::auth`) that goes out on `proto`.
     pub(super) fn sign(
         &mut self,
         now: Instant,
         h: &mut crate::sip::Headers,
         start: &str,
         body: &[u8],
+        proto: Proto,
     ) {
         let wall = self.wall_ms(now);
-        self.signer.sign(h, start, body, wall);
+        self.signer.sign(h, start, body, wall, proto.into());
     }
 
     /// Check that a pair message comes from the peer's address and is signed and fresh.
@@ -367,6 +375,7 @@ impl PairGlue {
             &mut r.headers,
             &auth::start_of_request("OPTIONS"),
             &body,
+            proto,
         );
         (r, seq)
     }
@@ -400,7 +409,13 @@ impl PairGlue {
         let (mut r, seq) = self.pair_request(now, me, 0, role, None, flow.proto, false);
         r.headers
             .push(HeaderName::Other(FORWARDED_BYE.into()), call_id.to_string());
-        self.sign(now, &mut r.headers, &auth::start_of_request("OPTIONS"), b"");
+        self.sign(
+            now,
+            &mut r.headers,
+            &auth::start_of_request("OPTIONS"),
+            b"",
+            flow.proto,
+        );
         self.sent.insert(seq, now);
         tx.send_stateless(flow, r.to_bytes());
     }
@@ -429,7 +444,13 @@ impl PairGlue {
             r.headers
                 .set(HeaderName::Other(HANDOFF.into()), format!("reg;n={n}"));
             let b = r.body.clone();
-            self.sign(now, &mut r.headers, &auth::start_of_request("OPTIONS"), &b);
+            self.sign(
+                now,
+                &mut r.headers,
+                &auth::start_of_request("OPTIONS"),
+                &b,
+                flow.proto,
+            );
             self.sent.insert(seq, now);
             tx.send_stateless(flow, r.to_bytes());
         }
@@ -630,11 +651,11 @@ impl PairGlue {
         tx: &mut TransactionLayer,
         id: ServerTxId,
         req: &Request,
-        source: SocketAddr,
+        source: Flow,
         calls: usize,
     ) {
         let start = auth::start_of_request("OPTIONS");
-        match self.authenticate(now, source, req, &start, &req.body) {
+        match self.authenticate(now, source.remote, req, &start, &req.body) {
             Ok(info) => {
                 self.stats.keepalives_received += 1;
                 self.observe(now, &info);
@@ -673,7 +694,13 @@ impl PairGlue {
                 let mine = self.info(calls, self.machine.announced());
                 keepalive::stamp(&mut r.headers, &self.secret, &mine, &r.body);
                 let body = r.body.clone();
-                self.sign(now, &mut r.headers, &auth::start_of_response(200), &body);
+                self.sign(
+                    now,
+                    &mut r.headers,
+                    &auth::start_of_response(200),
+                    &body,
+                    source.proto,
+                );
                 let _ = tx.respond(now, id, &r);
             }
             Err(e) => {

@@ -101,12 +101,14 @@ impl PairGlue {
                     &auth::start_of_request("SUBSCRIBE"),
                     b"",
                     wall,
+                    flow.proto.into(),
                 );
                 if let Ok(id) = tx.send_request(now, &r, flow) {
                     self.client_txs.insert(id);
                     self.subscriber = Subscriber::Subscribing {
                         tx: id,
                         request: Box::new(r),
+                        version: None,
                     };
                 }
             }
@@ -122,13 +124,15 @@ impl PairGlue {
                     .push(HeaderName::Accept, "application/reginfo+xml");
                 r.headers.push(HeaderName::Expires, REG_EXPIRES.to_string());
                 keepalive::stamp(&mut r.headers, &self.secret, &info, b"");
+                let hop = dialog.next_hop();
                 self.signer.sign(
                     &mut r.headers,
                     &auth::start_of_request("SUBSCRIBE"),
                     b"",
                     wall,
+                    hop.proto.into(),
                 );
-                if let Ok(id) = tx.send_request(now, &r, dialog.next_hop()) {
+                if let Ok(id) = tx.send_request(now, &r, hop) {
                     self.client_txs.insert(id);
                     *refreshing = Some(id);
                 }
@@ -151,7 +155,11 @@ impl PairGlue {
         self.client_txs.remove(&id);
         let flow = self.channel_flow();
         match &mut self.subscriber {
-            Subscriber::Subscribing { tx, request } if *tx == id => {
+            Subscriber::Subscribing {
+                tx,
+                request,
+                version,
+            } if *tx == id => {
                 if let (200..=299, Some(resp)) = (status, resp)
                     && let Some(d) = Dialog::as_uac(request, resp, flow)
                 {
@@ -164,7 +172,7 @@ impl PairGlue {
                         dialog: Box::new(d),
                         refresh_at: now + Duration::from_secs(u64::from(exp) * 4 / 5),
                         refreshing: None,
-                        version: None,
+                        version: *version,
                     };
                 } else {
                     tracing::info!(status, "pair: reg subscription refused; retrying");
@@ -253,11 +261,14 @@ impl PairGlue {
             Ok(info) => info,
             Err(e) => {
                 tracing::warn!(error = %e, "pair: bad reginfo from the peer; subscribing again");
+                self.stats.reg_resyncs += 1;
                 self.subscriber = Subscriber::Idle { retry_at: now };
                 return;
             }
         };
-        if let Subscriber::Active { version, .. } = &mut self.subscriber {
+        if let Subscriber::Active { version, .. } | Subscriber::Subscribing { version, .. } =
+            &mut self.subscriber
+        {
             let in_order =
                 info.full || version.is_some_and(|v| v.checked_add(1) == Some(info.version));
             if !in_order {
@@ -267,6 +278,7 @@ impl PairGlue {
                     last = *version,
                     "pair: reg NOTIFY version gap; subscribing again for the full state"
                 );
+                self.stats.reg_resyncs += 1;
                 self.subscriber = Subscriber::Idle { retry_at: now };
                 return;
             }
@@ -412,11 +424,14 @@ impl PairGlue {
             &mut r.headers,
             &auth::start_of_request("NOTIFY"),
             &body,
+            hop.proto,
         );
+        let size = r.to_bytes().len() as u64;
         if let Ok(id) = tx.send_request(now, &r, hop) {
             self.client_txs.insert(id);
             self.notify_txs.insert(id, call_id.to_string());
             self.stats.reg_notifies_sent += 1;
+            self.stats.reg_notify_bytes_sent += size;
         }
     }
 

@@ -287,6 +287,24 @@ impl Server {
                 "understudy_reg_notifies_total{{dir=\"received\"}} {}",
                 st.reg_notifies_received
             );
+            let _ = writeln!(s, "# TYPE understudy_reg_notify_bytes_total counter");
+            let _ = writeln!(
+                s,
+                "understudy_reg_notify_bytes_total{{dir=\"sent\"}} {}",
+                st.reg_notify_bytes_sent
+            );
+            let _ = writeln!(s, "# TYPE understudy_pair_refused_total counter");
+            for (reason, n) in [
+                ("replayed", st.replays_refused),
+                ("wrong_source", st.wrong_source),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "understudy_pair_refused_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
+            let _ = writeln!(s, "# TYPE understudy_reg_resyncs_total counter");
+            let _ = writeln!(s, "understudy_reg_resyncs_total {}", st.reg_resyncs);
         }
         s
     }

@@ -725,6 +725,7 @@ fn registration_subscriptions_are_bounded() {
             &crate::pair::auth::start_of_request("SUBSCRIBE"),
             b"",
             wall,
+            crate::pair::auth::Channel::Datagram,
         );
         sim.inject(super::Datagram {
             from: standby,
