@@ -397,6 +397,7 @@ fn standby_takeover(mode: Mode, digest: &[String]) -> Script {
                     active: true,
                     expires: 3600,
                     source: Some("udp:127.0.0.1:5091".into()),
+                    instance: None,
                 }],
             },
             regsync::RegRecord {
@@ -406,6 +407,7 @@ fn standby_takeover(mode: Mode, digest: &[String]) -> Script {
                     active: true,
                     expires: 3600,
                     source: Some("udp:127.0.0.1:5092".into()),
+                    instance: None,
                 }],
             },
         ],
@@ -515,6 +517,7 @@ pub fn all() -> Vec<Seed> {
                             active: false,
                             expires: 0,
                             source: None,
+                            instance: None,
                         }],
                     }],
                 },

@@ -18,6 +18,9 @@ pub struct RegContact {
     pub expires: u32,
     /// Where the REGISTER came from (`udp:1.2.3.4:5060`), an Understudy extension element.
     pub source: Option<String>,
+    /// The device's `+sip.instance` (RFC 5626), carried as an RFC 3680 `unknown-param`: the
+    /// peer finds the same device's own flow by it.
+    pub instance: Option<String>,
 }
 
 /// One registration (AOR) in a reginfo document.
@@ -80,6 +83,13 @@ pub fn to_xml(info: &RegInfo, domain: &str) -> String {
                 c.expires,
                 esc(&c.uri)
             );
+            if let Some(i) = &c.instance {
+                let _ = write!(
+                    s,
+                    "<unknown-param name=\"+sip.instance\">{}</unknown-param>",
+                    esc(i)
+                );
+            }
             if let Some(src) = &c.source {
                 let _ = write!(s, "<us:source>{}</us:source>", esc(src));
             }
@@ -151,10 +161,17 @@ pub fn parse(xml: &str) -> Result<RegInfo, RegInfoError> {
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(0),
                         source: None,
+                        instance: None,
                     });
                 }
                 b"uri" => text_target = Some("uri"),
                 b"source" => text_target = Some("source"),
+                b"unknown-param"
+                    if attr(&e, b"name")
+                        .is_some_and(|n| n.eq_ignore_ascii_case("+sip.instance")) =>
+                {
+                    text_target = Some("instance");
+                }
                 _ => {}
             },
             Ok(Event::Text(t)) => {
@@ -165,12 +182,13 @@ pub fn parse(xml: &str) -> Result<RegInfo, RegInfoError> {
                         .into_owned();
                     match target {
                         "uri" => c.uri = v,
+                        "instance" => c.instance = Some(v),
                         _ => c.source = Some(v),
                     }
                 }
             }
             Ok(Event::End(e)) => match e.local_name().as_ref() {
-                b"uri" | b"source" => text_target = None,
+                b"uri" | b"source" | b"unknown-param" => text_target = None,
                 b"contact" => {
                     if let (Some(c), Some(rec)) = (contact.take(), current.as_mut())
                         && !c.uri.is_empty()
@@ -208,12 +226,14 @@ mod tests {
                         active: true,
                         expires: 300,
                         source: Some("tcp:127.0.0.1:40000".into()),
+                        instance: Some("<urn:uuid:00000000-0000-1000-8000-000a95a0e128>".into()),
                     },
                     RegContact {
                         uri: "sip:alice@127.0.0.1:5091".into(),
                         active: false,
                         expires: 0,
                         source: None,
+                        instance: None,
                     },
                 ],
             }],

@@ -19,6 +19,14 @@ pub enum Origin {
     Static,
 }
 
+impl Origin {
+    /// Learned from the peer (the peer's view of the phone), as opposed to this node's own
+    /// (a REGISTER received here, or configured).
+    pub fn is_learned(self) -> bool {
+        self == Self::Peer
+    }
+}
+
 /// One contact bound to an AOR.
 #[derive(Debug, Clone)]
 pub struct Binding {
@@ -48,6 +56,19 @@ impl Binding {
     pub fn uri(&self) -> &Uri {
         &self.contact.uri
     }
+}
+
+/// Whether two contact URIs name the same contact: user, host and port (parameters such as
+/// `transport` or `ob` aside).
+fn same_contact(a: &Uri, b: &Uri) -> bool {
+    a.user == b.user && a.host.eq_ignore_ascii_case(&b.host) && a.port == b.port
+}
+
+/// The `+sip.instance` of a contact (RFC 5626 §4.1), unquoted.
+fn instance_of(c: &NameAddr) -> Option<String> {
+    c.params
+        .value("+sip.instance")
+        .map(|v| v.trim_matches('"').to_string())
 }
 
 /// What changed in the location service (for the RFC 3680 notifier).
@@ -102,13 +123,18 @@ impl Location {
         }
     }
 
-    /// Add or refresh a binding (same contact URI replaces). An AOR at its limit makes room
-    /// by dropping its oldest registration (static contacts stay): a phone that rebooted onto
-    /// a new port must not be locked out by its own stale binding.
+    /// Add or refresh a binding. The same contact URI replaces the binding of the same view:
+    /// this node's own (registered here, or static) and the one learned from the peer are
+    /// kept side by side, since a phone registered at both nodes is reached from each over
+    /// the flow it opened to that node (behind NAT, the only one its router lets in).
+    /// An AOR at its limit makes room by dropping its oldest registration (static contacts
+    /// stay): a phone that rebooted onto a new port must not be locked out by its own stale
+    /// binding.
     pub fn bind(&mut self, aor: &str, b: Binding) {
         let list = self.aors.entry(aor.to_string()).or_default();
         let key = b.contact.uri.to_string();
-        list.retain(|x| x.contact.uri.to_string() != key);
+        let learned = b.origin.is_learned();
+        list.retain(|x| x.origin.is_learned() != learned || x.contact.uri.to_string() != key);
         while list.len() >= self.max_per_aor {
             let oldest = list
                 .iter()
@@ -140,12 +166,24 @@ impl Location {
         self.evicted
     }
 
-    /// Remove one contact of an AOR.
+    /// Remove one contact of an AOR, in both views.
     pub fn unbind(&mut self, aor: &str, contact_uri: &str) {
+        self.unbind_where(aor, contact_uri, |_| true);
+    }
+
+    /// Remove the peer's view of one contact (this node's own binding of it stays).
+    pub fn unbind_learned(&mut self, aor: &str, contact_uri: &str) {
+        self.unbind_where(aor, contact_uri, Origin::is_learned);
+    }
+
+    fn unbind_where(&mut self, aor: &str, contact_uri: &str, view: impl Fn(Origin) -> bool) {
         if let Some(list) = self.aors.get_mut(aor) {
             let before = list.len();
-            list.retain(|x| x.contact.uri.to_string() != contact_uri);
-            if list.len() != before {
+            list.retain(|x| !view(x.origin) || x.contact.uri.to_string() != contact_uri);
+            let still = list
+                .iter()
+                .any(|x| x.contact.uri.to_string() == contact_uri);
+            if list.len() != before && !still {
                 self.changes.push(Change::Removed {
                     aor: aor.to_string(),
                     contact: contact_uri.to_string(),
@@ -175,12 +213,42 @@ impl Location {
         }
     }
 
-    /// Current bindings of an AOR (expired ones excluded).
+    /// Current bindings of an AOR (expired ones excluded), one per contact: this node's own
+    /// binding of a contact before the peer's view of it.
     pub fn lookup(&self, aor: &str, now: Instant) -> Vec<&Binding> {
-        self.aors
-            .get(aor)
-            .map(|l| l.iter().filter(|b| b.expires_at > now).collect())
-            .unwrap_or_default()
+        let Some(list) = self.aors.get(aor) else {
+            return Vec::new();
+        };
+        let live = |b: &&Binding| b.expires_at > now;
+        list.iter()
+            .filter(live)
+            .filter(|b| {
+                !b.origin.is_learned()
+                    || !list
+                        .iter()
+                        .filter(live)
+                        .any(|o| !o.origin.is_learned() && o.contact.uri == b.contact.uri)
+            })
+            .collect()
+    }
+
+    /// The flow a phone opened to this node for the contact `target` of `aor`: its own
+    /// binding of that contact, or of the same device (`+sip.instance`, RFC 5626) when it
+    /// registered another contact here. `None` when it registered only at the peer.
+    pub fn own_flow(&self, aor: &str, target: &Uri, now: Instant) -> Option<Flow> {
+        let list = self.aors.get(aor)?;
+        let live = list.iter().filter(|b| b.expires_at > now);
+        let own = || live.clone().filter(|b| b.origin == Origin::Local);
+        if let Some(b) = own().find(|b| same_contact(&b.contact.uri, target)) {
+            return b.source;
+        }
+        let instance = live
+            .clone()
+            .find(|b| same_contact(&b.contact.uri, target))
+            .and_then(|b| instance_of(&b.contact))?;
+        own()
+            .find(|b| instance_of(&b.contact).as_deref() == Some(instance.as_str()))
+            .and_then(|b| b.source)
     }
 
     /// Remove every contact of an AOR, static ones too.
@@ -228,9 +296,17 @@ impl Location {
         self.aors.iter()
     }
 
-    /// Number of bindings.
+    /// Number of bindings, a contact known in both views (ours and the peer's) counted once.
     pub fn binding_count(&self) -> usize {
-        self.aors.values().map(Vec::len).sum()
+        self.aors
+            .values()
+            .map(|l| {
+                l.iter()
+                    .enumerate()
+                    .filter(|(i, b)| !l.iter().take(*i).any(|o| o.contact.uri == b.contact.uri))
+                    .count()
+            })
+            .sum()
     }
 
     /// Take the changes recorded since the last call.

@@ -6,7 +6,7 @@ mod location;
 pub mod reginfo;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::entropy::HashMap;
 use std::net::IpAddr;

@@ -24,6 +24,11 @@ fn settings() -> Settings {
     }
 }
 
+/// A registrar with user `alice` (for tests of other modules).
+pub(crate) fn test_registrar() -> Registrar {
+    Registrar::new(settings(), [("alice", "pw")])
+}
+
 fn src() -> Flow {
     Flow::udp(SocketAddr::from(([127, 0, 0, 1], 5090)))
 }

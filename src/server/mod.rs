@@ -6,6 +6,7 @@
 mod blf;
 mod dispatch;
 mod guard;
+mod nat;
 mod pacing;
 mod pair;
 mod pinger;

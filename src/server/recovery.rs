@@ -17,15 +17,42 @@ use crate::sip::{HeaderName, Method, Request};
 impl Server {
     pub(super) fn apply_takeover(&mut self, now: Instant, steps: Vec<Step>) {
         for step in steps {
-            let (mut env, b) = self.env_parts(now);
             match step {
-                Step::Adopt(call) => b.adopt(&mut env, *call),
+                Step::Adopt(mut call) => {
+                    let reach = [
+                        super::nat::reach(&self.registrar, now, &mut call.a),
+                        super::nat::reach(&self.registrar, now, &mut call.b),
+                    ];
+                    if let Some(t) = self.takeover.as_mut() {
+                        let parties = [&call.caller, &call.callee];
+                        for (r, who) in reach.iter().zip(parties) {
+                            let report = &mut t.report;
+                            match r {
+                                super::nat::Reach::OwnFlow => report.nat_own_flow += 1,
+                                super::nat::Reach::NoFlow => {
+                                    report.nat_no_flow += 1;
+                                    if report.nat_no_flow_parties.len() < super::takeover::NAMED {
+                                        report.nat_no_flow_parties.push(who.clone());
+                                    }
+                                    tracing::warn!(party = %who, token = format!("{:016x}", call.token), "NAT: no flow to this node; re-binding at the recorded address");
+                                }
+                                super::nat::Reach::Direct => {}
+                            }
+                        }
+                    }
+                    let (mut env, b) = self.env_parts(now);
+                    b.adopt(&mut env, *call);
+                }
                 Step::Orphan {
-                    leg,
+                    mut leg,
                     caller,
                     callee,
                     start_ms,
-                } => b.bye_orphan(&mut env, *leg, &caller, &callee, start_ms),
+                } => {
+                    super::nat::reach(&self.registrar, now, &mut leg);
+                    let (mut env, b) = self.env_parts(now);
+                    b.bye_orphan(&mut env, *leg, &caller, &callee, start_ms);
+                }
                 Step::FailRinging(r) => self.fail_ringing(now, &r),
             }
         }

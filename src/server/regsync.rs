@@ -461,6 +461,7 @@ impl PairGlue {
                         active: false,
                         expires: 0,
                         source: None,
+                        instance: None,
                     },
                 ),
                 Change::Bound { .. } => continue,
@@ -502,6 +503,7 @@ fn contact_of(b: &Binding, now: Instant) -> RegContact {
         active: true,
         expires: u32::try_from(b.remaining(now)).unwrap_or(u32::MAX),
         source: b.source.map(|f| format!("{}:{}", f.proto, f.remote)),
+        instance: b.contact.params.value("+sip.instance").map(str::to_string),
     }
 }
 
@@ -528,11 +530,13 @@ pub(super) fn full_state(registrar: &Registrar, now: Instant) -> RegInfo {
     let mut records: Vec<RegRecord> = registrar
         .location()
         .iter()
-        .map(|(aor, list)| RegRecord {
+        .map(|(aor, _)| RegRecord {
             aor: aor.clone(),
-            contacts: list
-                .iter()
-                .filter(|b| b.origin != Origin::Static && b.expires_at > now)
+            contacts: registrar
+                .location()
+                .lookup(aor, now)
+                .into_iter()
+                .filter(|b| b.origin != Origin::Static)
                 .map(|b| contact_of(b, now))
                 .collect(),
         })
@@ -569,18 +573,26 @@ pub(super) fn apply_reginfo(registrar: &mut Registrar, now: Instant, info: &RegI
             })
             .collect();
         for (aor, uri) in peer_learned {
-            loc.unbind(&aor, &uri);
+            loc.unbind_learned(&aor, &uri);
         }
     }
     for r in &info.records {
         for c in &r.contacts {
             if !c.active || c.expires == 0 {
-                loc.unbind(&r.aor, &c.uri);
+                loc.unbind_learned(&r.aor, &c.uri);
                 continue;
             }
-            let Ok(contact) = NameAddr::parse(&format!("<{}>", c.uri)) else {
+            let Ok(mut contact) = NameAddr::parse(&format!("<{}>", c.uri)) else {
                 continue;
             };
+            if let Some(i) = &c.instance {
+                let quoted = if i.starts_with('"') {
+                    i.clone()
+                } else {
+                    format!("\"{i}\"")
+                };
+                contact.params.set("+sip.instance", Some(&quoted));
+            }
             loc.bind(
                 &r.aor,
                 Binding {

@@ -32,6 +32,9 @@ const RESET_PACE: Duration = Duration::from_millis(20);
 /// Default reset event (DESIGN: the seed asks endpoints to drop their calls and re-initialise).
 const DEFAULT_RESET: &str = "check-sync;reboot=true";
 
+/// How many parties a takeover report names per list.
+pub(crate) const NAMED: usize = 100;
+
 /// An endpoint to query or reset.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
@@ -55,9 +58,10 @@ pub(crate) fn endpoints(
     let mut seen = HashSet::default();
     let users: HashMap<&str, &crate::config::UserConfig> =
         cfg.users.iter().map(|u| (u.name.as_str(), u)).collect();
-    for (aor, list) in registrar.location().iter() {
+    for (aor, _) in registrar.location().iter() {
         let user = users.get(aor.as_str()).copied();
-        for b in list.iter().filter(|b| b.expires_at > now) {
+        // One per contact: the flow the phone opened to this node before the peer's.
+        for b in registrar.location().lookup(aor, now) {
             let Some(flow) = b.source.or_else(|| uri_flow(&b.contact.uri)) else {
                 continue;
             };
@@ -131,6 +135,13 @@ pub(crate) struct Report {
     pub(crate) ringing_failed: usize,
     pub(crate) digest_calls: usize,
     pub(crate) tcp_unreachable: usize,
+    /// Legs re-bound over the flow their phone opened to this node (`nat`).
+    pub(crate) nat_own_flow: usize,
+    /// Legs of phones behind NAT with no flow to this node ("NAT: no flow"): re-bound at
+    /// the address the old active recorded, which their router may not admit.
+    pub(crate) nat_no_flow: usize,
+    /// Who they are (the first [`NAMED`] of them).
+    pub(crate) nat_no_flow_parties: Vec<String>,
     /// From takeover start to the last successful re-bind.
     pub(crate) rebind_ms: Option<u64>,
     /// From takeover start to the end of the whole procedure.

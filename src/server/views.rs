@@ -104,6 +104,9 @@ impl Server {
                             "contact": b.contact.uri.to_string(),
                             "expires_in_s": b.remaining(now),
                             "origin": b.origin,
+                            // A flow the phone opened to this node (behind NAT, the one
+                            // its router lets this node use).
+                            "own_flow": b.origin == crate::registrar::Origin::Local,
                             "reachable": self.pinger.as_ref().map(|p| !p.unreachable(&b.contact.uri.to_string())),
                             "source": b.source.map(|f| f.to_string()),
                         })

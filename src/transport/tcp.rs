@@ -224,6 +224,7 @@ impl Connections {
         };
         tokio::spawn(async move {
             let mut framer = StreamFramer::new();
+            let mut crlfs = 0usize;
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let read = tokio::select! {
@@ -252,6 +253,13 @@ impl Connections {
                                 "internal parser error".into(),
                             ))
                         });
+                // RFC 5626 §4.4.1: a CRLFCRLF ping gets a CRLF pong, which keeps the phone's
+                // NAT binding towards this node open and tells it the flow is alive.
+                crlfs += framer.take_keepalives();
+                for _ in 0..crlfs / 2 {
+                    this.send(flow, Bytes::from_static(b"\r\n"));
+                }
+                crlfs %= 2;
                 match pushed {
                     Ok(msgs) => {
                         for m in msgs {
@@ -335,6 +343,30 @@ mod tests {
         }
         assert_eq!(got, want);
         assert_eq!(conns.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_crlf_ping_gets_a_pong() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (inbound, _rx) = mpsc::channel(16);
+        let conns = Connections::new(inbound, super::super::Limits::default(), Arc::default());
+        tokio::spawn(accept_loop(listener, conns));
+        let mut phone = TcpStream::connect(addr).await.expect("connect");
+        // Two pings, the second split across writes.
+        phone.write_all(b"\r\n\r\n\r\n").await.expect("ping");
+        phone.write_all(b"\r\n").await.expect("ping");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        while got.len() < 4 {
+            let n = tokio::time::timeout(Duration::from_secs(5), phone.read(&mut buf))
+                .await
+                .expect("pong in time")
+                .expect("read");
+            assert!(n > 0, "closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"\r\n\r\n", "one CRLF pong per CRLFCRLF ping");
     }
 
     #[tokio::test]
