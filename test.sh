@@ -3,13 +3,13 @@
 # smoke of every fuzz target, the SIPp scenarios and the real soft-phones (baresip, PJSIP)
 # across a takeover.
 # Installs what the tests need when it is missing (Debian packages: SIPp from sip-tester,
-# baresip-core, procps, python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
+# baresip-core, procps, nftables (the NAT test bed), python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 # command -> Debian package; the missing ones are installed in one go.
 missing=()
-for pair in sipp:sip-tester unshare:util-linux ip:iproute2 curl:curl ps:procps \
+for pair in sipp:sip-tester unshare:util-linux ip:iproute2 nft:nftables curl:curl ps:procps \
     baresip:baresip-core; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done

@@ -102,6 +102,19 @@ pub struct PairSpec {
     pub users: Vec<(String, String)>,
     /// `[[trunks]]`.
     pub trunks: Vec<TrunkSpec>,
+    /// Run the main and the stand-by in these network namespaces at these addresses
+    /// (`natbed`), instead of on loopback.
+    pub sites: Option<[Site; 2]>,
+}
+
+/// Where a node runs: a network namespace and its address there (SIP on port 5060, the admin
+/// API on 8080).
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// Namespace name.
+    pub netns: String,
+    /// The node's address.
+    pub ip: std::net::IpAddr,
 }
 
 impl Default for PairSpec {
@@ -116,9 +129,13 @@ impl Default for PairSpec {
             t1_ms: 100,
             users: Vec::new(),
             trunks: Vec::new(),
+            sites: None,
         }
     }
 }
+
+/// The admin token of nodes in a namespace (their admin API is not on loopback).
+const ADMIN_TOKEN: &str = "natbed-admin-token";
 
 /// The password every generated user gets.
 pub fn password_of(user: &str) -> String {
@@ -141,12 +158,12 @@ impl PairSpec {
             r#"[node]
 name = "{home}-1"
 home_role = "{home}"
-sip_udp = "127.0.0.1:{sip}"
-sip_tcp = "127.0.0.1:{sip}"
+sip_udp = "{ip}:{sip}"
+sip_tcp = "{ip}:{sip}"
 domain = "pbx.local"
 
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "{ip}:{admin}"{token}
 
 [state]
 dir = "{dir}"
@@ -158,7 +175,7 @@ path = "{dir}/cdr.sqlite"
 t1_ms = {t1}
 
 [pair]
-peer = "127.0.0.1:{peer}"
+peer = "{peer_ip}:{peer}"
 secret = "takeover-test-secret"
 keepalive_ms = 200
 missed_keepalives = 3
@@ -173,8 +190,15 @@ parallel = {parallel}
 query_timeout_ms = {qt}
 fallback = "{fallback}"
 "#,
+            ip = me.ip,
+            token = if me.netns.is_some() {
+                format!("\ntoken = \"{ADMIN_TOKEN}\"")
+            } else {
+                String::new()
+            },
             sip = me.sip,
             admin = me.admin,
+            peer_ip = peer.ip,
             peer = peer.sip,
             dir = dir.display(),
             t1 = self.t1_ms,
@@ -213,8 +237,10 @@ fallback = "{fallback}"
 }
 
 struct NodePorts {
+    ip: std::net::IpAddr,
     sip: u16,
     admin: u16,
+    netns: Option<String>,
 }
 
 /// One `understudy` process.
@@ -223,6 +249,10 @@ pub struct Node {
     /// `main` or `standby` (its home role).
     pub name: &'static str,
     child: Option<Child>,
+    /// The network namespace it runs in (loopback tests: none).
+    netns: Option<String>,
+    /// The admin API's bearer token (required off loopback).
+    token: Option<String>,
     cfg: PathBuf,
     /// SIP address (UDP and TCP).
     pub sip: SocketAddr,
@@ -238,7 +268,15 @@ impl Node {
     pub fn start(&mut self) -> Result<()> {
         let log = std::fs::File::create(self.log_path()).context("log file")?;
         let level = std::env::var("UNDERSTUDY_TEST_LOG").unwrap_or_else(|_| "info".into());
-        let child = Command::new(binary())
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.cfg)
             .env("RUST_LOG", level)
@@ -319,10 +357,15 @@ impl Node {
     }
 
     async fn http(&self, method: &str, path: &str) -> Result<String> {
-        let (status, body) =
-            understudy::admin::http::request(&self.admin.to_string(), method, path, None, None)
-                .await
-                .map_err(|e| anyhow!("{} {method} {path}: {e}", self.name))?;
+        let (status, body) = understudy::admin::http::request(
+            &self.admin.to_string(),
+            method,
+            path,
+            self.token.as_deref(),
+            None,
+        )
+        .await
+        .map_err(|e| anyhow!("{} {method} {path}: {e}", self.name))?;
         if status != 200 {
             bail!("{} {method} {path}: HTTP {status}: {body}", self.name);
         }
@@ -331,9 +374,15 @@ impl Node {
 
     /// `method path` on the admin API: the HTTP status and body, whatever the status.
     pub async fn http_status(&self, method: &str, path: &str) -> Result<(u16, String)> {
-        understudy::admin::http::request(&self.admin.to_string(), method, path, None, None)
-            .await
-            .map_err(|e| anyhow!("{} {method} {path}: {e}", self.name))
+        understudy::admin::http::request(
+            &self.admin.to_string(),
+            method,
+            path,
+            self.token.as_deref(),
+            None,
+        )
+        .await
+        .map_err(|e| anyhow!("{} {method} {path}: {e}", self.name))
     }
 
     /// `GET path` as text.
@@ -495,14 +544,22 @@ impl Pair {
     /// `label` names the copies of the logs kept in [`log_dir`].
     pub async fn start(label: &str, spec: &PairSpec) -> Result<Self> {
         let dir = TempDir::new()?;
-        let mp = NodePorts {
-            sip: free_port(),
-            admin: free_port(),
+        let ports = |site: Option<&Site>| match site {
+            Some(s) => NodePorts {
+                ip: s.ip,
+                sip: 5060,
+                admin: 8080,
+                netns: Some(s.netns.clone()),
+            },
+            None => NodePorts {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                sip: free_port(),
+                admin: free_port(),
+                netns: None,
+            },
         };
-        let sp = NodePorts {
-            sip: free_port(),
-            admin: free_port(),
-        };
+        let mp = ports(spec.sites.as_ref().map(|[m, _]| m));
+        let sp = ports(spec.sites.as_ref().map(|[_, s]| s));
         let node = |name: &'static str, me: &NodePorts, peer: &NodePorts| -> Result<Node> {
             let ndir = dir.path().join(name);
             std::fs::create_dir_all(&ndir)?;
@@ -511,9 +568,11 @@ impl Pair {
             Ok(Node {
                 name,
                 child: None,
+                netns: me.netns.clone(),
+                token: me.netns.as_ref().map(|_| ADMIN_TOKEN.to_string()),
                 cfg,
-                sip: SocketAddr::from(([127, 0, 0, 1], me.sip)),
-                admin: SocketAddr::from(([127, 0, 0, 1], me.admin)),
+                sip: SocketAddr::new(me.ip, me.sip),
+                admin: SocketAddr::new(me.ip, me.admin),
                 cdr_path: ndir.join("cdr.sqlite"),
             })
         };
@@ -589,6 +648,8 @@ impl Solo {
         let mut node = Node {
             name: "solo",
             child: None,
+            netns: None,
+            token: None,
             cfg,
             sip: SocketAddr::from(([127, 0, 0, 1], sip)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),

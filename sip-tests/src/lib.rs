@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod natbed;
 pub mod netns;
 pub mod raw;
 pub mod rtp;

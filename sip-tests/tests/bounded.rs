@@ -394,8 +394,11 @@ async fn floods(solo: &Solo) -> Result<()> {
         after_round.push(solo.node.rss_kib()?);
     }
     println!("RSS after each round: {after_round:?} KiB");
-    if let [.., before, last] = after_round.as_slice()
-        && *last > before + ROUND_GROWTH_KIB
+    // A leak grows every round; the allocator's high-water mark moves both ways with the
+    // size of each round's flood (which depends on how fast this machine is).
+    let grows = after_round.windows(2).all(|w| matches!(w, [a, b] if b > a));
+    if let (true, [first, .., last]) = (grows, after_round.as_slice())
+        && *last > first + ROUND_GROWTH_KIB
     {
         bail!("memory grows round after round: {after_round:?} KiB");
     }
@@ -525,8 +528,11 @@ async fn backlog_rounds(solo: &Solo) -> Result<()> {
         }
     }
     println!("RSS after each round: {after_round:?} KiB");
-    if let [.., before, last] = after_round.as_slice()
-        && *last > before + ROUND_GROWTH_KIB
+    // A leak grows every round; the allocator's high-water mark moves both ways with the
+    // size of each round's flood (which depends on how fast this machine is).
+    let grows = after_round.windows(2).all(|w| matches!(w, [a, b] if b > a));
+    if let (true, [first, .., last]) = (grows, after_round.as_slice())
+        && *last > first + ROUND_GROWTH_KIB
     {
         bail!("memory grows round after round: {after_round:?} KiB");
     }

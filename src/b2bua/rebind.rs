@@ -264,9 +264,11 @@ impl B2bua {
         {
             c.rebind = None;
         }
-        if let (Outcome::Ended(_), Some(c)) = (outcome, self.calls.get_mut(&token)) {
+        if let (Outcome::Ended(481), Some(c)) = (outcome, self.calls.get_mut(&token)) {
             // The first leg no longer knows the call: it ended before this node owned it,
             // and the node that ended it wrote its CDR (one CDR per call across the pair).
+            // A leg that does not answer (408) says nothing of the kind: the call is lost
+            // here, and its CDR is this node's (the previous owner may be dead).
             c.no_cdr = true;
         }
         match outcome {
@@ -429,7 +431,7 @@ impl B2bua {
                     if let Some(c) = self.calls.get_mut(&token) {
                         c.rebind = None;
                         // Gone at the second leg too: ended before we owned it.
-                        c.no_cdr = matches!(outcome, Outcome::Ended(_));
+                        c.no_cdr = matches!(outcome, Outcome::Ended(481));
                     }
                     self.finish(env, token, &format!("failed:{status}"), &[first]);
                 }

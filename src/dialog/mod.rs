@@ -44,8 +44,22 @@ pub struct Dialog {
     pub remote_target: String,
     /// Where in-dialog requests go.
     pub flow: Flow,
+    /// Requests go over `flow` whatever address the remote target names: the peer is behind
+    /// NAT (it sends from another address than it says), so only the flow its router opened
+    /// reaches it (RFC 3581 applied to the dialog, as RFC 5626 does for registrations).
+    pub pinned: bool,
     /// State.
     pub state: DialogState,
+}
+
+/// Whether a peer is behind NAT: it is reached at `seen`, yet it names `named` as its
+/// address. Over TCP only the address counts (a connection's port is never the listening
+/// one).
+pub fn behind_nat(named: Option<SocketAddr>, seen: Flow) -> bool {
+    named.is_some_and(|a| match seen.proto {
+        crate::net::Proto::Udp => a != seen.remote,
+        crate::net::Proto::Tcp => a.ip() != seen.remote.ip(),
+    })
 }
 
 /// Our own address as put in Via and Contact.
@@ -109,6 +123,12 @@ impl Dialog {
             .contact()
             .map(|c| c.uri.to_string())
             .unwrap_or_else(|| from.uri.to_string());
+        let route_set = req.record_route();
+        // The peer's own address is its top Via's sent-by (RFC 3261 §18.2.1).
+        let sent_by = req.top_via().ok().and_then(|v| {
+            let ip: IpAddr = v.host.trim_matches(['[', ']']).parse().ok()?;
+            Some(SocketAddr::new(ip, v.port.unwrap_or(5060)))
+        });
         Some(Self {
             call_id: req.call_id().ok()?.to_string(),
             local_tag: local_tag.to_string(),
@@ -117,7 +137,8 @@ impl Dialog {
             remote_uri: strip_tag(&from),
             local_cseq: 0,
             remote_cseq: req.cseq().ok().map(|c| c.seq),
-            route_set: req.record_route(),
+            pinned: route_set.is_empty() && behind_nat(sent_by, flow),
+            route_set,
             remote_target,
             flow,
             state: DialogState::Early,
@@ -135,7 +156,11 @@ impl Dialog {
             .contact()
             .map(|c| c.uri.to_string())
             .unwrap_or_else(|| req.uri.clone());
+        // We sent the request to `flow` rather than to its URI: the phone registered from
+        // behind NAT (its binding's source is not its Contact).
+        let named = Uri::parse(&req.uri).ok().and_then(|u| uri_addr(&u));
         Some(Self {
+            pinned: route_set.is_empty() && behind_nat(named, flow),
             call_id: req.call_id().ok()?.to_string(),
             local_tag: from.tag()?.to_string(),
             remote_tag: to.tag()?.to_string(),
@@ -241,6 +266,9 @@ impl Dialog {
     /// the remote target; the dialog's flow when the URI is not an IP literal. An open TCP
     /// connection to the same address is reused by the transport.
     pub fn next_hop(&self) -> Flow {
+        if self.pinned {
+            return self.flow;
+        }
         let uri = self
             .route_set
             .first()

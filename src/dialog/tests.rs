@@ -88,3 +88,43 @@ fn target_refresh_changes_next_hop() {
         SocketAddr::from(([127, 0, 0, 9], 6000))
     );
 }
+
+#[test]
+fn a_peer_behind_nat_is_reached_where_its_packets_come_from() {
+    // The phone says 192.0.2.130:5060 (Via, Contact); its router sent it from another address.
+    let mut req = invite();
+    req.headers
+        .retain(|h| !matches!(h.name, HeaderName::RecordRoute | HeaderName::Via));
+    req.headers.push(
+        HeaderName::Via,
+        "SIP/2.0/UDP 192.0.2.130:5060;branch=z9hG4bKn",
+    );
+    req.headers
+        .set(HeaderName::Contact, "<sip:alice@192.0.2.130:5060>");
+    let public = Flow::udp(SocketAddr::from(([203, 0, 113, 2], 40001)));
+    let d = Dialog::as_uas(&req, "ours", public).unwrap();
+    assert!(d.pinned);
+    assert_eq!(d.next_hop(), public);
+    // Not behind NAT: the Contact is where requests go (RFC 3261 §12.2.1.1).
+    let mut req = invite();
+    req.headers.retain(|h| h.name != HeaderName::RecordRoute);
+    let src = Flow::udp(SocketAddr::from(([127, 0, 0, 1], 5061)));
+    let mut d = Dialog::as_uas(&req, "ours", src).unwrap();
+    assert!(!d.pinned);
+    d.refresh_target(NameAddr::parse("<sip:alice@127.0.0.1:5099>").ok());
+    assert_eq!(
+        d.next_hop().remote,
+        SocketAddr::from(([127, 0, 0, 1], 5099))
+    );
+    // As UAC: the INVITE went to a registration's source, not its Request-URI's address.
+    let mut out = invite();
+    out.uri = "sip:bob@192.0.2.134:5060".into();
+    out.headers.retain(|h| h.name != HeaderName::RecordRoute);
+    let mut ok = response_to(&out, 200, Some("tb"));
+    ok.headers
+        .push(HeaderName::Contact, "<sip:bob@192.0.2.134:5060>");
+    let home = Flow::udp(SocketAddr::from(([203, 0, 113, 6], 40002)));
+    let d = Dialog::as_uac(&out, &ok, home).unwrap();
+    assert!(d.pinned);
+    assert_eq!(d.next_hop(), home);
+}

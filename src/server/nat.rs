@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use crate::dialog::{Dialog, uri_addr};
+use crate::dialog::{Dialog, behind_nat, uri_addr};
 use crate::registrar::Registrar;
 use crate::sip::{NameAddr, Uri};
 
@@ -37,14 +37,16 @@ pub(crate) fn reach(registrar: &Registrar, now: Instant, d: &mut Dialog) -> Reac
         .unwrap_or_default();
     if let Some(flow) = registrar.location().own_flow(&aor, &target, now) {
         d.flow = flow;
+        d.pinned = true;
         return Reach::OwnFlow;
     }
-    match uri_addr(&target) {
-        Some(addr) if addr == d.flow.remote => Reach::Direct,
-        _ if d.flow.proto.is_reliable() => Reach::NoFlow,
-        Some(_) => Reach::NoFlow,
-        None => Reach::Direct,
+    if !behind_nat(uri_addr(&target), d.flow) {
+        return Reach::Direct;
     }
+    // Over UDP the address the old active used is the best guess (a NAT that filters by
+    // port only, or none, lets it in); over TCP its connection is gone, and the Contact is.
+    d.pinned = !d.flow.proto.is_reliable();
+    Reach::NoFlow
 }
 
 #[cfg(test)]
@@ -87,6 +89,7 @@ mod tests {
             route_set: Vec::new(),
             remote_target: target.into(),
             flow: Flow::udp(recorded.parse().unwrap()),
+            pinned: false,
             state: DialogState::Confirmed,
         }
     }
@@ -119,6 +122,11 @@ mod tests {
         let mut d = leg("<sip:alice@10.0.0.2:5060>", "203.0.113.2:40001");
         assert_eq!(reach(&r, now, &mut d), Reach::OwnFlow);
         assert_eq!(d.flow.remote, "203.0.113.2:40002".parse().unwrap());
+        assert_eq!(
+            d.next_hop().remote,
+            d.flow.remote,
+            "not the private Contact"
+        );
         // The peer's view of the contact stays beside ours, and a change of it leaves ours.
         r.location_mut()
             .unbind_learned("alice", "sip:alice@10.0.0.2:5060");
@@ -164,7 +172,9 @@ mod tests {
         let mut d = leg("<sip:alice@10.0.0.2:5060>", "203.0.113.2:40001");
         assert_eq!(reach(&r, now, &mut d), Reach::NoFlow);
         assert_eq!(d.flow.remote, "203.0.113.2:40001".parse().unwrap());
+        assert!(d.pinned, "over UDP, the recorded address it is");
         let mut d = leg("<sip:alice@192.0.2.7:5060>", "192.0.2.7:5060");
         assert_eq!(reach(&r, now, &mut d), Reach::Direct);
+        assert!(!d.pinned);
     }
 }

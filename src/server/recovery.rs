@@ -129,6 +129,7 @@ impl Server {
                 route_set: Vec::new(),
                 remote_target: r.b_early_target.clone().unwrap_or_else(|| r.b_uri.clone()),
                 flow: b_flow,
+                pinned: false,
                 state: crate::dialog::DialogState::Early,
             };
             let bye = d.request(Method::Bye, &self.me, None);

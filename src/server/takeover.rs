@@ -813,6 +813,8 @@ fn dialog_from(r: &DialogReport, flow: Flow, uri: &str, side: Side) -> Dialog {
         route_set: Vec::new(),
         remote_target: target,
         flow,
+        // Where requests go is decided once the leg is adopted (`nat::reach`).
+        pinned: false,
         state: DialogState::Confirmed,
     }
 }
@@ -834,6 +836,7 @@ fn leg_dialog(l: &LegRecord) -> Dialog {
             remote: l.remote,
             conn: None,
         },
+        pinned: false,
         state: DialogState::Confirmed,
     }
 }

@@ -80,6 +80,12 @@ impl Ua {
     /// Bind a UA for `user` on `addr` (UDP, and TCP on the same port when `tcp`).
     pub async fn bind_at(user: &str, addr: SocketAddr, tcp: bool) -> Result<Self> {
         let std_sock = std::net::UdpSocket::bind(addr).context("binding the UA socket")?;
+        Self::with_socket(user, std_sock, tcp).await
+    }
+
+    /// A UA for `user` on a socket bound elsewhere (e.g. in another network namespace,
+    /// `natbed::udp_in`); UDP only unless `tcp`.
+    pub async fn with_socket(user: &str, std_sock: std::net::UdpSocket, tcp: bool) -> Result<Self> {
         std_sock.set_nonblocking(true)?;
         // A burst of a few hundred re-INVITEs and ACKs at takeover must not overflow the
         // default receive buffer (an ACK for a 2xx is never retransmitted by itself).

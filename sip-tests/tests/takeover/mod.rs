@@ -29,6 +29,7 @@ mod cold;
 mod digest;
 mod digest_and_query;
 mod mixed;
+mod nat;
 mod not_notifiers;
 mod query;
 mod rebind_answers;

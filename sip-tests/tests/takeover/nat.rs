@@ -1,0 +1,211 @@
+//! Scenario n: phones behind NAT (`natbed`: two homes whose routers masquerade with a random
+//! public port per flow and admit only replies). The nodes run in their own site namespaces,
+//! the test in the core namespace, each phone in its home's LAN.
+//!
+//! - Registered at both nodes: the stand-by re-binds the call over the flows the phones
+//!   opened to it (not the main's), the call goes on and its BYE completes there.
+//! - Registered at the main only: the stand-by's re-bind cannot pass the routers; the
+//!   takeover report names both phones ("NAT: no flow"), the call ends with its CDR and
+//!   nothing waits for ever.
+
+use sip_tests::cluster::Site;
+use sip_tests::natbed;
+
+use super::*;
+
+/// Both phones' UAs: alice behind home 1, bob behind home 2, each registered at the main (and
+/// first at the stand-by when `at_both`), the main their server afterwards.
+async fn nat_phones(pair: &Pair, at_both: bool) -> Result<(Ua, Ua)> {
+    let mut out = Vec::new();
+    for (name, home, ip) in [
+        ("alice", "p1", natbed::PHONE1),
+        ("bob", "p2", natbed::PHONE2),
+    ] {
+        let sock = natbed::udp_in(&natbed::ns(home), SocketAddr::new(ip, 5060))?;
+        let mut ua = Ua::with_socket(name, sock, false).await?;
+        ua.set_password(&password_of(name));
+        let servers: &[SocketAddr] = if at_both {
+            &[pair.standby.sip, pair.main.sip]
+        } else {
+            &[pair.main.sip]
+        };
+        for s in servers {
+            ua.set_server(*s);
+            let r = ua.register().await?;
+            ensure!(r.status == 200, "{name} at {s}: REGISTER got {}", r.status);
+        }
+        out.push(ua);
+    }
+    let bob = out.pop().context("bob")?;
+    let alice = out.pop().context("alice")?;
+    Ok((alice, bob))
+}
+
+fn nat_spec() -> PairSpec {
+    let mut spec = PairSpec::default().with_users(["alice", "bob"]);
+    spec.sites = Some([
+        Site {
+            netns: natbed::ns("main"),
+            ip: natbed::MAIN,
+        },
+        Site {
+            netns: natbed::ns("sb"),
+            ip: natbed::STANDBY,
+        },
+    ]);
+    spec
+}
+
+/// alice calls bob through the main; the stand-by's digest knows the call.
+async fn call_through_main(pair: &Pair, alice: Ua, bob: &Ua) -> Result<(Ua, Call)> {
+    wait_synced(&pair.standby, &["alice".into(), "bob".into()]).await?;
+    answer_n(bob, 1, &Answer::ok());
+    let (mut callers, calls) = set_up_calls(
+        vec![alice],
+        vec![vec!["bob".into()]],
+        std::slice::from_ref(bob),
+        1,
+    )
+    .await?;
+    pair.standby
+        .wait_status(Duration::from_secs(5), "knowing the call", |v| {
+            num(&v["digest"], "calls_known") >= 1
+        })
+        .await?;
+    let call = calls.into_iter().next().context("one call")?;
+    Ok((callers.pop().context("alice")?, call))
+}
+
+/// The public source port the node saw `aor`'s REGISTER (own) or learned from the peer.
+async fn source_of(node: &Node, aor: &str, own: bool) -> Result<Option<String>> {
+    let v = node.get_json("/registrations").await?;
+    Ok(v["registrations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["aor"] == aor)
+        .flat_map(|r| r["contacts"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["own_flow"] == own)
+        .and_then(|c| c["source"].as_str().map(str::to_string)))
+}
+
+fn in_bed(name: &str) -> bool {
+    natbed::inside() && std::env::var(natbed::INNER).is_ok_and(|p| p == name)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn phones_behind_nat_registered_at_both_nodes_keep_their_call() {
+    const BED: &str = "natboth";
+    if !in_bed(BED) {
+        natbed::run_in_core(
+            BED,
+            30,
+            "takeover::nat::phones_behind_nat_registered_at_both_nodes_keep_their_call",
+        );
+        return;
+    }
+    runtime()
+        .block_on(both())
+        .expect("phones registered at both nodes");
+}
+
+async fn both() -> Result<()> {
+    let mut pair = Pair::start("nat-both", &nat_spec()).await?;
+    let (alice, bob) = nat_phones(&pair, true).await?;
+    let (alice, call) = call_through_main(&pair, alice, &bob).await?;
+    // (Synced by now.) Two views of alice at the stand-by: the flow she opened to it and the main's, each
+    // through its own public port of her router.
+    let own = source_of(&pair.standby, "alice", true).await?;
+    let learned = source_of(&pair.standby, "alice", false).await?;
+    eprintln!("[n nat] alice at the stand-by: own flow {own:?}, the main's {learned:?}");
+    ensure!(
+        own.is_some() && learned.is_some() && own != learned,
+        "the stand-by should know both of alice's flows: own {own:?}, the main's {learned:?}"
+    );
+    pair.main.kill9();
+    let killed = Instant::now();
+    let report = wait_settled(&pair.standby, Duration::from_secs(20)).await?;
+    show_report("n nat both", &report, killed);
+    check_report(
+        &report,
+        &[("recovered", 1), ("nat_own_flow", 2), ("nat_no_flow", 0)],
+    )?;
+    let new_active = pair.standby.sip;
+    let (callers, callees) =
+        expect_calls_rebound(vec![alice], vec![bob], &[&call], new_active).await?;
+    let (callers, callees) = hang_up_calls(callers, callees, &[&call], new_active).await?;
+    ensure_no_protocol_errors(callers.iter().chain(&callees))?;
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
+    ensure_recovered_normal(&cdrs, &[&call], "CDR")?;
+    Ok(())
+}
+
+#[test]
+fn phones_behind_nat_registered_at_the_main_only_are_named_in_the_report() {
+    const BED: &str = "natmain";
+    if !in_bed(BED) {
+        natbed::run_in_core(
+            BED,
+            30,
+            "takeover::nat::phones_behind_nat_registered_at_the_main_only_are_named_in_the_report",
+        );
+        return;
+    }
+    runtime()
+        .block_on(main_only())
+        .expect("phones registered at the main only");
+}
+
+async fn main_only() -> Result<()> {
+    let mut pair = Pair::start("nat-main-only", &nat_spec()).await?;
+    let (alice, mut bob) = nat_phones(&pair, false).await?;
+    let (mut alice, call) = call_through_main(&pair, alice, &bob).await?;
+    pair.main.kill9();
+    let killed = Instant::now();
+    // The re-binds time out (Timer B) behind the routers; the takeover still settles.
+    let report = wait_settled(&pair.standby, Duration::from_secs(30)).await?;
+    show_report("n nat main only", &report, killed);
+    check_report(
+        &report,
+        &[("recovered", 0), ("nat_own_flow", 0), ("nat_no_flow", 2)],
+    )?;
+    let named: Vec<&str> = report["nat_no_flow_parties"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        named.iter().any(|p| p.contains("alice")) && named.iter().any(|p| p.contains("bob")),
+        "the report names {named:?}"
+    );
+    // The routers let nothing from the stand-by in: neither phone saw its re-INVITE.
+    for ua in [&mut alice, &mut bob] {
+        let from_standby: Vec<String> = ua
+            .take_unmatched()
+            .iter()
+            .filter(|m| m.source.ip() == natbed::STANDBY)
+            .map(Incoming::summary)
+            .collect();
+        ensure!(
+            from_standby.is_empty(),
+            "{} received from the stand-by through its NAT: {from_standby:?}",
+            ua.user()
+        );
+    }
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
+    ensure!(
+        cdrs.iter()
+            .any(|c| c.token == format!("{:016x}", call.token)),
+        "no CDR for the lost call: {cdrs:?}"
+    );
+    Ok(())
+}
