@@ -105,6 +105,8 @@ pub struct PairSpec {
     /// Run the main and the stand-by in these network namespaces at these addresses
     /// (`natbed`), instead of on loopback.
     pub sites: Option<[Site; 2]>,
+    /// More TOML appended to both configs (sections of per-node settings).
+    pub extra: String,
 }
 
 /// Where a node runs: a network namespace and its address there (SIP on port 5060, the admin
@@ -130,6 +132,7 @@ impl Default for PairSpec {
             users: Vec::new(),
             trunks: Vec::new(),
             sites: None,
+            extra: String::new(),
         }
     }
 }
@@ -232,6 +235,8 @@ fallback = "{fallback}"
                 if t.tcp { "tcp" } else { "udp" },
             ));
         }
+        s.push('\n');
+        s.push_str(&self.extra);
         s
     }
 }

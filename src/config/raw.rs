@@ -98,6 +98,7 @@ struct RawRegistrar {
     default_expires: Option<u32>,
     realm: Option<String>,
     digest_algorithms: Option<Vec<String>>,
+    nat_keepalive_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -311,6 +312,7 @@ fn build_registrar(errors: &mut Errors, raw: RawRegistrar, domain: &str) -> Regi
         max_expires: raw.max_expires.unwrap_or(default.max_expires),
         default_expires: raw.default_expires.unwrap_or(default.default_expires),
         realm: Some(raw.realm.unwrap_or_else(|| domain.to_owned())),
+        nat_keepalive_s: raw.nat_keepalive_s.unwrap_or(default.nat_keepalive_s),
     }
 }
 

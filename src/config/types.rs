@@ -161,6 +161,10 @@ pub struct RegistrarConfig {
     /// deployed clients refuse a 401 that lists any algorithm they do not know, so SHA-256
     /// (RFC 8760) is opt-in: `["SHA-256", "MD5"]`). Credentials in either are always accepted.
     pub digest_algorithms: Vec<Algorithm>,
+    /// `nat_keepalive_s`: every so many seconds, an OPTIONS to each phone registered here
+    /// from behind NAT, over its flow, so that its router keeps the flow open (default 20;
+    /// 0: off).
+    pub nat_keepalive_s: u32,
 }
 
 impl Default for RegistrarConfig {
@@ -171,6 +175,7 @@ impl Default for RegistrarConfig {
             default_expires: 3600,
             realm: None,
             digest_algorithms: vec![Algorithm::Md5],
+            nat_keepalive_s: 20,
         }
     }
 }

@@ -139,6 +139,10 @@ impl Server {
                         self.pinger
                             .as_mut()
                             .is_some_and(|p| p.on_response(&response))
+                            || self
+                                .nat_keepalive
+                                .as_ref()
+                                .is_some_and(|k| k.on_response(&response))
                             || self.pair.as_mut().is_some_and(|p| {
                                 p.on_stray_response(now, &response, source.remote)
                             });

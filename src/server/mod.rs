@@ -78,6 +78,7 @@ pub struct Server {
     /// `Config::shared_digest`, computed once (it is shown in `/status`).
     config_digest: String,
     pinger: Option<pinger::Pinger>,
+    nat_keepalive: Option<pinger::NatKeepalive>,
     next_housekeeping: Instant,
     counters: Counters,
     cdrs: Vec<CdrRecord>,
@@ -134,6 +135,7 @@ impl Server {
             .as_ref()
             .filter(|p| p.ping_endpoints)
             .map(|_| pinger::Pinger::new(now));
+        let nat_keepalive = pinger::NatKeepalive::new(now, cfg.registrar.nat_keepalive_s);
         let mut b2bua = B2bua::new();
         b2bua.enable_digest(digest_on);
         if cfg.media.mode == crate::config::MediaMode::Relay {
@@ -163,6 +165,7 @@ impl Server {
             blf,
             config_digest,
             pinger,
+            nat_keepalive,
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),
             cdrs: Vec::new(),
@@ -301,6 +304,9 @@ impl Server {
         {
             p.tick(now, &mut self.tx, &self.registrar, &self.me);
         }
+        if let Some(k) = self.nat_keepalive.as_mut() {
+            k.tick(now, &mut self.tx, &self.registrar, &self.me);
+        }
         let calls = self.b2bua.call_count();
         if let Some(p) = self.pair.as_mut() {
             let changes = p.tick(now, &mut self.tx, &self.me, calls);
@@ -391,6 +397,9 @@ impl Server {
             self.b2bua.poll_timeout(),
             Some(self.next_housekeeping),
             self.pinger.as_ref().map(pinger::Pinger::poll_timeout),
+            self.nat_keepalive
+                .as_ref()
+                .map(pinger::NatKeepalive::poll_timeout),
             self.pair.as_ref().map(|p| p.machine.poll_timeout()),
             // An epoch write under way is looked at every few milliseconds.
             self.pair.as_ref().and_then(|p| p.persist_poll_at),

@@ -7,6 +7,7 @@ use crate::entropy::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::dialog::{LocalContact, uri_flow};
+use crate::net::Flow;
 use crate::registrar::{Origin, Registrar};
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, new_branch, new_tag};
 use crate::transaction::TransactionLayer;
@@ -67,26 +68,9 @@ impl Pinger {
                     continue;
                 };
                 let uri = b.contact.uri.to_string();
-                let mut r = Request::new(Method::Options, uri.clone());
-                r.headers.push(
-                    HeaderName::Via,
-                    format!(
-                        "SIP/2.0/{} {};branch={};rport",
-                        flow.proto.via_token(),
-                        me.hostport(flow.proto),
-                        new_branch()
-                    ),
-                );
-                r.headers.push(HeaderName::MaxForwards, "70");
-                r.headers.push(
-                    HeaderName::From,
-                    format!("<sip:ping@{}>;tag={}", me.hostport(flow.proto), new_tag()),
-                );
-                r.headers.push(HeaderName::To, format!("<{uri}>"));
-                r.headers.push(HeaderName::CallId, self.call_id.clone());
                 // The CSeq carries the contact's index in this round for matching the answer.
-                r.headers
-                    .push(HeaderName::CSeq, format!("{} OPTIONS", seen.len() + 1));
+                let seq = u32::try_from(seen.len() + 1).unwrap_or(u32::MAX);
+                let r = options_to(&uri, flow, me, &self.call_id, seq);
                 tx.send_stateless(flow, r.to_bytes());
                 self.health.entry(uri.clone()).or_default().unanswered += 1;
                 seen.push(uri);
@@ -119,6 +103,95 @@ impl Pinger {
     /// How many contacts are unreachable.
     pub(crate) fn unreachable_count(&self) -> usize {
         self.health.values().filter(|h| h.unanswered >= 3).count()
+    }
+}
+
+/// An out-of-dialog OPTIONS to `uri` over `flow` (answers are matched by `call_id`).
+fn options_to(uri: &str, flow: Flow, me: &LocalContact, call_id: &str, seq: u32) -> Request {
+    let mut r = Request::new(Method::Options, uri.to_string());
+    r.headers.push(
+        HeaderName::Via,
+        format!(
+            "SIP/2.0/{} {};branch={};rport",
+            flow.proto.via_token(),
+            me.hostport(flow.proto),
+            new_branch()
+        ),
+    );
+    r.headers.push(HeaderName::MaxForwards, "70");
+    r.headers.push(
+        HeaderName::From,
+        format!("<sip:ping@{}>;tag={}", me.hostport(flow.proto), new_tag()),
+    );
+    r.headers.push(HeaderName::To, format!("<{uri}>"));
+    r.headers.push(HeaderName::CallId, call_id.to_string());
+    r.headers.push(HeaderName::CSeq, format!("{seq} OPTIONS"));
+    r
+}
+
+/// Keep-alives to phones behind NAT over the flow each opened to this node
+/// (`registrar.nat_keepalive_s`), active or stand-by: a router forgets an idle UDP flow after
+/// tens of seconds, and the stand-by's flow carries nothing else until a takeover, when it is
+/// the only way in. Only bindings registered here whose source is not their Contact (behind
+/// NAT) are pinged; TCP flows stay open by themselves (the phone's CRLF pings).
+#[derive(Debug)]
+pub(crate) struct NatKeepalive {
+    interval: Duration,
+    next: Instant,
+    call_id: String,
+    pub(crate) sent: u64,
+}
+
+impl NatKeepalive {
+    /// Every `interval_s` seconds; `None` when 0 (off).
+    pub(crate) fn new(now: Instant, interval_s: u32) -> Option<Self> {
+        let interval = Duration::from_secs(u64::from(interval_s));
+        (interval_s > 0).then(|| Self {
+            interval,
+            next: now + interval,
+            call_id: format!("nat-{:016x}", crate::entropy::random::<u64>()),
+            sent: 0,
+        })
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Instant {
+        self.next
+    }
+
+    /// Ping every NATed flow when due.
+    pub(crate) fn tick(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        registrar: &Registrar,
+        me: &LocalContact,
+    ) {
+        if now < self.next {
+            return;
+        }
+        self.next = now + self.interval;
+        for (_, list) in registrar.location().iter() {
+            for b in list
+                .iter()
+                .filter(|b| b.origin == Origin::Local && b.expires_at > now)
+            {
+                let Some(flow) = b.source.filter(|f| !f.proto.is_reliable()) else {
+                    continue;
+                };
+                if !crate::dialog::behind_nat(crate::dialog::uri_addr(&b.contact.uri), flow) {
+                    continue;
+                }
+                self.sent += 1;
+                let seq = u32::try_from(self.sent % u64::from(u32::MAX)).unwrap_or(1);
+                let r = options_to(&b.contact.uri.to_string(), flow, me, &self.call_id, seq);
+                tx.send_stateless(flow, r.to_bytes());
+            }
+        }
+    }
+
+    /// An answer to one of our keep-alives (nothing to do but absorb it).
+    pub(crate) fn on_response(&self, resp: &Response) -> bool {
+        resp.call_id().ok() == Some(self.call_id.as_str())
     }
 }
 

@@ -190,6 +190,12 @@ impl Server {
             "understudy_registrations {}",
             self.registrar.location().binding_count()
         );
+        let _ = writeln!(s, "# TYPE understudy_nat_keepalives_sent_total counter");
+        let _ = writeln!(
+            s,
+            "understudy_nat_keepalives_sent_total {}",
+            self.nat_keepalive.as_ref().map_or(0, |k| k.sent)
+        );
         let rs = self.registrar.stats;
         let _ = writeln!(
             s,

@@ -7,6 +7,9 @@
 //! - Registered at the main only: the stand-by's re-bind cannot pass the routers; the
 //!   takeover report names both phones ("NAT: no flow"), the call ends with its CDR and
 //!   nothing waits for ever.
+//! - Idle for five NAT timeouts: the stand-by's keep-alives over each phone's flow keep its
+//!   router's door open, and after the takeover a new call reaches the phone through it;
+//!   with the keep-alives off, the door closes and the call does not get through.
 
 use sip_tests::cluster::Site;
 use sip_tests::natbed;
@@ -42,7 +45,12 @@ async fn nat_phones(pair: &Pair, at_both: bool) -> Result<(Ua, Ua)> {
 }
 
 fn nat_spec() -> PairSpec {
+    nat_spec_with("")
+}
+
+fn nat_spec_with(extra: &str) -> PairSpec {
     let mut spec = PairSpec::default().with_users(["alice", "bob"]);
+    spec.extra = extra.to_string();
     spec.sites = Some([
         Site {
             netns: natbed::ns("main"),
@@ -207,5 +215,120 @@ async fn main_only() -> Result<()> {
             .any(|c| c.token == format!("{:016x}", call.token)),
         "no CDR for the lost call: {cdrs:?}"
     );
+    Ok(())
+}
+
+/// The home routers forget an idle UDP flow after this many seconds in the idle tests.
+const SHORT_NAT_TIMEOUT_S: u32 = 4;
+
+#[test]
+fn an_idle_phone_behind_nat_stays_reachable_from_the_standby() {
+    const BED: &str = "natidle";
+    if !in_bed(BED) {
+        natbed::run_in_core(
+            BED,
+            SHORT_NAT_TIMEOUT_S,
+            "takeover::nat::an_idle_phone_behind_nat_stays_reachable_from_the_standby",
+        );
+        return;
+    }
+    runtime()
+        .block_on(idle(2, true))
+        .expect("idle phones with NAT keep-alives");
+}
+
+#[test]
+fn without_keepalives_an_idle_phone_behind_nat_is_lost_to_the_standby() {
+    const BED: &str = "natnoka";
+    if !in_bed(BED) {
+        natbed::run_in_core(
+            BED,
+            SHORT_NAT_TIMEOUT_S,
+            "takeover::nat::without_keepalives_an_idle_phone_behind_nat_is_lost_to_the_standby",
+        );
+        return;
+    }
+    runtime()
+        .block_on(idle(0, false))
+        .expect("idle phones without NAT keep-alives");
+}
+
+/// Both phones registered at both nodes stay idle for five NAT timeouts; then the main dies
+/// and alice calls bob through the new active, which reaches bob over his flow to it:
+/// through his router when `keepalive_s` kept that flow open (`reachable`), not otherwise.
+async fn idle(keepalive_s: u32, reachable: bool) -> Result<()> {
+    let spec = nat_spec_with(&format!("[registrar]\nnat_keepalive_s = {keepalive_s}\n"));
+    let mut pair = Pair::start(
+        if reachable {
+            "nat-idle"
+        } else {
+            "nat-idle-off"
+        },
+        &spec,
+    )
+    .await?;
+    let (mut alice, bob) = nat_phones(&pair, true).await?;
+    wait_synced(&pair.standby, &["alice".into(), "bob".into()]).await?;
+    // The idle time is the scenario itself: nothing is sent by the phones meanwhile.
+    tokio::time::sleep(Duration::from_secs(u64::from(SHORT_NAT_TIMEOUT_S) * 5)).await;
+    let pings = pair
+        .standby
+        .metric("understudy_nat_keepalives_sent_total")
+        .await?;
+    eprintln!("[n nat idle] the stand-by sent {pings} NAT keep-alives");
+    ensure!(
+        (pings > 0.0) == reachable,
+        "{pings} NAT keep-alives with nat_keepalive_s = {keepalive_s}"
+    );
+    pair.main.kill9();
+    pair.standby
+        .wait_status(Duration::from_secs(10), "active", |v| v["role"] == "active")
+        .await?;
+    answer_n(&bob, 1, &Answer::ok());
+    alice.set_server(pair.standby.sip);
+    let out = alice.invite("bob")?;
+    if reachable {
+        let r = alice.wait_final(&out).await?;
+        eprintln!(
+            "[n nat idle] alice calling bob after the takeover: {} {}",
+            r.status, r.reason
+        );
+        ensure!(
+            r.status == 200,
+            "bob not reached: {} {}",
+            r.status,
+            r.reason
+        );
+        alice.ack(&r)?;
+    } else {
+        // The call fails at Timer B (64 × T1); its 408 goes back to alice through a flow her
+        // router may have forgotten by then (its timeout is shorter), so the stand-by's
+        // account is the evidence: the call created, then failed, and bob heard nothing.
+        let created = "understudy_calls_total{event=\"created\"}";
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while pair.standby.metric(created).await? < 1.0
+            || pair.standby.metric("understudy_calls").await? > 0.0
+        {
+            ensure!(Instant::now() < deadline, "the call to bob never ended");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cdrs = stop_and_read_cdrs(&mut pair.standby).await?;
+        eprintln!(
+            "[n nat idle] without keep-alives: {:?}",
+            cdrs.iter().map(|c| &c.end_reason).collect::<Vec<_>>()
+        );
+        ensure!(
+            cdrs.iter().any(|c| c.end_reason == "failed:408"),
+            "no failed:408 CDR: {cdrs:?}"
+        );
+        let mut bob = bob;
+        let heard: Vec<String> = bob
+            .take_unmatched()
+            .iter()
+            .filter(|m| m.request().is_some_and(|r| r.method == Method::Invite))
+            .map(Incoming::summary)
+            .collect();
+        ensure!(heard.is_empty(), "bob heard {heard:?} through a closed NAT");
+    }
     Ok(())
 }
