@@ -232,10 +232,13 @@ impl Location {
             .collect()
     }
 
-    /// The flow a phone opened to this node for the contact `target` of `aor`: its own
-    /// binding of that contact, or of the same device (`+sip.instance`, RFC 5626) when it
-    /// registered another contact here. `None` when it registered only at the peer.
-    pub fn own_flow(&self, aor: &str, target: &Uri, now: Instant) -> Option<Flow> {
+    /// The flow a phone opened to this node for the contact `target` of `aor`, which the
+    /// peer reached at `seen`: its own binding of that contact; else the binding of the same
+    /// device (`+sip.instance`, RFC 5626) when it registered another contact here; else the
+    /// one binding here from behind the same public address (a phone that rewrites its
+    /// Contact to what each node saw registers a different one at each). `None` when it
+    /// registered only at the peer.
+    pub fn own_flow(&self, aor: &str, target: &Uri, seen: Flow, now: Instant) -> Option<Flow> {
         let list = self.aors.get(aor)?;
         let live = list.iter().filter(|b| b.expires_at > now);
         let own = || live.clone().filter(|b| b.origin == Origin::Local);
@@ -245,10 +248,19 @@ impl Location {
         let instance = live
             .clone()
             .find(|b| same_contact(&b.contact.uri, target))
-            .and_then(|b| instance_of(&b.contact))?;
-        own()
-            .find(|b| instance_of(&b.contact).as_deref() == Some(instance.as_str()))
-            .and_then(|b| b.source)
+            .and_then(|b| instance_of(&b.contact));
+        if let Some(i) = instance {
+            return own()
+                .find(|b| instance_of(&b.contact).as_deref() == Some(i.as_str()))
+                .and_then(|b| b.source);
+        }
+        let mut same_place = own().filter_map(|b| b.source).filter(|f| {
+            f.proto == seen.proto && f.remote.ip() == seen.remote.ip() && f.remote != seen.remote
+        });
+        match (same_place.next(), same_place.next()) {
+            (Some(f), None) => Some(f),
+            _ => None,
+        }
     }
 
     /// Remove every contact of an AOR, static ones too.

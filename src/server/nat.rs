@@ -35,7 +35,7 @@ pub(crate) fn reach(registrar: &Registrar, now: Instant, d: &mut Dialog) -> Reac
         .ok()
         .and_then(|n| n.uri.user)
         .unwrap_or_default();
-    if let Some(flow) = registrar.location().own_flow(&aor, &target, now) {
+    if let Some(flow) = registrar.location().own_flow(&aor, &target, d.flow, now) {
         d.flow = flow;
         d.pinned = true;
         return Reach::OwnFlow;
@@ -156,6 +156,40 @@ mod tests {
         let mut d = leg("<sip:alice@10.0.0.2:5060;ob>", "203.0.113.2:40001");
         assert_eq!(reach(&r, now, &mut d), Reach::OwnFlow);
         assert_eq!(d.flow.remote, "203.0.113.2:40009".parse().unwrap());
+    }
+
+    #[test]
+    fn a_phone_that_rewrites_its_contact_is_found_behind_the_same_address() {
+        let now = Instant::now();
+        let mut r = registrar();
+        // Each node saw it at another public port and the phone put that in its Contact.
+        bind(
+            &mut r,
+            now,
+            "<sip:alice@203.0.113.2:40001>",
+            "203.0.113.2:40001",
+            Origin::Peer,
+        );
+        bind(
+            &mut r,
+            now,
+            "<sip:alice@203.0.113.2:40002>",
+            "203.0.113.2:40002",
+            Origin::Local,
+        );
+        let mut d = leg("<sip:alice@203.0.113.2:40001>", "203.0.113.2:40001");
+        assert_eq!(reach(&r, now, &mut d), Reach::OwnFlow);
+        assert_eq!(d.flow.remote, "203.0.113.2:40002".parse().unwrap());
+        // Two candidates behind that address: no guess.
+        bind(
+            &mut r,
+            now,
+            "<sip:alice@203.0.113.2:40003>",
+            "203.0.113.2:40003",
+            Origin::Local,
+        );
+        let mut d = leg("<sip:alice@203.0.113.2:40001>", "203.0.113.2:40001");
+        assert_eq!(reach(&r, now, &mut d), Reach::Direct);
     }
 
     #[test]
