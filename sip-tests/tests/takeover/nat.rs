@@ -332,3 +332,112 @@ async fn idle(keepalive_s: u32, reachable: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Phones per home in the scale test: callers behind home 1, callees behind home 2.
+const PHONES_PER_HOME: usize = 250;
+
+#[test]
+fn hundreds_of_phones_behind_nat_keep_their_calls() {
+    const BED: &str = "natmany";
+    if !in_bed(BED) {
+        natbed::run_in_core(
+            BED,
+            30,
+            "takeover::nat::hundreds_of_phones_behind_nat_keep_their_calls",
+        );
+        return;
+    }
+    runtime()
+        .block_on(many())
+        .expect("hundreds of phones behind NAT");
+}
+
+/// 250 phones behind each of the two routers, each registered at both nodes (1,000
+/// REGISTERs through the NATs); every caller calls two callees (500 calls through the main);
+/// kill -9 of the main; every call is re-bound over the phones' own flows to the stand-by
+/// and hung up there.
+async fn many() -> Result<()> {
+    let callers = names("nc", PHONES_PER_HOME);
+    let callees = names("nd", PHONES_PER_HOME);
+    let users = users_of(&[&callers, &callees]);
+    let mut spec = nat_spec();
+    spec.users = Vec::new();
+    let mut pair = Pair::start("nat-many", &spec.with_users(&users)).await?;
+    let mut phones = Vec::new();
+    for (group, home, ip) in [
+        (&callers, "p1", natbed::PHONE1),
+        (&callees, "p2", natbed::PHONE2),
+    ] {
+        let mut uas = Vec::new();
+        for (i, name) in group.iter().enumerate() {
+            let port = 6000 + u16::try_from(i)?;
+            let sock = natbed::udp_in(&natbed::ns(home), SocketAddr::new(ip, port))?;
+            let ua = Ua::with_socket(name, sock, false).await?;
+            ua.set_password(&password_of(name));
+            uas.push(ua);
+        }
+        let (uas, _) = par(uas, |_, mut ua| {
+            let servers = [pair.standby.sip, pair.main.sip];
+            async move {
+                for s in servers {
+                    ua.set_server(s);
+                    match ua.register().await {
+                        Ok(r) if r.status == 200 => {}
+                        Ok(r) => {
+                            let e = anyhow!("{} at {s}: REGISTER got {}", ua.user(), r.status);
+                            return (ua, Err(e));
+                        }
+                        Err(e) => return (ua, Err(e)),
+                    }
+                }
+                (ua, Ok(()))
+            }
+        })
+        .await?;
+        phones.push(uas);
+    }
+    let ee = phones.pop().context("callees")?;
+    let ec = phones.pop().context("callers")?;
+    wait_synced(&pair.standby, &users).await?;
+    for ua in &ee {
+        answer_n(ua, 2, &Answer::ok());
+    }
+    let targets: Vec<Vec<String>> = (0..PHONES_PER_HOME)
+        .map(|i| {
+            vec![
+                callees[i].clone(),
+                callees[(i + 1) % PHONES_PER_HOME].clone(),
+            ]
+        })
+        .collect();
+    let want = 2 * PHONES_PER_HOME;
+    let (ec, calls) = set_up_calls(ec, targets, &ee, want).await?;
+    let killed = kill_main(&mut pair, want as u64, want as u64).await?;
+    let report = wait_settled(&pair.standby, Duration::from_secs(60)).await?;
+    show_report("n nat many", &report, killed);
+    eprintln!(
+        "[n nat many] {} phones behind 2 NATs, {want} calls: {} re-bound over own flows \
+         ({} legs), {} legs without a flow, last re-bind {} ms after the takeover started",
+        2 * PHONES_PER_HOME,
+        num(&report, "recovered"),
+        num(&report, "nat_own_flow"),
+        num(&report, "nat_no_flow"),
+        num(&report, "rebind_ms"),
+    );
+    check_report(
+        &report,
+        &[
+            ("recovered", want as u64),
+            ("nat_own_flow", 2 * want as u64),
+            ("nat_no_flow", 0),
+        ],
+    )?;
+    let refs: Vec<&Call> = calls.iter().collect();
+    let new_active = pair.standby.sip;
+    let (ec, ee) = expect_calls_rebound(ec, ee, &refs, new_active).await?;
+    let (ec, ee) = hang_up_calls(ec, ee, &refs, new_active).await?;
+    ensure_no_protocol_errors(ec.iter().chain(&ee))?;
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
+    ensure_recovered_normal(&cdrs, &refs, "CDR")?;
+    Ok(())
+}
