@@ -50,4 +50,7 @@ UNDERSTUDY_BIN=./target/release/understudy sipp-scenarios/run-functional.sh
 
 echo "== real soft-phones (baresip + PJSIP) across a takeover"
 UNDERSTUDY_BIN=./target/release/understudy sip-tests/real/run.sh
+
+echo "== real soft-phones (PJSIP) behind two NATs across a takeover (the NAT test bed)"
+timeout -k 10 180 python3 sip-tests/real/nat.py --bin ./target/release/understudy
 echo "== all tests passed"

@@ -28,6 +28,14 @@ def pjsua_agent(argv):
     ap.add_argument("--rtp-port", type=int, required=True)
     ap.add_argument("--rtp-range", type=int, required=True)
     ap.add_argument("--log", required=True)
+    # Behind NAT (the NAT test bed): the phone's own (private) address, a second registrar
+    # (the stand-by: the phone registers at both nodes), PJSIP's NAT defaults (Contact and Via
+    # rewritten to what the registrar saw), and control over a Unix socket (the driver is in
+    # another network namespace).
+    ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--registrar2")
+    ap.add_argument("--nat-defaults", action="store_true")
+    ap.add_argument("--ctl-unix")
     a = ap.parse_args(argv)
 
     import pjsua2 as pj
@@ -46,8 +54,8 @@ def pjsua_agent(argv):
     ep.libInit(cfg)
     tc = pj.TransportConfig()
     tc.port = a.sip_port
-    tc.boundAddress = "127.0.0.1"
-    tc.publicAddress = "127.0.0.1"
+    tc.boundAddress = a.bind
+    tc.publicAddress = a.bind
     ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
     ep.libStart()
     adm = ep.audDevManager()
@@ -145,26 +153,39 @@ def pjsua_agent(argv):
             c.answer(op)
 
     calls = []
-    ac = pj.AccountConfig()
-    ac.idUri = f"sip:{a.user}@{a.registrar}"
-    ac.regConfig.registrarUri = f"sip:{a.registrar}"
-    ac.regConfig.timeoutSec = 600
-    ac.regConfig.retryIntervalSec = 0
-    ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", a.user, 0, a.password))
-    ac.natConfig.sipOutboundUse = 0
-    ac.natConfig.contactRewriteUse = 0
-    ac.natConfig.viaRewriteUse = 0
-    ac.natConfig.sdpNatRewriteUse = 0
-    ac.natConfig.iceEnabled = False
-    ac.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    ac.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
-    ac.mediaConfig.transportConfig.port = a.rtp_port
-    ac.mediaConfig.transportConfig.portRange = a.rtp_range
-    acc = Acc()
-    acc.create(ac)
 
-    ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    ctl.bind(("127.0.0.1", a.ctl_port))
+    def account(registrar):
+        ac = pj.AccountConfig()
+        ac.idUri = f"sip:{a.user}@{registrar}"
+        ac.regConfig.registrarUri = f"sip:{registrar}"
+        ac.regConfig.timeoutSec = 600
+        ac.regConfig.retryIntervalSec = 0
+        ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", a.user, 0, a.password))
+        if not a.nat_defaults:
+            ac.natConfig.sipOutboundUse = 0
+            ac.natConfig.contactRewriteUse = 0
+            ac.natConfig.viaRewriteUse = 0
+            ac.natConfig.sdpNatRewriteUse = 0
+        ac.natConfig.iceEnabled = False
+        ac.mediaConfig.transportConfig.boundAddress = a.bind
+        ac.mediaConfig.transportConfig.publicAddress = a.bind
+        ac.mediaConfig.transportConfig.port = a.rtp_port
+        ac.mediaConfig.transportConfig.portRange = a.rtp_range
+        acc = Acc()
+        acc.create(ac)
+        return acc
+
+    acc = account(a.registrar)
+    accounts = [acc] + ([account(a.registrar2)] if a.registrar2 else [])
+
+    if a.ctl_unix:
+        if os.path.exists(a.ctl_unix):
+            os.unlink(a.ctl_unix)
+        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ctl.bind(a.ctl_unix)
+    else:
+        ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ctl.bind(("127.0.0.1", a.ctl_port))
     ctl.setblocking(False)
 
     def current():
@@ -182,7 +203,15 @@ def pjsua_agent(argv):
                     i -= 1
                 # the last sample before `since` is the baseline
                 rec[key + "_hist"] = h[max(i - 1, 0):]
+        regs = []
+        for x in accounts:
+            try:
+                i = x.getInfo()
+                regs.append({"uri": i.uri, "code": i.regStatus, "active": i.regIsActive})
+            except pj.Error:
+                regs.append(None)
         return {"reg_code": st["reg_code"], "reg_reason": st["reg_reason"], "call": rec,
+                "registrations": regs,
                 "log": st["log"][-40:], "now": time.time()}
 
     # pjsua writes its log file through stdio without flushing: flush all C streams often, so
