@@ -117,6 +117,9 @@ pub struct Site {
     pub netns: String,
     /// The node's address.
     pub ip: std::net::IpAddr,
+    /// The address it knows its peer by (`pair.peer`), when not the peer's own: a relay on
+    /// the pair link (`wan`).
+    pub peer_via: Option<SocketAddr>,
 }
 
 impl Default for PairSpec {
@@ -178,7 +181,7 @@ path = "{dir}/cdr.sqlite"
 t1_ms = {t1}
 
 [pair]
-peer = "{peer_ip}:{peer}"
+peer = "{peer}"
 secret = "takeover-test-secret"
 keepalive_ms = 200
 missed_keepalives = 3
@@ -201,8 +204,9 @@ fallback = "{fallback}"
             },
             sip = me.sip,
             admin = me.admin,
-            peer_ip = peer.ip,
-            peer = peer.sip,
+            peer = me
+                .peer_via
+                .unwrap_or_else(|| SocketAddr::new(peer.ip, peer.sip)),
             dir = dir.display(),
             t1 = self.t1_ms,
             mode = self.mode,
@@ -246,6 +250,7 @@ struct NodePorts {
     sip: u16,
     admin: u16,
     netns: Option<String>,
+    peer_via: Option<SocketAddr>,
 }
 
 /// One `understudy` process.
@@ -555,12 +560,14 @@ impl Pair {
                 sip: 5060,
                 admin: 8080,
                 netns: Some(s.netns.clone()),
+                peer_via: s.peer_via,
             },
             None => NodePorts {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 sip: free_port(),
                 admin: free_port(),
                 netns: None,
+                peer_via: None,
             },
         };
         let mp = ports(spec.sites.as_ref().map(|[m, _]| m));

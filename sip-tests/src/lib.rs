@@ -31,6 +31,7 @@ pub mod rtp;
 pub mod sdp;
 pub mod server;
 pub mod ua;
+pub mod wan;
 
 use std::time::Duration;
 

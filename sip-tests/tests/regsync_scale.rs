@@ -15,7 +15,7 @@ use understudy::sip::digest::answer_challenge;
 
 use crate::bounded::{challenge, exchange};
 
-const CONTACTS_PER_USER: usize = 10;
+pub(crate) const CONTACTS_PER_USER: usize = 10;
 
 /// Resident memory a binding may cost the stand-by, registrar and sync state together.
 const MAX_KIB_PER_BINDING: f64 = 4.0;
@@ -94,12 +94,17 @@ async fn wait_for_bindings(standby: &Node, bindings: usize) -> Result<()> {
     }
 }
 
-async fn run(pair: &Pair, users: &[String], bindings: usize) -> Result<()> {
-    let (main, standby) = (&pair.main, &pair.standby);
-    let rss_before = standby.rss_kib()?;
-    let sock = UdpSocket::bind("127.0.0.1:0").await?;
+/// `bindings` digest-authenticated REGISTERs from `sock` to `server`, `CONTACTS_PER_USER`
+/// per user of `users`, each with its own contact (127.0.x.y:port); by Call-ID, for
+/// [`exchange`].
+pub(crate) async fn register_requests(
+    sock: &UdpSocket,
+    server: std::net::SocketAddr,
+    users: &[String],
+    bindings: usize,
+) -> Result<Vec<(String, String)>> {
     let me = sock.local_addr()?;
-    let ch = challenge(&sock, main.sip, "REGISTER", "sip:pbx.local").await?;
+    let ch = challenge(sock, server, "REGISTER", "sip:pbx.local").await?;
     let mut reqs = Vec::with_capacity(bindings);
     for i in 0..bindings {
         let user = users
@@ -134,6 +139,14 @@ async fn run(pair: &Pair, users: &[String], bindings: usize) -> Result<()> {
             ),
         ));
     }
+    Ok(reqs)
+}
+
+async fn run(pair: &Pair, users: &[String], bindings: usize) -> Result<()> {
+    let (main, standby) = (&pair.main, &pair.standby);
+    let rss_before = standby.rss_kib()?;
+    let sock = UdpSocket::bind("127.0.0.1:0").await?;
+    let reqs = register_requests(&sock, main.sip, users, bindings).await?;
     let start = Instant::now();
     let got = exchange(&sock, main.sip, &reqs, 64).await?;
     let ok = got.values().filter(|s| **s == 200).count();

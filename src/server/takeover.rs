@@ -47,14 +47,18 @@ pub(crate) struct Endpoint {
 }
 
 /// Every endpoint we know: registrations (local and learned from the peer) and trunks with
-/// `dialog_query = true` (all trunks for a reset), in priority order.
+/// `dialog_query = true` (all trunks for a reset), in priority order; and how many were
+/// left out because this node cannot reach them: phones behind NAT over UDP that registered
+/// at the peer only (their router drops what this node sends; asking them would only hold a
+/// query slot until its timeout).
 pub(crate) fn endpoints(
     cfg: &Config,
     registrar: &Registrar,
     now: Instant,
     for_reset: bool,
-) -> Vec<Endpoint> {
+) -> (Vec<Endpoint>, usize) {
     let mut out = Vec::new();
+    let mut behind_nat = 0;
     let mut seen = HashSet::default();
     let users: HashMap<&str, &crate::config::UserConfig> =
         cfg.users.iter().map(|u| (u.name.as_str(), u)).collect();
@@ -65,6 +69,13 @@ pub(crate) fn endpoints(
             let Some(flow) = b.source.or_else(|| uri_flow(&b.contact.uri)) else {
                 continue;
             };
+            if b.origin.is_learned()
+                && !flow.proto.is_reliable()
+                && crate::dialog::behind_nat(crate::dialog::uri_addr(&b.contact.uri), flow)
+            {
+                behind_nat += 1;
+                continue;
+            }
             if !seen.insert((flow.remote, b.contact.uri.to_string())) {
                 continue;
             }
@@ -106,7 +117,7 @@ pub(crate) fn endpoints(
             .cmp(&b.priority)
             .then(b.registered_at.cmp(&a.registered_at))
     });
-    out
+    (out, behind_nat)
 }
 
 /// The takeover report (in `/status` and the log).
@@ -142,6 +153,8 @@ pub(crate) struct Report {
     pub(crate) nat_no_flow: usize,
     /// Who they are (the first [`NAMED`] of them).
     pub(crate) nat_no_flow_parties: Vec<String>,
+    /// Endpoints behind NAT without a flow to this node: not queried (nor reset).
+    pub(crate) endpoints_behind_nat: usize,
     /// From takeover start to the last successful re-bind.
     pub(crate) rebind_ms: Option<u64>,
     /// From takeover start to the end of the whole procedure.
@@ -228,8 +241,16 @@ impl Takeover {
         digest: crate::entropy::HashMap<u64, DigestCall>,
     ) -> Self {
         let mode = cfg.pair.as_ref().map_or(PairMode::Hot, |p| p.mode);
-        let eps = endpoints(cfg, registrar, now, mode == PairMode::Cold);
-        Self::with(cfg, now, now_ms, digest, mode, eps)
+        let (eps, behind_nat) = endpoints(cfg, registrar, now, mode == PairMode::Cold);
+        let mut t = Self::with(cfg, now, now_ms, digest, mode, eps);
+        t.report.endpoints_behind_nat = behind_nat;
+        if behind_nat > 0 {
+            tracing::warn!(
+                endpoints = behind_nat,
+                "NAT: phones registered at the peer only are not asked for their calls (no flow to this node)"
+            );
+        }
+        t
     }
 
     /// Adopt the calls a peer hands over after a network split healed (it stepped down and

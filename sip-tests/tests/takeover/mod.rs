@@ -37,6 +37,7 @@ mod ringing;
 mod sigterm;
 mod tcp;
 mod unreachable_tcp;
+mod wan;
 mod witness;
 
 use std::collections::{HashMap, HashSet};

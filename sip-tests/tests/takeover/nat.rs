@@ -55,10 +55,12 @@ fn nat_spec_with(extra: &str) -> PairSpec {
         Site {
             netns: natbed::ns("main"),
             ip: natbed::MAIN,
+            peer_via: None,
         },
         Site {
             netns: natbed::ns("sb"),
             ip: natbed::STANDBY,
+            peer_via: None,
         },
     ]);
     spec
