@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sip_tests::cluster::{Solo, password_of};
+use sip_tests::cluster::{Pair, PairSpec, Solo, password_of};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use understudy::sip::digest::answer_challenge;
@@ -155,6 +155,19 @@ async fn wait_metric(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// RSS after each round: a leak grows every round; the allocator's high-water mark moves both
+/// ways with the size of each round's flood (which depends on how fast this machine is).
+fn no_growth(after_round: &[u64]) -> Result<()> {
+    println!("RSS after each round: {after_round:?} KiB");
+    let grows = after_round.windows(2).all(|w| matches!(w, [a, b] if b > a));
+    if let (true, [first, .., last]) = (grows, after_round)
+        && *last > first + ROUND_GROWTH_KIB
+    {
+        bail!("memory grows round after round: {after_round:?} KiB");
+    }
+    Ok(())
 }
 
 fn check_memory(solo: &Solo, baseline: u64, flood: &str) -> Result<()> {
@@ -393,15 +406,7 @@ async fn floods(solo: &Solo) -> Result<()> {
         check_memory(solo, baseline, "TCP write queue")?;
         after_round.push(solo.node.rss_kib()?);
     }
-    println!("RSS after each round: {after_round:?} KiB");
-    // A leak grows every round; the allocator's high-water mark moves both ways with the
-    // size of each round's flood (which depends on how fast this machine is).
-    let grows = after_round.windows(2).all(|w| matches!(w, [a, b] if b > a));
-    if let (true, [first, .., last]) = (grows, after_round.as_slice())
-        && *last > first + ROUND_GROWTH_KIB
-    {
-        bail!("memory grows round after round: {after_round:?} KiB");
-    }
+    no_growth(&after_round)?;
     auth_failure_flood(solo, &sock).await?;
     check_memory(solo, baseline, "auth failure")?;
     // Still serving.
@@ -527,15 +532,7 @@ async fn backlog_rounds(solo: &Solo) -> Result<()> {
             after_round.push(solo.node.rss_kib()?);
         }
     }
-    println!("RSS after each round: {after_round:?} KiB");
-    // A leak grows every round; the allocator's high-water mark moves both ways with the
-    // size of each round's flood (which depends on how fast this machine is).
-    let grows = after_round.windows(2).all(|w| matches!(w, [a, b] if b > a));
-    if let (true, [first, .., last]) = (grows, after_round.as_slice())
-        && *last > first + ROUND_GROWTH_KIB
-    {
-        bail!("memory grows round after round: {after_round:?} KiB");
-    }
+    no_growth(&after_round)?;
     assert_eq!(
         solo.node.metric("understudy_internal_errors_total").await?,
         0.0
@@ -562,5 +559,113 @@ async fn probe(sock: &UdpSocket, server: SocketAddr, id: &str) -> Result<()> {
     if got.values().next() != Some(&200) {
         bail!("probe {id}: {got:?}");
     }
+    Ok(())
+}
+
+/// The pair's own tables are fed only by the authenticated peer: registration subscriptions
+/// (the active's notifier) and the dialog digest (the stand-by's pending takeover work). A
+/// flood of forged pair traffic from another address — reg SUBSCRIBEs and keep-alives
+/// carrying digest bodies, with well-formed but wrong signatures — is refused (403) and
+/// counted, neither table grows, and both processes' memory stays at its baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_pair_traffic_cannot_grow_the_pair_tables() -> Result<()> {
+    let pair = Pair::start("forged-pair-flood", &PairSpec::default()).await?;
+    let sock = UdpSocket::bind("127.0.0.2:0").await?;
+    let me = sock.local_addr()?;
+    let forged = |kind: &str, i: u32| -> (String, String) {
+        let id = format!("forged-{kind}-{i}");
+        let sig = format!(
+            "X-Understudy-Version: 2\r\nX-Understudy-Seq: 1700000000000.{i}\r\n\
+             X-Understudy-Time: 1700000000000\r\nX-Understudy-Sig: {}\r\n",
+            "0".repeat(64)
+        );
+        let text = if kind == "reg" {
+            format!(
+                "SUBSCRIBE sip:reg@pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:standby-1@{me}>;tag=f{i}\r\nTo: <sip:reg@pbx.local>\r\n\
+                 Call-ID: {id}\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:standby-1@{me}>\r\nEvent: reg\r\n\
+                 Expires: 600\r\n{sig}Content-Length: 0\r\n\r\n"
+            )
+        } else {
+            let body = format!("D\t{i:016x}\ta\tcall-{i}\tt1\tt2\n");
+            format!(
+                "OPTIONS sip:pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:main-1@{me}>;tag=f{i}\r\nTo: <sip:standby-1@pbx.local>\r\n\
+                 Call-ID: {id}\r\nCSeq: {i} OPTIONS\r\nX-Understudy-Node: main-1\r\n\
+                 X-Understudy-Role: active\r\nX-Understudy-Epoch: 99\r\nX-Understudy-Calls: 1\r\n\
+                 {sig}Content-Type: application/x-understudy-digest\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        (id, text)
+    };
+    let mut baseline = [0u64; 2];
+    let mut after_round = Vec::new();
+    for round in 0..5u32 {
+        let reg: Vec<_> = (0..2_000)
+            .map(|i| forged("reg", round * 10_000 + i))
+            .collect();
+        let ka: Vec<_> = (0..2_000)
+            .map(|i| forged("ka", round * 10_000 + i))
+            .collect();
+        for (target, reqs) in [(pair.main.sip, &reg), (pair.standby.sip, &ka)] {
+            let got = exchange(&sock, target, reqs, 64).await?;
+            let refused = got.values().filter(|s| **s == 403).count();
+            if refused != reqs.len() {
+                bail!(
+                    "{refused} of {} forged pair messages refused: {:?}",
+                    reqs.len(),
+                    got.values().take(5).collect::<Vec<_>>()
+                );
+            }
+        }
+        let main = pair.main.status().await?;
+        let standby = pair.standby.status().await?;
+        if main["reg_subscribers"].as_u64() != Some(1) {
+            bail!(
+                "the main holds {} reg subscriptions",
+                main["reg_subscribers"]
+            );
+        }
+        if standby["digest"]["calls_known"].as_u64() != Some(0) || standby["role"] != "standby" {
+            bail!("forged keep-alives moved the stand-by: {standby}");
+        }
+        // The 403s' server transactions live until Timer J; measure once they are gone (the
+        // pair's own keep-alives keep a few dozen alive at any time).
+        for node in [&pair.main, &pair.standby] {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while node
+                .metric("understudy_transactions{kind=\"server\"}")
+                .await?
+                > 100.0
+            {
+                if Instant::now() > deadline {
+                    bail!("{}: server transactions never drained", node.name);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let rss = [pair.main.rss_kib()?, pair.standby.rss_kib()?];
+        if round < 2 {
+            baseline = rss;
+        } else {
+            for (node, (now, base)) in ["main", "standby"].iter().zip(rss.iter().zip(baseline)) {
+                println!("forged pair flood: {node} RSS {now} KiB (baseline {base} KiB)");
+                if *now > base + SLACK_KIB {
+                    bail!("{node}: RSS {now} KiB after the flood, baseline {base} KiB");
+                }
+            }
+            after_round.push(rss[0] + rss[1]);
+        }
+    }
+    no_growth(&after_round)?;
+    let rejected = pair
+        .standby
+        .metric("understudy_keepalives_total{dir=\"rejected\"}")
+        .await?;
+    if rejected < 6_000.0 {
+        bail!("the stand-by counted {rejected} rejected keep-alives, 6,000 were forged");
+    }
+    println!("forged pair flood: the stand-by rejected {rejected} keep-alives");
     Ok(())
 }
