@@ -1,7 +1,7 @@
 //! Scenario w: the pair across a WAN. The nodes run in their own site namespaces (the NAT
 //! test bed) and reach each other only through a userspace relay that delays each packet by
 //! 40 ms ± 10 ms (so datagrams reorder), loses 1 % of the datagrams and drops those over
-//! 1,400 bytes (`sip_tests::wan`). Phones sit behind the bed's NAT routers, registered at
+//! 1,400 bytes (`sip_tests::wan`). 400 phones sit behind the bed's NAT routers, registered at
 //! both nodes; 10,000 more bindings are registered at the main alone. 2,000 calls go up
 //! through the main; kill -9 of the main: every call is re-bound and hung up through the new
 //! active, and every registration is known there.
@@ -16,9 +16,9 @@ use crate::bounded::exchange;
 use crate::regsync_scale::{CONTACTS_PER_USER, register_requests};
 
 /// Phones per home: callers behind home 1, callees behind home 2.
-const PHONES: usize = 20;
+const PHONES: usize = 200;
 /// Calls each caller places (to the callees in turn).
-const CALLS_PER_CALLER: usize = 100;
+const CALLS_PER_CALLER: usize = 10;
 /// Bindings registered at the main alone (from behind home 1).
 const BULK_BINDINGS: usize = 10_000;
 
