@@ -26,6 +26,17 @@
 #             and the only endpoints, the two trunks (dialog_query = true),
 #             answer "489 Bad Event". The calls can only come from the digest
 #             that rode on the keep-alives.
+#   load      takeover under steady load: digest on, trunk calls as in
+#             nodialog; calls arrive at LOAD_RATE/s (default 100) and are held
+#             HOLD_MARGIN_S s longer than the whole run; once the main has
+#             answered LOAD_KILL_AT calls (default 1000) -- calls still
+#             arriving -- the main is killed and the caller SIPp paused (its
+#             control port) at the same moment. Every call answered before the
+#             kill must end normally through the new active (SIPp UAC
+#             successful == calls the new active recovered >= calls the main had
+#             answered at the last poll before the kill), the rest fail (ringing
+#             ones get 503, ones sent to the dead main time out), and re-INVITE
+#             retransmissions (SIPp UAC + UAS) stay <= 1 %.
 #   link      the pair link's digest traffic: a fresh pair (digest on, trunk
 #             calls as in nodialog), LINK_RATE calls/s set up for LINK_SECS s,
 #             held, then hung up at the same rate; main's digest.bytes_sent and
@@ -101,9 +112,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 MODE=${1:-both}
 case $MODE in
-	query|nodialog|both|link) ;;
+	query|nodialog|both|link|load) ;;
 	-h|--help|help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-	*) echo "usage: $0 [query | nodialog | both | link] [N]" >&2; exit 2 ;;
+	*) echo "usage: $0 [query | nodialog | both | link | load] [N]" >&2; exit 2 ;;
 esac
 N=${2:-${N:-1000}}
 
@@ -120,6 +131,9 @@ KEEPALIVE_MS=${KEEPALIVE_MS:-200}
 MISSED=${MISSED:-3}
 PROBE_MS=${PROBE_MS:-200}
 LINK_RATE=${LINK_RATE:-200}
+LOAD_RATE=${LOAD_RATE:-100}
+LOAD_KILL_AT=${LOAD_KILL_AT:-1000}
+UAC_CP=${UAC_CP:-8898}
 LINK_SECS=${LINK_SECS:-10}
 MAIN_PORT=${MAIN_PORT:-5060}
 STANDBY_PORT=${STANDBY_PORT:-5062}
@@ -279,10 +293,11 @@ target() { # NAME OK(0|1) TEXT
 }
 
 # measure_takeover MAIN_PID N BOUND_S -> key=value lines (kills the main)
-measure_takeover() {
-	python3 - "$1" "$2" "$3" "$STANDBY_ADMIN" <<-'EOF'
-	import json, os, signal, sys, time, urllib.request
+measure_takeover() { # MAIN_PID N BOUND_S [SIPP_CONTROL_PORT to pause at the kill]
+	python3 - "$1" "$2" "$3" "$STANDBY_ADMIN" ${4:+"$4"} <<-'EOF'
+	import json, os, signal, socket, sys, time, urllib.request
 	pid, n, bound, admin = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+	pause = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 	url = "http://127.0.0.1:%s/status" % admin
 	def status():
 	    try:
@@ -292,6 +307,9 @@ measure_takeover() {
 	        return None
 	t_kill = time.time()
 	os.kill(pid, signal.SIGKILL)
+	if pause:
+	    # no new calls from the caller SIPp from now on (its remote control: "p")
+	    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"p", ("127.0.0.1", pause))
 	print("t_kill=%.6f" % t_kill)
 	t_active = None
 	while time.time() - t_kill < 10:
@@ -564,12 +582,82 @@ link_run() {
 	[ "$a_ok" = "$calls" ] || target link-calls 0 "only $a_ok of $calls link-run calls completed"
 }
 
+# ---------------------------------------------------------------------------
+# load mode: kill -9 while calls keep arriving at LOAD_RATE/s
+
+load_run() {
+	local d="$OUT/load" calls=$N
+	mkdir -p "$d"
+	echo "== load: calls arrive at $LOAD_RATE/s, kill -9 at $LOAD_KILL_AT answered (of at most $calls), dialog_digest=true, out=$d"
+	check_ports || die "ports still in use before the load run"
+	gen_config "$d" true 0
+	make_qdir "$d/q" 0
+	start_pair "$d"
+	local setup_s=$(( (calls + LOAD_RATE - 1) / LOAD_RATE ))
+	local hold_ms=$(( (setup_s + HOLD_MARGIN_S) * 1000 ))
+	local tmo=$(( setup_s + HOLD_MARGIN_S + 120 + BYE_AFTER_MS / 1000 + BYE_SPREAD_MS / 1000 ))
+	local common=(-set qdir "$d/q" -set hangup "$HANGUP" -set notifier 489 -set publish 0
+		-set bye_after "$BYE_AFTER_MS" -set bye_spread "$BYE_SPREAD_MS" -d "$hold_ms" -recv_timeout $(( hold_ms + 60000 )))
+	smart_bg uas "$tmo" "$d" -sf "$HERE/smart-uas.xml" "${common[@]}" -i 127.0.0.1 -p "$UAS_PORT" -mp 17000 \
+		-trace_logs -log_file "$d/uas.log"
+	local uas=$BG_PID uas_sipp=$BG_SIPP
+	smart_bg uac "$tmo" "$d" 127.0.0.1:"$MAIN_PORT" -sf "$HERE/smart-uac.xml" -oocsf "$HERE/smart-notify.xml" \
+		"${common[@]}" -set callee 9 -set callee_suffix 1 -cp "$UAC_CP" \
+		-i 127.0.0.1 -p "$UAC_PORT" -mp 16000 -m "$calls" -r "$LOAD_RATE" -l $((calls + 10)) \
+		-trace_logs -log_file "$d/uac.log"
+	local uac=$BG_PID uac_sipp=$BG_SIPP
+	local answered=0 i
+	for i in $(seq 1 $(( (setup_s + 30) * 20 ))); do
+		answered=$(metric "$MAIN_ADMIN" 'understudy_calls_total{event="answered"}')
+		[ "${answered:-0}" -ge "$LOAD_KILL_AT" ] && break
+		kill -0 "$uac" 2>/dev/null || break
+		sleep 0.05
+	done
+	[ "${answered:-0}" -ge "$LOAD_KILL_AT" ] || {
+		target load-setup 0 "only ${answered:-0} calls answered on the main"
+		cleanup
+		return
+	}
+	local m
+	m=$(measure_takeover "$MAIN_PID" 1 "$REBIND_BOUND_S" "$UAC_CP")
+	wait "$MAIN_PID" 2>/dev/null; untrack "$MAIN_PID"
+	echo "$m" >"$d/takeover.txt"
+	local det rec rms fnd ring
+	det=$(echo "$m" | awk -F= '$1=="detection_s"{print $2}')
+	rec=$(echo "$m" | awk -F= '$1=="recovered"{print $2}')
+	rms=$(echo "$m" | awk -F= '$1=="rebind_ms"{print $2}')
+	fnd=$(echo "$m" | awk -F= '$1=="calls_found"{print $2}')
+	ring=$(echo "$m" | awk -F= '$1=="ringing_failed"{print $2}')
+	echo "RESULT mode=load answered_at_last_poll=$answered detection_s=$det calls_found=$fnd recovered=$rec ringing_failed=$ring rebind_ms=$rms"
+	wait_sipp "$uac" "$uac_sipp" $(( tmo + 20 )); local uac_rc=$SIPP_RC
+	stop_sipp "$uas" "$uas_sipp" 30; local uas_rc=$SIPP_RC
+	sleep 1
+	local left; left=$(status_field "$STANDBY_ADMIN" 's["counts"]["calls"]')
+	stop_node "$STANDBY_PID"
+	local cdr; cdr=$(cdr_counts "$d/standby/cdr.sqlite" recovered)
+	local a_cr a_ok a_ko a_re a_rt b_cr b_ok b_ko b_re b_rt
+	read -r a_cr a_ok a_ko a_re a_rt < <(sipp_stats "$d/uac.csv")
+	read -r b_cr b_ok b_ko b_re b_rt < <(sipp_stats "$d/uas.csv")
+	local retrans_pct
+	retrans_pct=$(awk -v a="$a_rt" -v b="$b_rt" -v r="$rec" 'BEGIN{ if (r > 0) printf "%.2f", 100 * (a + b) / (2 * r); else print "NA" }')
+	echo "RESULT mode=load uac: created=$a_cr successful=$a_ok failed=$a_ko retrans=$a_rt rc=$uac_rc; uas: successful=$b_ok failed=$b_ko retrans=$b_rt rc=$uas_rc; re-INVITE retransmissions ${retrans_pct}% of $((2 * ${rec:-0})); calls_left=$left cdr=$cdr"
+	local keep=0 rt=0 detok=0
+	[ "$a_ok" = "$rec" ] && [ "$rec" -ge "$answered" ] && [ "$left" = 0 ] && [ "$cdr" = "normal/recovered=1:$rec" ] && keep=1
+	awk -v x="$retrans_pct" 'BEGIN{exit !(x ~ /^[0-9.]+$/ && x <= 1.0)}' && rt=1
+	awk -v x="$det" 'BEGIN{exit !(x ~ /^[0-9.]+$/ && x <= 1.0)}' && detok=1
+	target load-detection $detok "detection ${det}s (target <= 1.0 s)"
+	target load-answered-calls-kept $keep "every call answered before the kill ended normally through the new active: $a_ok successful of $rec recovered (>= $answered answered at the last poll); $a_ko failed of $a_cr created (ringing or sent after the kill); CDR $cdr; $left left"
+	target load-retransmissions $rt "re-INVITE retransmissions ${retrans_pct}% (target <= 1 %)"
+	SUMMARY="$SUMMARY load:[rate=${LOAD_RATE}/s answered_before_kill>=${answered} recovered=$rec kept=$a_ok detection=${det}s rebind_ms=$rms retrans=${retrans_pct}%]"
+}
+
 echo "bench-takeover: mode=$MODE N=$N rate=$RATE hangup=$HANGUP bin=$BIN out=$OUT"
 T0=$(date +%s)
 case $MODE in
 	query) takeover_run query ;;
 	nodialog) takeover_run nodialog ;;
 	link) link_run ;;
+	load) load_run ;;
 	both) takeover_run query; takeover_run nodialog; link_run ;;
 esac
 T1=$(date +%s)
