@@ -37,6 +37,16 @@ enum Command {
     Registrations(AdminArgs),
     /// Ask a running node to hand over to its peer.
     Switchover(AdminArgs),
+    /// Hand a running node's calls to its peer before it is stopped: switch over, then wait
+    /// until the node is stand-by with no call and the peer acknowledged every call and
+    /// registration handed to it (exit 0; 1 when that does not happen within --timeout).
+    Drain {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Seconds to wait for the hand-over.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Ask a running node to re-read its configuration file (as SIGHUP does): users,
     /// trunks, `[calls]` and `[takeover]` take effect at once.
     Reload(AdminArgs),
@@ -84,7 +94,65 @@ fn main() -> ExitCode {
         Command::Registrations(a) => admin(a, "GET", "/registrations"),
         Command::Switchover(a) => admin(a, "POST", "/switchover"),
         Command::Reload(a) => admin(a, "POST", "/reload"),
+        Command::Drain { admin, timeout } => drain(&admin, timeout),
     }
+}
+
+/// `understudy drain`: switchover, then wait for the hand-over to complete.
+fn drain(a: &AdminArgs, timeout_s: u64) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let get = |method: &'static str, path: &'static str| {
+        understudy::admin::http::request(&a.admin, method, path, a.token.as_deref(), None)
+    };
+    rt.block_on(async {
+        let status = |body: &str| serde_json::from_str::<serde_json::Value>(body).ok();
+        let Ok((200, body)) = get("GET", "/status").await else {
+            eprintln!("error: no status from {}", a.admin);
+            return ExitCode::FAILURE;
+        };
+        let calls_before = status(&body).map_or(0, |v| v["counts"]["calls"].as_u64().unwrap_or(0));
+        if status(&body).is_some_and(|v| v["role"] == "active") {
+            match get("POST", "/switchover").await {
+                Ok((200, _)) => {}
+                Ok((code, body)) => {
+                    eprintln!("switchover refused ({code}): {body}");
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+        loop {
+            if let Ok((200, body)) = get("GET", "/status").await
+                && let Some(v) = status(&body)
+                && v["role"] == "standby"
+                && v["counts"]["calls"].as_u64() == Some(0)
+                && v["handoff_pending"].as_u64() == Some(0)
+            {
+                println!(
+                    "drained: {calls_before} calls handed to the peer; this node is stand-by and can be stopped"
+                );
+                return ExitCode::SUCCESS;
+            }
+            if std::time::Instant::now() > deadline {
+                eprintln!("not drained after {timeout_s} s");
+                return ExitCode::FAILURE;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
 }
 
 fn run(config: Option<PathBuf>) -> anyhow::Result<()> {

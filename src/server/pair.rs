@@ -868,6 +868,10 @@ impl PairGlue {
                 Subscriber::Active { .. } => "subscribed",
             },
             "reg_subscribers": self.notifier.len(),
+            // Calls and registration chunks handed to the peer and not yet acknowledged
+            // (after stepping down; `understudy drain` waits for 0).
+            "handoff_pending": self.handoff_out.as_ref().map_or(0, DigestLog::backlog)
+                + self.reg_handoff_out.len(),
             "digest": {
                 "calls_known": self.table.len(),
                 "backlog": self.log.backlog(),

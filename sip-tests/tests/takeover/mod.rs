@@ -28,6 +28,7 @@ mod big_notify;
 mod cold;
 mod digest;
 mod digest_and_query;
+mod drain;
 mod mixed;
 mod nat;
 mod not_notifiers;
