@@ -119,8 +119,16 @@ fn drain(a: &AdminArgs, timeout_s: u64) -> ExitCode {
             eprintln!("error: no status from {}", a.admin);
             return ExitCode::FAILURE;
         };
-        let calls_before = status(&body).map_or(0, |v| v["counts"]["calls"].as_u64().unwrap_or(0));
-        if status(&body).is_some_and(|v| v["role"] == "active") {
+        let field = |v: &serde_json::Value, path: &[&str]| {
+            path.iter()
+                .try_fold(v, |v, k| v.get(k))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let calls_before = status(&body).map_or(0, |v| {
+            field(&v, &["counts", "calls"]).as_u64().unwrap_or(0)
+        });
+        if status(&body).is_some_and(|v| field(&v, &["role"]) == "active") {
             match get("POST", "/switchover").await {
                 Ok((200, _)) => {}
                 Ok((code, body)) => {
@@ -137,9 +145,9 @@ fn drain(a: &AdminArgs, timeout_s: u64) -> ExitCode {
         loop {
             if let Ok((200, body)) = get("GET", "/status").await
                 && let Some(v) = status(&body)
-                && v["role"] == "standby"
-                && v["counts"]["calls"].as_u64() == Some(0)
-                && v["handoff_pending"].as_u64() == Some(0)
+                && field(&v, &["role"]) == "standby"
+                && field(&v, &["counts", "calls"]).as_u64() == Some(0)
+                && field(&v, &["handoff_pending"]).as_u64() == Some(0)
             {
                 println!(
                     "drained: {calls_before} calls handed to the peer; this node is stand-by and can be stopped"
