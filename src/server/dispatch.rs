@@ -296,6 +296,31 @@ impl Server {
                 }
                 return;
             }
+            if !ours
+                && let Some(token) = req
+                    .to_tag()
+                    .and_then(|t| crate::b2bua::parse_tag(&t))
+                    .map(|(token, _)| token)
+                && self
+                    .pair
+                    .as_ref()
+                    .is_some_and(|p| p.handed_off_recently(now, token))
+            {
+                // A call this node just handed to its peer, whose re-bind has not reached
+                // the endpoint yet: answer so that the dialog lives on (RFC 5057: 491 and
+                // 503 end only the transaction, 481 would end the call) and the endpoint
+                // asks again — by then at the new active.
+                match req.method {
+                    Method::Ack => {}
+                    Method::Invite | Method::Update => self.reply(now, id, &req, 491),
+                    _ => {
+                        let mut r = response_to(&req, 503, None);
+                        r.headers.push(HeaderName::RetryAfter, "1");
+                        let _ = self.tx.respond(now, id, &r);
+                    }
+                }
+                return;
+            }
             let (mut env, b) = self.env_parts(now);
             b.on_in_dialog(&mut env, id, req, source);
             return;

@@ -353,7 +353,7 @@ impl Server {
                             regsync::handoff_bodies(&self.registrar, now, &self.cfg.node.domain);
                         if let Some(p) = self.pair.as_mut() {
                             if !calls.is_empty() {
-                                p.start_handoff(calls);
+                                p.start_handoff(now, calls);
                             }
                             p.start_reg_handoff(regs);
                         }

@@ -73,6 +73,13 @@ pub(super) struct NotifierSub {
     pub(super) version: u64,
 }
 
+/// How long after a hand-off requests in a handed-off call get a non-fatal answer here
+/// (the peer's re-bind reaches the endpoints well within it).
+const HANDED_OFF_FOR: Duration = Duration::from_secs(32);
+
+/// At most this many handed-off calls are remembered.
+const MAX_HANDED_OFF: usize = 200_000;
+
 /// Counters for metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct PairStats {
@@ -139,6 +146,8 @@ pub(crate) struct PairGlue {
     /// After stepping down: our registrations for the peer, by chunk number, until it
     /// acknowledged each (reginfo bodies).
     pub(super) reg_handoff_out: std::collections::BTreeMap<u32, String>,
+    /// Calls handed to the peer when this node stepped down, and when (`handed_off_recently`).
+    pub(super) handed_off: HashMap<u64, Instant>,
     /// While active: registrations the peer handed over, for the server to apply.
     pub(crate) reg_handoff_in: Vec<crate::pair::regsync::RegInfo>,
     /// Call-IDs of BYEs the peer received for calls it does not have (ours, maybe).
@@ -215,6 +224,7 @@ impl PairGlue {
             handoff_out: None,
             handoff_in: DigestTable::default(),
             reg_handoff_out: std::collections::BTreeMap::new(),
+            handed_off: HashMap::default(),
             reg_handoff_in: Vec::new(),
             byes_in: Vec::new(),
             channel: if cfg.node.sip_tcp.is_some() {
@@ -382,7 +392,14 @@ impl PairGlue {
 
     /// We stepped down with calls: hand them to the peer (it re-binds them), chunk by chunk
     /// on the state channel, until it acknowledged every one.
-    pub(crate) fn start_handoff(&mut self, calls: Vec<digest::Entry>) {
+    pub(crate) fn start_handoff(&mut self, now: Instant, calls: Vec<digest::Entry>) {
+        self.handed_off
+            .retain(|_, at| now.saturating_duration_since(*at) < HANDED_OFF_FOR);
+        for e in &calls {
+            if self.handed_off.len() < MAX_HANDED_OFF {
+                self.handed_off.insert(e.token(), now);
+            }
+        }
         let mut log = DigestLog::new();
         log.resync(calls);
         tracing::warn!(
@@ -390,6 +407,14 @@ impl PairGlue {
             "pair: handing our calls to the active peer"
         );
         self.handoff_out = Some(log);
+    }
+
+    /// Whether the call `token` was handed to the peer a moment ago: its endpoints may still
+    /// send here until the peer's re-bind reaches them.
+    pub(crate) fn handed_off_recently(&self, now: Instant, token: u64) -> bool {
+        self.handed_off
+            .get(&token)
+            .is_some_and(|at| now.saturating_duration_since(*at) < HANDED_OFF_FOR)
     }
 
     /// A BYE for a call this node does not have reached it (the endpoint still sends to us,
