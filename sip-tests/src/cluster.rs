@@ -107,6 +107,10 @@ pub struct PairSpec {
     pub sites: Option<[Site; 2]>,
     /// More TOML appended to both configs (sections of per-node settings).
     pub extra: String,
+    /// Per node (main, stand-by): more `[pair]` settings.
+    pub pair_extra: [String; 2],
+    /// Per node (main, stand-by): another build of `understudy` to run (a rolling upgrade).
+    pub binaries: [Option<PathBuf>; 2],
 }
 
 /// Where a node runs: a network namespace and its address there (SIP on port 5060, the admin
@@ -136,6 +140,8 @@ impl Default for PairSpec {
             trunks: Vec::new(),
             sites: None,
             extra: String::new(),
+            pair_extra: [String::new(), String::new()],
+            binaries: [None, None],
         }
     }
 }
@@ -190,6 +196,7 @@ test_hooks = true
 mode = "{mode}"
 dialog_digest = {digest}
 witnesses = [{witnesses}]
+{pair_extra}
 
 [takeover]
 parallel = {parallel}
@@ -220,6 +227,11 @@ fallback = "{fallback}"
             parallel = self.parallel,
             qt = self.query_timeout_ms,
             fallback = self.fallback,
+            pair_extra = if home == "main" {
+                &self.pair_extra[0]
+            } else {
+                &self.pair_extra[1]
+            },
         );
         for (name, pw) in &self.users {
             s.push_str(&format!(
@@ -263,6 +275,8 @@ pub struct Node {
     netns: Option<String>,
     /// The admin API's bearer token (required off loopback).
     token: Option<String>,
+    /// The build it runs (default: this workspace's, [`binary`]).
+    bin: Option<PathBuf>,
     cfg: PathBuf,
     /// SIP address (UDP and TCP).
     pub sip: SocketAddr,
@@ -278,13 +292,14 @@ impl Node {
     pub fn start(&mut self) -> Result<()> {
         let log = std::fs::File::create(self.log_path()).context("log file")?;
         let level = std::env::var("UNDERSTUDY_TEST_LOG").unwrap_or_else(|_| "info".into());
+        let bin = self.bin.clone().unwrap_or_else(|| binary().to_path_buf());
         let mut command = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(binary());
+                c.args(["netns", "exec", ns]).arg(&bin);
                 c
             }
-            None => Command::new(binary()),
+            None => Command::new(&bin),
         };
         let child = command
             .args(["run", "--config"])
@@ -582,6 +597,11 @@ impl Pair {
                 child: None,
                 netns: me.netns.clone(),
                 token: me.netns.as_ref().map(|_| ADMIN_TOKEN.to_string()),
+                bin: if name == "main" {
+                    spec.binaries[0].clone()
+                } else {
+                    spec.binaries[1].clone()
+                },
                 cfg,
                 sip: SocketAddr::new(me.ip, me.sip),
                 admin: SocketAddr::new(me.ip, me.admin),
@@ -662,6 +682,7 @@ impl Solo {
             child: None,
             netns: None,
             token: None,
+            bin: None,
             cfg,
             sip: SocketAddr::from(([127, 0, 0, 1], sip)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),

@@ -38,6 +38,7 @@ mod ringing;
 mod sigterm;
 mod tcp;
 mod unreachable_tcp;
+mod upgrade;
 mod wan;
 mod witness;
 
