@@ -8,19 +8,9 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_hands_every_call_to_the_peer_before_a_stop() -> Result<()> {
-    let (callers, callees) = (names("dra", 5), names("drb", 5));
-    let users = users_of(&[&callers, &callees]);
+    let users = ten_call_users("dr");
     let mut pair = Pair::start("drain", &PairSpec::default().with_users(&users)).await?;
-    let ec = phones(&callers, pair.main.sip, false).await?;
-    let ee = phones(&callees, pair.main.sip, false).await?;
-    for ua in &ee {
-        answer_n(ua, 2, &Answer::ok());
-    }
-    wait_synced(&pair.standby, &users).await?;
-    let targets: Vec<Vec<String>> = (0..callers.len())
-        .map(|i| vec![callees[i].clone(), callees[(i + 1) % callees.len()].clone()])
-        .collect();
-    let (ec, calls) = set_up_calls(ec, targets, &ee, 10).await?;
+    let (ec, ee, calls) = ten_calls(&pair, "dr").await?;
     let out = tokio::process::Command::new(sip_tests::cluster::binary())
         .args(["drain", "--admin", &format!("http://{}", pair.main.admin)])
         .output()
@@ -37,14 +27,7 @@ async fn drain_hands_every_call_to_the_peer_before_a_stop() -> Result<()> {
     // The drained node can go: SIGTERM writes no CDR (it has no call left).
     let main_cdrs = stop_and_read_cdrs(&mut pair.main).await?;
     ensure!(main_cdrs.is_empty(), "the drained node wrote {main_cdrs:?}");
-    let refs: Vec<&Call> = calls.iter().collect();
-    let new_active = pair.standby.sip;
-    let (ec, ee) = expect_calls_rebound(ec, ee, &refs, new_active).await?;
-    let (ec, ee) = hang_up_calls(ec, ee, &refs, new_active).await?;
-    ensure_no_protocol_errors(ec.iter().chain(&ee))?;
-    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
-    ensure_recovered_normal(&cdrs, &refs, "CDR")?;
-    Ok(())
+    rebound_then_ended_at_the_standby(&mut pair, ec, ee, &calls).await
 }
 
 /// In the moment after a hand-off, before the peer's re-bind reaches an endpoint, its

@@ -547,6 +547,50 @@ async fn expect_orphan_byes(
     hang_up(callers, none, orphan_legs, new_active).await
 }
 
+/// The users of [`ten_calls`] with this prefix.
+fn ten_call_users(prefix: &str) -> Vec<String> {
+    let (callers, callees) = (
+        names(&format!("{prefix}a"), 5),
+        names(&format!("{prefix}b"), 5),
+    );
+    users_of(&[&callers, &callees])
+}
+
+/// Five callers each call two of five callees through the main (ten calls), once the
+/// stand-by knows every registration.
+async fn ten_calls(pair: &Pair, prefix: &str) -> Result<(Vec<Ua>, Vec<Ua>, Vec<Call>)> {
+    let callers = names(&format!("{prefix}a"), 5);
+    let callees = names(&format!("{prefix}b"), 5);
+    let ec = phones(&callers, pair.main.sip, false).await?;
+    let ee = phones(&callees, pair.main.sip, false).await?;
+    for ua in &ee {
+        answer_n(ua, 2, &Answer::ok());
+    }
+    wait_synced(&pair.standby, &ten_call_users(prefix)).await?;
+    let targets: Vec<Vec<String>> = (0..callers.len())
+        .map(|i| vec![callees[i].clone(), callees[(i + 1) % callees.len()].clone()])
+        .collect();
+    let (ec, calls) = set_up_calls(ec, targets, &ee, 10).await?;
+    Ok((ec, ee, calls))
+}
+
+/// After a takeover by the stand-by: every call of `calls` re-bound to it, hung up through
+/// it without a protocol error, and recorded there once (recovered, normal).
+async fn rebound_then_ended_at_the_standby(
+    pair: &mut Pair,
+    callers: Vec<Ua>,
+    callees: Vec<Ua>,
+    calls: &[Call],
+) -> Result<()> {
+    let refs: Vec<&Call> = calls.iter().collect();
+    let new_active = pair.standby.sip;
+    let (ec, ee) = expect_calls_rebound(callers, callees, &refs, new_active).await?;
+    let (ec, ee) = hang_up_calls(ec, ee, &refs, new_active).await?;
+    ensure_no_protocol_errors(ec.iter().chain(&ee))?;
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
+    ensure_recovered_normal(&cdrs, &refs, "CDR")
+}
+
 /// Wait (up to 5 s) until the node carries no call.
 async fn wait_no_calls(node: &Node) -> Result<()> {
     node.wait_status(Duration::from_secs(5), "without calls", |v| {

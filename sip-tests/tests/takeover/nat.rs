@@ -99,6 +99,51 @@ async fn source_of(node: &Node, aor: &str, own: bool) -> Result<Option<String>> 
         .and_then(|c| c["source"].as_str().map(str::to_string)))
 }
 
+/// `callers` behind home 1 and `callees` behind home 2 (ports 6000, 6001, … each), every
+/// one registered at both nodes, all at once.
+pub(super) async fn homes_of(
+    pair: &Pair,
+    callers: &[String],
+    callees: &[String],
+) -> Result<(Vec<Ua>, Vec<Ua>)> {
+    let mut homes = Vec::new();
+    for (group, home, ip) in [
+        (callers, "p1", natbed::PHONE1),
+        (callees, "p2", natbed::PHONE2),
+    ] {
+        let mut uas = Vec::new();
+        for (i, name) in group.iter().enumerate() {
+            let port = 6000 + u16::try_from(i)?;
+            let sock = natbed::udp_in(&natbed::ns(home), SocketAddr::new(ip, port))?;
+            let ua = Ua::with_socket(name, sock, false).await?;
+            ua.set_password(&password_of(name));
+            uas.push(ua);
+        }
+        let (uas, _) = par(uas, |_, mut ua| {
+            let servers = [pair.standby.sip, pair.main.sip];
+            async move {
+                for s in servers {
+                    ua.set_server(s);
+                    match ua.register().await {
+                        Ok(r) if r.status == 200 => {}
+                        Ok(r) => {
+                            let e = anyhow!("{} at {s}: REGISTER got {}", ua.user(), r.status);
+                            return (ua, Err(e));
+                        }
+                        Err(e) => return (ua, Err(e)),
+                    }
+                }
+                (ua, Ok(()))
+            }
+        })
+        .await?;
+        homes.push(uas);
+    }
+    let ee = homes.pop().context("callees")?;
+    let ec = homes.pop().context("callers")?;
+    Ok((ec, ee))
+}
+
 fn in_bed(name: &str) -> bool {
     natbed::inside() && std::env::var(natbed::INNER).is_ok_and(|p| p == name)
 }
@@ -365,41 +410,7 @@ async fn many() -> Result<()> {
     let mut spec = nat_spec();
     spec.users = Vec::new();
     let mut pair = Pair::start("nat-many", &spec.with_users(&users)).await?;
-    let mut phones = Vec::new();
-    for (group, home, ip) in [
-        (&callers, "p1", natbed::PHONE1),
-        (&callees, "p2", natbed::PHONE2),
-    ] {
-        let mut uas = Vec::new();
-        for (i, name) in group.iter().enumerate() {
-            let port = 6000 + u16::try_from(i)?;
-            let sock = natbed::udp_in(&natbed::ns(home), SocketAddr::new(ip, port))?;
-            let ua = Ua::with_socket(name, sock, false).await?;
-            ua.set_password(&password_of(name));
-            uas.push(ua);
-        }
-        let (uas, _) = par(uas, |_, mut ua| {
-            let servers = [pair.standby.sip, pair.main.sip];
-            async move {
-                for s in servers {
-                    ua.set_server(s);
-                    match ua.register().await {
-                        Ok(r) if r.status == 200 => {}
-                        Ok(r) => {
-                            let e = anyhow!("{} at {s}: REGISTER got {}", ua.user(), r.status);
-                            return (ua, Err(e));
-                        }
-                        Err(e) => return (ua, Err(e)),
-                    }
-                }
-                (ua, Ok(()))
-            }
-        })
-        .await?;
-        phones.push(uas);
-    }
-    let ee = phones.pop().context("callees")?;
-    let ec = phones.pop().context("callers")?;
+    let (ec, ee) = homes_of(&pair, &callers, &callees).await?;
     wait_synced(&pair.standby, &users).await?;
     for ua in &ee {
         answer_n(ua, 2, &Answer::ok());
@@ -434,12 +445,5 @@ async fn many() -> Result<()> {
             ("nat_no_flow", 0),
         ],
     )?;
-    let refs: Vec<&Call> = calls.iter().collect();
-    let new_active = pair.standby.sip;
-    let (ec, ee) = expect_calls_rebound(ec, ee, &refs, new_active).await?;
-    let (ec, ee) = hang_up_calls(ec, ee, &refs, new_active).await?;
-    ensure_no_protocol_errors(ec.iter().chain(&ee))?;
-    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
-    ensure_recovered_normal(&cdrs, &refs, "CDR")?;
-    Ok(())
+    rebound_then_ended_at_the_standby(&mut pair, ec, ee, &calls).await
 }

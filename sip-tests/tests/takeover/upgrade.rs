@@ -19,8 +19,7 @@ async fn a_new_standby_takes_over_from_a_main_of_the_previous_release() -> Resul
         return Ok(());
     };
     ensure!(old.exists(), "{} does not exist", old.display());
-    let (callers, callees) = (names("upa", 5), names("upb", 5));
-    let users = users_of(&[&callers, &callees]);
+    let users = ten_call_users("up");
     let spec = PairSpec {
         binaries: [Some(old), None],
         pair_extra: [String::new(), "accept_v1 = true".to_string()],
@@ -28,26 +27,10 @@ async fn a_new_standby_takes_over_from_a_main_of_the_previous_release() -> Resul
     }
     .with_users(&users);
     let mut pair = Pair::start("upgrade", &spec).await?;
-    let ec = phones(&callers, pair.main.sip, false).await?;
-    let ee = phones(&callees, pair.main.sip, false).await?;
-    for ua in &ee {
-        answer_n(ua, 2, &Answer::ok());
-    }
-    wait_synced(&pair.standby, &users).await?;
-    let targets: Vec<Vec<String>> = (0..callers.len())
-        .map(|i| vec![callees[i].clone(), callees[(i + 1) % callees.len()].clone()])
-        .collect();
-    let (ec, calls) = set_up_calls(ec, targets, &ee, 10).await?;
+    let (ec, ee, calls) = ten_calls(&pair, "up").await?;
     let killed = kill_main(&mut pair, 10, 10).await?;
     let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
     show_report("u upgrade", &report, killed);
     check_report(&report, &[("recovered", 10)])?;
-    let refs: Vec<&Call> = calls.iter().collect();
-    let new_active = pair.standby.sip;
-    let (ec, ee) = expect_calls_rebound(ec, ee, &refs, new_active).await?;
-    let (ec, ee) = hang_up_calls(ec, ee, &refs, new_active).await?;
-    ensure_no_protocol_errors(ec.iter().chain(&ee))?;
-    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
-    ensure_recovered_normal(&cdrs, &refs, "CDR")?;
-    Ok(())
+    rebound_then_ended_at_the_standby(&mut pair, ec, ee, &calls).await
 }

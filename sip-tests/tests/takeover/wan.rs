@@ -94,28 +94,7 @@ async fn wan() -> Result<()> {
     );
 
     // The phones, each registered at both nodes.
-    let mut homes = Vec::new();
-    for (group, home, ip) in [
-        (&callers, "p1", natbed::PHONE1),
-        (&callees, "p2", natbed::PHONE2),
-    ] {
-        let mut uas = Vec::new();
-        for (i, name) in group.iter().enumerate() {
-            let port = 6000 + u16::try_from(i)?;
-            let sock = natbed::udp_in(&natbed::ns(home), SocketAddr::new(ip, port))?;
-            let mut ua = Ua::with_socket(name, sock, false).await?;
-            ua.set_password(&password_of(name));
-            for s in [pair.standby.sip, pair.main.sip] {
-                ua.set_server(s);
-                let r = ua.register().await?;
-                ensure!(r.status == 200, "{name} at {s}: REGISTER got {}", r.status);
-            }
-            uas.push(ua);
-        }
-        homes.push(uas);
-    }
-    let ee = homes.pop().context("callees")?;
-    let ec = homes.pop().context("callers")?;
+    let (ec, ee) = super::nat::homes_of(&pair, &callers, &callees).await?;
     let all_bindings = (BULK_BINDINGS + 2 * PHONES) as f64;
     let synced_at = Instant::now() + Duration::from_secs(60);
     while pair.standby.metric("understudy_registrations").await? < all_bindings {
@@ -173,12 +152,5 @@ async fn wan() -> Result<()> {
         known >= all_bindings,
         "the new active knows {known} registrations"
     );
-    let refs: Vec<&Call> = calls.iter().collect();
-    let new_active = pair.standby.sip;
-    let (ec, ee) = expect_calls_rebound(ec, ee, &refs, new_active).await?;
-    let (ec, ee) = hang_up_calls(ec, ee, &refs, new_active).await?;
-    ensure_no_protocol_errors(ec.iter().chain(&ee))?;
-    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
-    ensure_recovered_normal(&cdrs, &refs, "CDR")?;
-    Ok(())
+    rebound_then_ended_at_the_standby(&mut pair, ec, ee, &calls).await
 }
