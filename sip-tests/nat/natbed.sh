@@ -22,11 +22,19 @@
 # replies to a flow the phone opened (conntrack). NAT_UDP_TIMEOUT (seconds, default 30) is the
 # conntrack timeout of a UDP flow (NAT_UDP_STREAM_TIMEOUT, default 2 x that, once it saw
 # replies): a flow idle longer is forgotten and the phone unreachable through it.
+# NAT_PORTS=keep makes the routers keep a flow's source port when they can (endpoint-
+# independent mapping, as many home routers do): then two phones behind two routers can send
+# each other RTP directly once both have sent (bypass media).
 set -euo pipefail
 cmd="${1:?usage: natbed.sh up|down PREFIX}"
 p="${2:?usage: natbed.sh up|down PREFIX}"
 udp_timeout="${NAT_UDP_TIMEOUT:-30}"
 udp_stream_timeout="${NAT_UDP_STREAM_TIMEOUT:-$((udp_timeout * 2))}"
+case "${NAT_PORTS:-random}" in
+  random) masquerade="masquerade random" ;;
+  keep) masquerade="masquerade" ;;
+  *) echo "natbed.sh: NAT_PORTS is random or keep" >&2; exit 2 ;;
+esac
 
 namespaces=(core main sb h1 p1 h2 p2)
 
@@ -79,11 +87,11 @@ done
 for n in h1 h2; do
   ip netns exec "$p-$n" sysctl -qw net.netfilter.nf_conntrack_udp_timeout="$udp_timeout" \
     net.netfilter.nf_conntrack_udp_timeout_stream="$udp_stream_timeout" 2>/dev/null || true
-  ip netns exec "$p-$n" nft -f - <<'NFT'
+  ip netns exec "$p-$n" nft -f - <<NFT
 table ip nat {
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
-    oifname "wan" masquerade random
+    oifname "wan" $masquerade
   }
 }
 table inet filter {

@@ -35,6 +35,8 @@ def pjsua_agent(argv):
     ap.add_argument("--bind", default="127.0.0.1")
     ap.add_argument("--registrar2")
     ap.add_argument("--nat-defaults", action="store_true")
+    # The public address learned from the registrar in the SDP (bypass media across NATs).
+    ap.add_argument("--sdp-nat-rewrite", action="store_true")
     ap.add_argument("--ctl-unix")
     a = ap.parse_args(argv)
 
@@ -166,9 +168,12 @@ def pjsua_agent(argv):
             ac.natConfig.contactRewriteUse = 0
             ac.natConfig.viaRewriteUse = 0
             ac.natConfig.sdpNatRewriteUse = 0
+        if a.sdp_nat_rewrite:
+            ac.natConfig.sdpNatRewriteUse = 1
         ac.natConfig.iceEnabled = False
         ac.mediaConfig.transportConfig.boundAddress = a.bind
-        ac.mediaConfig.transportConfig.publicAddress = a.bind
+        if not a.sdp_nat_rewrite:
+            ac.mediaConfig.transportConfig.publicAddress = a.bind
         ac.mediaConfig.transportConfig.port = a.rtp_port
         ac.mediaConfig.transportConfig.portRange = a.rtp_range
         acc = Acc()
