@@ -98,17 +98,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// `understudy drain`: switchover, then wait for the hand-over to complete.
-fn drain(a: &AdminArgs, timeout_s: u64) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// The runtime of a CLI command that talks to the admin API.
+fn client_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::FAILURE
+        })
+}
+
+/// `understudy drain`: switchover, then wait for the hand-over to complete.
+fn drain(a: &AdminArgs, timeout_s: u64) -> ExitCode {
+    let rt = match client_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
     let get = |method: &'static str, path: &'static str| {
         understudy::admin::http::request(&a.admin, method, path, a.token.as_deref(), None)
@@ -251,15 +256,9 @@ async fn wait_for_signal() {
 }
 
 fn admin(a: AdminArgs, method: &str, path: &str) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match client_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let res = rt.block_on(understudy::admin::http::request(
         &a.admin,

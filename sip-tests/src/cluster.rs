@@ -382,15 +382,7 @@ impl Node {
     }
 
     async fn http(&self, method: &str, path: &str) -> Result<String> {
-        let (status, body) = understudy::admin::http::request(
-            &self.admin.to_string(),
-            method,
-            path,
-            self.token.as_deref(),
-            None,
-        )
-        .await
-        .map_err(|e| anyhow!("{} {method} {path}: {e}", self.name))?;
+        let (status, body) = self.http_status(method, path).await?;
         if status != 200 {
             bail!("{} {method} {path}: HTTP {status}: {body}", self.name);
         }

@@ -62,19 +62,22 @@ mod tests {
         crate::registrar::tests::test_registrar()
     }
 
-    fn bind(r: &mut Registrar, now: Instant, contact: &str, source: &str, origin: Origin) {
-        r.location_mut().bind(
-            "alice",
-            Binding {
-                contact: NameAddr::parse(contact).unwrap(),
-                expires_at: now + Duration::from_secs(600),
-                source: Some(Flow::udp(source.parse().unwrap())),
-                call_id: String::new(),
-                cseq: 1,
-                origin,
-                registered_at_s: 0,
-            },
-        );
+    /// Bind alice's (contact, source, origin)s.
+    fn bind(r: &mut Registrar, now: Instant, bindings: &[(&str, &str, Origin)]) {
+        for (contact, source, origin) in bindings {
+            r.location_mut().bind(
+                "alice",
+                Binding {
+                    contact: NameAddr::parse(contact).unwrap(),
+                    expires_at: now + Duration::from_secs(600),
+                    source: Some(Flow::udp(source.parse().unwrap())),
+                    call_id: String::new(),
+                    cseq: 1,
+                    origin: *origin,
+                    registered_at_s: 0,
+                },
+            );
+        }
     }
 
     fn leg(target: &str, recorded: &str) -> Dialog {
@@ -103,16 +106,18 @@ mod tests {
         bind(
             &mut r,
             now,
-            "<sip:alice@10.0.0.2:5060>",
-            "203.0.113.2:40001",
-            Origin::Peer,
-        );
-        bind(
-            &mut r,
-            now,
-            "<sip:alice@10.0.0.2:5060>",
-            "203.0.113.2:40002",
-            Origin::Local,
+            &[
+                (
+                    "<sip:alice@10.0.0.2:5060>",
+                    "203.0.113.2:40001",
+                    Origin::Peer,
+                ),
+                (
+                    "<sip:alice@10.0.0.2:5060>",
+                    "203.0.113.2:40002",
+                    Origin::Local,
+                ),
+            ],
         );
         assert_eq!(
             r.location().lookup("alice", now).len(),
@@ -138,20 +143,18 @@ mod tests {
     fn the_same_device_is_found_by_its_instance() {
         let now = Instant::now();
         let mut r = registrar();
-        let inst = ";+sip.instance=\"<urn:uuid:0000-1>\";reg-id=1";
-        bind(
-            &mut r,
-            now,
-            &format!("<sip:alice@10.0.0.2:5060;ob>{inst}"),
-            "203.0.113.2:40001",
-            Origin::Peer,
+        let inst = ";+sip.instance=\"<urn:uuid:0000-1>\"";
+        let (a, b) = (
+            format!("<sip:alice@10.0.0.2:5060;ob>{inst};reg-id=1"),
+            format!("<sip:alice@10.0.0.2:5062;ob>{inst};reg-id=2"),
         );
         bind(
             &mut r,
             now,
-            "<sip:alice@10.0.0.2:5062;ob>;+sip.instance=\"<urn:uuid:0000-1>\";reg-id=2",
-            "203.0.113.2:40009",
-            Origin::Local,
+            &[
+                (&a, "203.0.113.2:40001", Origin::Peer),
+                (&b, "203.0.113.2:40009", Origin::Local),
+            ],
         );
         let mut d = leg("<sip:alice@10.0.0.2:5060;ob>", "203.0.113.2:40001");
         assert_eq!(reach(&r, now, &mut d), Reach::OwnFlow);
@@ -166,16 +169,18 @@ mod tests {
         bind(
             &mut r,
             now,
-            "<sip:alice@203.0.113.2:40001>",
-            "203.0.113.2:40001",
-            Origin::Peer,
-        );
-        bind(
-            &mut r,
-            now,
-            "<sip:alice@203.0.113.2:40002>",
-            "203.0.113.2:40002",
-            Origin::Local,
+            &[
+                (
+                    "<sip:alice@203.0.113.2:40001>",
+                    "203.0.113.2:40001",
+                    Origin::Peer,
+                ),
+                (
+                    "<sip:alice@203.0.113.2:40002>",
+                    "203.0.113.2:40002",
+                    Origin::Local,
+                ),
+            ],
         );
         let mut d = leg("<sip:alice@203.0.113.2:40001>", "203.0.113.2:40001");
         assert_eq!(reach(&r, now, &mut d), Reach::OwnFlow);
@@ -184,9 +189,11 @@ mod tests {
         bind(
             &mut r,
             now,
-            "<sip:alice@203.0.113.2:40003>",
-            "203.0.113.2:40003",
-            Origin::Local,
+            &[(
+                "<sip:alice@203.0.113.2:40003>",
+                "203.0.113.2:40003",
+                Origin::Local,
+            )],
         );
         let mut d = leg("<sip:alice@203.0.113.2:40001>", "203.0.113.2:40001");
         assert_eq!(reach(&r, now, &mut d), Reach::Direct);
@@ -199,9 +206,11 @@ mod tests {
         bind(
             &mut r,
             now,
-            "<sip:alice@10.0.0.2:5060>",
-            "203.0.113.2:40001",
-            Origin::Peer,
+            &[(
+                "<sip:alice@10.0.0.2:5060>",
+                "203.0.113.2:40001",
+                Origin::Peer,
+            )],
         );
         let mut d = leg("<sip:alice@10.0.0.2:5060>", "203.0.113.2:40001");
         assert_eq!(reach(&r, now, &mut d), Reach::NoFlow);
