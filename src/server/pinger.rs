@@ -133,22 +133,34 @@ fn options_to(uri: &str, flow: Flow, me: &LocalContact, call_id: &str, seq: u32)
 /// (`registrar.nat_keepalive_s`), active or stand-by: a router forgets an idle UDP flow after
 /// tens of seconds, and the stand-by's flow carries nothing else until a takeover, when it is
 /// the only way in. Only bindings registered here whose source is not their Contact (behind
-/// NAT) are pinged; TCP flows stay open by themselves (the phone's CRLF pings).
+/// NAT) are pinged; TCP flows stay open by themselves (the phone's CRLF pings). The pings are
+/// spread over the interval — each binding has its second of it, by a hash of its contact —
+/// so a hundred thousand phones do not get theirs in one burst.
 #[derive(Debug)]
 pub(crate) struct NatKeepalive {
-    interval: Duration,
+    interval_s: u32,
+    /// Seconds ticked so far (the slot of this second is `seconds % interval_s`).
+    seconds: u64,
     next: Instant,
     call_id: String,
     pub(crate) sent: u64,
 }
 
+/// FNV-1a: a fixed spread of contacts over the seconds of the interval.
+fn slot_of(contact: &str, slots: u32) -> u64 {
+    let h = contact.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    u64::from(h % slots.max(1))
+}
+
 impl NatKeepalive {
     /// Every `interval_s` seconds; `None` when 0 (off).
     pub(crate) fn new(now: Instant, interval_s: u32) -> Option<Self> {
-        let interval = Duration::from_secs(u64::from(interval_s));
         (interval_s > 0).then(|| Self {
-            interval,
-            next: now + interval,
+            interval_s,
+            seconds: 0,
+            next: now + Duration::from_secs(1),
             call_id: format!("nat-{:016x}", crate::entropy::random::<u64>()),
             sent: 0,
         })
@@ -158,7 +170,7 @@ impl NatKeepalive {
         self.next
     }
 
-    /// Ping every NATed flow when due.
+    /// Once a second: ping the NATed flows whose slot this second is.
     pub(crate) fn tick(
         &mut self,
         now: Instant,
@@ -169,7 +181,9 @@ impl NatKeepalive {
         if now < self.next {
             return;
         }
-        self.next = now + self.interval;
+        self.next = now + Duration::from_secs(1);
+        let slot = self.seconds % u64::from(self.interval_s);
+        self.seconds += 1;
         for (_, list) in registrar.location().iter() {
             for b in list
                 .iter()
@@ -178,12 +192,15 @@ impl NatKeepalive {
                 let Some(flow) = b.source.filter(|f| !f.proto.is_reliable()) else {
                     continue;
                 };
-                if !crate::dialog::behind_nat(crate::dialog::uri_addr(&b.contact.uri), flow) {
+                let uri = b.contact.uri.to_string();
+                if slot_of(&uri, self.interval_s) != slot
+                    || !crate::dialog::behind_nat(crate::dialog::uri_addr(&b.contact.uri), flow)
+                {
                     continue;
                 }
                 self.sent += 1;
                 let seq = u32::try_from(self.sent % u64::from(u32::MAX)).unwrap_or(1);
-                let r = options_to(&b.contact.uri.to_string(), flow, me, &self.call_id, seq);
+                let r = options_to(&uri, flow, me, &self.call_id, seq);
                 tx.send_stateless(flow, r.to_bytes());
             }
         }
@@ -202,6 +219,81 @@ mod tests {
     use crate::registrar::{Binding, Settings};
     use crate::sip::{NameAddr, parse_datagram, response_to};
     use crate::transaction::Timers;
+
+    #[test]
+    fn nat_keepalives_reach_every_natted_flow_once_per_interval_spread_over_it() {
+        let t0 = Instant::now();
+        let mut reg = Registrar::new(
+            Settings {
+                realm: "pbx.local".into(),
+                min_expires: 60,
+                max_expires: 3600,
+                default_expires: 3600,
+                nonce_secret: b"k".to_vec(),
+                nonce_lifetime_s: 300,
+                max_auth_failures: 3,
+                algorithms: vec![],
+                max_contacts_per_aor: 10,
+            },
+            [("alice", "pw")],
+        );
+        // 1,000 phones behind NAT (Contact private, source public) and one that is not.
+        for i in 0..1_000u32 {
+            let aor = format!("p{i}");
+            reg.location_mut().bind(
+                &aor,
+                Binding {
+                    contact: NameAddr::parse(&format!("<sip:{aor}@10.0.0.2:{}>", 5060 + i))
+                        .unwrap(),
+                    expires_at: t0 + Duration::from_secs(3600),
+                    source: Some(Flow::udp(
+                        format!("203.0.113.2:{}", 20_000 + i).parse().unwrap(),
+                    )),
+                    call_id: String::new(),
+                    cseq: 1,
+                    origin: Origin::Local,
+                    registered_at_s: 0,
+                },
+            );
+        }
+        reg.location_mut().bind(
+            "alice",
+            Binding {
+                contact: NameAddr::parse("<sip:alice@192.0.2.7:5060>").unwrap(),
+                expires_at: t0 + Duration::from_secs(3600),
+                source: Some(Flow::udp("192.0.2.7:5060".parse().unwrap())),
+                call_id: String::new(),
+                cseq: 1,
+                origin: Origin::Local,
+                registered_at_s: 0,
+            },
+        );
+        let me = LocalContact {
+            udp: "192.0.2.1:5060".into(),
+            tcp: "192.0.2.1:5060".into(),
+        };
+        let mut tx = TransactionLayer::new(Timers::default(), true);
+        let mut k = NatKeepalive::new(t0, 10).unwrap();
+        let mut per_second = Vec::new();
+        let mut to: std::collections::HashMap<std::net::SocketAddr, u32> = Default::default();
+        for s in 1..=10u64 {
+            let before = k.sent;
+            k.tick(t0 + Duration::from_secs(s), &mut tx, &reg, &me);
+            per_second.push(k.sent - before);
+            while let Some(t) = tx.poll_transmit() {
+                *to.entry(t.flow.remote).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            k.sent, 1_000,
+            "every NATed flow once, the direct phone never"
+        );
+        assert!(to.values().all(|n| *n == 1) && to.len() == 1_000);
+        assert!(
+            per_second.iter().all(|n| *n < 200),
+            "spread over the interval: {per_second:?}"
+        );
+    }
 
     #[test]
     fn silent_contacts_become_unreachable_and_answers_clear_it() {
