@@ -68,6 +68,10 @@ pub enum TakeoverReason {
     /// Still active, but the peer (now stand-by) reached a higher epoch while we did not
     /// hear it (a split): our calls may have moved to it, so we take them back.
     Reclaim,
+    /// The active stopped announcing itself and answered the probe as stand-by: it crashed
+    /// and was restarted (by systemd, say) between two keep-alives, lost its calls and came
+    /// back as stand-by. Nobody is active; this node holds the calls' digest.
+    PeerNotActive,
 }
 
 /// Why a node stepped down.
@@ -447,8 +451,13 @@ impl RoleMachine {
             None,
         );
         if let Phase::Probing { .. } = self.phase {
-            // The peer answered but is not active (e.g. it restarted as stand-by).
             self.phase = Phase::Running;
+            if self.role == Role::Standby && announced == Announced::Standby {
+                // The peer answered but is not active: it restarted as stand-by, and with
+                // two stand-bys nobody serves. Take over (if both do, the epoch tie rule
+                // leaves one active).
+                self.take_over(TakeoverReason::PeerNotActive);
+            }
         }
     }
 

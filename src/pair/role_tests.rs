@@ -164,6 +164,29 @@ fn n_missed_but_probe_answered_no_takeover_and_a_warning() {
     assert_eq!(m.role(), Role::Standby);
 }
 
+/// The active crashed and came back at once as stand-by (systemd restarted it) before the
+/// stand-by missed its keep-alives: it answers the probe, but as a stand-by. Nobody is
+/// active, so the stand-by (which holds the digest of the calls) takes over.
+#[test]
+fn a_probe_answered_by_a_standby_means_nobody_is_active_so_take_over() {
+    let t0 = Instant::now();
+    let mut m = running_standby(t0);
+    let a = run(&mut m, t0, t0 + Duration::from_millis(600), None);
+    assert!(a.iter().any(|(_, a)| *a == Action::SendProbe));
+    m.on_probe_answer(
+        t0 + Duration::from_millis(650),
+        "peer",
+        Announced::Standby,
+        1,
+    );
+    let rest = drain(&mut m);
+    assert!(
+        rest.iter()
+            .any(|a| matches!(a, Action::PersistEpoch { .. } | Action::BecomeActive { .. })),
+        "no takeover: {rest:?}"
+    );
+}
+
 #[test]
 fn handover_makes_the_standby_take_over_at_once() {
     let t0 = Instant::now();

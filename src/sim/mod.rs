@@ -160,6 +160,8 @@ pub struct Node {
     pub server: Option<Server>,
     cfg: Arc<Config>,
     epoch: SharedEpoch,
+    /// How far its wall clock is off the world's (read at each start).
+    pub clock_offset_ms: i64,
 }
 
 /// The simulated world.
@@ -228,19 +230,22 @@ impl Sim {
             server: None,
             cfg: Arc::new(cfg),
             epoch: SharedEpoch::default(),
+            clock_offset_ms: 0,
         });
         let i = self.nodes.len() - 1;
         self.start_node(i);
         i
     }
 
-    /// (Re)start node `i` with nothing but its persisted epoch.
+    /// (Re)start node `i` with nothing but its persisted epoch. It reads its wall clock
+    /// (off by its `clock_offset_ms`) at start; from then on time is monotonic.
     pub fn start_node(&mut self, i: usize) {
         let wall = self.wall_ms();
         let now = self.now;
         let Some(n) = self.nodes.get_mut(i) else {
             return;
         };
+        let wall = wall.saturating_add_signed(n.clock_offset_ms);
         let me = LocalContact {
             udp: n.addr.to_string(),
             tcp: n.addr.to_string(),
