@@ -17,10 +17,11 @@
 //! `pair.max_clock_skew_ms` of its own clock, and its sequence number is new: higher than any
 //! seen from that boot on that channel, or one of the last [`WINDOW`] not seen yet (UDP may
 //! reorder). The channel header is signed like the others, so a message cannot be moved from
-//! one sequence to the other. A boot
-//! older than the newest seen is refused. So a captured message replayed later is refused
-//! (seen, or stale), and a forged one fails the signature; neither can keep a stand-by from
-//! taking over nor force a handover.
+//! one sequence to the other. The receiver keeps the windows of the peer's last [`BOOTS`]
+//! boots: a boot it does not know starts a new window, whatever its value (a node restarted
+//! with its clock stepped back has a lower boot, and must not be refused for ever). So a
+//! captured message replayed later is refused (seen, or stale), and a forged one fails the
+//! signature; neither can keep a stand-by from taking over nor force a handover.
 //!
 //! Rolling upgrades: version 2 nodes also send the version 1 `X-Understudy-Auth` (which older
 //! nodes check), and accept an unsigned version 1 peer only with `pair.accept_v1 = true`, for
@@ -199,11 +200,21 @@ impl Signer {
     }
 }
 
-/// What the receiver remembers of the peer's sequence numbers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How many of the peer's boots the receiver remembers (a replay from an older one is stale
+/// by its time long before the peer restarted this often).
+pub const BOOTS: usize = 8;
+
+/// What the receiver remembers of the peer's sequence numbers: a window per recent boot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Seen {
-    boot: u64,
-    /// Highest counter accepted from `boot`.
+    /// (boot, window), the newest last.
+    boots: Vec<(u64, Window)>,
+}
+
+/// The counters seen from one boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Window {
+    /// Highest counter accepted.
     max: u64,
     /// Bit `i` set: `max - i` was accepted.
     bits: u64,
@@ -212,17 +223,25 @@ struct Seen {
 impl Seen {
     /// Whether (`boot`, `counter`) is new; records it when it is.
     fn accept(&mut self, boot: u64, counter: u64) -> bool {
-        if boot < self.boot {
-            return false;
+        if let Some((_, w)) = self.boots.iter_mut().find(|(b, _)| *b == boot) {
+            return w.accept(counter);
         }
-        if boot > self.boot {
-            *self = Self {
-                boot,
+        if self.boots.len() >= BOOTS {
+            self.boots.remove(0);
+        }
+        self.boots.push((
+            boot,
+            Window {
                 max: counter,
                 bits: 1,
-            };
-            return true;
-        }
+            },
+        ));
+        true
+    }
+}
+
+impl Window {
+    fn accept(&mut self, counter: u64) -> bool {
         if counter > self.max {
             let shift = counter - self.max;
             self.bits = if shift >= 64 { 0 } else { self.bits << shift };
@@ -406,19 +425,30 @@ mod tests {
             v.verify(&third, &start, b"", T + 400 + 5001),
             Err(AuthError::Stale(_))
         ));
-        // The peer restarted: a new boot is accepted, the old boot no longer.
-        let mut restarted = Signer::new(b"k", T + 1000);
+        // The peer restarted with its clock stepped back: its boot is lower, and accepted.
+        let mut restarted = Signer::new(b"k", T - 60_000);
         let fresh = msg(&mut restarted, T + 1100, b"");
         assert_eq!(v.verify(&fresh, &start, b"", T + 1100), Ok(Verified::Fresh));
-        let old = msg(&mut s, T + 1150, b"");
         assert_eq!(
-            v.verify(&old, &start, b"", T + 1150),
+            v.verify(&fresh, &start, b"", T + 1110),
+            Err(AuthError::Replayed)
+        );
+        // A replay from the previous boot is still refused (its window is remembered).
+        assert_eq!(
+            v.verify(&second, &start, b"", T + 1150),
             Err(AuthError::Replayed)
         );
     }
 
     #[test]
     fn the_window_forgets_what_is_too_old() {
+        let mut seen = Seen::default();
+        assert!(seen.accept(1, 100));
+        for boot in 2..=BOOTS as u64 {
+            assert!(seen.accept(boot, 1));
+        }
+        assert!(!seen.accept(1, 100), "boot 1 still remembered");
+        assert!(seen.accept(BOOTS as u64 + 1, 1));
         let mut seen = Seen::default();
         assert!(seen.accept(1, 100));
         assert!(seen.accept(1, 100 + WINDOW));
