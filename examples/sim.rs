@@ -11,6 +11,13 @@ use std::time::Instant;
 use understudy::sim::run::{run, schedule, shrink};
 
 fn main() {
+    // `RUST_LOG=understudy=debug`: the nodes' own logs (both nodes interleaved) with the trace.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .without_time()
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, seed] = args.as_slice()
         && flag == "--seed"
