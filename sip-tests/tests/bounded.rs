@@ -170,6 +170,18 @@ fn no_growth(after_round: &[u64]) -> Result<()> {
     Ok(())
 }
 
+/// Wait until the node holds no server transaction (they live until Timer J/K).
+async fn transactions_drained(solo: &Solo) -> Result<()> {
+    wait_metric(
+        solo,
+        "understudy_transactions{kind=\"server\"}",
+        "drained",
+        |v| v == 0.0,
+    )
+    .await
+    .map(|_| ())
+}
+
 fn check_memory(solo: &Solo, baseline: u64, flood: &str) -> Result<()> {
     let rss = solo.node.rss_kib()?;
     println!("{flood}: RSS {rss} KiB (baseline {baseline} KiB)");
@@ -318,13 +330,7 @@ async fn tcp_reader_stall(solo: &Solo, round: u32) -> Result<()> {
     .await?;
     drop(s);
     wait_metric(solo, "understudy_tcp_connections", "0", |v| v == 0.0).await?;
-    wait_metric(
-        solo,
-        "understudy_transactions{kind=\"server\"}",
-        "drained",
-        |v| v == 0.0,
-    )
-    .await?;
+    transactions_drained(solo).await?;
     Ok(())
 }
 
@@ -510,13 +516,7 @@ async fn backlog_rounds(solo: &Solo) -> Result<()> {
         assert!(peak > 0.0, "the flood never reached the backlog");
         node_link("1gbit")?;
         wait_metric(solo, "understudy_udp_send_backlog", "drained", |v| v == 0.0).await?;
-        wait_metric(
-            solo,
-            "understudy_transactions{kind=\"server\"}",
-            "drained",
-            |v| v == 0.0,
-        )
-        .await?;
+        transactions_drained(solo).await?;
         println!(
             "round {round}: {sent} OPTIONS, backlog peak {peak}, {} answers dropped at the full \
              backlog",

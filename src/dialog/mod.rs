@@ -125,10 +125,7 @@ impl Dialog {
             .unwrap_or_else(|| from.uri.to_string());
         let route_set = req.record_route();
         // The peer's own address is its top Via's sent-by (RFC 3261 §18.2.1).
-        let sent_by = req.top_via().ok().and_then(|v| {
-            let ip: IpAddr = v.host.trim_matches(['[', ']']).parse().ok()?;
-            Some(SocketAddr::new(ip, v.port.unwrap_or(5060)))
-        });
+        let sent_by = req.top_via().ok().and_then(|v| v.sent_by_addr());
         Some(Self {
             call_id: req.call_id().ok()?.to_string(),
             local_tag: local_tag.to_string(),

@@ -276,10 +276,11 @@ impl Server {
             }
             // Our tag (the To tag of a request from an endpoint) names the call, even one
             // whose leg is still being set up here.
-            let ours = req
+            let token = req
                 .to_tag()
                 .and_then(|t| crate::b2bua::parse_tag(&t))
-                .is_some_and(|(token, _)| self.b2bua.has_call(token));
+                .map(|(token, _)| token);
+            let ours = token.is_some_and(|t| self.b2bua.has_call(t));
             if req.method == Method::Bye
                 && !ours
                 && let Ok(call_id) = req.call_id()
@@ -297,10 +298,7 @@ impl Server {
                 return;
             }
             if !ours
-                && let Some(token) = req
-                    .to_tag()
-                    .and_then(|t| crate::b2bua::parse_tag(&t))
-                    .map(|(token, _)| token)
+                && let Some(token) = token
                 && self
                     .pair
                     .as_ref()

@@ -146,9 +146,17 @@ pub(crate) struct NatKeepalive {
     pub(crate) sent: u64,
 }
 
-/// FNV-1a: a fixed spread of contacts over the seconds of the interval.
-fn slot_of(contact: &str, slots: u32) -> u64 {
-    let h = contact.bytes().fold(0x811c_9dc5_u32, |h, b| {
+/// FNV-1a over the contact's user, host and port: a fixed spread of contacts over the
+/// seconds of the interval, without building the URI text.
+fn slot_of(uri: &crate::sip::Uri, slots: u32) -> u64 {
+    let port = uri.port.unwrap_or(0).to_be_bytes();
+    let bytes = uri
+        .user
+        .iter()
+        .flat_map(|u| u.bytes())
+        .chain(uri.host.bytes())
+        .chain(port);
+    let h = bytes.fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
     u64::from(h % slots.max(1))
@@ -192,12 +200,12 @@ impl NatKeepalive {
                 let Some(flow) = b.source.filter(|f| !f.proto.is_reliable()) else {
                     continue;
                 };
-                let uri = b.contact.uri.to_string();
-                if slot_of(&uri, self.interval_s) != slot
-                    || !crate::dialog::behind_nat(crate::dialog::uri_addr(&b.contact.uri), flow)
+                if !crate::dialog::behind_nat(crate::dialog::uri_addr(&b.contact.uri), flow)
+                    || slot_of(&b.contact.uri, self.interval_s) != slot
                 {
                     continue;
                 }
+                let uri = b.contact.uri.to_string();
                 self.sent += 1;
                 let seq = u32::try_from(self.sent % u64::from(u32::MAX)).unwrap_or(1);
                 let r = options_to(&uri, flow, me, &self.call_id, seq);
@@ -220,10 +228,8 @@ mod tests {
     use crate::sip::{NameAddr, parse_datagram, response_to};
     use crate::transaction::Timers;
 
-    #[test]
-    fn nat_keepalives_reach_every_natted_flow_once_per_interval_spread_over_it() {
-        let t0 = Instant::now();
-        let mut reg = Registrar::new(
+    fn test_registrar() -> Registrar {
+        Registrar::new(
             Settings {
                 realm: "pbx.local".into(),
                 min_expires: 60,
@@ -236,7 +242,13 @@ mod tests {
                 max_contacts_per_aor: 10,
             },
             [("alice", "pw")],
-        );
+        )
+    }
+
+    #[test]
+    fn nat_keepalives_reach_every_natted_flow_once_per_interval_spread_over_it() {
+        let t0 = Instant::now();
+        let mut reg = test_registrar();
         // 1,000 phones behind NAT (Contact private, source public) and one that is not.
         for i in 0..1_000u32 {
             let aor = format!("p{i}");
@@ -298,20 +310,7 @@ mod tests {
     #[test]
     fn silent_contacts_become_unreachable_and_answers_clear_it() {
         let t0 = Instant::now();
-        let mut reg = Registrar::new(
-            Settings {
-                realm: "pbx.local".into(),
-                min_expires: 60,
-                max_expires: 3600,
-                default_expires: 3600,
-                nonce_secret: b"k".to_vec(),
-                nonce_lifetime_s: 300,
-                max_auth_failures: 3,
-                algorithms: vec![],
-                max_contacts_per_aor: 10,
-            },
-            [("alice", "pw")],
-        );
+        let mut reg = test_registrar();
         let src = Flow::udp("127.0.0.1:5090".parse().unwrap());
         reg.location_mut().bind(
             "alice",

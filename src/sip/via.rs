@@ -63,6 +63,13 @@ impl Via {
         self.branch().is_some_and(|b| b.starts_with("z9hG4bK"))
     }
 
+    /// The sent-by as a socket address, when its host is an IP literal (port 5060 when
+    /// absent).
+    pub fn sent_by_addr(&self) -> Option<std::net::SocketAddr> {
+        let ip: std::net::IpAddr = self.host.trim_matches(['[', ']']).parse().ok()?;
+        Some(std::net::SocketAddr::new(ip, self.port.unwrap_or(5060)))
+    }
+
     /// `host:port` as it appears in the header.
     pub fn sent_by(&self) -> String {
         match self.port {

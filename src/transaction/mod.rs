@@ -39,7 +39,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use crate::entropy::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -637,7 +637,7 @@ fn timer_of(idx: ctx::TimerIdx) -> Timer {
 fn stamp_via(req: &mut Request, mut via: Via, source: Flow) {
     let ip = source.remote.ip();
     let mut changed = false;
-    if via.host.trim_matches(['[', ']']).parse::<IpAddr>() != Ok(ip) {
+    if via.sent_by_addr().map(|a| a.ip()) != Some(ip) {
         via.params.set("received", Some(&ip.to_string()));
         changed = true;
     }
