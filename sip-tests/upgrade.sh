@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 rev="${OLD_REV:-e0aa50b}"
 work="${UPGRADE_WORK:-/tmp/understudy-upgrade-$rev}"
 if [ ! -x "$work/target/release/understudy" ]; then
+  # A shallow clone (CI) may not have the previous release: fetch it.
+  if ! git cat-file -e "$rev^{commit}" 2>/dev/null; then
+    git fetch -q --unshallow 2>/dev/null || git fetch -q origin "$rev" 2>/dev/null || true
+  fi
+  git cat-file -e "$rev^{commit}" 2>/dev/null \
+    || { echo "upgrade.sh: commit $rev (the previous release) is not in this clone" >&2; exit 2; }
   rm -rf "$work/src"
   mkdir -p "$work"
   git worktree add --detach --force "$work/src" "$rev" >/dev/null
