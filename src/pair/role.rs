@@ -355,6 +355,33 @@ impl RoleMachine {
         }
     }
 
+    /// The peer announces itself active at `epoch` while our takeover's epoch is still being
+    /// written. If it would win against the epoch we are writing (higher, or equal and the
+    /// tie goes to it), becoming active would only re-bind a live active's calls and then
+    /// step down: stay stand-by instead. The write goes on; the persisted epoch may then
+    /// be above the one we act with, which is safe (it only ever bounds it from above).
+    fn abandon_takeover(&mut self, now: Instant, epoch: u64) {
+        let Some((pending, reason, before)) = self.persisting else {
+            return;
+        };
+        let peer_wins =
+            epoch > pending || (epoch == pending && self.s.home == HomeRole::Standby);
+        if reason == TakeoverReason::Reclaim || !peer_wins {
+            return;
+        }
+        self.persisting = None;
+        self.role = Role::Standby;
+        self.epoch = before;
+        self.phase = Phase::Running;
+        self.missed_counted = 0;
+        self.last_heard = Some(now);
+        self.heard_since = Some(now);
+        self.actions.push_back(Action::Warn(format!(
+            "the peer became active at epoch {epoch} while epoch {pending} was being written: \
+             not taking over ({reason:?}); staying stand-by"
+        )));
+    }
+
     fn step_down(&mut self, now: Instant, reason: StepDownReason) {
         self.role = Role::Standby;
         self.phase = Phase::Running;
@@ -423,6 +450,7 @@ impl RoleMachine {
                 self.persisting = Some((next, TakeoverReason::Reclaim, self.epoch));
                 self.actions.push_back(Action::PersistEpoch { epoch: next });
             }
+            (Role::TakingOver, Announced::Active) => self.abandon_takeover(now, epoch),
             (Role::Active, Announced::Active | Announced::Handover) => {
                 if epoch > self.epoch {
                     let reason = if matches!(self.phase, Phase::HandingOver { .. }) {

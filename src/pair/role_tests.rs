@@ -452,3 +452,33 @@ fn a_node_whose_epoch_write_fails_stays_standby_and_says_why() {
     assert_eq!(m.role(), Role::Active);
     assert!(m.accepts_calls());
 }
+
+#[test]
+fn a_takeover_still_being_written_yields_to_a_peer_that_would_win() {
+    // Found by the simulator (seed 3315): the main restarted and took over at start-up
+    // while the stand-by's own takeover waited on a slow disk at the same epoch; the
+    // stand-by then re-bound the live main's calls before losing the tie.
+    let t0 = Instant::now();
+    for (peer_epoch, home, yields) in [
+        (2, HomeRole::Standby, true),
+        (3, HomeRole::Main, true),
+        (2, HomeRole::Main, false),
+        (1, HomeRole::Standby, false),
+    ] {
+        let mut m = running_standby_with(settings(home), t0);
+        m.request_switchover(t0).unwrap();
+        assert_eq!(m.persisting_epoch(), Some(2));
+        let t1 = t0 + Duration::from_millis(50);
+        hear(&mut m, t1, Announced::Active, peer_epoch);
+        let a = drain(&mut m);
+        if yields {
+            assert_eq!(m.role(), Role::Standby, "peer at {peer_epoch}, home {home:?}");
+            assert_eq!(m.epoch(), 1);
+            m.on_epoch_persisted(t1, 2, Ok(()));
+            assert_eq!(m.role(), Role::Standby, "the late write changes nothing");
+            assert!(a.iter().any(|a| matches!(a, Action::Warn(_))));
+        } else {
+            assert_eq!(m.role(), Role::Active, "peer at {peer_epoch}, home {home:?}");
+        }
+    }
+}
