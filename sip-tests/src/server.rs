@@ -250,10 +250,11 @@ impl Drop for TestServer {
 
 /// A directory under the system temporary directory, removed on drop.
 #[derive(Debug)]
-pub(crate) struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
-    pub(crate) fn new() -> Result<Self> {
+    /// Create a fresh one.
+    pub fn new() -> Result<Self> {
         let name = format!(
             "understudy-sip-tests-{}-{:016x}",
             std::process::id(),
@@ -264,7 +265,8 @@ impl TempDir {
         Ok(Self(path))
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }

@@ -364,8 +364,7 @@ impl RoleMachine {
         let Some((pending, reason, before)) = self.persisting else {
             return;
         };
-        let peer_wins =
-            epoch > pending || (epoch == pending && self.s.home == HomeRole::Standby);
+        let peer_wins = epoch > pending || (epoch == pending && self.s.home == HomeRole::Standby);
         if reason == TakeoverReason::Reclaim || !peer_wins {
             return;
         }

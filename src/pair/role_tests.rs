@@ -472,13 +472,21 @@ fn a_takeover_still_being_written_yields_to_a_peer_that_would_win() {
         hear(&mut m, t1, Announced::Active, peer_epoch);
         let a = drain(&mut m);
         if yields {
-            assert_eq!(m.role(), Role::Standby, "peer at {peer_epoch}, home {home:?}");
+            assert_eq!(
+                m.role(),
+                Role::Standby,
+                "peer at {peer_epoch}, home {home:?}"
+            );
             assert_eq!(m.epoch(), 1);
             m.on_epoch_persisted(t1, 2, Ok(()));
             assert_eq!(m.role(), Role::Standby, "the late write changes nothing");
             assert!(a.iter().any(|a| matches!(a, Action::Warn(_))));
         } else {
-            assert_eq!(m.role(), Role::Active, "peer at {peer_epoch}, home {home:?}");
+            assert_eq!(
+                m.role(),
+                Role::Active,
+                "peer at {peer_epoch}, home {home:?}"
+            );
         }
     }
 }

@@ -31,6 +31,7 @@ mod digest_and_query;
 mod drain;
 mod mixed;
 mod nat;
+mod nat_sipp;
 mod not_notifiers;
 mod query;
 mod rebind_answers;

@@ -44,7 +44,7 @@ async fn nat_phones(pair: &Pair, at_both: bool) -> Result<(Ua, Ua)> {
     Ok((alice, bob))
 }
 
-fn nat_spec() -> PairSpec {
+pub(super) fn nat_spec() -> PairSpec {
     nat_spec_with("")
 }
 
@@ -144,11 +144,11 @@ pub(super) async fn homes_of(
     Ok((ec, ee))
 }
 
-fn in_bed(name: &str) -> bool {
+pub(super) fn in_bed(name: &str) -> bool {
     natbed::inside() && std::env::var(natbed::INNER).is_ok_and(|p| p == name)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(super) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
