@@ -323,7 +323,7 @@ impl Server {
                             let digest = self
                                 .pair
                                 .as_mut()
-                                .map(|p| p.table.take())
+                                .map(|p| p.digest.table.take())
                                 .unwrap_or_default();
                             self.takeover = Some(Takeover::start(
                                 &self.cfg,

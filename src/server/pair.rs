@@ -99,6 +99,216 @@ pub(crate) struct PairStats {
     pub(crate) reg_resyncs: u64,
 }
 
+/// Our side of the keep-alive exchange with the peer: one Call-ID and From tag for the
+/// node's life, a CSeq per request (keep-alives, probes, digest, hand-offs) and when each
+/// went, for the round trip of its answer.
+#[derive(Debug)]
+struct KeepaliveSeq {
+    call_id: String,
+    tag: String,
+    seq: u32,
+    /// CSeq → when it went; forgotten after 5 s.
+    sent: HashMap<u32, Instant>,
+    /// The CSeq of the direct probe, while one is out.
+    probe: Option<u32>,
+}
+
+impl KeepaliveSeq {
+    fn new() -> Self {
+        Self {
+            call_id: format!("ka-{:016x}", crate::entropy::random::<u64>()),
+            tag: new_tag(),
+            seq: 0,
+            sent: HashMap::default(),
+            probe: None,
+        }
+    }
+
+    /// The CSeq of a request sent at `now`.
+    fn next(&mut self, now: Instant) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.sent.insert(self.seq, now);
+        self.seq
+    }
+
+    /// The last request was the direct probe.
+    fn mark_probe(&mut self) {
+        self.probe = Some(self.seq);
+    }
+
+    /// The answer to `seq` came at `now`: its round trip (if we still know when it went)
+    /// and whether it answered the probe.
+    fn answered(&mut self, seq: u32, now: Instant) -> (Option<Duration>, bool) {
+        let rtt = self.sent.remove(&seq).map(|t| now.duration_since(t));
+        let probe = self.probe == Some(seq);
+        if probe {
+            self.probe = None;
+        }
+        (rtt, probe)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.sent
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
+    }
+
+    /// The Call-ID of our pings to the witnesses.
+    fn witness_call_id(&self) -> String {
+        format!("{}-w", self.call_id)
+    }
+
+    fn is_witness_call_id(&self, c: &str) -> bool {
+        c.strip_suffix("-w") == Some(self.call_id.as_str())
+    }
+}
+
+/// The dialog digest on this node: the log of changes it sends while active, the table of
+/// the peer's calls it keeps while stand-by.
+#[derive(Debug)]
+pub(crate) struct DigestSync {
+    /// Active: digest entries not yet acknowledged by the stand-by.
+    pub(crate) log: DigestLog,
+    /// Stand-by: the active's calls as the digest describes them.
+    pub(crate) table: DigestTable,
+    /// Active: the stand-by asked for the full list (or has to get it).
+    resync_wanted: bool,
+}
+
+impl DigestSync {
+    fn new() -> Self {
+        Self {
+            log: DigestLog::new(),
+            table: DigestTable::default(),
+            resync_wanted: true,
+        }
+    }
+
+    /// Active: log the calls' changes since the last call (`entries`). With no stand-by
+    /// listening nothing is kept (the log would only grow) and it gets the whole list
+    /// (`snapshot`) when it is back; so does a stand-by that stopped acknowledging.
+    pub(crate) fn feed(
+        &mut self,
+        listening: bool,
+        calls: usize,
+        entries: Vec<digest::Entry>,
+        snapshot: impl FnOnce() -> Vec<digest::Entry>,
+    ) {
+        if !listening {
+            if !self.resync_wanted {
+                self.log.resync(Vec::new());
+                self.resync_wanted = true;
+            }
+            return;
+        }
+        if self.log.backlog() > 4 * calls + 10_000 {
+            self.resync_wanted = true;
+        }
+        if std::mem::take(&mut self.resync_wanted) {
+            self.log.resync(snapshot());
+        } else {
+            for e in entries {
+                self.log.push(e);
+            }
+        }
+    }
+}
+
+/// What passes between the nodes when one steps down: its calls and registrations go to
+/// the new active until acknowledged, BYEs for calls it no longer has are passed on.
+#[derive(Debug, Default)]
+pub(crate) struct Handoffs {
+    /// After stepping down: the calls this node had, until the peer acknowledged them all.
+    calls_out: Option<DigestLog>,
+    /// While active: calls the peer handed over after stepping down.
+    pub(crate) calls_in: DigestTable,
+    /// After stepping down: our registrations for the peer, by chunk number, until it
+    /// acknowledged each (reginfo bodies).
+    regs_out: std::collections::BTreeMap<u32, String>,
+    /// While active: registrations the peer handed over, for the server to apply.
+    regs_in: Vec<crate::pair::regsync::RegInfo>,
+    /// Calls handed to the peer when this node stepped down, and when (`handed_off_recently`).
+    handed_off: HashMap<u64, Instant>,
+    /// Call-IDs of BYEs the peer received for calls it does not have (ours, maybe).
+    byes_in: Vec<String>,
+}
+
+impl Handoffs {
+    /// What the peer passed on for the active to apply: BYEs, then registrations.
+    pub(crate) fn take_incoming(&mut self) -> (Vec<String>, Vec<crate::pair::regsync::RegInfo>) {
+        (
+            std::mem::take(&mut self.byes_in),
+            std::mem::take(&mut self.regs_in),
+        )
+    }
+}
+
+/// Registration sync over the pair link (`server::regsync`): as stand-by our subscription
+/// to the active's registrations, as active the peer's subscription to ours.
+#[derive(Debug)]
+pub(crate) struct RegSyncLink {
+    pub(super) subscriber: Subscriber,
+    pub(super) notifier: HashMap<String, NotifierSub>,
+    /// Our NOTIFY transactions, by the subscription (Call-ID) they belong to.
+    pub(super) notify_txs: HashMap<ClientTxId, String>,
+}
+
+impl RegSyncLink {
+    fn new(now: Instant) -> Self {
+        Self {
+            subscriber: Subscriber::Idle { retry_at: now },
+            notifier: HashMap::default(),
+            notify_txs: HashMap::default(),
+        }
+    }
+}
+
+/// How this node talks to its peer: the shared secret (legacy stamps), the signatures of
+/// pair messages (`pair::auth`) on a wall clock counted from start, and the state channel.
+#[derive(Debug)]
+pub(crate) struct PairLink {
+    secret: Vec<u8>,
+    /// Signs what we send to the peer.
+    signer: Signer,
+    /// Checks what the peer sends.
+    verifier: Verifier,
+    /// The clock reading at start and the wall clock then (unix ms), for signing times.
+    wall_base: (Instant, u64),
+    /// How bulk state (digest, registrations) travels: TCP when this node listens on TCP
+    /// (the state channel), else UDP in small chunks.
+    pub(super) channel: Proto,
+}
+
+impl PairLink {
+    /// The wall clock (unix ms) at `now`.
+    fn wall_ms(&self, now: Instant) -> u64 {
+        let (base, ms) = self.wall_base;
+        ms.saturating_add(now.saturating_duration_since(base).as_millis() as u64)
+    }
+
+    /// Stamp `h` with what we announce (`pair::keepalive`, for peers of wave 1).
+    pub(super) fn stamp(&self, h: &mut crate::sip::Headers, info: &Info, body: &[u8]) {
+        keepalive::stamp(h, &self.secret, info, body);
+    }
+
+    /// Sign a message for the peer (version 2) that goes out on `proto`.
+    pub(super) fn sign(
+        &mut self,
+        now: Instant,
+        h: &mut crate::sip::Headers,
+        start: &str,
+        body: &[u8],
+        proto: Proto,
+    ) {
+        let wall = self.wall_ms(now);
+        self.signer.sign(h, start, body, wall, proto.into());
+    }
+
+    /// Whether a request carries a valid wave-1 stamp.
+    pub(super) fn legacy_ok(&self, req: &Request) -> bool {
+        keepalive::verify(req, &req.body, &self.secret).is_ok()
+    }
+}
+
 /// The pair's state in the server.
 #[derive(Debug)]
 pub(crate) struct PairGlue {
@@ -106,52 +316,25 @@ pub(crate) struct PairGlue {
     pub(super) node: String,
     /// Our shared configuration against the peer's (`pair::config_check`).
     pub(super) config: ConfigCheck,
-    pub(super) secret: Vec<u8>,
     pub(crate) machine: RoleMachine,
+    /// How we talk to the peer: the secret, signatures, the state channel.
+    pub(super) link: PairLink,
     pub(super) store: Box<dyn EpochStore>,
-    pub(super) ka_call_id: String,
-    pub(super) ka_tag: String,
-    pub(super) ka_seq: u32,
-    pub(super) sent: HashMap<u32, Instant>,
-    pub(super) probe_seq: Option<u32>,
+    /// Our keep-alive exchange: identifiers, sequence, requests awaiting an answer.
+    ka: KeepaliveSeq,
     pub(crate) partitioned: bool,
     pub(crate) stats: PairStats,
-    pub(super) subscriber: Subscriber,
-    pub(super) notifier: HashMap<String, NotifierSub>,
+    /// Registration sync: our subscription to the active's, the peer's to ours.
+    pub(super) regs: RegSyncLink,
     pub(crate) client_txs: HashSet<ClientTxId>,
-    pub(super) notify_txs: HashMap<ClientTxId, String>,
     pub(super) domain: String,
-    /// Active: digest entries not yet acknowledged by the stand-by.
-    pub(crate) log: DigestLog,
-    /// Stand-by: the active's calls as the digest describes them.
-    pub(crate) table: DigestTable,
-    /// Active: the stand-by asked for the full list.
-    pub(crate) resync_wanted: bool,
+    /// The dialog digest: what we send when active, what we know when stand-by.
+    pub(crate) digest: DigestSync,
     pub(super) last_takeover: Option<Value>,
-    /// Signs what we send to the peer (`pair::auth`).
-    pub(super) signer: Signer,
-    /// Checks what the peer sends (`pair::auth`).
-    pub(super) verifier: Verifier,
-    /// The clock reading at start and the wall clock then (unix ms), for signing times.
-    wall_base: (Instant, u64),
-    /// How bulk state (digest, registrations) travels: TCP when this node listens on TCP
-    /// (the state channel), else UDP in small chunks.
-    pub(super) channel: Proto,
     /// An epoch write is under way (`EpochStore::begin`): look at it again then.
     pub(super) persist_poll_at: Option<Instant>,
-    /// After stepping down: the calls this node had, until the peer acknowledged them all.
-    pub(super) handoff_out: Option<DigestLog>,
-    /// While active: calls the peer handed over after stepping down.
-    pub(crate) handoff_in: DigestTable,
-    /// After stepping down: our registrations for the peer, by chunk number, until it
-    /// acknowledged each (reginfo bodies).
-    pub(super) reg_handoff_out: std::collections::BTreeMap<u32, String>,
-    /// Calls handed to the peer when this node stepped down, and when (`handed_off_recently`).
-    pub(super) handed_off: HashMap<u64, Instant>,
-    /// While active: registrations the peer handed over, for the server to apply.
-    pub(crate) reg_handoff_in: Vec<crate::pair::regsync::RegInfo>,
-    /// Call-IDs of BYEs the peer received for calls it does not have (ours, maybe).
-    pub(crate) byes_in: Vec<String>,
+    /// What passes between the nodes when one steps down (calls, registrations, BYEs).
+    pub(crate) handoff: Handoffs,
 }
 
 /// Header of a pair message passing on a BYE: the Call-ID of the dialog it ended.
@@ -194,64 +377,47 @@ impl PairGlue {
             cfg: pair.clone(),
             node: cfg.node.name.clone(),
             config: ConfigCheck::new(config_digest, cfg.setting_digests(pair.secret.as_bytes())),
-            secret: pair.secret.as_bytes().to_vec(),
             machine: RoleMachine::new(settings, epoch, now),
+            link: PairLink {
+                secret: pair.secret.as_bytes().to_vec(),
+                signer: Signer::new(pair.secret.as_bytes(), wall_ms),
+                verifier: Verifier::new(
+                    pair.secret.as_bytes(),
+                    pair.max_clock_skew_ms,
+                    pair.accept_v1,
+                ),
+                wall_base: (now, wall_ms),
+                channel: if cfg.node.sip_tcp.is_some() {
+                    Proto::Tcp
+                } else {
+                    Proto::Udp
+                },
+            },
             store,
-            ka_call_id: format!("ka-{:016x}", crate::entropy::random::<u64>()),
-            ka_tag: new_tag(),
-            ka_seq: 0,
-            sent: HashMap::default(),
-            probe_seq: None,
+            ka: KeepaliveSeq::new(),
             partitioned: false,
             stats: PairStats::default(),
-            subscriber: Subscriber::Idle { retry_at: now },
-            notifier: HashMap::default(),
+            regs: RegSyncLink::new(now),
             client_txs: HashSet::default(),
-            notify_txs: HashMap::default(),
             domain: cfg.node.domain.clone(),
-            log: DigestLog::new(),
-            table: DigestTable::default(),
-            resync_wanted: true,
+            digest: DigestSync::new(),
             last_takeover: None,
-            signer: Signer::new(pair.secret.as_bytes(), wall_ms),
-            verifier: Verifier::new(
-                pair.secret.as_bytes(),
-                pair.max_clock_skew_ms,
-                pair.accept_v1,
-            ),
-            wall_base: (now, wall_ms),
             persist_poll_at: None,
-            handoff_out: None,
-            handoff_in: DigestTable::default(),
-            reg_handoff_out: std::collections::BTreeMap::new(),
-            handed_off: HashMap::default(),
-            reg_handoff_in: Vec::new(),
-            byes_in: Vec::new(),
-            channel: if cfg.node.sip_tcp.is_some() {
-                Proto::Tcp
-            } else {
-                Proto::Udp
-            },
+            handoff: Handoffs::default(),
         }
-    }
-
-    /// The wall clock (unix ms) at `now`.
-    pub(super) fn wall_ms(&self, now: Instant) -> u64 {
-        let (base, ms) = self.wall_base;
-        ms.saturating_add(now.saturating_duration_since(base).as_millis() as u64)
     }
 
     /// Where bulk state goes: the peer over the state channel.
     pub(super) fn channel_flow(&self) -> Flow {
         Flow {
-            proto: self.channel,
+            proto: self.link.channel,
             remote: self.cfg.peer,
             conn: None,
         }
     }
 
     fn digest_chunk(&self) -> usize {
-        match self.channel {
+        match self.link.channel {
             Proto::Tcp => DIGEST_CHUNK_TCP,
             Proto::Udp => DIGEST_CHUNK_UDP,
         }
@@ -266,8 +432,7 @@ impl PairGlue {
         body: &[u8],
         proto: Proto,
     ) {
-        let wall = self.wall_ms(now);
-        self.signer.sign(h, start, body, wall, proto.into());
+        self.link.sign(now, h, start, body, proto);
     }
 
     /// Check that a pair message comes from the peer's address and is signed and fresh.
@@ -286,8 +451,8 @@ impl PairGlue {
                 self.cfg.peer.ip()
             ));
         }
-        let wall = self.wall_ms(now);
-        match self.verifier.verify(h, start, body, wall) {
+        let wall = self.link.wall_ms(now);
+        match self.link.verifier.verify(h, start, body, wall) {
             Ok(v) => Ok(v),
             Err(e) => {
                 if matches!(e, AuthError::Replayed | AuthError::Stale(_)) {
@@ -310,7 +475,9 @@ impl PairGlue {
         let v = self.check(now, source, m.headers(), start, body)?;
         match v {
             // Version 1 peers: their MAC is all there is.
-            Verified::Legacy => keepalive::verify(m, body, &self.secret).map_err(|e| e.to_string()),
+            Verified::Legacy => {
+                keepalive::verify(m, body, &self.link.secret).map_err(|e| e.to_string())
+            }
             Verified::Fresh => keepalive::read(m).map_err(|e| e.to_string()),
         }
     }
@@ -331,7 +498,7 @@ impl PairGlue {
 
     /// The body our keep-alives carry when stand-by: our digest acknowledgement.
     fn ack_body(&self) -> String {
-        format!("A\t{}\n", self.table.current_ack().to_header())
+        format!("A\t{}\n", self.digest.table.current_ack().to_header())
     }
 
     fn keepalive_request(
@@ -342,7 +509,7 @@ impl PairGlue {
         role: Announced,
         body: Option<String>,
         proto: Proto,
-    ) -> (Request, u32) {
+    ) -> Request {
         self.pair_request(now, me, calls, role, body, proto, false)
     }
 
@@ -356,26 +523,25 @@ impl PairGlue {
         body: Option<String>,
         proto: Proto,
         handoff: bool,
-    ) -> (Request, u32) {
-        self.ka_seq += 1;
-        let seq = self.ka_seq;
+    ) -> Request {
+        let seq = self.ka.next(now);
         let mut r = Request::new(Method::Options, format!("sip:{}", self.cfg.peer));
         let h = &mut r.headers;
         h.push(HeaderName::Via, me.via(proto));
         h.push(HeaderName::MaxForwards, "70");
         h.push(
             HeaderName::From,
-            format!("<sip:{}@{}>;tag={}", self.node, me.udp, self.ka_tag),
+            format!("<sip:{}@{}>;tag={}", self.node, me.udp, self.ka.tag),
         );
         h.push(HeaderName::To, format!("<sip:{}>", self.cfg.peer));
-        h.push(HeaderName::CallId, self.ka_call_id.clone());
+        h.push(HeaderName::CallId, self.ka.call_id.clone());
         h.push(HeaderName::CSeq, format!("{seq} OPTIONS"));
         if let Some(b) = body {
             h.push(HeaderName::ContentType, digest::CONTENT_TYPE);
             r.body = Bytes::from(b);
         }
         let info = self.info(calls, role);
-        keepalive::stamp(&mut r.headers, &self.secret, &info, &r.body);
+        keepalive::stamp(&mut r.headers, &self.link.secret, &info, &r.body);
         if handoff {
             r.headers.push(HeaderName::Other(HANDOFF.into()), "1");
         }
@@ -387,17 +553,18 @@ impl PairGlue {
             &body,
             proto,
         );
-        (r, seq)
+        r
     }
 
     /// We stepped down with calls: hand them to the peer (it re-binds them), chunk by chunk
     /// on the state channel, until it acknowledged every one.
     pub(crate) fn start_handoff(&mut self, now: Instant, calls: Vec<digest::Entry>) {
-        self.handed_off
+        self.handoff
+            .handed_off
             .retain(|_, at| now.saturating_duration_since(*at) < HANDED_OFF_FOR);
         for e in &calls {
-            if self.handed_off.len() < MAX_HANDED_OFF {
-                self.handed_off.insert(e.token(), now);
+            if self.handoff.handed_off.len() < MAX_HANDED_OFF {
+                self.handoff.handed_off.insert(e.token(), now);
             }
         }
         let mut log = DigestLog::new();
@@ -406,13 +573,14 @@ impl PairGlue {
             entries = log.backlog(),
             "pair: handing our calls to the active peer"
         );
-        self.handoff_out = Some(log);
+        self.handoff.calls_out = Some(log);
     }
 
     /// Whether the call `token` was handed to the peer a moment ago: its endpoints may still
     /// send here until the peer's re-bind reaches them.
     pub(crate) fn handed_off_recently(&self, now: Instant, token: u64) -> bool {
-        self.handed_off
+        self.handoff
+            .handed_off
             .get(&token)
             .is_some_and(|at| now.saturating_duration_since(*at) < HANDED_OFF_FOR)
     }
@@ -431,7 +599,7 @@ impl PairGlue {
         }
         let flow = self.channel_flow();
         let role = self.machine.announced();
-        let (mut r, seq) = self.pair_request(now, me, 0, role, None, flow.proto, false);
+        let mut r = self.pair_request(now, me, 0, role, None, flow.proto, false);
         r.headers
             .push(HeaderName::Other(FORWARDED_BYE.into()), call_id.to_string());
         self.sign(
@@ -441,14 +609,13 @@ impl PairGlue {
             b"",
             flow.proto,
         );
-        self.sent.insert(seq, now);
         tx.send_stateless(flow, r.to_bytes());
     }
 
     /// With the calls go the registrations this node has (a node that restarted and won
     /// may have none: the phones must stay reachable).
     pub(crate) fn start_reg_handoff(&mut self, bodies: Vec<String>) {
-        self.reg_handoff_out = (0u32..).zip(bodies).collect();
+        self.handoff.regs_out = (0u32..).zip(bodies).collect();
     }
 
     fn send_handoff(&mut self, now: Instant, tx: &mut TransactionLayer, me: &LocalContact) {
@@ -457,14 +624,15 @@ impl PairGlue {
         }
         let flow = self.channel_flow();
         let chunks: Vec<(u32, String)> = self
-            .reg_handoff_out
+            .handoff
+            .regs_out
             .iter()
             .take(DIGEST_EXTRA + 1)
             .map(|(n, b)| (*n, b.clone()))
             .collect();
         for (n, body) in chunks {
             let role = self.machine.announced();
-            let (mut r, seq) = self.pair_request(now, me, 0, role, Some(body), flow.proto, true);
+            let mut r = self.pair_request(now, me, 0, role, Some(body), flow.proto, true);
             // Which chunk: the signature covers it (re-signed below).
             r.headers
                 .set(HeaderName::Other(HANDOFF.into()), format!("reg;n={n}"));
@@ -476,10 +644,9 @@ impl PairGlue {
                 &b,
                 flow.proto,
             );
-            self.sent.insert(seq, now);
             tx.send_stateless(flow, r.to_bytes());
         }
-        let Some(mut log) = self.handoff_out.take() else {
+        let Some(mut log) = self.handoff.calls_out.take() else {
             return;
         };
         if log.backlog() == 0 {
@@ -495,17 +662,16 @@ impl PairGlue {
             };
             skip += n;
             let role = self.machine.announced();
-            let (r, seq) = self.pair_request(now, me, 0, role, Some(body), flow.proto, true);
-            self.sent.insert(seq, now);
+            let r = self.pair_request(now, me, 0, role, Some(body), flow.proto, true);
             tx.send_stateless(flow, r.to_bytes());
         }
-        self.handoff_out = Some(log);
+        self.handoff.calls_out = Some(log);
     }
 
     /// Our settings list, when the peer's configuration differs and it has not sent its
     /// list: on the state channel (too big for a keep-alive datagram).
     fn send_config_list(&mut self, now: Instant, tx: &mut TransactionLayer, me: &LocalContact) {
-        if self.partitioned || self.channel != Proto::Tcp {
+        if self.partitioned || self.link.channel != Proto::Tcp {
             return;
         }
         let Some(body) = self.config.poll_send(now) else {
@@ -513,8 +679,7 @@ impl PairGlue {
         };
         let flow = self.channel_flow();
         let role = self.machine.announced();
-        let (r, seq) = self.pair_request(now, me, 0, role, Some(body), flow.proto, false);
-        self.sent.insert(seq, now);
+        let r = self.pair_request(now, me, 0, role, Some(body), flow.proto, false);
         tx.send_stateless(flow, r.to_bytes());
     }
 
@@ -533,7 +698,11 @@ impl PairGlue {
             return;
         }
         let limit = self.digest_chunk();
-        let mut skip = if unsent_only { self.log.sent() } else { 0 };
+        let mut skip = if unsent_only {
+            self.digest.log.sent()
+        } else {
+            0
+        };
         let most = if unsent_only {
             usize::MAX
         } else {
@@ -541,13 +710,12 @@ impl PairGlue {
         };
         let flow = self.channel_flow();
         for _ in 0..most {
-            let Some((body, n)) = self.log.chunk(limit, skip) else {
+            let Some((body, n)) = self.digest.log.chunk(limit, skip) else {
                 break;
             };
             skip += n;
             let role = self.machine.announced();
-            let (r, seq) = self.keepalive_request(now, me, calls, role, Some(body), flow.proto);
-            self.sent.insert(seq, now);
+            let r = self.keepalive_request(now, me, calls, role, Some(body), flow.proto);
             self.stats.keepalives_sent += 1;
             tx.send_stateless(flow, r.to_bytes());
         }
@@ -586,8 +754,7 @@ impl PairGlue {
                     // The liveness signal: a small UDP keep-alive (the stand-by's carries its
                     // digest acknowledgement).
                     let body = (role == Announced::Standby).then(|| self.ack_body());
-                    let (r, seq) = self.keepalive_request(now, me, calls, role, body, Proto::Udp);
-                    self.sent.insert(seq, now);
+                    let r = self.keepalive_request(now, me, calls, role, body, Proto::Udp);
                     self.stats.keepalives_sent += 1;
                     tx.send_stateless(Flow::udp(self.cfg.peer), r.to_bytes());
                     if role != Announced::Standby {
@@ -599,9 +766,8 @@ impl PairGlue {
                 }
                 Action::SendProbe => {
                     let role = self.machine.announced();
-                    let (r, seq) = self.keepalive_request(now, me, calls, role, None, Proto::Udp);
-                    self.sent.insert(seq, now);
-                    self.probe_seq = Some(seq);
+                    let r = self.keepalive_request(now, me, calls, role, None, Proto::Udp);
+                    self.ka.mark_probe();
                     tracing::warn!(peer = %self.cfg.peer, missed = self.cfg.missed_keepalives, "pair: peer silent; probing it directly");
                     tx.send_stateless(Flow::udp(self.cfg.peer), r.to_bytes());
                 }
@@ -625,7 +791,7 @@ impl PairGlue {
                         "pair: this node is now ACTIVE"
                     );
                     self.last_takeover = Some(json!({ "epoch": epoch, "reason": reason }));
-                    self.subscriber = Subscriber::Idle { retry_at: now };
+                    self.regs.subscriber = Subscriber::Idle { retry_at: now };
                     changes.push(RoleChange::BecameActive(reason));
                 }
                 Action::StepDown(reason) => {
@@ -636,8 +802,8 @@ impl PairGlue {
                         ?reason,
                         "pair: stepping down to STANDBY"
                     );
-                    self.notifier.clear();
-                    self.table = DigestTable::default();
+                    self.regs.notifier.clear();
+                    self.digest.table = DigestTable::default();
                     changes.push(RoleChange::SteppedDown);
                 }
                 Action::PingWitnesses => {
@@ -651,7 +817,7 @@ impl PairGlue {
                         );
                         r.headers.push(HeaderName::To, format!("<sip:{w}>"));
                         r.headers
-                            .push(HeaderName::CallId, format!("{}-w", self.ka_call_id));
+                            .push(HeaderName::CallId, self.ka.witness_call_id());
                         r.headers.push(HeaderName::CSeq, "1 OPTIONS");
                         tracing::info!(witness = %w, "pair: asking a witness whether we can reach the network");
                         tx.send_stateless(Flow::udp(w), r.to_bytes());
@@ -660,8 +826,7 @@ impl PairGlue {
                 Action::Warn(w) => tracing::warn!("pair: {w}"),
             }
         }
-        self.sent
-            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
+        self.ka.expire(now);
         changes
     }
 
@@ -693,11 +858,11 @@ impl PairGlue {
                     &info.config,
                     None,
                 );
-                let mut r = response_to(req, 200, Some(&self.ka_tag));
+                let mut r = response_to(req, 200, Some(&self.ka.tag));
                 if let Some(bye) = req.headers.iter().find(|h| {
                     matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(FORWARDED_BYE))
                 }) {
-                    self.byes_in.push(bye.value.trim().to_string());
+                    self.handoff.byes_in.push(bye.value.trim().to_string());
                 }
                 let handoff = req
                     .headers
@@ -717,7 +882,7 @@ impl PairGlue {
                     r.body = Bytes::from(b);
                 }
                 let mine = self.info(calls, self.machine.announced());
-                keepalive::stamp(&mut r.headers, &self.secret, &mine, &r.body);
+                keepalive::stamp(&mut r.headers, &self.link.secret, &mine, &r.body);
                 let body = r.body.clone();
                 self.sign(
                     now,
@@ -745,15 +910,12 @@ impl PairGlue {
         resp: &Response,
         source: SocketAddr,
     ) -> bool {
-        if resp
-            .call_id()
-            .is_ok_and(|c| c.strip_suffix("-w") == Some(self.ka_call_id.as_str()))
-        {
+        if resp.call_id().is_ok_and(|c| self.ka.is_witness_call_id(c)) {
             // Any answer from a witness proves the network around us works.
             self.machine.on_witness_answer();
             return true;
         }
-        if resp.call_id().ok() != Some(self.ka_call_id.as_str()) {
+        if resp.call_id().ok() != Some(self.ka.call_id.as_str()) {
             return false;
         }
         let Ok(cseq) = resp.cseq() else {
@@ -774,9 +936,8 @@ impl PairGlue {
         let _ = self.on_digest_body(&resp.body);
         self.stats.keepalives_received += 1;
         self.observe(now, &info);
-        let rtt = self.sent.remove(&cseq.seq).map(|t| now.duration_since(t));
-        if self.probe_seq == Some(cseq.seq) {
-            self.probe_seq = None;
+        let (rtt, probe) = self.ka.answered(cseq.seq, now);
+        if probe {
             self.machine
                 .on_probe_answer(now, &info.node, info.role, info.epoch);
         } else {
@@ -801,7 +962,7 @@ impl PairGlue {
         }
         let n: u32 = value.strip_prefix("reg;n=")?.trim().parse().ok()?;
         let info = crate::pair::regsync::parse(&String::from_utf8_lossy(body)).ok()?;
-        self.reg_handoff_in.push(info);
+        self.handoff.regs_in.push(info);
         Some(format!("R\t{n}\n"))
     }
 
@@ -812,7 +973,7 @@ impl PairGlue {
             return None;
         }
         let text = std::str::from_utf8(body).ok()?;
-        let ack = self.handoff_in.apply(text);
+        let ack = self.handoff.calls_in.apply(text);
         Some(format!("A\t{}\n", ack.to_header()))
     }
 
@@ -829,18 +990,18 @@ impl PairGlue {
             if self.machine.role() == Role::Active {
                 return None; // two actives: ignore the other's digest
             }
-            self.table.apply(text);
+            self.digest.table.apply(text);
             return Some(self.ack_body());
         }
         if let Some(n) = text
             .strip_prefix("R\t")
             .and_then(|n| n.trim().parse::<u32>().ok())
         {
-            self.reg_handoff_out.remove(&n);
+            self.handoff.regs_out.remove(&n);
             return None;
         }
         if let Some(Ack::Upto(g, s)) = text.strip_prefix("A\t").and_then(|a| Ack::parse(a.trim()))
-            && let Some(log) = self.handoff_out.as_mut()
+            && let Some(log) = self.handoff.calls_out.as_mut()
         {
             // The active acknowledging our hand-off (the log ignores another generation).
             log.on_ack(g, s);
@@ -849,8 +1010,8 @@ impl PairGlue {
             && self.machine.role() == Role::Active
         {
             match ack {
-                Ack::Upto(g, s) => self.log.on_ack(g, s),
-                Ack::Resync => self.resync_wanted = true,
+                Ack::Upto(g, s) => self.digest.log.on_ack(g, s),
+                Ack::Resync => self.digest.resync_wanted = true,
             }
         }
         None
@@ -887,20 +1048,20 @@ impl PairGlue {
             "config_match": p.config.as_deref().is_none_or(|c| self.config.matches(c)),
             "config_differs": self.config.differs(),
             "mode": self.cfg.mode.as_str(),
-            "reg_sync": match &self.subscriber {
+            "reg_sync": match &self.regs.subscriber {
                 Subscriber::Idle { .. } => "idle",
                 Subscriber::Subscribing { .. } => "subscribing",
                 Subscriber::Active { .. } => "subscribed",
             },
-            "reg_subscribers": self.notifier.len(),
+            "reg_subscribers": self.regs.notifier.len(),
             // Calls and registration chunks handed to the peer and not yet acknowledged
             // (after stepping down; `understudy drain` waits for 0).
-            "handoff_pending": self.handoff_out.as_ref().map_or(0, DigestLog::backlog)
-                + self.reg_handoff_out.len(),
+            "handoff_pending": self.handoff.calls_out.as_ref().map_or(0, DigestLog::backlog)
+                + self.handoff.regs_out.len(),
             "digest": {
-                "calls_known": self.table.len(),
-                "backlog": self.log.backlog(),
-                "bytes_sent": self.log.bytes_sent,
+                "calls_known": self.digest.table.len(),
+                "backlog": self.digest.log.backlog(),
+                "bytes_sent": self.digest.log.bytes_sent,
             },
             "last_takeover": self.last_takeover,
         })

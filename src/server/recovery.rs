@@ -154,28 +154,13 @@ impl Server {
         if p.machine.role() != Role::Active {
             return;
         }
-        // No stand-by listening: keep nothing (the log would only grow); it gets the full
-        // list when it is back. A short silence is tolerated: the unacknowledged entries are
-        // simply sent again.
-        if !p.machine.peer_heard_within(now, DIGEST_GRACE) {
-            if !p.resync_wanted {
-                p.log.resync(Vec::new());
-                p.resync_wanted = true;
-            }
-            return;
-        }
-        if p.log.backlog() > 4 * self.b2bua.call_count() + 10_000 {
-            // The stand-by stopped acknowledging: start over with the current calls.
-            p.resync_wanted = true;
-        }
         let fresh = !entries.is_empty();
-        if p.resync_wanted {
-            p.resync_wanted = false;
-            p.log.resync(self.b2bua.digest_snapshot());
-        } else {
-            for e in entries {
-                p.log.push(e);
-            }
+        let listening = p.machine.peer_heard_within(now, DIGEST_GRACE);
+        let calls = self.b2bua.call_count();
+        p.digest
+            .feed(listening, calls, entries, || self.b2bua.digest_snapshot());
+        if !listening {
+            return;
         }
         if fresh {
             // No lag: a confirmed call reaches the stand-by now, not at the next keep-alive.
@@ -190,11 +175,10 @@ impl Server {
         let Some(p) = self.pair.as_mut() else {
             return;
         };
-        let byes = std::mem::take(&mut p.byes_in);
+        let (byes, regs) = p.handoff.take_incoming();
         if p.machine.role() != Role::Active {
             return;
         }
-        let regs = std::mem::take(&mut p.reg_handoff_in);
         for info in regs {
             super::regsync::apply_reginfo(&mut self.registrar, now, &info);
         }
@@ -211,7 +195,7 @@ impl Server {
         let Some(p) = self.pair.as_mut() else {
             return;
         };
-        let mut calls = p.handoff_in.drain_complete();
+        let mut calls = p.handoff.calls_in.drain_complete();
         // Calls we own already (re-bound by our own takeover during the split) stay as they
         // are; ringing calls were failed by the peer itself.
         calls.retain(|token, c| c.ringing.is_none() && !self.b2bua.has_call(*token));

@@ -16,7 +16,6 @@ use super::pair::{NotifierSub, PairGlue, REG_EXPIRES, Subscriber};
 use crate::dialog::{Dialog, LocalContact};
 use crate::net::{Flow, Proto};
 use crate::pair::auth;
-use crate::pair::keepalive;
 use crate::pair::regsync::{self, RegContact, RegInfo, RegRecord};
 use crate::pair::{Announced, Role};
 use crate::registrar::{Binding, Change, Origin, Registrar};
@@ -73,9 +72,8 @@ impl PairGlue {
         }
         let peer_alive = self.machine.peer_alive(now);
         let info = self.info(0, Announced::Standby);
-        let wall = self.wall_ms(now);
         let flow = self.channel_flow();
-        match &mut self.subscriber {
+        match &mut self.regs.subscriber {
             Subscriber::Idle { retry_at } if now >= *retry_at && peer_alive => {
                 let mut r = Request::new(Method::Subscribe, format!("sip:reg@{}", self.cfg.peer));
                 let h = &mut r.headers;
@@ -95,17 +93,17 @@ impl PairGlue {
                 h.push(HeaderName::Event, "reg");
                 h.push(HeaderName::Accept, "application/reginfo+xml");
                 h.push(HeaderName::Expires, REG_EXPIRES.to_string());
-                keepalive::stamp(&mut r.headers, &self.secret, &info, b"");
-                self.signer.sign(
+                self.link.stamp(&mut r.headers, &info, b"");
+                self.link.sign(
+                    now,
                     &mut r.headers,
                     &auth::start_of_request("SUBSCRIBE"),
                     b"",
-                    wall,
-                    flow.proto.into(),
+                    flow.proto,
                 );
                 if let Ok(id) = tx.send_request(now, &r, flow) {
                     self.client_txs.insert(id);
-                    self.subscriber = Subscriber::Subscribing {
+                    self.regs.subscriber = Subscriber::Subscribing {
                         tx: id,
                         request: Box::new(r),
                         version: None,
@@ -123,14 +121,14 @@ impl PairGlue {
                 r.headers
                     .push(HeaderName::Accept, "application/reginfo+xml");
                 r.headers.push(HeaderName::Expires, REG_EXPIRES.to_string());
-                keepalive::stamp(&mut r.headers, &self.secret, &info, b"");
+                self.link.stamp(&mut r.headers, &info, b"");
                 let hop = dialog.next_hop();
-                self.signer.sign(
+                self.link.sign(
+                    now,
                     &mut r.headers,
                     &auth::start_of_request("SUBSCRIBE"),
                     b"",
-                    wall,
-                    hop.proto.into(),
+                    hop.proto,
                 );
                 if let Ok(id) = tx.send_request(now, &r, hop) {
                     self.client_txs.insert(id);
@@ -154,7 +152,7 @@ impl PairGlue {
         }
         self.client_txs.remove(&id);
         let flow = self.channel_flow();
-        match &mut self.subscriber {
+        match &mut self.regs.subscriber {
             Subscriber::Subscribing {
                 tx,
                 request,
@@ -168,7 +166,7 @@ impl PairGlue {
                         .and_then(Result::ok)
                         .unwrap_or(REG_EXPIRES);
                     tracing::info!(peer = %self.cfg.peer, expires = exp, "pair: subscribed to the active's registrations");
-                    self.subscriber = Subscriber::Active {
+                    self.regs.subscriber = Subscriber::Active {
                         dialog: Box::new(d),
                         refresh_at: now + Duration::from_secs(u64::from(exp) * 4 / 5),
                         refreshing: None,
@@ -176,7 +174,7 @@ impl PairGlue {
                     };
                 } else {
                     tracing::info!(status, "pair: reg subscription refused; retrying");
-                    self.subscriber = Subscriber::Idle {
+                    self.regs.subscriber = Subscriber::Idle {
                         retry_at: now + Duration::from_secs(1),
                     };
                 }
@@ -194,17 +192,17 @@ impl PairGlue {
                         .unwrap_or(REG_EXPIRES);
                     *refresh_at = now + Duration::from_secs(u64::from(exp) * 4 / 5);
                 } else {
-                    self.subscriber = Subscriber::Idle {
+                    self.regs.subscriber = Subscriber::Idle {
                         retry_at: now + Duration::from_secs(1),
                     };
                 }
             }
             _ => {
                 // A NOTIFY we sent as notifier: 481 or no answer means the subscriber is gone.
-                if let Some(call_id) = self.notify_txs.remove(&id)
+                if let Some(call_id) = self.regs.notify_txs.remove(&id)
                     && (status == 481 || status == 408)
                 {
-                    self.notifier.remove(&call_id);
+                    self.regs.notifier.remove(&call_id);
                 }
             }
         }
@@ -215,10 +213,10 @@ impl PairGlue {
         let Ok(call_id) = req.call_id() else {
             return false;
         };
-        match &self.subscriber {
+        match &self.regs.subscriber {
             Subscriber::Active { dialog, .. } => dialog.call_id == call_id,
             Subscriber::Subscribing { request, .. } => request.call_id().ok() == Some(call_id),
-            Subscriber::Idle { .. } => self.notifier.contains_key(call_id),
+            Subscriber::Idle { .. } => self.regs.notifier.contains_key(call_id),
         }
     }
 
@@ -262,12 +260,12 @@ impl PairGlue {
             Err(e) => {
                 tracing::warn!(error = %e, "pair: bad reginfo from the peer; subscribing again");
                 self.stats.reg_resyncs += 1;
-                self.subscriber = Subscriber::Idle { retry_at: now };
+                self.regs.subscriber = Subscriber::Idle { retry_at: now };
                 return;
             }
         };
         if let Subscriber::Active { version, .. } | Subscriber::Subscribing { version, .. } =
-            &mut self.subscriber
+            &mut self.regs.subscriber
         {
             let in_order =
                 info.full || version.is_some_and(|v| v.checked_add(1) == Some(info.version));
@@ -279,14 +277,14 @@ impl PairGlue {
                     "pair: reg NOTIFY version gap; subscribing again for the full state"
                 );
                 self.stats.reg_resyncs += 1;
-                self.subscriber = Subscriber::Idle { retry_at: now };
+                self.regs.subscriber = Subscriber::Idle { retry_at: now };
                 return;
             }
             *version = Some(info.version);
         }
         apply_reginfo(registrar, now, &info);
         if terminated {
-            self.subscriber = Subscriber::Idle {
+            self.regs.subscriber = Subscriber::Idle {
                 retry_at: now + Duration::from_secs(1),
             };
         }
@@ -306,7 +304,7 @@ impl PairGlue {
     ) {
         let start = auth::start_of_request("SUBSCRIBE");
         let v = self.check(now, source.remote, &req.headers, &start, &req.body);
-        let legacy_ok = || keepalive::verify(req, &req.body, &self.secret).is_ok();
+        let legacy_ok = || self.link.legacy_ok(req);
         let ok = match v {
             Ok(auth::Verified::Fresh) => true,
             Ok(auth::Verified::Legacy) => legacy_ok(),
@@ -330,26 +328,28 @@ impl PairGlue {
             .unwrap_or(REG_EXPIRES)
             .min(3600);
         let call_id = req.call_id().unwrap_or_default().to_string();
-        if !self.notifier.contains_key(&call_id) && self.notifier.len() >= REG_SUBSCRIBERS {
+        if !self.regs.notifier.contains_key(&call_id) && self.regs.notifier.len() >= REG_SUBSCRIBERS
+        {
             // Only the peer subscribes; a new subscription replaces its oldest one (a
             // restarted stand-by subscribes again before the old one expires).
             let oldest = self
+                .regs
                 .notifier
                 .iter()
                 .min_by_key(|(_, s)| s.expires_at)
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
-                self.notifier.remove(&k);
+                self.regs.notifier.remove(&k);
             }
         }
-        if !self.notifier.contains_key(&call_id) {
+        if !self.regs.notifier.contains_key(&call_id) {
             let tag = new_tag();
             let Some(mut d) = Dialog::as_uas(req, &tag, source) else {
                 let _ = tx.respond(now, id, &response_to(req, 400, Some(&tag)));
                 return;
             };
             d.state = crate::dialog::DialogState::Confirmed;
-            self.notifier.insert(
+            self.regs.notifier.insert(
                 call_id.clone(),
                 NotifierSub {
                     dialog: d,
@@ -358,7 +358,7 @@ impl PairGlue {
                 },
             );
         }
-        let Some(sub) = self.notifier.get_mut(&call_id) else {
+        let Some(sub) = self.regs.notifier.get_mut(&call_id) else {
             return;
         };
         sub.expires_at = now + Duration::from_secs(u64::from(expires));
@@ -385,7 +385,7 @@ impl PairGlue {
             self.send_notify(now, tx, me, &call_id, info, expires == 0 && i + 1 == n);
         }
         if expires == 0 {
-            self.notifier.remove(&call_id);
+            self.regs.notifier.remove(&call_id);
         }
     }
 
@@ -398,7 +398,7 @@ impl PairGlue {
         mut info: RegInfo,
         terminated: bool,
     ) {
-        let Some(sub) = self.notifier.get_mut(call_id) else {
+        let Some(sub) = self.regs.notifier.get_mut(call_id) else {
             return;
         };
         info.version = sub.version;
@@ -429,7 +429,7 @@ impl PairGlue {
         let size = r.to_bytes().len() as u64;
         if let Ok(id) = tx.send_request(now, &r, hop) {
             self.client_txs.insert(id);
-            self.notify_txs.insert(id, call_id.to_string());
+            self.regs.notify_txs.insert(id, call_id.to_string());
             self.stats.reg_notifies_sent += 1;
             self.stats.reg_notify_bytes_sent += size;
         }
@@ -443,8 +443,11 @@ impl PairGlue {
         me: &LocalContact,
         changes: &[Change],
     ) {
-        self.notifier.retain(|_, s| s.expires_at > now);
-        if self.machine.role() != Role::Active || changes.is_empty() || self.notifier.is_empty() {
+        self.regs.notifier.retain(|_, s| s.expires_at > now);
+        if self.machine.role() != Role::Active
+            || changes.is_empty()
+            || self.regs.notifier.is_empty()
+        {
             return;
         }
         let mut records: Vec<RegRecord> = Vec::new();
@@ -480,9 +483,9 @@ impl PairGlue {
         if records.is_empty() {
             return;
         }
-        let keys: Vec<String> = self.notifier.keys().cloned().collect();
+        let keys: Vec<String> = self.regs.notifier.keys().cloned().collect();
         for k in keys {
-            let limit = match self.notifier.get(&k).map(|s| s.dialog.flow.proto) {
+            let limit = match self.regs.notifier.get(&k).map(|s| s.dialog.flow.proto) {
                 Some(Proto::Tcp) => CHUNK_TCP,
                 _ => CHUNK_UDP,
             };

@@ -215,7 +215,7 @@ impl Server {
         let _ = writeln!(s, "# TYPE understudy_dialog_subscriptions gauge");
         let _ = writeln!(s, "understudy_dialog_subscriptions {}", self.blf.len());
         let _ = writeln!(s, "# TYPE understudy_limit_dropped_total counter");
-        let digest_dropped = self.pair.as_ref().map_or(0, |p| p.table.dropped);
+        let digest_dropped = self.pair.as_ref().map_or(0, |p| p.digest.table.dropped);
         for (table, n) in [
             ("contacts_per_aor", self.registrar.location().evicted()),
             ("auth_failures", rs.failure_sources_evicted),
