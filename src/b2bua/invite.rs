@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 
 use super::call::{Call, CallState, Fork, Side, tag_for};
+use super::refusal::Refusal;
 use super::{
     ALLOW, B2bua, COPIED, Env, PerLeg, Purpose, RING_TIMEOUT, TimerKind, cancel_for, copy_body,
     media, reason_for, resolve, session,
@@ -23,48 +24,48 @@ impl B2bua {
         source: Flow,
         from_trunk: Option<&str>,
     ) {
-        let refuse = |env: &mut Env<'_>, status: u16, reason: Option<&str>| {
-            let mut r = response_to(&req, status, Some(&crate::sip::new_tag()));
-            if let Some(reason) = reason {
-                r.reason = reason.to_string();
+        let refuse = |env: &mut Env<'_>, why: Refusal| {
+            let mut r = response_to(&req, why.status(), Some(&crate::sip::new_tag()));
+            if let Some(phrase) = why.phrase() {
+                r.reason = phrase.to_string();
+            }
+            if why == Refusal::IntervalTooBrief {
+                r.headers
+                    .push(HeaderName::MinSe, env.cfg.calls.min_se_s.to_string());
             }
             let _ = env.tx.respond(env.now, id, &r);
         };
         let Some(user) = Uri::parse(&req.uri).ok().and_then(|u| u.user_unescaped()) else {
             self.stats.refused += 1;
-            return refuse(env, 484, None);
+            return refuse(env, Refusal::NoUser);
         };
         if self.calls.len() >= env.cfg.calls.max_calls {
             self.stats.refused += 1;
-            return refuse(env, 503, Some("Call Limit Reached"));
+            return refuse(env, Refusal::CallLimit);
         }
         // RFC 4028 §8.1: a Session-Expires below our Min-SE gets 422.
         let a_se = session::requested(&req);
         if let Some((s, _)) = a_se
             && s < env.cfg.calls.min_se_s
         {
-            let mut r = response_to(&req, 422, Some(&crate::sip::new_tag()));
-            r.headers
-                .push(HeaderName::MinSe, env.cfg.calls.min_se_s.to_string());
-            let _ = env.tx.respond(env.now, id, &r);
             self.stats.refused += 1;
-            return;
+            return refuse(env, Refusal::IntervalTooBrief);
         }
         let route = match resolve(env.cfg, env.registrar, &user, env.now) {
             Ok(r) => r,
-            Err(status) => {
+            Err(why) => {
                 self.stats.refused += 1;
-                return refuse(env, status, None);
+                return refuse(env, why);
             }
         };
         let token = self.new_token();
         let Some(mut a) = Dialog::as_uas(&req, &tag_for(token, Side::A), source) else {
             self.stats.refused += 1;
-            return refuse(env, 400, Some("Cannot Build Dialog"));
+            return refuse(env, Refusal::CannotBuildDialog);
         };
         a.local_cseq = env.cseq_base();
         let Ok(from) = req.from() else {
-            return refuse(env, 400, None);
+            return refuse(env, Refusal::Malformed);
         };
         let mf = req
             .header_u32(&HeaderName::MaxForwards)
@@ -82,7 +83,7 @@ impl B2bua {
         {
             self.stats.refused += 1;
             tracing::warn!("no free media ports: call refused");
-            return refuse(env, 503, Some("No Media Ports"));
+            return refuse(env, Refusal::NoMediaPorts);
         }
         let b_cseq = env.cseq_base().saturating_add(1);
         let mut b_from = from.clone();
@@ -143,7 +144,7 @@ impl B2bua {
             if let Some(m) = self.media.as_mut() {
                 m.release(token);
             }
-            return refuse(env, 500, None);
+            return refuse(env, Refusal::NoTarget);
         }
         tracing::debug!(
             token = format!("{token:016x}"),

@@ -9,6 +9,7 @@ mod in_dialog;
 mod invite;
 mod media;
 mod rebind;
+mod refusal;
 mod routing;
 mod session;
 
@@ -24,6 +25,7 @@ use call::Relay;
 pub use call::{Call, CallState, Side, parse_tag, tag_for};
 pub use media::{MediaCommand, MediaPlan};
 pub use rebind::{Adopted, Outcome, Source};
+pub use refusal::Refusal;
 pub use routing::{Route, Target, resolve};
 
 use crate::cdr::CdrRecord;

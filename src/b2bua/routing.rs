@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::refusal::Refusal;
 use crate::config::{Config, TrunkTransport};
 use crate::dialog::uri_flow;
 use crate::net::Flow;
@@ -28,13 +29,13 @@ pub struct Route {
     pub trunk: Option<String>,
 }
 
-/// Resolve a dialled user part. `Err` carries the status to answer.
+/// Resolve a dialled user part. `Err` says why no call can go there.
 pub fn resolve(
     cfg: &Config,
     registrar: &Registrar,
     user: &str,
     now: Instant,
-) -> Result<Route, u16> {
+) -> Result<Route, Refusal> {
     let bindings = registrar.location().lookup(user, now);
     if !bindings.is_empty() {
         let to = format!("<sip:{user}@{}>", cfg.node.domain);
@@ -83,8 +84,8 @@ pub fn resolve(
         });
     }
     if registrar.is_user(user) {
-        Err(480)
+        Err(Refusal::Unavailable)
     } else {
-        Err(404)
+        Err(Refusal::NotFound)
     }
 }
