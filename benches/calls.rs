@@ -62,6 +62,8 @@ fn trunk(name: &str, addr: SocketAddr, prefix: &str) -> TrunkConfig {
         reset_event: None,
         transport: TrunkTransport::Udp,
         max_cps: None,
+        credentials: None,
+        register: None,
     }
 }
 

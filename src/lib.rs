@@ -18,3 +18,4 @@ pub mod sim;
 pub mod sip;
 pub mod transaction;
 pub mod transport;
+pub mod trunkreg;

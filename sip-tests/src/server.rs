@@ -75,6 +75,8 @@ pub fn trunk(name: &str, addr: SocketAddr, prefixes: &[&str], strip: usize) -> T
         reset_event: None,
         transport: TrunkTransport::Udp,
         max_cps: None,
+        credentials: None,
+        register: None,
     }
 }
 

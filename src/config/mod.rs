@@ -20,7 +20,7 @@ mod validate;
 pub use types::{
     AdminConfig, CallsConfig, CdrConfig, Fallback, HomeRole, LimitsConfig, MediaConfig, MediaMode,
     NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig, TakeoverConfig, TimersConfig,
-    TrunkAddress, TrunkConfig, TrunkTransport, UserConfig,
+    TrunkAddress, TrunkConfig, TrunkCredentials, TrunkRegister, TrunkTransport, UserConfig,
 };
 
 use std::fmt;

@@ -12,7 +12,8 @@ use super::types::{CDR_FILE_NAME, DEFAULT_DOMAIN, TomlName};
 use super::{
     AdminConfig, CallsConfig, CdrConfig, Config, Errors, HomeRole, LimitsConfig, MediaConfig,
     MediaMode, NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig, TakeoverConfig,
-    TimersConfig, TrunkAddress, TrunkConfig, TrunkTransport, UserConfig,
+    TimersConfig, TrunkAddress, TrunkConfig, TrunkCredentials, TrunkRegister, TrunkTransport,
+    UserConfig,
 };
 
 /// The whole file.
@@ -149,6 +150,12 @@ struct RawTrunk {
     reset_event: Option<String>,
     transport: Option<String>,
     max_cps: Option<u32>,
+    username: Option<String>,
+    password: Option<String>,
+    realm: Option<String>,
+    register: Option<bool>,
+    register_expires: Option<u32>,
+    contact_user: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -375,6 +382,51 @@ fn build_trunk(index: usize, raw: RawTrunk, errors: &mut Errors) -> TrunkConfig 
             None
         }
     };
+    let credentials = match (raw.username, raw.password) {
+        (Some(username), Some(password)) => Some(TrunkCredentials {
+            username,
+            password,
+            realm: raw.realm,
+        }),
+        (Some(_), None) => {
+            errors.push(
+                format!("trunks[{index}].password"),
+                "required with username",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(
+                format!("trunks[{index}].username"),
+                "required with password",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let register = match (raw.register.unwrap_or(false), &credentials) {
+        (false, _) => None,
+        (true, None) => {
+            errors.push(
+                format!("trunks[{index}].register"),
+                "needs username and password (the carrier challenges REGISTER)",
+            );
+            None
+        }
+        (true, Some(c)) => {
+            let expires = raw.register_expires.unwrap_or(3600);
+            if !(60..=86_400).contains(&expires) {
+                errors.push(
+                    format!("trunks[{index}].register_expires"),
+                    format!("{expires} is outside 60..=86400 seconds"),
+                );
+            }
+            Some(TrunkRegister {
+                expires,
+                contact_user: raw.contact_user.unwrap_or_else(|| c.username.clone()),
+            })
+        }
+    };
     let key = format!("trunks[{index}].transport");
     TrunkConfig {
         name,
@@ -389,6 +441,8 @@ fn build_trunk(index: usize, raw: RawTrunk, errors: &mut Errors) -> TrunkConfig 
         reset_event: raw.reset_event,
         transport: enum_value(errors, &key, raw.transport, TrunkTransport::Udp),
         max_cps: raw.max_cps,
+        credentials,
+        register,
     }
 }
 

@@ -296,6 +296,42 @@ pub struct TrunkConfig {
     /// `max_cps`: at most this many re-binds per second to this trunk at a takeover (a
     /// carrier's calls-per-second limit); none by default.
     pub max_cps: Option<u32>,
+    /// `username`, `password`, `realm`: what we answer the trunk's digest challenges with
+    /// (REGISTER, INVITE and in-dialog requests).
+    pub credentials: Option<TrunkCredentials>,
+    /// `register = true`: the active node registers to the trunk (`register_expires`,
+    /// `contact_user`).
+    pub register: Option<TrunkRegister>,
+}
+
+/// Credentials for a trunk's digest challenges.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrunkCredentials {
+    /// `username`.
+    pub username: String,
+    /// `password`.
+    pub password: String,
+    /// `realm`: answer only challenges of this realm (any realm when unset).
+    pub realm: Option<String>,
+}
+
+impl std::fmt::Debug for TrunkCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkCredentials")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .field("realm", &self.realm)
+            .finish()
+    }
+}
+
+/// Outbound registration to a trunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkRegister {
+    /// `register_expires`: the expiry we ask for, seconds (default 3600).
+    pub expires: u32,
+    /// `contact_user`: the user part of our Contact (default: `username`).
+    pub contact_user: String,
 }
 
 /// A trunk's address: an IP, with or without a port.

@@ -108,6 +108,7 @@ pub(crate) fn answer(
             HttpResponse::json(200, &v)
         }
         ("GET", "/registrations") => HttpResponse::json(200, &server.registrations_json(now)),
+        ("GET", "/trunks") => HttpResponse::json(200, &server.trunks_json(now)),
         ("GET", "/metrics") => {
             let mut m = server.metrics_text();
             transport_metrics(&mut m, transport);
@@ -140,9 +141,11 @@ pub(crate) fn answer(
                 Err(e) => HttpResponse::json(403, &json!({"error": e})),
             }
         }
-        (_, "/status" | "/calls" | "/registrations" | "/metrics" | "/switchover" | "/reload") => {
-            HttpResponse::json(405, &json!({"error": "method not allowed"}))
-        }
+        (
+            _,
+            "/status" | "/calls" | "/registrations" | "/trunks" | "/metrics" | "/switchover"
+            | "/reload",
+        ) => HttpResponse::json(405, &json!({"error": "method not allowed"})),
         _ => HttpResponse::json(
             404,
             &json!({"error": format!("no such endpoint: {}", r.path)}),

@@ -291,6 +291,15 @@ pub async fn run_with(
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     // Every call still up gets its CDR (`end_reason = shutdown`).
     server.shutdown(tokio::time::Instant::now().into_std());
+    // What shutting down sends (trunk un-REGISTERs) goes out before the transport stops.
+    let mut sent = 0;
+    while let Some(t) = server.poll_transmit() {
+        transport.send(t);
+        sent += 1;
+    }
+    if sent > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     flush_cdrs(&mut server, &mut relay, cdr.as_ref());
     if let Some(w) = cdr {
         let n = w.close()?;

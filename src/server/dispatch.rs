@@ -174,6 +174,11 @@ impl Server {
             t.on_result(id, resp);
             return true;
         }
+        if self.trunk_regs.owns(id) {
+            self.trunk_regs
+                .on_result(now, &mut self.tx, &self.me, id, resp);
+            return true;
+        }
         if let Some(p) = self.pair.as_mut()
             && p.client_txs.contains(&id)
         {

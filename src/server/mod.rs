@@ -14,6 +14,7 @@ mod recovery;
 mod regsync;
 mod reload;
 mod takeover;
+mod trunks;
 mod uas;
 mod views;
 
@@ -79,6 +80,8 @@ pub struct Server {
     config_digest: String,
     pinger: Option<pinger::Pinger>,
     nat_keepalive: Option<pinger::NatKeepalive>,
+    /// Our registrations to trunks (active only).
+    trunk_regs: trunks::TrunkRegs,
     next_housekeeping: Instant,
     counters: Counters,
     cdrs: Vec<CdrRecord>,
@@ -136,6 +139,7 @@ impl Server {
             .filter(|p| p.ping_endpoints)
             .map(|_| pinger::Pinger::new(now));
         let nat_keepalive = pinger::NatKeepalive::new(now, cfg.registrar.nat_keepalive_s);
+        let trunk_regs = trunks::TrunkRegs::new(&cfg);
         let mut b2bua = B2bua::new();
         b2bua.enable_digest(digest_on);
         if cfg.media.mode == crate::config::MediaMode::Relay {
@@ -166,6 +170,7 @@ impl Server {
             config_digest,
             pinger,
             nat_keepalive,
+            trunk_regs,
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),
             cdrs: Vec::new(),
@@ -372,6 +377,9 @@ impl Server {
         self.take_handoff(now);
         self.drive_takeover(now);
         self.pump_digest(now);
+        let takes_calls = self.accepts_calls();
+        self.trunk_regs
+            .tick(now, &mut self.tx, &self.me, takes_calls);
         {
             let (mut env, b) = self.env_parts(now);
             b.handle_timeout(&mut env);
@@ -401,6 +409,7 @@ impl Server {
                 .as_ref()
                 .map(pinger::NatKeepalive::poll_timeout),
             self.pair.as_ref().map(|p| p.machine.poll_timeout()),
+            self.trunk_regs.poll_timeout(),
             // An epoch write under way is looked at every few milliseconds.
             self.pair.as_ref().and_then(|p| p.persist_poll_at),
             self.takeover
@@ -414,7 +423,8 @@ impl Server {
     }
 
     /// Graceful shutdown: every call still up gets its CDR (`end_reason = shutdown`). No BYE
-    /// is sent: in a pair the peer takes the calls over.
+    /// is sent: in a pair the peer takes the calls over. Registrations to trunks are removed
+    /// (`Expires: 0`; send what [`Self::poll_transmit`] has before exiting).
     pub fn shutdown(&mut self, now: Instant) {
         let tokens: Vec<u64> = self.b2bua.calls().map(|c| c.token).collect();
         for t in tokens {
@@ -422,6 +432,7 @@ impl Server {
             b.finish(&mut env, t, "shutdown", &[]);
         }
         self.cdrs.extend(self.b2bua.take_cdrs());
+        self.trunk_regs.stop_all(now, &mut self.tx, &self.me);
     }
 
     /// Commands for the media relay (relay mode).

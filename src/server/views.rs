@@ -89,6 +89,27 @@ impl Server {
         json!({ "calls": calls })
     }
 
+    /// `/trunks`: each trunk, and its registration when it has `register = true`.
+    pub fn trunks_json(&self, now: Instant) -> Value {
+        let regs = self.trunk_regs.view(now);
+        let trunks: Vec<Value> = self
+            .cfg
+            .trunks
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "address": t.address.to_string(),
+                    "transport": t.transport.as_str(),
+                    "prefixes": t.prefixes,
+                    "auth": t.credentials.is_some(),
+                    "registration": regs.get(&t.name),
+                })
+            })
+            .collect();
+        json!({ "trunks": trunks })
+    }
+
     /// `/registrations`.
     pub fn registrations_json(&self, now: Instant) -> Value {
         let mut aors: Vec<Value> = self
@@ -190,6 +211,24 @@ impl Server {
             "understudy_registrations {}",
             self.registrar.location().binding_count()
         );
+        let gauges = self.trunk_regs.gauges();
+        if !gauges.is_empty() {
+            let _ = writeln!(s, "# TYPE understudy_trunk_registered gauge");
+            for (t, registered, _) in &gauges {
+                let _ = writeln!(
+                    s,
+                    "understudy_trunk_registered{{trunk=\"{t}\"}} {}",
+                    u8::from(*registered)
+                );
+            }
+            let _ = writeln!(s, "# TYPE understudy_trunk_register_failures gauge");
+            for (t, _, failures) in &gauges {
+                let _ = writeln!(
+                    s,
+                    "understudy_trunk_register_failures{{trunk=\"{t}\"}} {failures}"
+                );
+            }
+        }
         let _ = writeln!(s, "# TYPE understudy_nat_keepalives_sent_total counter");
         let _ = writeln!(
             s,
