@@ -30,6 +30,7 @@ pub mod raw;
 pub mod rtp;
 pub mod sdp;
 pub mod server;
+pub mod sipp;
 pub mod ua;
 pub mod wan;
 

@@ -38,6 +38,7 @@ mod rebind_answers;
 mod ringing;
 mod sigterm;
 mod tcp;
+mod trunk_register;
 mod unreachable_tcp;
 mod upgrade;
 mod wan;

@@ -6,10 +6,10 @@
 //! the flows the phones opened to it and take their BYEs: at least 99 % of the calls end
 //! normally at the new active, in SIPp's count and in the CDRs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
 use sip_tests::natbed;
+use sip_tests::sipp::{Sipp, scenarios, stat, stats as sipp_stats};
 
 use super::nat::{in_bed, nat_spec, runtime};
 use super::*;
@@ -33,91 +33,6 @@ fn sipp_phones_behind_nats_keep_their_calls() {
     runtime()
         .block_on(sipp_load())
         .expect("SIPp phones behind NAT");
-}
-
-fn scenarios() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sipp-scenarios")
-}
-
-/// A SIPp process, killed on drop.
-struct Sipp {
-    child: Child,
-    name: &'static str,
-}
-
-impl Sipp {
-    /// `sipp args…`, inside namespace `ns` when given; output to `dir/name.log`.
-    fn start(name: &'static str, ns: Option<&str>, dir: &Path, args: &[String]) -> Result<Self> {
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "sipp"]);
-                c
-            }
-            None => Command::new("sipp"),
-        };
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let child = cmd
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start sipp (apt-get install sip-tester)")?;
-        Ok(Self { child, name })
-    }
-
-    /// Wait (bounded) for it to exit.
-    async fn wait(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
-        let until = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait()? {
-                return Ok(s);
-            }
-            ensure!(
-                Instant::now() < until,
-                "{} still running after {limit:?}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The last row of a SIPp `-trace_stat` file as column name → value.
-fn sipp_stats(path: &Path) -> Result<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path:?}"))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let head: Vec<&str> = lines
-        .next()
-        .context("empty stats file")?
-        .split(';')
-        .collect();
-    let last: Vec<&str> = lines
-        .next_back()
-        .context("no stats row")?
-        .split(';')
-        .collect();
-    Ok(head
-        .into_iter()
-        .zip(last)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
-}
-
-fn stat(stats: &HashMap<String, String>, key: &str) -> u64 {
-    stats
-        .get(key)
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The run, and on failure the end of every SIPp log and error file with the error.
