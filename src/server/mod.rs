@@ -68,7 +68,8 @@ pub struct Counters {
 pub struct Server {
     cfg: Arc<Config>,
     me: LocalContact,
-    me_hostports: Vec<String>,
+    /// Our Via sent-by per transport (`UDP`, `TCP`), to detect loops.
+    me_hostports: Vec<(&'static str, String)>,
     tx: TransactionLayer,
     registrar: Registrar,
     b2bua: B2bua,
@@ -131,7 +132,7 @@ impl Server {
                 tracing::warn!(user = u.name, error = e, "static contact ignored");
             }
         }
-        let me_hostports = vec![me.udp.clone(), me.tcp.clone()];
+        let me_hostports = vec![("UDP", me.udp.clone()), ("TCP", me.tcp.clone())];
         let digest_on = cfg.pair.as_ref().is_some_and(|p| p.dialog_digest);
         let pinger = cfg
             .pair

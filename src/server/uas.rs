@@ -44,7 +44,7 @@ pub(crate) fn is_allowed(m: &Method) -> bool {
 }
 
 /// Run the checks. `me` lists our own `host:port` strings for loop detection.
-pub(crate) fn check(req: &Request, me: &[String]) -> Result<(), Refusal> {
+pub(crate) fn check(req: &Request, me: &[(&str, String)]) -> Result<(), Refusal> {
     if let Method::Other(_) = req.method {
         return Err(Refusal {
             status: 501,
@@ -136,13 +136,49 @@ pub(crate) fn check(req: &Request, me: &[String]) -> Result<(), Refusal> {
         return Err(Refusal::plain(483));
     }
     // A request carrying our own Via was sent by us: a routing loop (RFC 3261 §16.3 step 4).
+    // Ours means our transport and our address for it: a client's UDP port may well be the
+    // number of our TCP listener's port.
     if req.to_tag().is_none()
         && req.headers.get_all(&HeaderName::Via).any(|v| {
-            crate::sip::Via::parse(v)
-                .is_ok_and(|v| me.iter().any(|m| v.sent_by().eq_ignore_ascii_case(m)))
+            crate::sip::Via::parse(v).is_ok_and(|v| {
+                me.iter()
+                    .any(|(t, m)| v.transport == *t && v.sent_by().eq_ignore_ascii_case(m))
+            })
         })
     {
         return Err(Refusal::plain(482));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options_via(via: &str) -> Request {
+        let text = format!(
+            "OPTIONS sip:pbx.local SIP/2.0\r\nVia: {via};branch=z9hG4bKx\r\nMax-Forwards: 70\r\n\
+             From: <sip:a@pbx.local>;tag=1\r\nTo: <sip:pbx.local>\r\nCall-ID: c\r\n\
+             CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        match crate::sip::parse_datagram(text.as_bytes()).map(|p| p.message) {
+            Ok(crate::sip::Message::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_loop_is_our_own_transport_and_address_not_just_the_port() {
+        let me = [
+            ("UDP", "127.0.0.1:5060".to_string()),
+            ("TCP", "127.0.0.1:40001".to_string()),
+        ];
+        let ours = options_via("SIP/2.0/UDP 127.0.0.1:5060");
+        assert_eq!(check(&ours, &me).map_err(|r| r.status), Err(482));
+        // A client whose UDP port has the number of our TCP listener's port is not us.
+        let client = options_via("SIP/2.0/UDP 127.0.0.1:40001");
+        assert!(check(&client, &me).is_ok());
+        let ours_tcp = options_via("SIP/2.0/TCP 127.0.0.1:40001");
+        assert_eq!(check(&ours_tcp, &me).map_err(|r| r.status), Err(482));
+    }
 }
