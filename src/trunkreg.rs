@@ -4,9 +4,9 @@
 //! active node of a pair (the new active registers its own address at a takeover, so that
 //! the carrier's calls reach it).
 //!
-//! - 401/407: answered once per challenge with the trunk's credentials (digest MD5 or
-//!   SHA-256, `qop=auth` with a counted `nc`); a second challenge with the same nonce and not
-//!   `stale` means the credentials are wrong: failed, retried after the back-off.
+//! - 401/407: answered with the trunk's credentials (digest MD5 or SHA-256, `qop=auth` with
+//!   a counted `nc`); a challenge to a REGISTER that carried credentials, unless `stale`,
+//!   means they are wrong: failed, retried after the back-off.
 //! - 2xx: registered for the expiry the registrar granted (our Contact's `expires`, else
 //!   `Expires`, else what we asked); refreshed at half of it (at most 10 minutes early).
 //! - 423: asked again with the registrar's `Min-Expires`.
@@ -347,8 +347,7 @@ impl TrunkRegistration {
         {
             return Err(format!("challenged for realm {realm:?}, not {want:?}"));
         }
-        let same_nonce = self.nonce.as_ref().is_some_and(|(n, _)| *n == nonce);
-        if authed && same_nonce && !stale {
+        if authed && !stale {
             return Err("credentials refused (wrong username or password?)".into());
         }
         let nc = match &mut self.nonce {

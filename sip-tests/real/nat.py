@@ -9,8 +9,10 @@ registers at both. alice calls bob through the main; the main is killed; the sta
 re-bind the call over the flows the phones opened to it (the takeover report says
 nat_own_flow = 2), both phones must see the stand-by as their new remote target, and
 alice's hang-up must end the call at the stand-by with one CDR (recovered, normal). Run once
-with bypass media (signalling) and once with the media relay (RTP both ways before the kill
-and after the re-bind).
+with bypass media (signalling), once with the media relay (RTP both ways before the kill
+and after the re-bind), and once more through the relay with both phones insisting on SDES
+SRTP (RTP/SAVP, a=crypto): the relay forwards packets it cannot read, the phones count only
+packets that decrypt, before the kill and after the re-bind.
 
     sip-tests/real/nat.py --bin ./target/release/understudy      (as root)
 """
@@ -105,7 +107,7 @@ def http_json(addr, path):
 
 
 class Agent:
-    def __init__(self, work, user, sdp_nat_rewrite):
+    def __init__(self, work, user, sdp_nat_rewrite, srtp=False):
         self.user = user
         self.ns, self.ip = PHONES[user]
         self.ctl = os.path.join(work, f"{user}.ctl")
@@ -121,7 +123,8 @@ class Agent:
              "--ctl-port", "0", "--ctl-unix", self.ctl, "--registrar", f"{MAIN}:5060",
              "--registrar2", f"{STANDBY}:5060", "--nat-defaults", "--user", user,
              "--password", f"{user}-secret", "--rtp-port", "40000", "--rtp-range", "100",
-             "--log", self.log] + (["--sdp-nat-rewrite"] if sdp_nat_rewrite else []),
+             "--log", self.log] + (["--sdp-nat-rewrite"] if sdp_nat_rewrite else [])
+            + (["--srtp"] if srtp else []),
             stdout=out, stderr=subprocess.STDOUT)
 
     def cmd(self, command, timeout=2.0, **kw):
@@ -162,12 +165,22 @@ def rx(agent):
     return agent.call().get("rx", 0)
 
 
-def inner(binary, media):
+def savp_offers(agent):
+    """How many SDP bodies in the phone's log (its own and those it received) are SDES-keyed
+    SRTP: an audio line with the RTP/SAVP profile and a crypto attribute."""
+    text = open(agent.log, errors="replace").read()
+    return sum(1 for body in text.split("v=0")[1:]
+               if "RTP/SAVP" in body.split("\n\n")[0] and "a=crypto:" in body)
+
+
+def inner(binary, media, srtp=False):
     """One run; `media` is the nodes' media mode. Bypass: RTP goes phone to phone through both
     routers (port-keeping NATs, public addresses in the SDP) and must go on across the
     re-bind. Relay: RTP through the main's relay before the kill and the stand-by's after the
-    re-bind, both ways (the relay latches to where each phone's packets come from)."""
-    log(f"media {media}")
+    re-bind, both ways (the relay latches to where each phone's packets come from). `srtp`:
+    both phones insist on SDES SRTP (the relay forwards the packets it cannot read; the
+    phones count only packets that decrypt)."""
+    log(f"media {media}{' with SRTP' if srtp else ''}")
     work = tempfile.mkdtemp(prefix=f"understudy-nat-real-{media}-")
     procs, agents = {}, []
     try:
@@ -187,7 +200,7 @@ def inner(binary, media):
         # Bypass: the phones put the public address their registrar saw in their SDP and
         # their routers keep ports, so RTP can go phone to phone once both have sent.
         bypass = media == "bypass"
-        alice, bob = Agent(work, "alice", bypass), Agent(work, "bob", bypass)
+        alice, bob = Agent(work, "alice", bypass, srtp), Agent(work, "bob", bypass, srtp)
         agents += [alice, bob]
         for a in agents:
             wait_for(f"{a.user} registered at both nodes", lambda a=a: all(
@@ -226,6 +239,12 @@ def inner(binary, media):
                      lambda: rx(alice) > base[0] + 50 and rx(bob) > base[1] + 50, 10)
             log(f"RTP after the re-bind: alice {rx(alice) - base[0]}, bob {rx(bob) - base[1]} "
                 "packets received")
+        if srtp:
+            # The initial offer/answer and the re-bind's each went both ways as SRTP.
+            n = {a.user: savp_offers(a) for a in agents}
+            log(f"SDES-SRTP SDP bodies in the phones' logs: {n}")
+            if min(n.values()) < 4:
+                raise Failure(f"SRTP SDP bodies seen by the phones: {n}, want >= 4 each")
         log("both phones re-bound to the stand-by; alice hangs up")
         alice.cmd("hangup")
         wait_for("the call ended on both phones", lambda: alice.call().get("state_code") == 6
@@ -263,20 +282,22 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="./target/release/understudy")
     ap.add_argument("--media", default="bypass", choices=("bypass", "relay"))
+    ap.add_argument("--srtp", action="store_true")
     a = ap.parse_args()
     binary = os.path.abspath(a.bin)
     if os.environ.get("NAT_REAL_INNER"):
-        sys.exit(inner(binary, a.media))
+        sys.exit(inner(binary, a.media, a.srtp))
     rc = 0
     # Bypass needs routers that keep ports (RTP phone to phone); the relay works behind
     # routers that pick a random port per flow (the harder case).
-    for media, ports in (("bypass", "keep"), ("relay", "random")):
+    for media, ports, srtp in (("bypass", "keep", False), ("relay", "random", False),
+                               ("relay", "random", True)):
         subprocess.run([BED_SCRIPT, "up", BED], check=True, stdout=subprocess.DEVNULL,
                        env=dict(os.environ, NAT_PORTS=ports))
         try:
             rc |= subprocess.call(["ip", "netns", "exec", f"{BED}-core", sys.executable,
                                    os.path.abspath(__file__), "--bin", binary,
-                                   "--media", media],
+                                   "--media", media] + (["--srtp"] if srtp else []),
                                   env=dict(os.environ, NAT_REAL_INNER="1"))
         finally:
             subprocess.run([BED_SCRIPT, "down", BED], check=False)

@@ -38,6 +38,8 @@ def pjsua_agent(argv):
     # The public address learned from the registrar in the SDP (bypass media across NATs).
     ap.add_argument("--sdp-nat-rewrite", action="store_true")
     ap.add_argument("--ctl-unix")
+    # SDES-keyed SRTP only (RTP/SAVP with a=crypto; a plain RTP offer or answer is refused).
+    ap.add_argument("--srtp", action="store_true")
     a = ap.parse_args(argv)
 
     import pjsua2 as pj
@@ -171,6 +173,9 @@ def pjsua_agent(argv):
         if a.sdp_nat_rewrite:
             ac.natConfig.sdpNatRewriteUse = 1
         ac.natConfig.iceEnabled = False
+        if a.srtp:
+            ac.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_MANDATORY
+            ac.mediaConfig.srtpSecureSignaling = 0  # SRTP over plain UDP signalling
         ac.mediaConfig.transportConfig.boundAddress = a.bind
         if not a.sdp_nat_rewrite:
             ac.mediaConfig.transportConfig.publicAddress = a.bind

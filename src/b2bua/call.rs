@@ -96,6 +96,8 @@ pub struct Fork {
     pub early_tag: Option<String>,
     /// The callee's Contact in that early dialog.
     pub early_target: Option<String>,
+    /// The nonce of the trunk challenge we answered last, and how often (`nc`).
+    pub auth: Option<(String, u32)>,
 }
 
 /// A session timer on one leg (RFC 4028).

@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 
 use super::call::{Call, CallState, Fork, Side, tag_for};
+use super::outbound_auth;
 use super::refusal::Refusal;
 use super::{
     ALLOW, B2bua, COPIED, Env, PerLeg, Purpose, RING_TIMEOUT, TimerKind, cancel_for, copy_body,
@@ -134,6 +135,7 @@ impl B2bua {
                         done: false,
                         early_tag: None,
                         early_target: None,
+                        auth: None,
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot start B-leg INVITE"),
@@ -392,7 +394,40 @@ impl B2bua {
             }
             return;
         }
-        // 3xx–6xx on this fork.
+        // 3xx–6xx on this fork. A trunk's challenge is answered once (per nonce).
+        if matches!(status, 401 | 407)
+            && call.b.is_none()
+            && call.a_invite.is_some()
+            && !call.cancelled
+            && let Some(creds) = call
+                .trunk
+                .as_deref()
+                .and_then(|t| env.cfg.trunks.iter().find(|c| c.name == t))
+                .and_then(|t| t.credentials.as_ref())
+            && let Some(fork) = call.forks.get_mut(fi)
+        {
+            match outbound_auth::answer(env.me, fork, &resp, creds, call.b_invite_cseq) {
+                Ok(retry) => {
+                    if let Ok(tx) = env.tx.send_request(env.now, &retry, fork.flow) {
+                        call.b_invite_cseq = retry.cseq().map_or(call.b_invite_cseq, |c| c.seq);
+                        fork.tx = tx;
+                        fork.request = retry;
+                        fork.provisional = false;
+                        self.client.insert(tx, (token, Purpose::Fork));
+                        return;
+                    }
+                }
+                Err(why) => tracing::warn!(
+                    trunk = call.trunk.as_deref().unwrap_or_default(),
+                    status,
+                    error = why,
+                    "the trunk's challenge is not answered: the call fails"
+                ),
+            }
+        }
+        // A trunk's challenge we could not answer is ours to fail, not the caller's to
+        // answer: the caller gets 503 (its own credentials are not what the trunk wants).
+        let trunk_auth_failed = matches!(status, 401 | 407) && call.trunk.is_some();
         let Some(fork) = call.forks.get_mut(fi) else {
             return;
         };
@@ -408,6 +443,13 @@ impl B2bua {
             return;
         }
         if let Some((sid, req)) = call.a_invite.take().map(|b| *b) {
+            if trunk_auth_failed {
+                let mut r = response_to(&req, 503, Some(&call.a.local_tag));
+                r.reason = "Trunk Authentication Failed".into();
+                let _ = env.tx.respond(env.now, sid, &r);
+                self.finish(env, token, "failed:trunk_auth", &[]);
+                return;
+            }
             let mut r = response_to(&req, status, Some(&call.a.local_tag));
             r.reason = resp.reason.clone();
             for name in [

@@ -8,6 +8,7 @@ mod digest;
 mod in_dialog;
 mod invite;
 mod media;
+mod outbound_auth;
 mod rebind;
 mod refusal;
 mod routing;

@@ -1,9 +1,12 @@
-//! Scenario r: a carrier that requires registration (`sipp-scenarios/carrier-registrar.xml`:
-//! digest-challenges every REGISTER, checks the credentials, logs the contact it accepted)
-//! and sends its inbound calls to the contact registered last (`smart-uac.xml` from the
-//! carrier's address, dialling the phone's number). The main registers at start; kill -9;
-//! the new active registers its own address and the carrier's next call reaches the phone
-//! through it. The stand-by never registers while the main is alive.
+//! Scenario r: a carrier that requires registration and challenges our calls
+//! (`sipp-scenarios/carrier.xml`: digest-challenges every REGISTER and INVITE, checks the
+//! credentials, logs the contact it accepted) and sends its inbound calls to the contact
+//! registered last (`smart-uac.xml` from the carrier's address, dialling the phone's number).
+//! The main registers at start, a phone's outbound call passes the carrier's 407; kill -9;
+//! the new active registers its own address, the carrier's next call reaches the phone
+//! through it, outbound calls pass the 407 there too, and a trunk configured with a wrong
+//! password fails its call at once (503 to the phone, `failed:trunk_auth`), not in a loop.
+//! The stand-by never registers while the main is alive.
 
 use std::path::Path;
 
@@ -18,8 +21,42 @@ fn carrier_trunk() -> String {
     format!(
         "\n[[trunks]]\nname = \"carrier\"\naddress = \"{CARRIER_IP}\"\nprefixes = [\"0\"]\n\
          username = \"pbx1\"\npassword = \"trunk-secret\"\nregister = true\n\
-         register_expires = 300\ncontact_user = \"pbx1\"\n"
+         register_expires = 300\ncontact_user = \"pbx1\"\n\
+         \n[[trunks]]\nname = \"carrier-bad\"\naddress = \"{CARRIER_IP}:5060\"\n\
+         prefixes = [\"1\"]\nusername = \"pbx-unknown\"\npassword = \"not-the-secret\"\n"
     )
+}
+
+/// How many lines of the carrier's log contain `what`.
+fn count(log: &Path, what: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .count()
+}
+
+/// Wait (bounded: SIPp writes its log in its own time) until the carrier's log has `n`
+/// lines with `what`, then check it has exactly that many.
+async fn expect_count(log: &Path, what: &str, n: usize) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(5);
+    while count(log, what) < n && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(
+        count(log, what) == n,
+        "{n} {what} lines expected; carrier log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// alice calls `number` (a trunk); the carrier answers after its 407; alice hangs up.
+async fn outbound_call(alice: &mut Ua, number: &str) -> Result<()> {
+    let d = alice.call(number).await?;
+    let r = alice.bye(&d).await?;
+    ensure!(r.status == 200, "BYE to {number}: {}", r.status);
+    Ok(())
 }
 
 /// The contacts the carrier accepted so far (un-registrations left out), oldest first.
@@ -100,10 +137,10 @@ async fn inbound_call(dir: &Path, log: &Path, name: &'static str) -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<()> {
     let dir = sip_tests::server::TempDir::new()?;
-    let reg_log = dir.path().join("registrar-log.txt");
+    let reg_log = dir.path().join("carrier-log.txt");
     let args: Vec<String> = [
         "-sf",
-        &scenarios().join("carrier-registrar.xml").to_string_lossy(),
+        &scenarios().join("carrier.xml").to_string_lossy(),
         "-i",
         CARRIER_IP,
         "-p",
@@ -119,11 +156,14 @@ async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<
         &reg_log.to_string_lossy(),
         "-timeout",
         "120s",
+        "-trace_err",
+        "-error_file",
+        "carrier.log",
         "-nostdin",
     ]
     .map(String::from)
     .to_vec();
-    let _registrar = Sipp::start("registrar", None, dir.path(), &args)?;
+    let _carrier = Sipp::start("carrier-sipp", None, dir.path(), &args)?;
 
     let mut spec = PairSpec::default().with_users(["alice"]);
     spec.extra = carrier_trunk();
@@ -143,9 +183,23 @@ async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<
     let r = alice.register().await?;
     ensure!(r.status == 200, "alice at the main: {}", r.status);
 
-    // Through the main first.
+    // Through the main first: in, then out past the carrier's 407.
     answer_n(&alice, 1, &Answer::ok());
     inbound_call(dir.path(), &reg_log, "call-before").await?;
+    outbound_call(&mut alice, "0123").await.with_context(|| {
+        format!(
+            "carrier log:\n{}\nSIPp:\n{}\nmain log:\n{}",
+            std::fs::read_to_string(&reg_log).unwrap_or_default(),
+            std::fs::read_to_string(dir.path().join("carrier.log"))
+                .unwrap_or_default()
+                .lines()
+                .collect::<Vec<_>>()
+                .join("\n"),
+            pair.main.log_tail(30)
+        )
+    })?;
+    expect_count(&reg_log, "CALL-OK", 1).await?;
+    expect_count(&reg_log, "CHALLENGED", 1).await?;
     ensure!(
         !registered(&reg_log).iter().any(|c| c.contains(&standby)),
         "the stand-by registered while the main was alive"
@@ -169,10 +223,38 @@ async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<
         registered_after.as_millis(),
         answered_after.as_millis()
     );
+    // Outbound through the new active, past the 407; a wrong password fails at once.
+    alice.set_server(pair.standby.sip);
+    outbound_call(&mut alice, "0124").await?;
+    let out = alice.invite("1125")?;
+    let r = alice.wait_final(&out).await?;
+    ensure!(
+        r.status == 503,
+        "a trunk with a wrong password: {} {}",
+        r.status,
+        r.reason
+    );
+    // One challenge for each good call, two for the bad one (answered once, then refused).
+    expect_count(&reg_log, "CALL-OK", 2).await?;
+    expect_count(&reg_log, "CHALLENGED", 4).await?;
     let m = pair.standby.get_text("/metrics").await?;
     ensure!(
         m.contains("understudy_trunk_registered{trunk=\"carrier\"} 1"),
         "metrics: {m}"
+    );
+    let cdrs = cdrs_when_idle(&mut pair.standby).await?;
+    let reasons: Vec<(&str, Option<&str>)> = cdrs
+        .iter()
+        .map(|c| (c.end_reason.as_str(), c.trunk.as_deref()))
+        .collect();
+    ensure!(
+        reasons
+            .iter()
+            .filter(|r| **r == ("normal", Some("carrier")))
+            .count()
+            == 2
+            && reasons.contains(&("failed:trunk_auth", Some("carrier-bad"))),
+        "the new active's CDRs: {reasons:?}"
     );
     Ok(())
 }

@@ -1,0 +1,176 @@
+//! Answering a trunk's digest challenge to our INVITE (RFC 3261 §22.2, §22.3 on the UAC
+//! side): the INVITE goes again with the same Call-ID and From tag, the next CSeq, a new
+//! branch and the credentials; a second challenge that is not `stale` means the credentials
+//! are wrong, and the call fails.
+
+use crate::config::TrunkCredentials;
+use crate::dialog::LocalContact;
+use crate::sip::digest::{DigestParams, answer_challenge};
+use crate::sip::{HeaderName, Request, Response, SipMessage, new_tag};
+
+use super::call::Fork;
+
+/// The INVITE that answers `resp` (401/407) to `fork`'s INVITE, or why there is none.
+pub(super) fn answer(
+    me: &LocalContact,
+    fork: &mut Fork,
+    resp: &Response,
+    creds: &TrunkCredentials,
+    cseq: u32,
+) -> Result<Request, String> {
+    let (challenge_name, answer_name) = if resp.status == 407 {
+        (
+            HeaderName::ProxyAuthenticate,
+            HeaderName::ProxyAuthorization,
+        )
+    } else {
+        (HeaderName::WwwAuthenticate, HeaderName::Authorization)
+    };
+    let challenge = resp
+        .headers
+        .get(&challenge_name)
+        .ok_or_else(|| format!("{} without a challenge", resp.status))?
+        .to_string();
+    let params = DigestParams::parse(&challenge).ok_or("a challenge that is not digest")?;
+    let nonce = params.get("nonce").unwrap_or_default().to_string();
+    let stale = params
+        .get("stale")
+        .is_some_and(|s| s.eq_ignore_ascii_case("true"));
+    let realm = params.get("realm").unwrap_or_default();
+    if let Some(want) = &creds.realm
+        && want != realm
+    {
+        return Err(format!("challenged for realm {realm:?}, not {want:?}"));
+    }
+    // Challenged again after we answered, and not because the nonce went stale: the
+    // credentials are wrong (a fresh nonce each time must not make us answer for ever).
+    if fork.auth.is_some() && !stale {
+        return Err("credentials refused (wrong username or password?)".into());
+    }
+    let nc = match &mut fork.auth {
+        Some((n, count)) if *n == nonce => {
+            *count = count.saturating_add(1);
+            *count
+        }
+        _ => {
+            fork.auth = Some((nonce, 1));
+            1
+        }
+    };
+    let value = answer_challenge(
+        &challenge,
+        &creds.username,
+        &creds.password,
+        "INVITE",
+        &fork.request.uri,
+        nc,
+        &new_tag(),
+    )
+    .ok_or("a challenge we cannot answer (algorithm?)")?;
+    let mut retry = fork.request.clone();
+    let next = cseq.saturating_add(1);
+    retry.headers.set(HeaderName::Via, me.via(fork.flow.proto));
+    retry
+        .headers
+        .set(HeaderName::CSeq, format!("{next} INVITE"));
+    retry.headers.remove(&HeaderName::Authorization);
+    retry.headers.remove(&HeaderName::ProxyAuthorization);
+    retry.headers.push(answer_name, value);
+    debug_assert!(retry.call_id().is_ok());
+    Ok(retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::Flow;
+    use crate::sip::digest::DigestServer;
+    use crate::sip::{Method, response_to};
+    use crate::transaction::ClientTxId;
+
+    fn fork() -> Fork {
+        let mut r = Request::new(Method::Invite, "sip:0123@192.0.2.9:5060".to_string());
+        let h = &mut r.headers;
+        h.push(
+            HeaderName::Via,
+            "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK1",
+        );
+        h.push(HeaderName::From, "<sip:alice@pbx.local>;tag=b1");
+        h.push(HeaderName::To, "<sip:0123@192.0.2.9:5060>");
+        h.push(HeaderName::CallId, "b-leg-1");
+        h.push(HeaderName::CSeq, "7 INVITE");
+        Fork {
+            tx: ClientTxId(1),
+            request: r,
+            flow: Flow::udp("192.0.2.9:5060".parse().unwrap()),
+            provisional: false,
+            cancel_wanted: false,
+            done: false,
+            early_tag: None,
+            early_target: None,
+            auth: None,
+        }
+    }
+
+    fn me() -> LocalContact {
+        LocalContact {
+            udp: "198.51.100.7:5060".into(),
+            tcp: "198.51.100.7:5060".into(),
+        }
+    }
+
+    fn creds(password: &str) -> TrunkCredentials {
+        TrunkCredentials {
+            username: "pbx1".into(),
+            password: password.into(),
+            realm: None,
+        }
+    }
+
+    /// A 407 from the carrier's digest server.
+    fn challenge(server: &mut DigestServer, req: &Request, stale: bool) -> Response {
+        let mut r = response_to(req, 407, Some("c"));
+        for ch in server.challenges(1000, stale) {
+            r.headers.push(HeaderName::ProxyAuthenticate, ch);
+        }
+        r
+    }
+
+    #[test]
+    fn a_407_is_answered_once_with_credentials_the_carrier_accepts() {
+        let mut server = DigestServer::new("carrier", b"k", 300);
+        let mut f = fork();
+        let first = challenge(&mut server, &f.request, false);
+        let retry = answer(&me(), &mut f, &first, &creds("secret"), 7).unwrap();
+        assert_eq!(retry.cseq().unwrap().seq, 8);
+        assert_eq!(retry.call_id().ok(), Some("b-leg-1"));
+        assert_ne!(
+            retry.headers.get(&HeaderName::Via),
+            f.request.headers.get(&HeaderName::Via),
+            "a new branch"
+        );
+        let pa = retry.headers.get(&HeaderName::ProxyAuthorization).unwrap();
+        let user = server.verify(1000, pa, "INVITE", |_| Some("secret"));
+        assert_eq!(user.as_deref(), Ok("pbx1"));
+        // Challenged again (a fresh nonce, not stale): the credentials are wrong; no loop.
+        f.request = retry;
+        let again = challenge(&mut server, &f.request, false);
+        assert!(answer(&me(), &mut f, &again, &creds("secret"), 8).is_err());
+    }
+
+    #[test]
+    fn a_stale_nonce_is_answered_again_and_a_foreign_realm_is_not() {
+        let mut server = DigestServer::new("carrier", b"k", 300);
+        let mut f = fork();
+        let first = challenge(&mut server, &f.request, false);
+        f.request = answer(&me(), &mut f, &first, &creds("secret"), 7).unwrap();
+        let stale = challenge(&mut server, &f.request, true);
+        assert!(answer(&me(), &mut f, &stale, &creds("secret"), 8).is_ok());
+        let mut g = fork();
+        let mut only = creds("secret");
+        only.realm = Some("other".into());
+        let ch = challenge(&mut server, &g.request, false);
+        let e = answer(&me(), &mut g, &ch, &only, 7).unwrap_err();
+        assert!(e.contains("realm"), "{e}");
+    }
+}
