@@ -64,6 +64,7 @@ fn trunk(name: &str, addr: SocketAddr, prefix: &str) -> TrunkConfig {
         max_cps: None,
         credentials: None,
         register: None,
+        host: None,
     }
 }
 

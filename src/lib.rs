@@ -4,6 +4,7 @@ pub mod b2bua;
 pub mod cdr;
 pub mod config;
 pub mod dialog;
+pub mod dns;
 pub mod entropy;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -59,8 +59,10 @@ pub enum RegState {
 pub struct TrunkRegistration {
     trunk: String,
     flow: Flow,
-    /// The registrar's `host:port` (Request-URI and AOR domain).
+    /// The registrar's `host:port`, or the trunk's host name (Request-URI and AOR domain).
     host: String,
+    /// The trunk's host name, when it is named by one (the flow then comes from DNS).
+    named: Option<String>,
     creds: TrunkCredentials,
     settings: TrunkRegister,
     call_id: String,
@@ -89,7 +91,8 @@ impl TrunkRegistration {
         Some(Self {
             trunk: trunk.name.clone(),
             flow,
-            host: dest.to_string(),
+            host: trunk.host.clone().unwrap_or_else(|| dest.to_string()),
+            named: trunk.host.clone(),
             want_expires: settings.expires,
             creds,
             settings,
@@ -109,9 +112,22 @@ impl TrunkRegistration {
         &self.trunk
     }
 
-    /// Where the REGISTERs go.
-    pub fn flow(&self) -> Flow {
-        self.flow
+    /// Where the REGISTERs go: the configured address, or for a trunk named by a host the
+    /// first of `resolved` (its DNS targets, best first).
+    pub fn flow(&self, resolved: &[std::net::SocketAddr]) -> Option<Flow> {
+        match (&self.named, resolved.first()) {
+            (None, _) => Some(self.flow),
+            (Some(_), Some(a)) => Some(Flow {
+                remote: *a,
+                ..self.flow
+            }),
+            (Some(_), None) => None,
+        }
+    }
+
+    /// The trunk's host name, when it has one.
+    pub fn host_name(&self) -> Option<&str> {
+        self.named.as_deref()
     }
 
     /// Failures since the last success.
@@ -258,6 +274,16 @@ impl TrunkRegistration {
                 self.fail(now, format!("{status} {}", resp.reason), retry);
                 None
             }
+        }
+    }
+
+    /// The REGISTER could not go yet (the trunk's host name is not resolved): again in a
+    /// second, not counted as a failure.
+    pub fn retry_soon(&mut self, now: Instant) {
+        if matches!(self.state, RegState::Sent { .. }) {
+            self.state = RegState::Due {
+                at: now + Duration::from_secs(1),
+            };
         }
     }
 
@@ -446,6 +472,7 @@ mod tests {
                 expires: 600,
                 contact_user: "pbx".into(),
             }),
+            host: None,
         }
     }
 

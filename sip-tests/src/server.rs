@@ -77,6 +77,7 @@ pub fn trunk(name: &str, addr: SocketAddr, prefixes: &[&str], strip: usize) -> T
         max_cps: None,
         credentials: None,
         register: None,
+        host: None,
     }
 }
 

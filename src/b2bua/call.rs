@@ -169,6 +169,10 @@ pub struct Call {
     pub callee: String,
     /// Trunk involved, if any.
     pub trunk: Option<String>,
+    /// Until answered: the trunk's other targets to fail over to (RFC 3263 §4.3).
+    pub(super) alternates: Vec<super::Target>,
+    /// The trunk's host name, when it has one (to report failed targets).
+    pub(super) trunk_host: Option<String>,
     /// Wall clock of the INVITE, unix ms.
     pub start_ms: u64,
     /// Wall clock of the answer.
@@ -237,6 +241,8 @@ impl Call {
             caller,
             callee,
             trunk: None,
+            alternates: Vec::new(),
+            trunk_host: None,
             start_ms,
             answer_ms: None,
             created,

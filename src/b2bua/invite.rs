@@ -52,7 +52,7 @@ impl B2bua {
             self.stats.refused += 1;
             return refuse(env, Refusal::IntervalTooBrief);
         }
-        let route = match resolve(env.cfg, env.registrar, &user, env.now) {
+        let route = match resolve(env.cfg, env.registrar, env.dns, &user, env.now) {
             Ok(r) => r,
             Err(why) => {
                 self.stats.refused += 1;
@@ -170,6 +170,8 @@ impl B2bua {
         call.forks = forks;
         call.last_sdp = [None, (!offer.is_empty()).then_some(offer)];
         call.trunk = route.trunk.or_else(|| from_trunk.map(str::to_string));
+        call.alternates = route.alternates;
+        call.trunk_host = route.host;
         self.stats.created += 1;
         self.server_invites.insert(id, token);
         self.calls.insert(token, Box::new(call));
@@ -423,6 +425,41 @@ impl B2bua {
                     error = why,
                     "the trunk's challenge is not answered: the call fails"
                 ),
+            }
+        }
+        // The trunk's next target when this one timed out, is unreachable or overloaded.
+        if matches!(status, 408 | 503)
+            && call.b.is_none()
+            && call.a_invite.is_some()
+            && !call.cancelled
+            && !call.alternates.is_empty()
+            && let Some(fork) = call.forks.get_mut(fi)
+        {
+            let next = call.alternates.remove(0);
+            if let Some(host) = &call.trunk_host {
+                self.dns_failures.push((host.clone(), fork.flow.remote));
+            }
+            let mut retry = fork.request.clone();
+            retry.uri.clone_from(&next.uri);
+            retry
+                .headers
+                .set(HeaderName::Via, env.me.via(next.flow.proto));
+            retry.headers.set(HeaderName::To, next.to.clone());
+            tracing::info!(
+                trunk = call.trunk.as_deref().unwrap_or_default(),
+                status,
+                failed = %fork.flow.remote,
+                next = %next.flow.remote,
+                "trunk target failed: trying the next one"
+            );
+            if let Ok(tx) = env.tx.send_request(env.now, &retry, next.flow) {
+                fork.tx = tx;
+                fork.request = retry;
+                fork.flow = next.flow;
+                fork.provisional = false;
+                fork.auth = None;
+                self.client.insert(tx, (token, Purpose::Fork));
+                return;
             }
         }
         // A trunk's challenge we could not answer is ours to fail, not the caller's to

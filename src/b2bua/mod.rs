@@ -65,6 +65,8 @@ pub struct Env<'a> {
     pub registrar: &'a Registrar,
     /// Configuration.
     pub cfg: &'a Config,
+    /// Trunk host names resolved.
+    pub dns: &'a crate::dns::Dns,
     /// Our Via/Contact addresses.
     pub me: &'a LocalContact,
     /// Current epoch (CSeq base, DESIGN: `epoch × 65536 + n`).
@@ -153,6 +155,8 @@ pub struct B2bua {
     server_invites: HashMap<ServerTxId, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
     cdrs: Vec<CdrRecord>,
+    /// Trunk targets (host name, address) that failed since the last take.
+    dns_failures: Vec<(String, std::net::SocketAddr)>,
     /// CDRs of calls that ended while their re-bind was under way, held until the other
     /// leg answers our BYE: 481 there means that leg had already hung up to the previous
     /// owner, whose CDR stands (one CDR per call across the pair).
@@ -318,6 +322,11 @@ impl B2bua {
     /// Take the CDRs of calls that ended.
     pub fn take_cdrs(&mut self) -> Vec<CdrRecord> {
         std::mem::take(&mut self.cdrs)
+    }
+
+    /// Trunk targets that failed (for the DNS cache to try them last).
+    pub fn take_dns_failures(&mut self) -> Vec<(String, std::net::SocketAddr)> {
+        std::mem::take(&mut self.dns_failures)
     }
 
     fn new_token(&self) -> u64 {

@@ -22,6 +22,8 @@ pub enum Refusal {
     NoMediaPorts,
     /// No B-leg INVITE could be sent.
     NoTarget,
+    /// The trunk's host name has no address (yet, or any more).
+    TrunkUnresolved,
 }
 
 impl Refusal {
@@ -29,7 +31,7 @@ impl Refusal {
     pub fn status(self) -> u16 {
         match self {
             Self::NoUser => 484,
-            Self::CallLimit | Self::NoMediaPorts => 503,
+            Self::CallLimit | Self::NoMediaPorts | Self::TrunkUnresolved => 503,
             Self::IntervalTooBrief => 422,
             Self::Unavailable => 480,
             Self::NotFound => 404,
@@ -44,6 +46,7 @@ impl Refusal {
             Self::CallLimit => Some("Call Limit Reached"),
             Self::NoMediaPorts => Some("No Media Ports"),
             Self::CannotBuildDialog => Some("Cannot Build Dialog"),
+            Self::TrunkUnresolved => Some("Trunk Not Resolved"),
             _ => None,
         }
     }
@@ -65,6 +68,7 @@ mod tests {
             (Refusal::Malformed, 400),
             (Refusal::NoMediaPorts, 503),
             (Refusal::NoTarget, 500),
+            (Refusal::TrunkUnresolved, 503),
         ];
         for (r, status) in all {
             assert_eq!(r.status(), status, "{r:?}");

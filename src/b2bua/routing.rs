@@ -27,12 +27,18 @@ pub struct Route {
     pub targets: Vec<Target>,
     /// The trunk used, if any.
     pub trunk: Option<String>,
+    /// A trunk named by a host with several targets: the next ones to try, in order, when
+    /// the first times out, cannot be reached or answers 503 (RFC 3263 §4.3).
+    pub alternates: Vec<Target>,
+    /// That trunk's host name.
+    pub host: Option<String>,
 }
 
 /// Resolve a dialled user part. `Err` says why no call can go there.
 pub fn resolve(
     cfg: &Config,
     registrar: &Registrar,
+    dns: &crate::dns::Dns,
     user: &str,
     now: Instant,
 ) -> Result<Route, Refusal> {
@@ -60,27 +66,43 @@ pub fn resolve(
             return Ok(Route {
                 targets,
                 trunk: None,
+                alternates: Vec::new(),
+                host: None,
             });
         }
     }
     if let Some((trunk, number)) = cfg.trunk_for_number(user) {
-        let dest = trunk.address.target();
-        let flow = match trunk.transport {
-            TrunkTransport::Tcp => Flow::tcp(dest),
-            TrunkTransport::Udp => Flow::udp(dest),
+        let dests = match &trunk.host {
+            Some(h) => dns.targets(h, now),
+            None => vec![trunk.address.target()],
         };
+        if dests.is_empty() {
+            return Err(Refusal::TrunkUnresolved);
+        }
         let transport = match trunk.transport {
             TrunkTransport::Tcp => ";transport=tcp",
             TrunkTransport::Udp => "",
         };
-        let uri = format!("sip:{number}@{dest}{transport}");
-        return Ok(Route {
-            targets: vec![Target {
-                to: format!("<sip:{number}@{dest}>"),
-                uri,
+        // The Request-URI names the carrier by its host name when it has one.
+        let host = trunk.host.clone();
+        let mut targets = dests.into_iter().map(|dest| {
+            let flow = match trunk.transport {
+                TrunkTransport::Tcp => Flow::tcp(dest),
+                TrunkTransport::Udp => Flow::udp(dest),
+            };
+            let hostpart = host.clone().unwrap_or_else(|| dest.to_string());
+            Target {
+                to: format!("<sip:{number}@{hostpart}>"),
+                uri: format!("sip:{number}@{hostpart}{transport}"),
                 flow,
-            }],
+            }
+        });
+        let first = targets.next().ok_or(Refusal::TrunkUnresolved)?;
+        return Ok(Route {
+            targets: vec![first],
             trunk: Some(trunk.name.clone()),
+            alternates: targets.collect(),
+            host,
         });
     }
     if registrar.is_user(user) {

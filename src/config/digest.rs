@@ -110,7 +110,7 @@ fn walk(config: &Config, put: &mut Put<'_>) {
     for t in &config.trunks {
         let me = Some(t.name.as_str());
         put("trunk.name", me, &t.name);
-        put("trunk.address", me, &t.address.to_string());
+        put("trunk.address", me, &t.address_text());
         put("trunk.prefixes", me, &t.prefixes);
         put("trunk.strip", me, &t.strip);
         put("trunk.dialog_query", me, &t.dialog_query);

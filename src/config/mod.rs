@@ -18,9 +18,10 @@ mod types;
 mod validate;
 
 pub use types::{
-    AdminConfig, CallsConfig, CdrConfig, Fallback, HomeRole, LimitsConfig, MediaConfig, MediaMode,
-    NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig, TakeoverConfig, TimersConfig,
-    TrunkAddress, TrunkConfig, TrunkCredentials, TrunkRegister, TrunkTransport, UserConfig,
+    AdminConfig, CallsConfig, CdrConfig, DEFAULT_SIP_PORT, DnsConfig, Fallback, HomeRole,
+    LimitsConfig, MediaConfig, MediaMode, NodeConfig, PairConfig, PairMode, RegistrarConfig,
+    StateConfig, TakeoverConfig, TimersConfig, TrunkAddress, TrunkConfig, TrunkCredentials,
+    TrunkRegister, TrunkTransport, UserConfig,
 };
 
 use std::fmt;
@@ -56,6 +57,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// `[cdr]`: call detail records.
     pub cdr: CdrConfig,
+    /// `[dns]`: resolving trunk host names.
+    pub dns: DnsConfig,
 }
 
 /// One configuration problem: which file, which key (e.g. `users[1].name`), and why.
@@ -262,6 +265,7 @@ impl Config {
                 enabled: true,
             },
             state: StateConfig { dir: state_dir },
+            dns: DnsConfig::default(),
             pair: None,
             takeover: TakeoverConfig::default(),
             registrar: RegistrarConfig {
@@ -317,11 +321,10 @@ impl Config {
     /// The trunk that requests from `src` belong to. A trunk whose address has a port wins
     /// over one that accepts any port of the same IP; otherwise the first in file order.
     pub fn trunk_for_source(&self, src: SocketAddr) -> Option<&TrunkConfig> {
-        let exact = self
-            .trunks
-            .iter()
-            .find(|t| t.address.port.is_some() && t.address.matches(src));
-        exact.or_else(|| self.trunks.iter().find(|t| t.address.matches(src)))
+        // Trunks named by a host are matched by what it resolved to (the server's DNS cache).
+        let by_ip = || self.trunks.iter().filter(|t| t.host.is_none());
+        let exact = by_ip().find(|t| t.address.port.is_some() && t.address.matches(src));
+        exact.or_else(|| by_ip().find(|t| t.address.matches(src)))
     }
 
     /// The trunk for a dialled number: the one with the longest prefix that `user_part` starts

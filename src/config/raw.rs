@@ -10,10 +10,10 @@ use serde::Deserialize;
 
 use super::types::{CDR_FILE_NAME, DEFAULT_DOMAIN, TomlName};
 use super::{
-    AdminConfig, CallsConfig, CdrConfig, Config, Errors, HomeRole, LimitsConfig, MediaConfig,
-    MediaMode, NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig, TakeoverConfig,
-    TimersConfig, TrunkAddress, TrunkConfig, TrunkCredentials, TrunkRegister, TrunkTransport,
-    UserConfig,
+    AdminConfig, CallsConfig, CdrConfig, Config, DnsConfig, Errors, HomeRole, LimitsConfig,
+    MediaConfig, MediaMode, NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig,
+    TakeoverConfig, TimersConfig, TrunkAddress, TrunkConfig, TrunkCredentials, TrunkRegister,
+    TrunkTransport, UserConfig,
 };
 
 /// The whole file.
@@ -35,6 +35,14 @@ pub(super) struct RawConfig {
     trunks: Vec<RawTrunk>,
     media: Option<RawMedia>,
     cdr: Option<RawCdr>,
+    dns: Option<RawDns>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    servers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,10 +213,25 @@ pub(super) fn build(raw: RawConfig, errors: &mut Errors) -> Config {
         path: cdr.path.unwrap_or_else(|| state.dir.join(CDR_FILE_NAME)),
         enabled: cdr.enabled.unwrap_or(true),
     };
+    let mut servers = Vec::new();
+    for (i, s) in raw.dns.unwrap_or_default().servers.iter().enumerate() {
+        let parsed = s
+            .parse::<SocketAddr>()
+            .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+        match parsed {
+            Ok(a) => servers.push(a),
+            Err(_) => errors.push(
+                format!("dns.servers[{i}]"),
+                format!("{s:?} is not \"ip\" or \"ip:port\""),
+            ),
+        }
+    }
+    let dns = DnsConfig { servers };
     Config {
         node,
         admin,
         state,
+        dns,
         pair,
         takeover,
         registrar,
@@ -371,12 +394,26 @@ fn build_trunk(index: usize, raw: RawTrunk, errors: &mut Errors) -> TrunkConfig 
         String::new()
     });
     let key = format!("trunks[{index}].address");
-    let address = match raw.address.map(|s| s.parse::<TrunkAddress>()) {
-        Some(Ok(address)) => Some(address),
-        Some(Err(reason)) => {
-            errors.push(key, reason);
-            None
-        }
+    let mut host = None;
+    let address = match raw
+        .address
+        .as_deref()
+        .map(|s| (s, s.parse::<TrunkAddress>()))
+    {
+        Some((_, Ok(address))) => Some(address),
+        Some((text, Err(reason))) => match host_and_port(text) {
+            Some((name, port)) => {
+                host = Some(name);
+                Some(TrunkAddress {
+                    ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    port,
+                })
+            }
+            None => {
+                errors.push(key, format!("{reason}, or \"host\" / \"host:port\""));
+                None
+            }
+        },
         None => {
             errors.push(key, "required");
             None
@@ -443,7 +480,27 @@ fn build_trunk(index: usize, raw: RawTrunk, errors: &mut Errors) -> TrunkConfig 
         max_cps: raw.max_cps,
         credentials,
         register,
+        host,
     }
+}
+
+/// `"carrier.example"` or `"carrier.example:5070"`: a DNS name (letters, digits, `-`, `.`,
+/// with at least one letter) and an optional port.
+fn host_and_port(s: &str) -> Option<(String, Option<u16>)> {
+    let s = s.trim();
+    let (name, port) = match s.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)),
+        None => (s, None),
+    };
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && name.chars().any(|c| c.is_ascii_alphabetic());
+    ok.then(|| (name.to_ascii_lowercase(), port))
 }
 
 fn build_media(raw: RawMedia, errors: &mut Errors) -> MediaConfig {

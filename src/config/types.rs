@@ -11,7 +11,8 @@ pub(super) const DEFAULT_DOMAIN: &str = "pbx.local";
 /// The CDR database file name inside the state directory (default `cdr.path`).
 pub(super) const CDR_FILE_NAME: &str = "cdr.sqlite";
 /// The SIP port used for a trunk address without a port.
-const DEFAULT_SIP_PORT: u16 = 5060;
+/// The SIP port when none is given.
+pub const DEFAULT_SIP_PORT: u16 = 5060;
 
 /// A node's configured (home) role; what it does now can differ after a takeover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +303,27 @@ pub struct TrunkConfig {
     /// `register = true`: the active node registers to the trunk (`register_expires`,
     /// `contact_user`).
     pub register: Option<TrunkRegister>,
+    /// The host name when `address` names one (RFC 3263: SRV without a port, else A/AAAA);
+    /// then `address.ip` is unspecified and only `address.port` counts.
+    pub host: Option<String>,
+}
+
+/// `[dns]`: how trunk host names are resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// `servers`: DNS servers (`"ip"` or `"ip:port"`); the system's when empty.
+    pub servers: Vec<SocketAddr>,
+}
+
+impl TrunkConfig {
+    /// The address as configured: `host`, `host:port`, `ip` or `ip:port`.
+    pub fn address_text(&self) -> String {
+        match (&self.host, self.address.port) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.clone(),
+            (None, _) => self.address.to_string(),
+        }
+    }
 }
 
 /// Credentials for a trunk's digest challenges.

@@ -3,6 +3,7 @@
 //! [`Server`]. No protocol logic lives here.
 
 mod admin;
+mod resolver;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub enum NodeError {
     /// The state directory is unusable.
     #[error("state directory: {0}")]
     State(String),
+    /// The DNS resolver for trunk host names could not start.
+    #[error("dns: {0}")]
+    Dns(String),
     /// The CDR database could not be opened or flushed.
     #[error(transparent)]
     Cdr(#[from] crate::cdr::CdrError),
@@ -228,6 +232,14 @@ pub async fn run_with(
         .and_then(|(h, _)| h.trim_matches(['[', ']']).parse().ok())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     let mut server = Server::new(cfg.clone(), me, start, wall_ms(), epochs);
+    // Trunk host names: a resolver task when there are any.
+    let named_trunks = cfg.trunks.iter().any(|t| t.host.is_some());
+    let (dns_q, mut dns_a) = if named_trunks {
+        let (q, a) = resolver::start(&cfg.dns).map_err(NodeError::Dns)?;
+        (Some(q), Some(a))
+    } else {
+        (None, None)
+    };
     let mut relay = crate::media::Relay::new(relay_ip).map_err(NodeError::Media)?;
     loop {
         let now = tokio::time::Instant::now();
@@ -266,8 +278,21 @@ pub async fn run_with(
                     }
                 }
             }
+            Some((name, answer)) = async {
+                match dns_a.as_mut() {
+                    Some(a) => a.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                server.on_dns_answer(tokio::time::Instant::now().into_std(), &name, answer);
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 server.handle_timeout_guarded(tokio::time::Instant::now().into_std());
+            }
+        }
+        if let Some(q) = &dns_q {
+            for query in server.take_dns_queries(tokio::time::Instant::now().into_std()) {
+                let _ = q.send(query);
             }
         }
         while let Some(t) = server.poll_transmit() {

@@ -153,6 +153,9 @@ impl Server {
             }
         }
         self.cdrs.extend(self.b2bua.take_cdrs());
+        for (host, addr) in self.b2bua.take_dns_failures() {
+            self.dns.mark_failed(&host, addr, now);
+        }
         let changes = self.registrar.location_mut().take_changes();
         if let Some(p) = self.pair.as_mut() {
             p.publish_changes(now, &mut self.tx, &self.me, &changes);
@@ -176,7 +179,7 @@ impl Server {
         }
         if self.trunk_regs.owns(id) {
             self.trunk_regs
-                .on_result(now, &mut self.tx, &self.me, id, resp);
+                .on_result(now, &mut self.tx, &self.me, &self.dns, id, resp);
             return true;
         }
         if let Some(p) = self.pair.as_mut()
@@ -365,10 +368,7 @@ impl Server {
                 let _ = self.tx.respond(now, id, &r);
             }
             Method::Invite => {
-                let trunk = self
-                    .cfg
-                    .trunk_for_source(source.remote)
-                    .map(|t| t.name.clone());
+                let trunk = self.trunk_for_source(source.remote).map(|t| t.name.clone());
                 if trunk.is_none() {
                     match self.registrar.authenticate(now, now_s, &req, source, true) {
                         AuthOutcome::Authenticated(_) => {}
@@ -414,7 +414,7 @@ impl Server {
                     self.reply(now, id, &req, 404);
                     return;
                 }
-                if self.cfg.trunk_for_source(source.remote).is_none()
+                if self.trunk_for_source(source.remote).is_none()
                     && let AuthOutcome::Reject(r) =
                         self.registrar.authenticate(now, now_s, &req, source, true)
                 {

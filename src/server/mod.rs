@@ -83,6 +83,8 @@ pub struct Server {
     nat_keepalive: Option<pinger::NatKeepalive>,
     /// Our registrations to trunks (active only).
     trunk_regs: trunks::TrunkRegs,
+    /// Where trunks named by a host are (`dns`).
+    dns: crate::dns::Dns,
     next_housekeeping: Instant,
     counters: Counters,
     cdrs: Vec<CdrRecord>,
@@ -141,6 +143,7 @@ impl Server {
             .map(|_| pinger::Pinger::new(now));
         let nat_keepalive = pinger::NatKeepalive::new(now, cfg.registrar.nat_keepalive_s);
         let trunk_regs = trunks::TrunkRegs::new(&cfg);
+        let dns = crate::dns::Dns::new(&cfg, now);
         let mut b2bua = B2bua::new();
         b2bua.enable_digest(digest_on);
         if cfg.media.mode == crate::config::MediaMode::Relay {
@@ -172,6 +175,7 @@ impl Server {
             pinger,
             nat_keepalive,
             trunk_regs,
+            dns,
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),
             cdrs: Vec::new(),
@@ -293,6 +297,7 @@ impl Server {
                 tx: &mut self.tx,
                 registrar: &self.registrar,
                 cfg: &self.cfg,
+                dns: &self.dns,
                 me: &self.me,
                 epoch,
                 node: &self.cfg.node.name,
@@ -380,7 +385,7 @@ impl Server {
         self.pump_digest(now);
         let takes_calls = self.accepts_calls();
         self.trunk_regs
-            .tick(now, &mut self.tx, &self.me, takes_calls);
+            .tick(now, &mut self.tx, &self.me, &self.dns, takes_calls);
         {
             let (mut env, b) = self.env_parts(now);
             b.handle_timeout(&mut env);
@@ -411,6 +416,7 @@ impl Server {
                 .map(pinger::NatKeepalive::poll_timeout),
             self.pair.as_ref().map(|p| p.machine.poll_timeout()),
             self.trunk_regs.poll_timeout(),
+            self.dns.poll_timeout(),
             // An epoch write under way is looked at every few milliseconds.
             self.pair.as_ref().and_then(|p| p.persist_poll_at),
             self.takeover
@@ -433,7 +439,34 @@ impl Server {
             b.finish(&mut env, t, "shutdown", &[]);
         }
         self.cdrs.extend(self.b2bua.take_cdrs());
-        self.trunk_regs.stop_all(now, &mut self.tx, &self.me);
+        self.trunk_regs
+            .stop_all(now, &mut self.tx, &self.me, &self.dns);
+    }
+
+    /// The trunk a request from `src` comes from: by its configured IP, or by what its host
+    /// name resolved to.
+    pub(crate) fn trunk_for_source(
+        &self,
+        src: std::net::SocketAddr,
+    ) -> Option<&crate::config::TrunkConfig> {
+        self.cfg
+            .trunk_for_source(src)
+            .or_else(|| self.dns.trunk_for_source(&self.cfg, src))
+    }
+
+    /// DNS questions for the node's resolver (trunk host names), due now.
+    pub fn take_dns_queries(&mut self, now: Instant) -> Vec<crate::dns::DnsQuery> {
+        self.dns.poll_queries(now)
+    }
+
+    /// The resolver's answer to a [`Self::take_dns_queries`] question.
+    pub fn on_dns_answer(
+        &mut self,
+        now: Instant,
+        name: &str,
+        answer: Result<(Vec<crate::dns::DnsTarget>, std::time::Duration), String>,
+    ) {
+        self.dns.on_answer(now, name, answer);
     }
 
     /// Commands for the media relay (relay mode).

@@ -91,7 +91,13 @@ pub(crate) fn endpoints(
             });
         }
     }
-    for t in cfg.trunks.iter().filter(|t| for_reset || t.dialog_query) {
+    // Trunks named by a host are left out: their addresses live in the DNS cache, and the
+    // digest carries their calls.
+    for t in cfg
+        .trunks
+        .iter()
+        .filter(|t| (for_reset || t.dialog_query) && t.host.is_none())
+    {
         let addr = t.address.target();
         let flow = match t.transport {
             TrunkTransport::Tcp => Flow::tcp(addr),

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::dialog::LocalContact;
+use crate::dns::Dns;
 use crate::entropy::HashMap;
 use crate::sip::Response;
 use crate::transaction::{ClientTxId, TransactionLayer};
@@ -39,6 +40,7 @@ impl TrunkRegs {
         now: Instant,
         tx: &mut TransactionLayer,
         me: &LocalContact,
+        dns: &Dns,
         takes_calls: bool,
     ) {
         for i in 0..self.regs.len() {
@@ -54,19 +56,25 @@ impl TrunkRegs {
                     "not active: removing our trunk registration"
                 );
                 let r = reg.stop(now, me);
-                self.send(now, tx, i, r);
+                self.send(now, tx, dns, i, r);
                 continue;
             }
             let r = reg.poll(now, me);
-            self.send(now, tx, i, r);
+            self.send(now, tx, dns, i, r);
         }
     }
 
     /// Shutdown: remove every registration the carriers have.
-    pub(crate) fn stop_all(&mut self, now: Instant, tx: &mut TransactionLayer, me: &LocalContact) {
+    pub(crate) fn stop_all(
+        &mut self,
+        now: Instant,
+        tx: &mut TransactionLayer,
+        me: &LocalContact,
+        dns: &Dns,
+    ) {
         for i in 0..self.regs.len() {
             let r = self.regs.get_mut(i).and_then(|reg| reg.stop(now, me));
-            self.send(now, tx, i, r);
+            self.send(now, tx, dns, i, r);
         }
     }
 
@@ -74,13 +82,26 @@ impl TrunkRegs {
         &mut self,
         now: Instant,
         tx: &mut TransactionLayer,
+        dns: &Dns,
         i: usize,
         r: Option<crate::sip::Request>,
     ) {
         let (Some(r), Some(reg)) = (r, self.regs.get_mut(i)) else {
             return;
         };
-        match tx.send_request(now, &r, reg.flow()) {
+        let resolved = reg
+            .host_name()
+            .map(|h| dns.targets(h, now))
+            .unwrap_or_default();
+        let Some(flow) = reg.flow(&resolved) else {
+            tracing::debug!(
+                trunk = reg.trunk(),
+                "trunk host not resolved yet: REGISTER waits"
+            );
+            reg.retry_soon(now);
+            return;
+        };
+        match tx.send_request(now, &r, flow) {
             Ok(id) => {
                 self.txs.insert(id, i);
             }
@@ -102,6 +123,7 @@ impl TrunkRegs {
         now: Instant,
         tx: &mut TransactionLayer,
         me: &LocalContact,
+        dns: &Dns,
         id: ClientTxId,
         resp: Option<&Response>,
     ) {
@@ -118,7 +140,7 @@ impl TrunkRegs {
                 None
             }
         };
-        self.send(now, tx, i, next);
+        self.send(now, tx, dns, i, next);
     }
 
     /// When a registration needs the clock next.

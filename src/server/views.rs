@@ -99,7 +99,8 @@ impl Server {
             .map(|t| {
                 json!({
                     "name": t.name,
-                    "address": t.address.to_string(),
+                    "address": t.address_text(),
+                    "dns": t.host.as_deref().map(|h| self.dns.view(h)),
                     "transport": t.transport.as_str(),
                     "prefixes": t.prefixes,
                     "auth": t.credentials.is_some(),

@@ -156,9 +156,19 @@ fn bad_socket_addresses_are_named() {
         "invalid",
     );
     assert_error(
-        &with("[[trunks]]\nname = \"t\"\naddress = \"host\"\n"),
+        &with("[[trunks]]\nname = \"t\"\naddress = \"256.1.1.1\"\n"),
         "trunks[0].address",
         "invalid trunk address",
+    );
+    assert_error(
+        &with("[[trunks]]\nname = \"t\"\naddress = \"bad host!\"\n"),
+        "trunks[0].address",
+        "\"host:port\"",
+    );
+    assert_error(
+        &with("[dns]\nservers = [\"nameserver\"]\n"),
+        "dns.servers[0]",
+        "is not",
     );
     assert_error(
         &with("[[trunks]]\nname = \"t\"\n"),
@@ -414,4 +424,23 @@ fn trunk_rules() {
         "trunks[0].name",
         "empty",
     );
+}
+
+#[test]
+fn a_trunk_may_be_named_by_a_host_and_dns_servers_given() {
+    let c = parse(&with(
+        "[dns]\nservers = [\"127.0.0.1:5353\", \"192.0.2.53\"]\n\n\
+         [[trunks]]\nname = \"srv\"\naddress = \"Carrier.Example\"\n\n\
+         [[trunks]]\nname = \"a\"\naddress = \"sip.carrier.example:5070\"\n",
+    ));
+    assert_eq!(
+        c.dns.servers,
+        vec![addr("127.0.0.1:5353"), addr("192.0.2.53:53")]
+    );
+    assert_eq!(c.trunks[0].host.as_deref(), Some("carrier.example"));
+    assert_eq!(c.trunks[0].address.port, None, "no port: SRV");
+    assert_eq!(c.trunks[1].host.as_deref(), Some("sip.carrier.example"));
+    assert_eq!(c.trunks[1].address.port, Some(5070));
+    // A named trunk never matches a source by its placeholder address.
+    assert!(c.trunk_for_source(addr("0.0.0.0:5070")).is_none());
 }
