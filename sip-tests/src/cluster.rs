@@ -456,17 +456,28 @@ impl Node {
         what: &str,
         f: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
+        self.wait_json(limit, "/status", what, f).await
+    }
+
+    /// Poll `GET path` every 20 ms until `f` holds, at most `limit`; returns that answer.
+    pub async fn wait_json(
+        &self,
+        limit: Duration,
+        path: &str,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = Instant::now() + limit;
         let mut last = None;
         loop {
-            match self.status().await {
+            match self.get_json(path).await {
                 Ok(v) if f(&v) => return Ok(v),
                 Ok(v) => last = Some(v),
                 Err(_) => {}
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "{}: not {what} after {limit:?}; last /status: {}\nlog tail:\n{}",
+                    "{}: not {what} after {limit:?}; last {path}: {}\nlog tail:\n{}",
                     self.name,
                     last.map(|v| v.to_string()).unwrap_or_default(),
                     self.log_tail(40)

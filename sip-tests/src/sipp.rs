@@ -48,6 +48,12 @@ impl Sipp {
         Ok(Self { child, name })
     }
 
+    /// Stop it now (SIGKILL), as a server that dies.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Wait (at most `limit`) for it to exit.
     pub async fn wait(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
         let until = Instant::now() + limit;

@@ -5,6 +5,7 @@ mod bounded;
 mod calls;
 mod common;
 mod crossing;
+mod dns_srv;
 mod flood;
 mod malformed;
 mod media;
