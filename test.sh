@@ -54,6 +54,8 @@ UNDERSTUDY_BIN=./target/release/understudy sip-tests/real/run.sh
 
 echo "== real soft-phones (PJSIP) behind two NATs across a takeover (the NAT test bed)"
 timeout -k 10 180 python3 sip-tests/real/nat.py --bin ./target/release/understudy
+echo "== real soft-phones (PJSIP) over SIP/TLS across a takeover"
+timeout -k 10 120 python3 sip-tests/real/tls.py --bin ./target/release/understudy
 echo "== rolling upgrade: a main of the previous release (wave 1) hands over to a stand-by of this one"
 sip-tests/upgrade.sh
 echo "== all tests passed"

@@ -104,6 +104,7 @@ fn main() {
     let me = LocalContact {
         udp: "127.0.0.1:5060".into(),
         tcp: "127.0.0.1:5060".into(),
+        tls: String::new(),
     };
     let t0 = Instant::now();
     let mut s = Server::new(

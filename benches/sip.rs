@@ -71,6 +71,7 @@ fn register_round(c: &mut Criterion) {
     let me = LocalContact {
         udp: "127.0.0.1:5060".into(),
         tcp: "127.0.0.1:5060".into(),
+        tls: String::new(),
     };
     let t0 = Instant::now();
     let mut server = Server::new(

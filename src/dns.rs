@@ -69,17 +69,18 @@ impl Dns {
             let Some(name) = &t.host else {
                 continue;
             };
-            let srv = t.address.port.is_none().then(|| {
-                let proto = match t.transport {
-                    TrunkTransport::Udp => "udp",
-                    TrunkTransport::Tcp => "tcp",
-                };
-                format!("_sip._{proto}.{name}")
+            let srv = t.address.port.is_none().then(|| match t.transport {
+                TrunkTransport::Udp => format!("_sip._udp.{name}"),
+                TrunkTransport::Tcp => format!("_sip._tcp.{name}"),
+                TrunkTransport::Tls => format!("_sips._tcp.{name}"),
             });
             let query = DnsQuery {
                 name: name.clone(),
                 srv,
-                port: t.address.port.unwrap_or(crate::config::DEFAULT_SIP_PORT),
+                port: t.address.port.unwrap_or(match t.transport {
+                    TrunkTransport::Tls => 5061,
+                    _ => crate::config::DEFAULT_SIP_PORT,
+                }),
             };
             entries.entry(name.clone()).or_insert_with(|| Entry {
                 query,

@@ -17,6 +17,7 @@ pub mod server;
 #[doc(hidden)]
 pub mod sim;
 pub mod sip;
+pub mod tls;
 pub mod transaction;
 pub mod transport;
 pub mod trunkreg;

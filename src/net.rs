@@ -16,6 +16,8 @@ pub enum Proto {
     Udp,
     /// TCP (reliable: no retransmission, zero-length wait timers).
     Tcp,
+    /// TLS over TCP (reliable, like TCP).
+    Tls,
 }
 
 impl Proto {
@@ -24,12 +26,13 @@ impl Proto {
         match self {
             Self::Udp => "UDP",
             Self::Tcp => "TCP",
+            Self::Tls => "TLS",
         }
     }
 
     /// Whether the transport delivers in order without loss (RFC 3261 §17: "reliable").
     pub fn is_reliable(self) -> bool {
-        matches!(self, Self::Tcp)
+        matches!(self, Self::Tcp | Self::Tls)
     }
 
     /// From a Via transport token or `transport=` URI parameter.
@@ -38,6 +41,8 @@ impl Proto {
             Some(Self::Udp)
         } else if s.eq_ignore_ascii_case("tcp") {
             Some(Self::Tcp)
+        } else if s.eq_ignore_ascii_case("tls") {
+            Some(Self::Tls)
         } else {
             None
         }
@@ -49,6 +54,7 @@ impl fmt::Display for Proto {
         f.write_str(match self {
             Self::Udp => "udp",
             Self::Tcp => "tcp",
+            Self::Tls => "tls",
         })
     }
 }
@@ -83,6 +89,15 @@ impl Flow {
     pub fn tcp(remote: SocketAddr) -> Self {
         Self {
             proto: Proto::Tcp,
+            remote,
+            conn: None,
+        }
+    }
+
+    /// A TLS flow to `remote`, on a connection the transport picks or opens.
+    pub fn tls(remote: SocketAddr) -> Self {
+        Self {
+            proto: Proto::Tls,
             remote,
             conn: None,
         }

@@ -83,9 +83,10 @@ impl TrunkRegistration {
     pub fn new(trunk: &TrunkConfig) -> Option<Self> {
         let settings = trunk.register.clone()?;
         let creds = trunk.credentials.clone()?;
-        let dest = trunk.address.target();
+        let dest = trunk.target();
         let flow = match trunk.transport {
             TrunkTransport::Tcp => Flow::tcp(dest),
+            TrunkTransport::Tls => Flow::tls(dest),
             TrunkTransport::Udp => Flow::udp(dest),
         };
         Some(Self {
@@ -425,6 +426,7 @@ impl TrunkRegistration {
         let transport = match proto {
             Proto::Udp => "",
             Proto::Tcp => ";transport=tcp",
+            Proto::Tls => ";transport=tls",
         };
         h.push(
             HeaderName::Contact,
@@ -480,6 +482,7 @@ mod tests {
         LocalContact {
             udp: "198.51.100.7:5060".into(),
             tcp: "198.51.100.7:5060".into(),
+            tls: String::new(),
         }
     }
 

@@ -40,6 +40,10 @@ def pjsua_agent(argv):
     ap.add_argument("--ctl-unix")
     # SDES-keyed SRTP only (RTP/SAVP with a=crypto; a plain RTP offer or answer is refused).
     ap.add_argument("--srtp", action="store_true")
+    # SIP over TLS: a TLS transport on this port; servers' certificates checked against --ca.
+    # Give the registrars as "host:port;transport=tls".
+    ap.add_argument("--tls-port", type=int)
+    ap.add_argument("--ca")
     a = ap.parse_args(argv)
 
     import pjsua2 as pj
@@ -61,6 +65,15 @@ def pjsua_agent(argv):
     tc.boundAddress = a.bind
     tc.publicAddress = a.bind
     ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+    if a.tls_port:
+        tt = pj.TransportConfig()
+        tt.port = a.tls_port
+        tt.boundAddress = a.bind
+        tt.publicAddress = a.bind
+        if a.ca:
+            tt.tlsConfig.CaListFile = a.ca
+            tt.tlsConfig.verifyServer = True
+        ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tt)
     ep.libStart()
     adm = ep.audDevManager()
     adm.setNullDev()

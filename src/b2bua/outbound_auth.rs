@@ -116,6 +116,7 @@ mod tests {
         LocalContact {
             udp: "198.51.100.7:5060".into(),
             tcp: "198.51.100.7:5060".into(),
+            tls: String::new(),
         }
     }
 

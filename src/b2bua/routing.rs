@@ -74,13 +74,14 @@ pub fn resolve(
     if let Some((trunk, number)) = cfg.trunk_for_number(user) {
         let dests = match &trunk.host {
             Some(h) => dns.targets(h, now),
-            None => vec![trunk.address.target()],
+            None => vec![trunk.target()],
         };
         if dests.is_empty() {
             return Err(Refusal::TrunkUnresolved);
         }
         let transport = match trunk.transport {
             TrunkTransport::Tcp => ";transport=tcp",
+            TrunkTransport::Tls => ";transport=tls",
             TrunkTransport::Udp => "",
         };
         // The Request-URI names the carrier by its host name when it has one.
@@ -88,6 +89,7 @@ pub fn resolve(
         let mut targets = dests.into_iter().map(|dest| {
             let flow = match trunk.transport {
                 TrunkTransport::Tcp => Flow::tcp(dest),
+                TrunkTransport::Tls => Flow::tls(dest),
                 TrunkTransport::Udp => Flow::udp(dest),
             };
             let hostpart = host.clone().unwrap_or_else(|| dest.to_string());

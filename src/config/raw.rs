@@ -52,6 +52,10 @@ struct RawNode {
     home_role: Option<String>,
     sip_udp: Option<String>,
     sip_tcp: Option<String>,
+    sip_tls: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     advertise: Option<String>,
     domain: Option<String>,
     force_rport: Option<bool>,
@@ -255,6 +259,12 @@ fn build_node(raw: RawNode, errors: &mut Errors) -> NodeConfig {
         sip_tcp: raw
             .sip_tcp
             .and_then(|s| socket_addr(errors, "node.sip_tcp", &s)),
+        sip_tls: raw
+            .sip_tls
+            .and_then(|s| socket_addr(errors, "node.sip_tls", &s)),
+        tls_cert: raw.tls_cert,
+        tls_key: raw.tls_key,
+        tls_ca: raw.tls_ca,
         advertise: raw.advertise,
         domain: raw.domain.unwrap_or_else(|| DEFAULT_DOMAIN.to_owned()),
         force_rport: raw.force_rport.unwrap_or(true),

@@ -34,6 +34,16 @@ pub struct NodeConfig {
     pub sip_udp: Option<SocketAddr>,
     /// `sip_tcp`: TCP listen address.
     pub sip_tcp: Option<SocketAddr>,
+    /// `sip_tls`: TLS listen address (needs `tls_cert` and `tls_key`).
+    pub sip_tls: Option<SocketAddr>,
+    /// `tls_cert`: our certificate chain (PEM), for the TLS listener and as a client
+    /// certificate towards TLS trunks.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`: its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// `tls_ca`: the CA certificates (PEM) trusted for TLS trunks; the public web roots when
+    /// unset.
+    pub tls_ca: Option<PathBuf>,
     /// `advertise`: `"host:port"` put in Via and Contact instead of the listen address.
     pub advertise: Option<String>,
     /// `domain`: the SIP domain of users (default `"pbx.local"`).
@@ -273,6 +283,8 @@ pub enum TrunkTransport {
     Udp,
     /// `"tcp"`.
     Tcp,
+    /// `"tls"`: TLS over TCP; the trunk's certificate must name its host (or IP).
+    Tls,
 }
 
 /// One `[[trunks]]` entry: an IP-authenticated peer (gateway, carrier, load generator).
@@ -316,6 +328,16 @@ pub struct DnsConfig {
 }
 
 impl TrunkConfig {
+    /// Where to send requests for a trunk configured by IP: its port, else 5060 (5061 for
+    /// TLS, RFC 3263 §4.2).
+    pub fn target(&self) -> SocketAddr {
+        let default = match self.transport {
+            TrunkTransport::Tls => 5061,
+            _ => DEFAULT_SIP_PORT,
+        };
+        SocketAddr::new(self.address.ip, self.address.port.unwrap_or(default))
+    }
+
     /// The address as configured: `host`, `host:port`, `ip` or `ip:port`.
     pub fn address_text(&self) -> String {
         match (&self.host, self.address.port) {
@@ -494,5 +516,5 @@ macro_rules! toml_names {
 toml_names!(HomeRole { "main" => Main, "standby" => Standby });
 toml_names!(PairMode { "hot" => Hot, "cold" => Cold });
 toml_names!(Fallback { "cold" => Cold, "none" => None });
-toml_names!(TrunkTransport { "udp" => Udp, "tcp" => Tcp });
+toml_names!(TrunkTransport { "udp" => Udp, "tcp" => Tcp, "tls" => Tls });
 toml_names!(MediaMode { "bypass" => Bypass, "relay" => Relay });

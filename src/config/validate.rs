@@ -32,6 +32,31 @@ fn check_node(config: &Config, errors: &mut Errors) {
             "at least one of node.sip_udp and node.sip_tcp is required",
         );
     }
+    if node.sip_tls.is_some() {
+        for (key, path) in [
+            ("node.tls_cert", &node.tls_cert),
+            ("node.tls_key", &node.tls_key),
+        ] {
+            if path.is_none() {
+                errors.push(key, "required with node.sip_tls");
+            }
+        }
+    }
+    for (key, path, what) in [
+        (
+            "node.tls_cert",
+            &node.tls_cert,
+            crate::tls::Pem::Certificates,
+        ),
+        ("node.tls_key", &node.tls_key, crate::tls::Pem::PrivateKey),
+        ("node.tls_ca", &node.tls_ca, crate::tls::Pem::Certificates),
+    ] {
+        if let Some(p) = path
+            && let Err(reason) = crate::tls::check_pem(p, what)
+        {
+            errors.push(key, reason);
+        }
+    }
     if node.domain.is_empty() || node.domain.contains(char::is_whitespace) {
         errors.push("node.domain", "must be a non-empty name without spaces");
     }

@@ -58,7 +58,7 @@ pub struct Dialog {
 pub fn behind_nat(named: Option<SocketAddr>, seen: Flow) -> bool {
     named.is_some_and(|a| match seen.proto {
         crate::net::Proto::Udp => a != seen.remote,
-        crate::net::Proto::Tcp => a.ip() != seen.remote.ip(),
+        crate::net::Proto::Tcp | crate::net::Proto::Tls => a.ip() != seen.remote.ip(),
     })
 }
 
@@ -69,6 +69,8 @@ pub struct LocalContact {
     pub udp: String,
     /// `host:port` for TCP.
     pub tcp: String,
+    /// `host:port` for TLS (empty without a TLS listener: then the TCP one).
+    pub tls: String,
 }
 
 impl LocalContact {
@@ -77,6 +79,8 @@ impl LocalContact {
         match proto {
             Proto::Udp => &self.udp,
             Proto::Tcp => &self.tcp,
+            Proto::Tls if self.tls.is_empty() => &self.tcp,
+            Proto::Tls => &self.tls,
         }
     }
 
@@ -95,22 +99,34 @@ impl LocalContact {
         match proto {
             Proto::Udp => format!("<sip:{}>", self.udp),
             Proto::Tcp => format!("<sip:{};transport=tcp>", self.tcp),
+            Proto::Tls => format!("<sip:{};transport=tls>", self.hostport(Proto::Tls)),
         }
     }
 }
 
-/// Resolve a SIP URI to a socket address without DNS: IP literals only.
+/// Resolve a SIP URI to a socket address without DNS: IP literals only (port 5061 by
+/// default for TLS: `sips:` or `transport=tls`).
 pub fn uri_addr(uri: &Uri) -> Option<SocketAddr> {
     let ip: IpAddr = uri.host.trim_matches(['[', ']']).parse().ok()?;
-    Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+    let default = if uri_is_tls(uri) { 5061 } else { 5060 };
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(default)))
 }
 
-/// The flow for a URI: its transport parameter (UDP by default) and IP literal.
+fn uri_is_tls(uri: &Uri) -> bool {
+    uri.scheme.eq_ignore_ascii_case("sips") || uri.transport().as_deref() == Some("tls")
+}
+
+/// The flow for a URI: its transport parameter (UDP by default; `sips:` is TLS) and IP
+/// literal.
 pub fn uri_flow(uri: &Uri) -> Option<Flow> {
     let addr = uri_addr(uri)?;
-    Some(match uri.transport().as_deref() {
-        Some("tcp") => Flow::tcp(addr),
-        _ => Flow::udp(addr),
+    Some(if uri_is_tls(uri) {
+        Flow::tls(addr)
+    } else {
+        match uri.transport().as_deref() {
+            Some("tcp") => Flow::tcp(addr),
+            _ => Flow::udp(addr),
+        }
     })
 }
 

@@ -25,6 +25,7 @@ fn me() -> LocalContact {
     LocalContact {
         udp: "127.0.0.1:5060".into(),
         tcp: "127.0.0.1:5060".into(),
+        tls: String::new(),
     }
 }
 

@@ -223,6 +223,7 @@ impl Harness {
         let me = LocalContact {
             udp: "127.0.0.1:5060".into(),
             tcp: "127.0.0.1:5060".into(),
+            tls: String::new(),
         };
         let server = Server::new(
             Arc::new(cfg),
@@ -538,6 +539,7 @@ fn flow(proto: Proto, remote: SocketAddr) -> Flow {
     match proto {
         Proto::Udp => Flow::udp(remote),
         Proto::Tcp => Flow::tcp(remote),
+        Proto::Tls => Flow::tls(remote),
     }
 }
 

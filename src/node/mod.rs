@@ -53,6 +53,9 @@ pub enum NodeError {
     /// The DNS resolver for trunk host names could not start.
     #[error("dns: {0}")]
     Dns(String),
+    /// The TLS configuration (certificate, key, CA) is not usable.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The CDR database could not be opened or flushed.
     #[error(transparent)]
     Cdr(#[from] crate::cdr::CdrError),
@@ -81,6 +84,33 @@ fn hostport(
         return format!("127.0.0.1:{}", addr.port());
     }
     addr.to_string()
+}
+
+/// The TLS side of the transport, when the node listens on TLS or has a TLS trunk.
+fn tls_settings(cfg: &Config) -> Result<Option<transport::TlsSettings>, NodeError> {
+    let node = &cfg.node;
+    let tls_trunks = cfg
+        .trunks
+        .iter()
+        .any(|t| t.transport == crate::config::TrunkTransport::Tls);
+    if node.sip_tls.is_none() && !tls_trunks {
+        return Ok(None);
+    }
+    let ours = node.tls_cert.as_deref().zip(node.tls_key.as_deref());
+    let listen = match (node.sip_tls, ours) {
+        (Some(addr), Some((cert, key))) => Some((
+            addr,
+            crate::tls::server_config(cert, key).map_err(NodeError::Tls)?,
+        )),
+        (Some(_), None) => {
+            return Err(NodeError::Tls(
+                "node.sip_tls needs node.tls_cert and node.tls_key".into(),
+            ));
+        }
+        (None, _) => None,
+    };
+    let client = crate::tls::client_config(node.tls_ca.as_deref(), ours).map_err(NodeError::Tls)?;
+    Ok(Some(transport::TlsSettings { listen, client }))
 }
 
 /// Hand finished calls, with their media counters, to the CDR writer. Drained even when CDRs
@@ -172,7 +202,9 @@ pub async fn run_with(
         tcp_connections: cfg.limits.tcp_connections,
         tcp_idle: Duration::from_secs(cfg.limits.tcp_idle_s),
     };
-    let transport = Transport::start(cfg.node.sip_udp, cfg.node.sip_tcp, in_tx, limits).await?;
+    let tls = tls_settings(&cfg)?;
+    let transport =
+        Transport::start(cfg.node.sip_udp, cfg.node.sip_tcp, in_tx, limits, tls).await?;
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
         .map_err(|source| NodeError::Admin {
@@ -191,6 +223,21 @@ pub async fn run_with(
             transport.tcp_local(),
             transport.udp_local(),
         ),
+        // TLS has its own port: the advertised host with it.
+        tls: transport
+            .tls_local()
+            .map(|a| {
+                let host = cfg
+                    .node
+                    .advertise
+                    .as_deref()
+                    .and_then(|h| h.rsplit_once(':').map(|(h, _)| h.to_string()));
+                match host {
+                    Some(h) => format!("{h}:{}", a.port()),
+                    None => hostport(None, Some(a), None),
+                }
+            })
+            .unwrap_or_default(),
     };
     let cdr = if cfg.cdr.enabled {
         Some(CdrWriter::open(&cfg.cdr.path)?)
@@ -284,6 +331,12 @@ pub async fn run_with(
                     None => std::future::pending().await,
                 }
             } => {
+                // A TLS trunk named by a host must show a certificate for that name.
+                if let Ok((targets, _)) = &answer {
+                    for t in targets {
+                        transport.tls_name(t.addr.ip(), &name);
+                    }
+                }
                 server.on_dns_answer(tokio::time::Instant::now().into_std(), &name, answer);
             }
             _ = tokio::time::sleep_until(deadline) => {

@@ -61,7 +61,7 @@ impl From<crate::net::Proto> for Channel {
     fn from(p: crate::net::Proto) -> Self {
         match p {
             crate::net::Proto::Udp => Self::Datagram,
-            crate::net::Proto::Tcp => Self::Stream,
+            crate::net::Proto::Tcp | crate::net::Proto::Tls => Self::Stream,
         }
     }
 }

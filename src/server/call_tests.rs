@@ -36,6 +36,7 @@ fn server(now: Instant, b_transport: &str) -> Server {
     let me = LocalContact {
         udp: "127.0.0.1:5060".into(),
         tcp: "127.0.0.1:5060".into(),
+        tls: String::new(),
     };
     Server::new(
         Arc::new(cfg),

@@ -134,7 +134,11 @@ impl Server {
                 tracing::warn!(user = u.name, error = e, "static contact ignored");
             }
         }
-        let me_hostports = vec![("UDP", me.udp.clone()), ("TCP", me.tcp.clone())];
+        let me_hostports = vec![
+            ("UDP", me.udp.clone()),
+            ("TCP", me.tcp.clone()),
+            ("TLS", me.hostport(crate::net::Proto::Tls).to_string()),
+        ];
         let digest_on = cfg.pair.as_ref().is_some_and(|p| p.dialog_digest);
         let pinger = cfg
             .pair

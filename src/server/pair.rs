@@ -418,7 +418,7 @@ impl PairGlue {
 
     fn digest_chunk(&self) -> usize {
         match self.link.channel {
-            Proto::Tcp => DIGEST_CHUNK_TCP,
+            Proto::Tcp | Proto::Tls => DIGEST_CHUNK_TCP,
             Proto::Udp => DIGEST_CHUNK_UDP,
         }
     }

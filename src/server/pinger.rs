@@ -283,6 +283,7 @@ mod tests {
         let me = LocalContact {
             udp: "192.0.2.1:5060".into(),
             tcp: "192.0.2.1:5060".into(),
+            tls: String::new(),
         };
         let mut tx = TransactionLayer::new(Timers::default(), true);
         let mut k = NatKeepalive::new(t0, 10).unwrap();
@@ -327,6 +328,7 @@ mod tests {
         let me = LocalContact {
             udp: "127.0.0.1:5060".into(),
             tcp: "127.0.0.1:5060".into(),
+            tls: String::new(),
         };
         let mut tx = TransactionLayer::new(Timers::default(), true);
         let mut p = Pinger::new(t0);

@@ -371,7 +371,7 @@ impl PairGlue {
         // NOTIFYs as its size needs.
         let full = full_state(registrar, now);
         let limit = match source.proto {
-            Proto::Tcp => CHUNK_TCP,
+            Proto::Tcp | Proto::Tls => CHUNK_TCP,
             Proto::Udp => CHUNK_UDP,
         };
         let parts = chunks(full.records, limit);
@@ -559,6 +559,7 @@ fn parse_source(s: &str) -> Option<Flow> {
     Some(match Proto::from_token(proto)? {
         Proto::Udp => Flow::udp(addr),
         Proto::Tcp => Flow::tcp(addr),
+        Proto::Tls => Flow::tls(addr),
     })
 }
 

@@ -98,9 +98,10 @@ pub(crate) fn endpoints(
         .iter()
         .filter(|t| (for_reset || t.dialog_query) && t.host.is_none())
     {
-        let addr = t.address.target();
+        let addr = t.target();
         let flow = match t.transport {
             TrunkTransport::Tcp => Flow::tcp(addr),
+            TrunkTransport::Tls => Flow::tls(addr),
             TrunkTransport::Udp => Flow::udp(addr),
         };
         if !seen.insert((addr, format!("sip:{addr}"))) {

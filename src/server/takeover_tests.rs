@@ -43,6 +43,7 @@ fn parts() -> (Registrar, TransactionLayer, LocalContact) {
     let me = LocalContact {
         udp: "127.0.0.1:5060".into(),
         tcp: "127.0.0.1:5060".into(),
+        tls: String::new(),
     };
     (
         Registrar::new(settings, std::iter::empty()),

@@ -249,6 +249,7 @@ impl Sim {
         let me = LocalContact {
             udp: n.addr.to_string(),
             tcp: n.addr.to_string(),
+            tls: String::new(),
         };
         let mut s = Server::new(n.cfg.clone(), me, now, wall, Box::new(n.epoch.clone()));
         s.handle_timeout(now);

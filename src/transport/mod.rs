@@ -124,7 +124,19 @@ pub struct Transport {
     udp: Option<udp::UdpSender>,
     tcp: tcp::Connections,
     tcp_local: Option<SocketAddr>,
+    tls: Option<tcp::Connections>,
+    tls_local: Option<SocketAddr>,
     counters: Arc<Counters>,
+}
+
+/// The TLS side of the transport: the listener (with the server configuration) and the
+/// client configuration for connections we open.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Where to listen, with our certificate; `None`: only outgoing TLS.
+    pub listen: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// For connections we open.
+    pub client: Arc<rustls::ClientConfig>,
 }
 
 impl Transport {
@@ -134,6 +146,7 @@ impl Transport {
         tcp_addr: Option<SocketAddr>,
         inbound: mpsc::Sender<Inbound>,
         limits: Limits,
+        tls: Option<TlsSettings>,
     ) -> Result<Self, Error> {
         let counters = Arc::new(Counters::default());
         let mut udp = None;
@@ -146,6 +159,31 @@ impl Transport {
             let sock = Arc::new(sock);
             tokio::spawn(udp::recv_loop(sock.clone(), inbound.clone()));
             udp = Some(udp::UdpSender::new(sock, counters.clone()));
+        }
+        let mut tls_conns = None;
+        let mut tls_local = None;
+        if let Some(t) = tls {
+            let side = tcp::TlsSide {
+                acceptor: t
+                    .listen
+                    .as_ref()
+                    .map(|(_, c)| tokio_rustls::TlsAcceptor::from(c.clone())),
+                connector: tokio_rustls::TlsConnector::from(t.client.clone()),
+                names: Arc::default(),
+            };
+            let conns = tcp::Connections::new_tls(inbound.clone(), limits, counters.clone(), side);
+            if let Some((addr, _)) = t.listen {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        proto: Proto::Tls,
+                        addr,
+                        source,
+                    })?;
+                tls_local = l.local_addr().ok();
+                tokio::spawn(tcp::accept_loop(l, conns.clone()));
+            }
+            tls_conns = Some(conns);
         }
         let conns = tcp::Connections::new(inbound, limits, counters.clone());
         let mut tcp_local = None;
@@ -164,6 +202,8 @@ impl Transport {
             udp,
             tcp: conns,
             tcp_local,
+            tls: tls_conns,
+            tls_local,
             counters,
         })
     }
@@ -178,9 +218,21 @@ impl Transport {
         self.tcp_local
     }
 
-    /// Open TCP connections.
+    /// The bound TLS listener address.
+    pub fn tls_local(&self) -> Option<SocketAddr> {
+        self.tls_local
+    }
+
+    /// Open TCP and TLS connections.
     pub fn tcp_connections(&self) -> usize {
-        self.tcp.count()
+        self.tcp.count() + self.tls.as_ref().map_or(0, tcp::Connections::count)
+    }
+
+    /// A TLS server at `ip` must show a certificate for `name` (a trunk named by a host).
+    pub fn tls_name(&self, ip: std::net::IpAddr, name: &str) {
+        if let Some(t) = &self.tls {
+            t.set_name(ip, name);
+        }
     }
 
     /// Messages waiting in the UDP send backlog.
@@ -202,6 +254,10 @@ impl Transport {
             },
             // Outgoing TCP works without a listener.
             Proto::Tcp => self.tcp.send(t.flow, t.bytes),
+            Proto::Tls => match &self.tls {
+                Some(c) => c.send(t.flow, t.bytes),
+                None => tracing::debug!(flow = %t.flow, "no TLS configuration; dropped"),
+            },
         }
     }
 }

@@ -1,7 +1,9 @@
-//! TCP: accepted and outgoing connections, each with a reader task that frames messages by
-//! Content-Length and a writer task fed by a channel. Connections are kept in a table keyed
-//! by id and by remote address, so requests to a peer reuse its connection (RFC 3261 §18.1.1,
-//! §18.2.2).
+//! TCP and TLS: accepted and outgoing connections, each with a reader task that frames
+//! messages by Content-Length and a writer task fed by a channel. Connections are kept in a
+//! table keyed by id and by remote address, so requests to a peer reuse its connection
+//! (RFC 3261 §18.1.1, §18.2.2). A TLS table does the same over `tokio-rustls` streams: the
+//! handshake comes first (accepted: our certificate; opened: the peer's is checked against
+//! its name, see [`TlsSide::names`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -32,6 +34,26 @@ struct Table {
     by_remote: HashMap<SocketAddr, u64>,
 }
 
+/// What a TLS connection table needs besides sockets.
+#[derive(Clone)]
+pub(crate) struct TlsSide {
+    /// Handshakes of accepted connections (with the listener).
+    pub(crate) acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Handshakes of connections we open.
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    /// The name a server's certificate must carry, by its IP (trunks named by a host);
+    /// otherwise its IP address.
+    pub(crate) names: Arc<Mutex<HashMap<std::net::IpAddr, String>>>,
+}
+
+impl std::fmt::Debug for TlsSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSide")
+            .field("acceptor", &self.acceptor.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The connection table, bounded by `Limits::tcp_connections`; each connection's write queue
 /// by [`super::TCP_WRITE_QUEUE`].
 #[derive(Debug, Clone)]
@@ -41,6 +63,9 @@ pub(crate) struct Connections {
     inbound: mpsc::Sender<Inbound>,
     limits: super::Limits,
     counters: Arc<super::Counters>,
+    /// `Tcp`, or `Tls` with its [`TlsSide`].
+    proto: Proto,
+    tls: Option<TlsSide>,
 }
 
 impl Connections {
@@ -55,7 +80,42 @@ impl Connections {
             inbound,
             limits,
             counters,
+            proto: Proto::Tcp,
+            tls: None,
         }
+    }
+
+    /// A table of TLS connections.
+    pub(crate) fn new_tls(
+        inbound: mpsc::Sender<Inbound>,
+        limits: super::Limits,
+        counters: Arc<super::Counters>,
+        tls: TlsSide,
+    ) -> Self {
+        Self {
+            proto: Proto::Tls,
+            tls: Some(tls),
+            ..Self::new(inbound, limits, counters)
+        }
+    }
+
+    /// A server at `ip` must show a certificate for `name`.
+    pub(crate) fn set_name(&self, ip: std::net::IpAddr, name: &str) {
+        if let Some(t) = &self.tls
+            && let Ok(mut m) = t.names.lock()
+        {
+            m.insert(ip, name.to_string());
+        }
+    }
+
+    /// The name `remote`'s certificate must carry.
+    fn server_name(&self, remote: SocketAddr) -> rustls::pki_types::ServerName<'static> {
+        let named = self
+            .tls
+            .as_ref()
+            .and_then(|t| t.names.lock().ok()?.get(&remote.ip()).cloned())
+            .and_then(|n| rustls::pki_types::ServerName::try_from(n).ok());
+        named.unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(remote.ip().into()))
     }
 
     /// How many connections are open.
@@ -142,13 +202,29 @@ impl Connections {
                 {
                     Ok(Ok(stream)) => {
                         let _ = stream.set_nodelay(true);
-                        this.run(stream, flow.remote, id, wrx, closer);
-                        return;
+                        let Some(tls) = this.tls.clone() else {
+                            this.run(stream, flow.remote, id, wrx, closer);
+                            return;
+                        };
+                        let name = this.server_name(flow.remote);
+                        match tokio::time::timeout(
+                            Duration::from_secs(5),
+                            tls.connector.connect(name, stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => {
+                                this.run(s, flow.remote, id, wrx, closer);
+                                return;
+                            }
+                            Ok(Err(e)) => format!("TLS handshake: {e}"),
+                            Err(_) => "TLS handshake timed out".to_string(),
+                        }
                     }
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "timed out".to_string(),
                 };
-            tracing::info!(remote = %flow.remote, error = failure, "tcp connect failed");
+            tracing::info!(remote = %flow.remote, proto = %this.proto, error = failure, "connect failed");
             // One report for everything queued to this peer meanwhile.
             this.unregister(id);
             let _ = this.inbound.send(Inbound::Unreachable(flow)).await;
@@ -162,9 +238,12 @@ impl Connections {
         });
     }
 
-    /// Run reader and writer tasks for an accepted connection, or close it at once when the
-    /// table is full.
-    pub(crate) fn start(&self, stream: TcpStream, remote: SocketAddr) {
+    /// Run reader and writer tasks for an accepted connection (TLS: once its handshake is
+    /// done), or close it at once when the table is full.
+    pub(crate) fn start<S>(&self, stream: S, remote: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let (wtx, wrx) = mpsc::channel::<Bytes>(super::TCP_WRITE_QUEUE);
         let Ok(mut t) = self.table.lock() else {
             return;
@@ -182,15 +261,17 @@ impl Connections {
     }
 
     /// The reader and writer tasks of connection `id`.
-    fn run(
+    fn run<S>(
         &self,
-        stream: TcpStream,
+        stream: S,
         remote: SocketAddr,
         id: u64,
         mut wrx: mpsc::Receiver<Bytes>,
         closer: Closer,
-    ) {
-        let (mut rd, mut wr) = stream.into_split();
+    ) where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
         // The writer ends when the table lets go of its queue (closed, overflowed) or the
         // socket fails; the reader then stops too.
         let (writer_done, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
@@ -205,7 +286,8 @@ impl Connections {
                     break;
                 };
                 let written = tokio::select! {
-                    r = wr.write_all(&b) => r.is_ok(),
+                    // TLS buffers records: flush each message out.
+                    r = async { wr.write_all(&b).await?; wr.flush().await } => r.is_ok(),
                     _ = closed.wait_for(|c| *c) => false,
                 };
                 if !written {
@@ -218,7 +300,7 @@ impl Connections {
         let idle = self.limits.tcp_idle;
         let this = self.clone();
         let flow = Flow {
-            proto: Proto::Tcp,
+            proto: self.proto,
             remote,
             conn: Some(ConnId(id)),
         };
@@ -298,7 +380,27 @@ pub(crate) async fn accept_loop(listener: TcpListener, conns: Connections) {
         match listener.accept().await {
             Ok((stream, remote)) => {
                 let _ = stream.set_nodelay(true);
-                conns.start(stream, remote);
+                match conns.tls.as_ref().and_then(|t| t.acceptor.clone()) {
+                    None => conns.start(stream, remote),
+                    Some(acceptor) => {
+                        // The handshake must not hold up the next accept.
+                        let conns = conns.clone();
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(s)) => conns.start(s, remote),
+                                Ok(Err(e)) => {
+                                    tracing::info!(%remote, error = %e, "TLS handshake failed")
+                                }
+                                Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tcp accept failed");

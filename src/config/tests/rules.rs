@@ -210,7 +210,7 @@ fn bad_enum_values_are_named() {
         "\"bypass\" or \"relay\"",
     );
     assert_error(
-        &with("[[trunks]]\nname = \"t\"\naddress = \"1.2.3.4\"\ntransport = \"tls\"\n"),
+        &with("[[trunks]]\nname = \"t\"\naddress = \"1.2.3.4\"\ntransport = \"sctp\"\n"),
         "trunks[0].transport",
         "\"udp\" or \"tcp\"",
     );
@@ -443,4 +443,38 @@ fn a_trunk_may_be_named_by_a_host_and_dns_servers_given() {
     assert_eq!(c.trunks[1].address.port, Some(5070));
     // A named trunk never matches a source by its placeholder address.
     assert!(c.trunk_for_source(addr("0.0.0.0:5070")).is_none());
+}
+
+#[test]
+fn tls_needs_a_certificate_and_a_key_that_can_be_read() {
+    assert_error(
+        &node_with("sip_tls = \"127.0.0.1:5061\"\n"),
+        "node.tls_cert",
+        "required with node.sip_tls",
+    );
+    assert_error(
+        &node_with("tls_cert = \"/nonexistent/cert.pem\"\n"),
+        "node.tls_cert",
+        "cannot read /nonexistent/cert.pem",
+    );
+    let dir = std::env::temp_dir().join(format!("understudy-tls-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    assert_error(
+        &node_with(&format!("tls_ca = \"{}\"\n", junk.display())),
+        "node.tls_ca",
+        "no certificate",
+    );
+    assert_error(
+        &node_with(&format!("tls_key = \"{}\"\n", junk.display())),
+        "node.tls_key",
+        "no usable PEM private key",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `MINIMAL` with more keys in its `[node]` table.
+fn node_with(keys: &str) -> String {
+    MINIMAL.replacen("[node]\n", &format!("[node]\n{keys}"), 1)
 }
