@@ -4,14 +4,14 @@
 # across a takeover.
 # Installs what the tests need when it is missing (Debian packages: SIPp from sip-tester,
 # baresip-core, procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
-# for trunk host names), python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
+# for trunk host names), openssl (test certificates), python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 # command -> Debian package; the missing ones are installed in one go.
 missing=()
 for pair in sipp:sip-tester unshare:util-linux ip:iproute2 nft:nftables curl:curl ps:procps \
-    baresip:baresip-core dnsmasq:dnsmasq-base; do
+    baresip:baresip-core dnsmasq:dnsmasq-base openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

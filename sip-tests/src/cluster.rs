@@ -659,6 +659,11 @@ pub struct Solo {
 impl Solo {
     /// Write the config, start the process and wait until `/status` answers.
     pub async fn start(users: &[&str], extra: &str) -> Result<Self> {
+        Self::start_with(users, "", extra).await
+    }
+
+    /// [`Self::start`] with more `[node]` keys (`node_extra`, TOML lines).
+    pub async fn start_with(users: &[&str], node_extra: &str, extra: &str) -> Result<Self> {
         let dir = TempDir::new()?;
         let sip = free_port();
         let admin = free_port();
@@ -666,8 +671,8 @@ impl Solo {
         std::fs::create_dir_all(&ndir)?;
         let mut text = format!(
             "[node]\nname = \"solo\"\nsip_udp = \"127.0.0.1:{sip}\"\nsip_tcp = \"127.0.0.1:{sip}\"\n\
-             domain = \"pbx.local\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[state]\ndir = \"{d}\"\n\
-             [cdr]\npath = \"{d}/cdr.sqlite\"\n",
+             domain = \"pbx.local\"\n{node_extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [state]\ndir = \"{d}\"\n[cdr]\npath = \"{d}/cdr.sqlite\"\n",
             d = ndir.display()
         );
         for u in users {

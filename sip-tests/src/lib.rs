@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod certs;
 pub mod cluster;
 pub mod natbed;
 pub mod netns;

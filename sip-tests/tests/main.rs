@@ -17,5 +17,6 @@ mod reload;
 mod routing;
 mod smart_ua;
 mod takeover;
+mod tls_load;
 mod torture;
 mod ua;

@@ -104,6 +104,8 @@ pub(crate) fn uri_transport(uri: &str) -> Option<Transport> {
     let t = Uri::parse(uri).ok()?.transport()?;
     if t.eq_ignore_ascii_case("tcp") {
         Some(Transport::Tcp)
+    } else if t.eq_ignore_ascii_case("tls") {
+        Some(Transport::Tls)
     } else if t.eq_ignore_ascii_case("udp") {
         Some(Transport::Udp)
     } else {

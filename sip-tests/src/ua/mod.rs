@@ -150,6 +150,26 @@ impl Ua {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Transport::Tcp;
     }
 
+    /// Where requests outside a dialog go, over TLS (from the UA's TCP port); our Contact
+    /// says `transport=tls`; the server's certificate must name its IP and chain to the CA
+    /// in `ca` (PEM). The UA must have been bound with [`Self::bind_tcp`].
+    pub fn set_server_tls(&self, server: SocketAddr, ca: &std::path::Path) -> Result<()> {
+        let Some(tcp) = &self.shared.tcp else {
+            anyhow::bail!("set_server_tls needs a UA bound with Ua::bind_tcp");
+        };
+        let config = understudy::tls::client_config(Some(ca), None).map_err(anyhow::Error::msg)?;
+        *tcp.tls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(config);
+        self.shared.lock().server = Some(Peer::tls(server));
+        *self
+            .shared
+            .transport
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Transport::Tls;
+        Ok(())
+    }
+
     /// Protocol errors the UA saw (e.g. an ACK without the SDP answer it was owed).
     pub fn protocol_errors(&self) -> Vec<String> {
         self.shared.lock().errors.clone()

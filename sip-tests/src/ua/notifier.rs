@@ -177,7 +177,7 @@ fn send_dialog_notify(
     // SUBSCRIBE came on (RFC 5923 style reuse; a server need not listen for it elsewhere).
     let dest = match src.transport {
         Transport::Udp => Peer::udp(uri_addr(&target).unwrap_or(src.addr)),
-        Transport::Tcp => src,
+        Transport::Tcp | Transport::Tls => src,
     };
     let seq = st.notifier_cseq.entry(call_id.clone()).or_insert(0);
     *seq += 1;

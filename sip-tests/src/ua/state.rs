@@ -23,6 +23,8 @@ pub enum Transport {
     Udp,
     /// TCP (connections from or to the UA's TCP port, framed by Content-Length).
     Tcp,
+    /// TLS over connections the UA opens (from its TCP port), framed like TCP.
+    Tls,
 }
 
 impl Transport {
@@ -31,6 +33,7 @@ impl Transport {
         match self {
             Self::Udp => "UDP",
             Self::Tcp => "TCP",
+            Self::Tls => "TLS",
         }
     }
 }
@@ -58,6 +61,14 @@ impl Peer {
         Self {
             addr,
             transport: Transport::Tcp,
+        }
+    }
+
+    /// A TLS peer.
+    pub fn tls(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            transport: Transport::Tls,
         }
     }
 }
@@ -236,7 +247,9 @@ impl Shared {
     pub(crate) fn send(&self, bytes: &[u8], to: Peer) {
         match to.transport {
             Transport::Udp => self.send_udp(bytes, to.addr),
-            Transport::Tcp => super::tcp::send(self, Bytes::copy_from_slice(bytes), to.addr),
+            Transport::Tcp | Transport::Tls => {
+                super::tcp::send(self, Bytes::copy_from_slice(bytes), to)
+            }
         }
     }
 
@@ -281,6 +294,7 @@ impl Shared {
         match self.transport() {
             Transport::Udp => format!("sip:{}@{}", self.user, self.local),
             Transport::Tcp => format!("sip:{}@{};transport=tcp", self.user, self.local),
+            Transport::Tls => format!("sip:{}@{};transport=tls", self.user, self.local),
         }
     }
 

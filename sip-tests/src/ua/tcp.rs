@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use understudy::sip::StreamFramer;
 
 use super::recv;
-use super::state::{Peer, Shared};
+use super::state::{Peer, Shared, Transport};
 
 /// Connections by peer address: connection id and the writer's queue.
 type Conns = HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Bytes>)>;
@@ -32,6 +32,9 @@ pub(crate) struct TcpSide {
     accepted: Mutex<Vec<SocketAddr>>,
     /// The accept task (aborting it closes the listener).
     pub(crate) listener: Mutex<Option<AbortHandle>>,
+    /// For TLS peers: the client side of the handshake (the server's certificate is
+    /// checked against the test CA).
+    pub(crate) tls: Mutex<Option<Arc<tokio_rustls::rustls::ClientConfig>>>,
 }
 
 impl TcpSide {
@@ -103,6 +106,7 @@ pub(crate) async fn accept_loop(me: Weak<Shared>, listener: TcpListener) {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let Some(shared) = me.upgrade() else {
             return;
         };
@@ -117,13 +121,14 @@ pub(crate) async fn accept_loop(me: Weak<Shared>, listener: TcpListener) {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(peer);
         let sh = shared.clone();
-        let t = tokio::spawn(run_conn(sh, stream, peer, id, rx));
+        let t = tokio::spawn(run_conn(sh, stream, Peer::tcp(peer), id, rx));
         tcp.add_task(t.abort_handle());
     }
 }
 
-/// Send `bytes` to `to` over TCP: on the connection with that peer, or a new one.
-pub(crate) fn send(shared: &Shared, bytes: Bytes, to: SocketAddr) {
+/// Send `bytes` to `to` over TCP or TLS: on the connection with that peer, or a new one.
+pub(crate) fn send(shared: &Shared, bytes: Bytes, peer: Peer) {
+    let to = peer.addr;
     let Some(tcp) = &shared.tcp else {
         eprintln!(
             "ua {}: no TCP side; message to {to} dropped (bind with Ua::bind_tcp)",
@@ -145,16 +150,41 @@ pub(crate) fn send(shared: &Shared, bytes: Bytes, to: SocketAddr) {
     let Some(me) = shared.me.get().and_then(Weak::upgrade) else {
         return;
     };
+    let connector = tcp
+        .tls
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let local = shared.local;
     let t = tokio::spawn(async move {
         let stream = match socket(local) {
             Ok(s) => s.connect(to).await,
             Err(e) => Err(e),
         };
-        match stream {
-            Ok(s) => run_conn(me, s, to, id, rx).await,
+        let stream = match stream {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("ua {}: TCP connect {local} → {to} failed: {e}", me.user);
+                forget(&me, to, id);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if peer.transport != Transport::Tls {
+            run_conn(me, stream, peer, id, rx).await;
+            return;
+        }
+        let Some(connector) = connector else {
+            eprintln!("ua {}: no TLS settings; message to {to} dropped", me.user);
+            forget(&me, to, id);
+            return;
+        };
+        let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(to.ip().into());
+        let connector = tokio_rustls::TlsConnector::from(connector);
+        match connector.connect(name, stream).await {
+            Ok(s) => run_conn(me, s, peer, id, rx).await,
+            Err(e) => {
+                eprintln!("ua {}: TLS handshake with {to} failed: {e}", me.user);
                 forget(&me, to, id);
             }
         }
@@ -172,18 +202,20 @@ fn forget(shared: &Shared, peer: SocketAddr, id: u64) {
 }
 
 /// Write queued messages and read framed ones until either side closes.
-async fn run_conn(
+async fn run_conn<S>(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: S,
+    from: Peer,
     id: u64,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let peer = from.addr;
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = async move {
         while let Some(b) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
+            if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
                 break;
             }
         }
@@ -200,7 +232,7 @@ async fn run_conn(
             match framer.push(&buf[..n]) {
                 Ok(msgs) => {
                     for p in msgs {
-                        recv::dispatch(&sh, p.message, Peer::tcp(peer));
+                        recv::dispatch(&sh, p.message, from);
                     }
                 }
                 Err(e) => {

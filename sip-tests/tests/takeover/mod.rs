@@ -298,7 +298,7 @@ fn show_report(label: &str, report: &Value, killed: Instant) {
 fn from_node(m: &Incoming, node: SocketAddr) -> bool {
     match m.transport {
         Transport::Udp => m.source == node,
-        Transport::Tcp => {
+        Transport::Tcp | Transport::Tls => {
             m.source.ip() == node.ip()
                 && (m.response().is_some()
                     || m.request()
