@@ -103,7 +103,8 @@ async fn srv_targets_in_priority_order_and_failover_within_one_transaction_timeo
     let t1_ms = 50;
     let extra = format!(
         "[dns]\nservers = [\"127.0.0.1:{port}\"]\n\n[timers]\nt1_ms = {t1_ms}\n\n\
-         [[trunks]]\nname = \"carrier\"\naddress = \"carrier.test\"\nprefixes = [\"0\"]\n"
+         [[trunks]]\nname = \"carrier\"\naddress = \"carrier.test\"\nprefixes = [\"0\"]\n\n\
+         [[trunks]]\nname = \"nowhere\"\naddress = \"nowhere.test\"\nprefixes = [\"7\"]\n"
     );
     let solo = Solo::start(&["alice"], &extra).await?;
     let node = &solo.node;
@@ -121,11 +122,30 @@ async fn srv_targets_in_priority_order_and_failover_within_one_transaction_timeo
         .await?;
     eprintln!("[dns] /trunks: {}", v["trunks"][0]["dns"]);
 
+    // A host that does not resolve: said in /trunks, its calls get 503, the rest works.
+    let v = node
+        .wait_json(
+            Duration::from_secs(10),
+            "/trunks",
+            "nowhere.test failing",
+            |v| v["trunks"][1]["dns"]["error"].is_string(),
+        )
+        .await?;
+    eprintln!("[dns] unknown host: {}", v["trunks"][1]["dns"]);
+
     let mut alice = Ua::bind("alice").await?;
     alice.set_server(node.sip);
     alice.set_password(&password_of("alice"));
     ensure!(alice.register().await?.status == 200, "alice registers");
 
+    let out = alice.invite("7000")?;
+    let r = alice.wait_final(&out).await?;
+    ensure!(
+        r.status == 503 && r.reason == "Trunk Not Resolved",
+        "a call to the unresolved trunk: {} {}",
+        r.status,
+        r.reason
+    );
     let (to, _) = call(node, &mut alice, "0111").await?;
     ensure!(to == "127.0.0.81:5060", "priority 10 first, went to {to}");
 

@@ -23,7 +23,8 @@ fn carrier_trunk() -> String {
          username = \"pbx1\"\npassword = \"trunk-secret\"\nregister = true\n\
          register_expires = 300\ncontact_user = \"pbx1\"\n\
          \n[[trunks]]\nname = \"carrier-bad\"\naddress = \"{CARRIER_IP}:5060\"\n\
-         prefixes = [\"1\"]\nusername = \"pbx-unknown\"\npassword = \"not-the-secret\"\n"
+         prefixes = [\"1\"]\nusername = \"pbx-unknown\"\npassword = \"not-the-secret\"\n\
+         register = true\n"
     )
 }
 
@@ -171,9 +172,26 @@ async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<
     let main = pair.main.sip.to_string();
     let standby = pair.standby.sip.to_string();
     wait_registered(&reg_log, &main, Duration::from_secs(10)).await?;
-    let v = pair.main.get_json("/trunks").await?;
+    // The trunk with wrong credentials fails, says why, and waits; the other is registered.
+    let v = pair
+        .main
+        .wait_json(
+            Duration::from_secs(10),
+            "/trunks",
+            "carrier-bad refused",
+            |v| v["trunks"][1]["registration"]["state"] == "failed",
+        )
+        .await?;
     let reg = &v["trunks"][0]["registration"];
     ensure!(reg["state"] == "registered", "main /trunks: {v}");
+    let bad = &v["trunks"][1]["registration"];
+    ensure!(
+        bad["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("403"))
+            && bad["failures"] == 1,
+        "carrier-bad: {bad}"
+    );
 
     let mut alice = phones(&["alice".into()], pair.standby.sip, false)
         .await?
