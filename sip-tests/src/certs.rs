@@ -34,7 +34,7 @@ pub fn make(dir: &Path) -> Result<TestCerts> {
     std::fs::write(
         dir.join("san.ext"),
         "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n\
-         keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n",
+         keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth, clientAuth\n",
     )?;
     openssl(
         dir,

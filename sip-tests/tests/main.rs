@@ -18,5 +18,6 @@ mod routing;
 mod smart_ua;
 mod takeover;
 mod tls_load;
+mod tls_trunk;
 mod torture;
 mod ua;
