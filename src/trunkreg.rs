@@ -163,7 +163,11 @@ impl TrunkRegistration {
             return None;
         }
         let r = self.request(me, 0, None);
-        self.state = RegState::Off;
+        // Still answering its challenge; Off once the registrar confirms.
+        self.state = RegState::Sent {
+            authed: false,
+            expires: 0,
+        };
         Some(r)
     }
 
@@ -556,6 +560,13 @@ mod tests {
         reg.on_response(t1, &me(), &response_to(&r2, 200, Some("c")));
         let bye = reg.stop(t1, &me()).expect("un-REGISTER");
         assert_eq!(bye.headers.get(&HeaderName::Expires), Some("0"));
+        // The registrar challenges the un-REGISTER too: answered, then off.
+        let bye2 = reg
+            .on_response(t1, &me(), &carrier(&mut server, &bye, 300))
+            .expect("the un-REGISTER's challenge is answered");
+        assert_eq!(bye2.headers.get(&HeaderName::Expires), Some("0"));
+        assert!(bye2.headers.get(&HeaderName::Authorization).is_some());
+        reg.on_response(t1, &me(), &response_to(&bye2, 200, Some("c")));
         assert_eq!(reg.state(), &RegState::Off);
         assert!(reg.stop(t1, &me()).is_none(), "nothing to remove twice");
     }

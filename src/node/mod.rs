@@ -369,15 +369,33 @@ pub async fn run_with(
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     // Every call still up gets its CDR (`end_reason = shutdown`).
     server.shutdown(tokio::time::Instant::now().into_std());
-    // What shutting down sends (trunk un-REGISTERs) goes out before the transport stops.
-    let mut sent = 0;
-    while let Some(t) = server.poll_transmit() {
-        transport.send(t);
-        sent += 1;
+    // Trunk un-REGISTERs: the loop goes on (answering their challenges) until each has its
+    // final response, for at most 2 s.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        while let Some(t) = server.poll_transmit() {
+            transport.send(t);
+        }
+        let now = tokio::time::Instant::now();
+        if !server.unregistering() || now >= until {
+            break;
+        }
+        let deadline = server
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or(until)
+            .min(until);
+        tokio::select! {
+            Some(ib) = in_rx.recv() => {
+                server.handle_inbound_guarded(tokio::time::Instant::now().into_std(), ib);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                server.handle_timeout_guarded(tokio::time::Instant::now().into_std());
+            }
+        }
     }
-    if sent > 0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // What went last still has to leave the transport's queues.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     flush_cdrs(&mut server, &mut relay, cdr.as_ref());
     if let Some(w) = cdr {
         let n = w.close()?;

@@ -447,6 +447,11 @@ impl Server {
             .stop_all(now, &mut self.tx, &self.me, &self.dns);
     }
 
+    /// Whether trunk un-REGISTERs sent by [`Self::shutdown`] still wait for their answer.
+    pub fn unregistering(&self) -> bool {
+        self.trunk_regs.busy()
+    }
+
     /// The trunk a request from `src` comes from: by its configured IP, or by what its host
     /// name resolved to.
     pub(crate) fn trunk_for_source(

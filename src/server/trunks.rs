@@ -20,6 +20,8 @@ use crate::trunkreg::TrunkRegistration;
 pub(crate) struct TrunkRegs {
     regs: Vec<TrunkRegistration>,
     txs: HashMap<ClientTxId, usize>,
+    /// Shutting down: nothing starts again.
+    stopped: bool,
 }
 
 impl TrunkRegs {
@@ -31,6 +33,7 @@ impl TrunkRegs {
                 .filter_map(TrunkRegistration::new)
                 .collect(),
             txs: HashMap::default(),
+            stopped: false,
         }
     }
 
@@ -43,6 +46,9 @@ impl TrunkRegs {
         dns: &Dns,
         takes_calls: bool,
     ) {
+        if self.stopped {
+            return;
+        }
         for i in 0..self.regs.len() {
             let Some(reg) = self.regs.get_mut(i) else {
                 continue;
@@ -72,6 +78,7 @@ impl TrunkRegs {
         me: &LocalContact,
         dns: &Dns,
     ) {
+        self.stopped = true;
         for i in 0..self.regs.len() {
             let r = self.regs.get_mut(i).and_then(|reg| reg.stop(now, me));
             self.send(now, tx, dns, i, r);
@@ -110,6 +117,11 @@ impl TrunkRegs {
                 reg.on_timeout(now);
             }
         }
+    }
+
+    /// Whether a REGISTER is still waiting for its final response.
+    pub(crate) fn busy(&self) -> bool {
+        !self.txs.is_empty()
     }
 
     /// Whether `id` is one of our REGISTERs.

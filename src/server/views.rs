@@ -33,6 +33,7 @@ impl Server {
                 "dialog_subscriptions": self.blf.len(),
                 "endpoints_unreachable": self.pinger.as_ref().map(pinger_count),
             },
+            "trunk_registrations": self.trunk_regs.view(now),
         });
         if let (Value::Object(m), Some(Value::Object(p))) =
             (&mut v, self.pair.as_ref().map(|p| p.status(now)))

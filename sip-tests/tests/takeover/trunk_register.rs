@@ -157,6 +157,9 @@ async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<
         &reg_log.to_string_lossy(),
         "-timeout",
         "120s",
+        // A finished registration's Call-ID comes back with the next REGISTER: a new call.
+        "-deadcall_wait",
+        "1",
         "-trace_err",
         "-error_file",
         "carrier.log",
@@ -260,7 +263,16 @@ async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<
         m.contains("understudy_trunk_registered{trunk=\"carrier\"} 1"),
         "metrics: {m}"
     );
+    let st = pair.standby.status().await?;
+    ensure!(
+        st["trunk_registrations"]["carrier"]["state"] == "registered",
+        "/status: {}",
+        st["trunk_registrations"]
+    );
     let cdrs = cdrs_when_idle(&mut pair.standby).await?;
+    // SIGTERM: the new active removed its contact from the carrier (challenge answered).
+    let unregistered = format!("REGISTERED sip:pbx1@{standby} expires=0");
+    expect_count(&reg_log, &unregistered, 1).await?;
     let reasons: Vec<(&str, Option<&str>)> = cdrs
         .iter()
         .map(|c| (c.end_reason.as_str(), c.trunk.as_deref()))
