@@ -157,6 +157,10 @@ pub struct B2bua {
     cdrs: Vec<CdrRecord>,
     /// Trunk targets (host name, address) that failed since the last take.
     dns_failures: Vec<(String, std::net::SocketAddr)>,
+    /// BYEs sent to trunks with credentials, until their final response: the request, where
+    /// it went, the trunk, and the challenge answered so far.
+    #[allow(clippy::type_complexity)]
+    trunk_byes: HashMap<ClientTxId, (Request, crate::net::Flow, String, Option<(String, u32)>)>,
     /// CDRs of calls that ended while their re-bind was under way, held until the other
     /// leg answers our BYE: 481 there means that leg had already hung up to the previous
     /// owner, whose CDR stands (one CDR per call across the pair).
@@ -167,6 +171,18 @@ pub struct B2bua {
     media: Option<MediaPlan>,
     /// Counters.
     pub stats: Stats,
+}
+
+/// The credentials of trunk `name`, if it has any.
+fn trunk_credentials<'c>(
+    cfg: &'c Config,
+    name: Option<&str>,
+) -> Option<&'c crate::config::TrunkCredentials> {
+    let name = name?;
+    cfg.trunks
+        .iter()
+        .find(|t| t.name == name)
+        .and_then(|t| t.credentials.as_ref())
 }
 
 fn reason_for(status: u16) -> String {
@@ -346,6 +362,9 @@ impl B2bua {
         let Some(&(token, purpose)) = self.client.get(&id) else {
             return false;
         };
+        if matches!(purpose, Purpose::Bye) && self.bye_challenged(env, token, id, &resp) {
+            return true;
+        }
         if resp.status >= 200
             && !matches!(purpose, Purpose::Fork | Purpose::Relay | Purpose::Rebind(_))
         {
@@ -374,6 +393,49 @@ impl B2bua {
         true
     }
 
+    /// A trunk challenged our BYE: send it again with the trunk's credentials (once per
+    /// challenge); `true` when this response was handled so.
+    fn bye_challenged(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        id: ClientTxId,
+        resp: &Response,
+    ) -> bool {
+        if resp.status < 200 {
+            return false;
+        }
+        let Some((req, flow, trunk, mut auth)) = self.trunk_byes.remove(&id) else {
+            return false;
+        };
+        if !matches!(resp.status, 401 | 407) {
+            return false;
+        }
+        let Some(creds) = trunk_credentials(env.cfg, Some(&trunk)) else {
+            return false;
+        };
+        let cseq = req.cseq().map_or(0, |c| c.seq);
+        match outbound_auth::authorize(env.me, &req, flow.proto, &mut auth, resp, creds, cseq) {
+            Ok(retry) => {
+                if let Ok(tx) = env.tx.send_request(env.now, &retry, flow) {
+                    self.client.remove(&id);
+                    self.client.insert(tx, (token, Purpose::Bye));
+                    self.trunk_byes.insert(tx, (retry, flow, trunk, auth));
+                    return true;
+                }
+                false
+            }
+            Err(why) => {
+                tracing::warn!(
+                    trunk = trunk.as_str(),
+                    error = why,
+                    "the trunk's challenge to our BYE is not answered"
+                );
+                false
+            }
+        }
+    }
+
     /// The transport could not reach the destination of a client transaction. During a
     /// re-bind this is a TCP leg whose endpoint cannot be reached from here: the call is kept
     /// as it is, so the endpoint can come back on a connection of its own.
@@ -392,6 +454,7 @@ impl B2bua {
     /// A client transaction timed out (Timer B/F): treated as 408.
     pub fn on_timeout(&mut self, env: &mut Env<'_>, id: ClientTxId) -> bool {
         self.release_held_cdr(id, 408);
+        self.trunk_byes.remove(&id);
         let Some(&(token, purpose)) = self.client.get(&id) else {
             return false;
         };
@@ -490,11 +553,23 @@ impl B2bua {
                 if !up {
                     continue;
                 }
+                // A BYE to a trunk with credentials is kept: the carrier may challenge it.
+                let creds = (side == Side::B)
+                    .then(|| trunk_credentials(env.cfg, call.trunk.as_deref()))
+                    .flatten()
+                    .is_some();
                 if let Some(d) = call.leg_mut(side) {
                     let r = d.request(Method::Bye, env.me, None);
-                    if let Ok(tx) = env.tx.send_request(env.now, &r, d.next_hop()) {
+                    let flow = d.next_hop();
+                    if let Ok(tx) = env.tx.send_request(env.now, &r, flow) {
                         self.client.insert(tx, (token, Purpose::Bye));
                         byes.push(tx);
+                        if creds {
+                            self.trunk_byes.insert(
+                                tx,
+                                (r, flow, call.trunk.clone().unwrap_or_default(), None),
+                            );
+                        }
                     }
                 }
             }

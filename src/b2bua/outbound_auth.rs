@@ -1,7 +1,7 @@
-//! Answering a trunk's digest challenge to our INVITE (RFC 3261 §22.2, §22.3 on the UAC
-//! side): the INVITE goes again with the same Call-ID and From tag, the next CSeq, a new
-//! branch and the credentials; a second challenge that is not `stale` means the credentials
-//! are wrong, and the call fails.
+//! Answering a trunk's digest challenge to our requests (RFC 3261 §22.2, §22.3 on the UAC
+//! side): the INVITE (or a BYE) goes again with the same Call-ID and tags, the next CSeq, a
+//! new branch and the credentials; a second challenge that is not `stale` means the
+//! credentials are wrong, and the call fails (a BYE is not retried again).
 
 use crate::config::TrunkCredentials;
 use crate::dialog::LocalContact;
@@ -14,6 +14,29 @@ use super::call::Fork;
 pub(super) fn answer(
     me: &LocalContact,
     fork: &mut Fork,
+    resp: &Response,
+    creds: &TrunkCredentials,
+    cseq: u32,
+) -> Result<Request, String> {
+    authorize(
+        me,
+        &fork.request,
+        fork.flow.proto,
+        &mut fork.auth,
+        resp,
+        creds,
+        cseq,
+    )
+}
+
+/// `req` again (same Call-ID, tags and method; CSeq `cseq + 1`; a new branch on `proto`)
+/// with the credentials that answer `resp`'s challenge. `auth` keeps the nonce answered and
+/// its count across retries of one request.
+pub(super) fn authorize(
+    me: &LocalContact,
+    req: &Request,
+    proto: crate::net::Proto,
+    auth: &mut Option<(String, u32)>,
     resp: &Response,
     creds: &TrunkCredentials,
     cseq: u32,
@@ -44,35 +67,36 @@ pub(super) fn answer(
     }
     // Challenged again after we answered, and not because the nonce went stale: the
     // credentials are wrong (a fresh nonce each time must not make us answer for ever).
-    if fork.auth.is_some() && !stale {
+    if auth.is_some() && !stale {
         return Err("credentials refused (wrong username or password?)".into());
     }
-    let nc = match &mut fork.auth {
+    let nc = match auth {
         Some((n, count)) if *n == nonce => {
             *count = count.saturating_add(1);
             *count
         }
         _ => {
-            fork.auth = Some((nonce, 1));
+            *auth = Some((nonce, 1));
             1
         }
     };
+    let method = req.method.to_string();
     let value = answer_challenge(
         &challenge,
         &creds.username,
         &creds.password,
-        "INVITE",
-        &fork.request.uri,
+        &method,
+        &req.uri,
         nc,
         &new_tag(),
     )
     .ok_or("a challenge we cannot answer (algorithm?)")?;
-    let mut retry = fork.request.clone();
+    let mut retry = req.clone();
     let next = cseq.saturating_add(1);
-    retry.headers.set(HeaderName::Via, me.via(fork.flow.proto));
+    retry.headers.set(HeaderName::Via, me.via(proto));
     retry
         .headers
-        .set(HeaderName::CSeq, format!("{next} INVITE"));
+        .set(HeaderName::CSeq, format!("{next} {method}"));
     retry.headers.remove(&HeaderName::Authorization);
     retry.headers.remove(&HeaderName::ProxyAuthorization);
     retry.headers.push(answer_name, value);
