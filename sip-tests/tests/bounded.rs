@@ -23,6 +23,8 @@ const SLACK_KIB: u64 = 32 * 1024;
 
 /// How much the process may grow from one round of every flood to the next.
 const ROUND_GROWTH_KIB: u64 = 4 * 1024;
+/// The least a round must add to count as growing (see [`no_growth`]).
+const MIN_STEP_KIB: u64 = 512;
 
 const LIMITS: &str =
     "[limits]\ntcp_connections = 100\ncontacts_per_aor = 10\nsubscriptions = 200\n";
@@ -161,7 +163,11 @@ async fn wait_metric(
 /// ways with the size of each round's flood (which depends on how fast this machine is).
 fn no_growth(after_round: &[u64]) -> Result<()> {
     println!("RSS after each round: {after_round:?} KiB");
-    let grows = after_round.windows(2).all(|w| matches!(w, [a, b] if b > a));
+    // Growth is every round adding a step of its own; one step followed by a flat round
+    // (78,676 → 84,000 → 84,028 KiB, seen once: the allocator took another arena) is not.
+    let grows = after_round
+        .windows(2)
+        .all(|w| matches!(w, [a, b] if *b > a + MIN_STEP_KIB));
     if let (true, [first, .., last]) = (grows, after_round)
         && *last > first + ROUND_GROWTH_KIB
     {
