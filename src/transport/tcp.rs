@@ -240,10 +240,7 @@ impl Connections {
 
     /// Run reader and writer tasks for an accepted connection (TLS: once its handshake is
     /// done), or close it at once when the table is full.
-    pub(crate) fn start<S>(&self, stream: S, remote: SocketAddr)
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
+    pub(crate) fn start<S: Split>(&self, stream: S, remote: SocketAddr) {
         let (wtx, wrx) = mpsc::channel::<Bytes>(super::TCP_WRITE_QUEUE);
         let Ok(mut t) = self.table.lock() else {
             return;
@@ -260,18 +257,32 @@ impl Connections {
         self.run(stream, remote, id, wrx, closer);
     }
 
-    /// The reader and writer tasks of connection `id`.
-    fn run<S>(
+    /// The reader and writer tasks of connection `id` (split as the stream splits best:
+    /// owned halves for TCP, a shared lock for TLS).
+    fn run<S: Split>(
         &self,
         stream: S,
+        remote: SocketAddr,
+        id: u64,
+        wrx: mpsc::Receiver<Bytes>,
+        closer: Closer,
+    ) {
+        let (rd, wr) = stream.split();
+        self.run_halves(rd, wr, remote, id, wrx, closer);
+    }
+
+    fn run_halves<R, W>(
+        &self,
+        mut rd: R,
+        mut wr: W,
         remote: SocketAddr,
         id: u64,
         mut wrx: mpsc::Receiver<Bytes>,
         closer: Closer,
     ) where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut rd, mut wr) = tokio::io::split(stream);
         // The writer ends when the table lets go of its queue (closed, overflowed) or the
         // socket fails; the reader then stops too.
         let (writer_done, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
@@ -371,6 +382,43 @@ impl Connections {
             }
             this.unregister(id);
         });
+    }
+}
+
+/// A connection stream and how it splits into a reader and a writer half.
+pub(crate) trait Split: Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Split for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl<IO> Split for tokio_rustls::server::TlsStream<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+impl<IO> Split for tokio_rustls::client::TlsStream<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
     }
 }
 
