@@ -100,6 +100,21 @@ pub struct Fork {
     pub auth: Option<(String, u32)>,
 }
 
+/// A trunk's challenge to an in-dialog re-INVITE of ours (401/407).
+#[derive(Debug, Clone)]
+pub struct TrunkChallenge {
+    /// Which leg is the trunk's.
+    pub side: Side,
+    /// The challenge (`WWW-Authenticate` / `Proxy-Authenticate` value).
+    pub challenge: String,
+    /// It came with 407 (answer in `Proxy-Authorization`).
+    pub proxy: bool,
+    /// How often we answered it (`nc`).
+    pub nc: u32,
+    /// The last re-INVITE carried credentials for it.
+    pub sent: bool,
+}
+
 /// A session timer on one leg (RFC 4028).
 #[derive(Debug, Clone, Copy)]
 pub struct SessionTimer {
@@ -173,6 +188,9 @@ pub struct Call {
     pub(super) alternates: Vec<super::Target>,
     /// The trunk's host name, when it has one (to report failed targets).
     pub(super) trunk_host: Option<String>,
+    /// Re-bind re-INVITEs to the trunk's leg: the challenge it answered with 401/407 (to
+    /// be answered in the next re-INVITE), and whether the last one carried credentials.
+    pub(super) trunk_challenge: Option<Box<TrunkChallenge>>,
     /// Wall clock of the INVITE, unix ms.
     pub start_ms: u64,
     /// Wall clock of the answer.
@@ -243,6 +261,7 @@ impl Call {
             trunk: None,
             alternates: Vec::new(),
             trunk_host: None,
+            trunk_challenge: None,
             start_ms,
             answer_ms: None,
             created,

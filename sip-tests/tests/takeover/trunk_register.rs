@@ -22,7 +22,7 @@ fn carrier_trunk() -> String {
         "\n[[trunks]]\nname = \"carrier\"\naddress = \"{CARRIER_IP}\"\nprefixes = [\"0\"]\n\
          username = \"pbx1\"\npassword = \"trunk-secret\"\nregister = true\n\
          register_expires = 300\ncontact_user = \"pbx1\"\n\
-         \n[[trunks]]\nname = \"carrier-bad\"\naddress = \"{CARRIER_IP}:5060\"\n\
+         \n[[trunks]]\nname = \"carrier-bad\"\naddress = \"{CARRIER_IP}\"\n\
          prefixes = [\"1\"]\nusername = \"pbx-unknown\"\npassword = \"not-the-secret\"\n\
          register = true\n"
     )
@@ -231,11 +231,30 @@ async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<
         "stand-by /trunks: {v}"
     );
 
+    // A call to the carrier stays up across the kill: the new active re-binds it, and the
+    // carrier challenges that re-INVITE too.
+    let held = alice.call("0126").await?;
     // kill -9 of the main: the new active registers, and the carrier's call reaches it.
     answer_n(&alice, 1, &Answer::ok());
-    let killed = kill_main(&mut pair, 0, 0).await?;
+    let killed = kill_main(&mut pair, 1, 1).await?;
     wait_registered(&reg_log, &standby, Duration::from_secs(10)).await?;
     let registered_after = killed.elapsed();
+    let report = wait_settled(&pair.standby, Duration::from_secs(20)).await?;
+    check_report(&report, &[("recovered", 1)]).with_context(|| {
+        format!(
+            "SIPp errors:\n{}",
+            std::fs::read_to_string(dir.path().join("carrier.log")).unwrap_or_default()
+        )
+    })?;
+    expect_count(&reg_log, "REINVITE-CHALLENGED", 1).await?;
+    expect_count(&reg_log, "REINVITE-OK", 1).await?;
+    let r = alice.bye(&held).await?;
+    ensure!(
+        r.status == 200,
+        "BYE of the re-bound carrier call: {}",
+        r.status
+    );
+    expect_count(&reg_log, "CALL-OK", 2).await?;
     inbound_call(dir.path(), &reg_log, "call-after").await?;
     let answered_after = killed.elapsed();
     eprintln!(
@@ -256,8 +275,9 @@ async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<
         r.reason
     );
     // One challenge for each good call, two for the bad one (answered once, then refused).
-    expect_count(&reg_log, "CALL-OK", 2).await?;
-    expect_count(&reg_log, "CHALLENGED", 4).await?;
+    expect_count(&reg_log, "CALL-OK", 3).await?;
+    // (REINVITE-CHALLENGED lines count here too.)
+    expect_count(&reg_log, "CHALLENGED", 6).await?;
     let m = pair.standby.get_text("/metrics").await?;
     ensure!(
         m.contains("understudy_trunk_registered{trunk=\"carrier\"} 1"),
@@ -282,9 +302,16 @@ async fn the_new_active_registers_to_the_carrier_and_gets_its_calls() -> Result<
             .iter()
             .filter(|r| **r == ("normal", Some("carrier")))
             .count()
-            == 2
+            == 3
             && reasons.contains(&("failed:trunk_auth", Some("carrier-bad"))),
         "the new active's CDRs: {reasons:?}"
+    );
+    // The call re-bound past the carrier's challenge: recovered, and its trunk named.
+    ensure!(
+        cdrs.iter().any(|c| c.recovered
+            && c.end_reason == "normal"
+            && c.trunk.as_deref() == Some("carrier")),
+        "no recovered carrier call among the CDRs"
     );
     Ok(())
 }
