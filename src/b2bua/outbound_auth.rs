@@ -8,7 +8,8 @@ use crate::dialog::LocalContact;
 use crate::sip::digest::{DigestParams, answer_challenge};
 use crate::sip::{HeaderName, Request, Response, SipMessage, new_tag};
 
-use super::call::Fork;
+use super::Env;
+use super::call::{Call, Fork, Side};
 
 /// The INVITE that answers `resp` (401/407) to `fork`'s INVITE, or why there is none.
 pub(super) fn answer(
@@ -102,6 +103,92 @@ pub(super) fn authorize(
     retry.headers.push(answer_name, value);
     debug_assert!(retry.call_id().is_ok());
     Ok(retry)
+}
+
+/// Keep a trunk's 401/407 to our in-dialog re-INVITE/UPDATE (re-bind, session refresh) on
+/// leg `side` for the next one, when the call's
+/// trunk has credentials and the challenge is new (or our answer's nonce went stale).
+pub(super) fn take_trunk_challenge(
+    env: &Env<'_>,
+    call: &mut Call,
+    side: Side,
+    resp: &Response,
+) -> bool {
+    if super::trunk_credentials(env.cfg, call.trunk.as_deref()).is_none() {
+        return false;
+    }
+    // Only the trunk's own leg is answered with the trunk's credentials.
+    let leg_trunk = call.leg(side).and_then(|d| {
+        env.cfg
+            .trunk_for_source(d.flow.remote)
+            .or_else(|| env.dns.trunk_for_source(env.cfg, d.flow.remote))
+    });
+    if leg_trunk.map(|t| t.name.as_str()) != call.trunk.as_deref() {
+        return false;
+    }
+    let proxy = resp.status == 407;
+    let name = if proxy {
+        HeaderName::ProxyAuthenticate
+    } else {
+        HeaderName::WwwAuthenticate
+    };
+    let Some(challenge) = resp.headers.get(&name).map(str::to_string) else {
+        return false;
+    };
+    let Some(params) = crate::sip::digest::DigestParams::parse(&challenge) else {
+        return false;
+    };
+    let stale = params
+        .get("stale")
+        .is_some_and(|s| s.eq_ignore_ascii_case("true"));
+    if call
+        .trunk_challenge
+        .as_ref()
+        .is_some_and(|c| c.side == side && c.sent && !stale)
+    {
+        tracing::warn!(
+            trunk = call.trunk.as_deref().unwrap_or_default(),
+            "the trunk refused our credentials on a re-bind re-INVITE"
+        );
+        return false;
+    }
+    call.trunk_challenge = Some(Box::new(super::call::TrunkChallenge {
+        side,
+        challenge,
+        proxy,
+        nc: 0,
+        sent: false,
+    }));
+    true
+}
+
+/// Put the credentials for a kept trunk challenge into request `r` on leg `side`.
+pub(super) fn answer_trunk_challenge(env: &Env<'_>, call: &mut Call, side: Side, r: &mut Request) {
+    let Some(creds) = super::trunk_credentials(env.cfg, call.trunk.as_deref()) else {
+        return;
+    };
+    let Some(c) = call.trunk_challenge.as_mut().filter(|c| c.side == side) else {
+        return;
+    };
+    c.nc = c.nc.saturating_add(1);
+    let value = crate::sip::digest::answer_challenge(
+        &c.challenge,
+        &creds.username,
+        &creds.password,
+        &r.method.to_string(),
+        &r.uri,
+        c.nc,
+        &crate::sip::new_tag(),
+    );
+    if let Some(v) = value {
+        let name = if c.proxy {
+            HeaderName::ProxyAuthorization
+        } else {
+            HeaderName::Authorization
+        };
+        r.headers.push(name, v);
+        c.sent = true;
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::call::{Call, CallState, SessionTimer, Side};
 use super::{B2bua, Env, PerLeg, Purpose, TimerKind};
 use crate::dialog::Dialog;
-use crate::sip::{HeaderName, Method, Request, Response, SipMessage};
+use crate::sip::{HeaderName, Method, Response, SipMessage};
 
 /// How a call was found at takeover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -98,86 +98,6 @@ pub(super) struct Rebind {
     pub(super) first: Side,
     /// Attempts refused with 503 so far.
     pub(super) refused: u8,
-}
-
-/// Keep a trunk's 401/407 to our re-INVITE on leg `side` for the next one, when the call's
-/// trunk has credentials and the challenge is new (or our answer's nonce went stale).
-fn take_trunk_challenge(env: &Env<'_>, call: &mut Call, side: Side, resp: &Response) -> bool {
-    if super::trunk_credentials(env.cfg, call.trunk.as_deref()).is_none() {
-        return false;
-    }
-    // Only the trunk's own leg is answered with the trunk's credentials.
-    let leg_trunk = call.leg(side).and_then(|d| {
-        env.cfg
-            .trunk_for_source(d.flow.remote)
-            .or_else(|| env.dns.trunk_for_source(env.cfg, d.flow.remote))
-    });
-    if leg_trunk.map(|t| t.name.as_str()) != call.trunk.as_deref() {
-        return false;
-    }
-    let proxy = resp.status == 407;
-    let name = if proxy {
-        HeaderName::ProxyAuthenticate
-    } else {
-        HeaderName::WwwAuthenticate
-    };
-    let Some(challenge) = resp.headers.get(&name).map(str::to_string) else {
-        return false;
-    };
-    let Some(params) = crate::sip::digest::DigestParams::parse(&challenge) else {
-        return false;
-    };
-    let stale = params
-        .get("stale")
-        .is_some_and(|s| s.eq_ignore_ascii_case("true"));
-    if call
-        .trunk_challenge
-        .as_ref()
-        .is_some_and(|c| c.side == side && c.sent && !stale)
-    {
-        tracing::warn!(
-            trunk = call.trunk.as_deref().unwrap_or_default(),
-            "the trunk refused our credentials on a re-bind re-INVITE"
-        );
-        return false;
-    }
-    call.trunk_challenge = Some(Box::new(super::call::TrunkChallenge {
-        side,
-        challenge,
-        proxy,
-        nc: 0,
-        sent: false,
-    }));
-    true
-}
-
-/// Put the credentials for a kept trunk challenge into re-INVITE `r` on leg `side`.
-fn answer_trunk_challenge(env: &Env<'_>, call: &mut Call, side: Side, r: &mut Request) {
-    let Some(creds) = super::trunk_credentials(env.cfg, call.trunk.as_deref()) else {
-        return;
-    };
-    let Some(c) = call.trunk_challenge.as_mut().filter(|c| c.side == side) else {
-        return;
-    };
-    c.nc = c.nc.saturating_add(1);
-    let value = crate::sip::digest::answer_challenge(
-        &c.challenge,
-        &creds.username,
-        &creds.password,
-        "INVITE",
-        &r.uri,
-        c.nc,
-        &crate::sip::new_tag(),
-    );
-    if let Some(v) = value {
-        let name = if c.proxy {
-            HeaderName::ProxyAuthorization
-        } else {
-            HeaderName::Authorization
-        };
-        r.headers.push(name, v);
-        c.sent = true;
-    }
 }
 
 /// An SDP answer that rejects every stream of `offer` (ports 0), for ending a half-done
@@ -267,7 +187,7 @@ impl B2bua {
         r.headers.push(HeaderName::Allow, super::ALLOW);
         r.headers.push(HeaderName::Supported, "timer");
         let hop = leg.next_hop();
-        answer_trunk_challenge(env, call, first, &mut r);
+        super::outbound_auth::answer_trunk_challenge(env, call, first, &mut r);
         match env.tx.send_request(env.now, &r, hop) {
             Ok(tx) => {
                 self.client.insert(tx, (token, Purpose::Rebind(first)));
@@ -307,7 +227,7 @@ impl B2bua {
         r.body = offer.clone();
         let hop = leg.next_hop();
         *call.last_sdp.leg_mut(second) = Some(offer.clone());
-        answer_trunk_challenge(env, call, second, &mut r);
+        super::outbound_auth::answer_trunk_challenge(env, call, second, &mut r);
         match env.tx.send_request(env.now, &r, hop) {
             Ok(tx) => {
                 self.client.insert(tx, (token, Purpose::Rebind(second)));
@@ -392,7 +312,9 @@ impl B2bua {
             return;
         }
         // The trunk challenged the re-INVITE: the same step again, with its credentials.
-        if matches!(status, 401 | 407) && take_trunk_challenge(env, call, side, &resp) {
+        if matches!(status, 401 | 407)
+            && super::outbound_auth::take_trunk_challenge(env, call, side, &resp)
+        {
             self.rebind_retry(env, token);
             return;
         }

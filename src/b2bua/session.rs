@@ -198,6 +198,7 @@ pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std:
         r.body = body;
     }
     let hop = leg.next_hop();
+    super::outbound_auth::answer_trunk_challenge(env, call, side, &mut r);
     match env.tx.send_request(env.now, &r, hop) {
         Ok(tx) => {
             b.client
@@ -223,6 +224,9 @@ pub(super) fn refresh_response(
     match resp.status {
         100..=199 => {}
         200..=299 => {
+            if let Some(c) = call.trunk_challenge.as_mut() {
+                c.sent = false;
+            }
             if was_invite && let Some(leg) = call.leg_mut(side) {
                 let ack = leg.ack(env.me, cseq, None);
                 env.tx.send_stateless(leg.next_hop(), ack.to_bytes());
@@ -235,6 +239,13 @@ pub(super) fn refresh_response(
                 t.deadline = deadline_for(env, t.interval_s, t.we_refresh);
                 b.timers.push(Reverse((t.deadline, token, kind(side))));
             }
+        }
+        // The trunk challenged the refresh: again at once, with its credentials.
+        401 | 407 if super::outbound_auth::take_trunk_challenge(env, call, side, resp) => {
+            if let Some(t) = call.timers.leg_mut(side) {
+                t.deadline = env.now;
+            }
+            b.timers.push(Reverse((env.now, token, kind(side))));
         }
         491 => {
             let at = env.now + Duration::from_secs(2);

@@ -23,13 +23,18 @@ fn sdp(port: u16) -> String {
 }
 
 fn server(now: Instant, b_transport: &str) -> Server {
+    server_with(now, b_transport, "")
+}
+
+/// [`server`] with more keys for the carrier trunk (e.g. its credentials).
+fn server_with(now: Instant, b_transport: &str, carrier_extra: &str) -> Server {
     let text = format!(
         "[node]\nname = \"n\"\nsip_udp = \"127.0.0.1:5060\"\n\
          [media]\nmode = \"relay\"\nrtp_ports = \"30000-30099\"\n\
          [cdr]\nenabled = false\n\
          [[trunks]]\nname = \"gateway\"\naddress = \"{A}\"\nprefixes = [\"0\"]\n\
          [[trunks]]\nname = \"carrier\"\naddress = \"{B}\"\nprefixes = [\"9\"]\nstrip = 1\n\
-         transport = \"{b_transport}\"\n\
+         transport = \"{b_transport}\"\n{carrier_extra}\
          [[users]]\nname = \"caller\"\npassword = \"caller-secret\"\n"
     );
     let cfg = Config::from_toml_str(&text, "test").expect("config");
@@ -301,4 +306,85 @@ fn a_panic_costs_one_call_not_the_node() {
     let cdrs = s.take_cdrs();
     assert_eq!(cdrs.len(), 1);
     assert_eq!(cdrs[0].end_reason, "normal");
+}
+
+/// The carrier's challenge to our session refresh is answered at once with the trunk's
+/// credentials (same dialog, next CSeq); challenged again, the refresh is not sent a third
+/// time (the call ends, as for any failed refresh).
+#[test]
+fn a_carrier_challenge_to_a_session_refresh_is_answered_once() {
+    let t0 = Instant::now();
+    let mut s = server_with(
+        t0,
+        "udp",
+        "username = \"pbx1\"\npassword = \"trunk-secret\"\n",
+    );
+    let (b_invite, _) = answered_call(&mut s, t0, false);
+    let mut server_digest = crate::sip::digest::DigestServer::new("carrier.test", b"k", 3600);
+    let challenge = |r: &Request, d: &mut crate::sip::digest::DigestServer| {
+        let mut c = response_to(r, 407, Some("callee-tag"));
+        for ch in d.challenges(1000, false) {
+            c.headers.push(HeaderName::ProxyAuthenticate, ch);
+        }
+        c
+    };
+    let refresh_by = |s: &mut Server, from: Instant, until: Instant| {
+        let mut now = from;
+        while now < until {
+            now = s
+                .poll_timeout()
+                .unwrap_or(until)
+                .clamp(now + Duration::from_millis(1), until);
+            s.handle_timeout(now);
+            if let Some(r) = sent_to(s, B).into_iter().find_map(|m| match m {
+                Message::Request(r) if r.method == crate::sip::Method::Invite => Some(r),
+                _ => None,
+            }) {
+                return Some((now, r));
+            }
+        }
+        None
+    };
+    let (now, refresh) =
+        refresh_by(&mut s, t0, t0 + Duration::from_secs(901)).expect("a refresh by 901 s");
+    assert!(
+        refresh
+            .headers
+            .get(&HeaderName::ProxyAuthorization)
+            .is_none()
+    );
+    feed(
+        &mut s,
+        now,
+        &challenge(&refresh, &mut server_digest).to_bytes(),
+        B,
+    );
+    let (now, again) = refresh_by(&mut s, now, now + Duration::from_secs(1))
+        .expect("the refresh again, with credentials, at once");
+    assert_eq!(again.call_id().ok(), b_invite.call_id().ok());
+    assert_eq!(
+        again.cseq().map(|c| c.seq).ok(),
+        refresh.cseq().map(|c| c.seq + 1).ok(),
+        "the next CSeq of the dialog"
+    );
+    let creds = again
+        .headers
+        .get(&HeaderName::ProxyAuthorization)
+        .expect("Proxy-Authorization")
+        .to_string();
+    assert_eq!(
+        server_digest.verify(1000, &creds, "INVITE", |_| Some("trunk-secret")),
+        Ok("pbx1".to_string())
+    );
+    // Refused again: no third refresh.
+    feed(
+        &mut s,
+        now,
+        &challenge(&again, &mut server_digest).to_bytes(),
+        B,
+    );
+    assert!(
+        refresh_by(&mut s, now, now + Duration::from_secs(5)).is_none(),
+        "no refresh loop"
+    );
 }
