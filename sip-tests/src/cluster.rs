@@ -697,8 +697,12 @@ impl Solo {
             cdr_path: ndir.join("cdr.sqlite"),
         };
         node.start()?;
-        node.wait_status(Duration::from_secs(10), "up", |v| v["role"] == "active")
-            .await?;
+        // Up: a node without a pair is active at once; one with a [pair] section (extra)
+        // may be anything.
+        node.wait_status(Duration::from_secs(10), "up", |v| {
+            v["role"] == "active" || (v["role"].is_string() && extra.contains("[pair]"))
+        })
+        .await?;
         Ok(Self { node, dir })
     }
 

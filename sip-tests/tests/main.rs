@@ -11,6 +11,7 @@ mod malformed;
 mod media;
 mod options;
 mod pair;
+mod ready;
 mod registration;
 mod regsync_scale;
 mod reload;

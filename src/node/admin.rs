@@ -109,6 +109,12 @@ pub(crate) fn answer(
         }
         ("GET", "/registrations") => HttpResponse::json(200, &server.registrations_json(now)),
         ("GET", "/trunks") => HttpResponse::json(200, &server.trunks_json(now)),
+        // Liveness: the event loop answers.
+        ("GET", "/health") => HttpResponse::json(200, &json!({"status": "ok"})),
+        ("GET", "/ready") => {
+            let (ready, v) = server.ready_json(now);
+            HttpResponse::json(if ready { 200 } else { 503 }, &v)
+        }
         ("GET", "/metrics") => {
             let mut m = server.metrics_text();
             transport_metrics(&mut m, transport);
@@ -143,8 +149,8 @@ pub(crate) fn answer(
         }
         (
             _,
-            "/status" | "/calls" | "/registrations" | "/trunks" | "/metrics" | "/switchover"
-            | "/reload",
+            "/status" | "/calls" | "/registrations" | "/trunks" | "/metrics" | "/health" | "/ready"
+            | "/switchover" | "/reload",
         ) => HttpResponse::json(405, &json!({"error": "method not allowed"})),
         _ => HttpResponse::json(
             404,

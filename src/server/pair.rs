@@ -1067,6 +1067,18 @@ impl PairGlue {
         })
     }
 
+    /// A stand-by is ready to take over: the active answers its keep-alives and it holds
+    /// the active's registrations (its reg subscription is up). `Err` says what is missing.
+    pub(crate) fn standby_in_sync(&self, now: Instant) -> Result<(), &'static str> {
+        if !self.machine.peer_alive(now) {
+            return Err("the active peer is not answering keep-alives");
+        }
+        match self.regs.subscriber {
+            Subscriber::Active { .. } => Ok(()),
+            _ => Err("registration sync with the active is not up"),
+        }
+    }
+
     pub(crate) fn accepts_calls(&self) -> bool {
         self.machine.accepts_calls()
     }

@@ -90,6 +90,24 @@ impl Server {
         json!({ "calls": calls })
     }
 
+    /// `/ready`: whether a load balancer or orchestrator should count on this node — active
+    /// and taking calls, or a stand-by in sync with its active (ready to take over).
+    pub fn ready_json(&self, now: Instant) -> (bool, Value) {
+        let role = self.role();
+        let verdict = match &self.pair {
+            None => Ok("active"),
+            Some(_) if self.accepts_calls() => Ok("active"),
+            Some(p) if p.machine.role() == crate::pair::Role::Standby => {
+                p.standby_in_sync(now).map(|()| "standby in sync")
+            }
+            Some(_) => Err("taking over: the new epoch is being written"),
+        };
+        match verdict {
+            Ok(why) => (true, json!({"ready": true, "role": role, "reason": why})),
+            Err(why) => (false, json!({"ready": false, "role": role, "reason": why})),
+        }
+    }
+
     /// `/trunks`: each trunk, and its registration when it has `register = true`.
     pub fn trunks_json(&self, now: Instant) -> Value {
         let regs = self.trunk_regs.view(now);
