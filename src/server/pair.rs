@@ -423,18 +423,6 @@ impl PairGlue {
         }
     }
 
-    /// Sign a message for the peer (version 2, `pair::auth`) that goes out on `proto`.
-    pub(super) fn sign(
-        &mut self,
-        now: Instant,
-        h: &mut crate::sip::Headers,
-        start: &str,
-        body: &[u8],
-        proto: Proto,
-    ) {
-        self.link.sign(now, h, start, body, proto);
-    }
-
     /// Check that a pair message comes from the peer's address and is signed and fresh.
     pub(super) fn check(
         &mut self,
@@ -546,7 +534,7 @@ impl PairGlue {
             r.headers.push(HeaderName::Other(HANDOFF.into()), "1");
         }
         let body = r.body.clone();
-        self.sign(
+        self.link.sign(
             now,
             &mut r.headers,
             &auth::start_of_request("OPTIONS"),
@@ -602,7 +590,7 @@ impl PairGlue {
         let mut r = self.pair_request(now, me, 0, role, None, flow.proto, false);
         r.headers
             .push(HeaderName::Other(FORWARDED_BYE.into()), call_id.to_string());
-        self.sign(
+        self.link.sign(
             now,
             &mut r.headers,
             &auth::start_of_request("OPTIONS"),
@@ -637,7 +625,7 @@ impl PairGlue {
             r.headers
                 .set(HeaderName::Other(HANDOFF.into()), format!("reg;n={n}"));
             let b = r.body.clone();
-            self.sign(
+            self.link.sign(
                 now,
                 &mut r.headers,
                 &auth::start_of_request("OPTIONS"),
@@ -884,7 +872,7 @@ impl PairGlue {
                 let mine = self.info(calls, self.machine.announced());
                 keepalive::stamp(&mut r.headers, &self.link.secret, &mine, &r.body);
                 let body = r.body.clone();
-                self.sign(
+                self.link.sign(
                     now,
                     &mut r.headers,
                     &auth::start_of_response(200),

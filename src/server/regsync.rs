@@ -419,7 +419,7 @@ impl PairGlue {
         r.body = Bytes::from(regsync::to_xml(&info, &self.domain));
         let hop = sub.dialog.next_hop();
         let body = r.body.clone();
-        self.sign(
+        self.link.sign(
             now,
             &mut r.headers,
             &auth::start_of_request("NOTIFY"),

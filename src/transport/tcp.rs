@@ -400,27 +400,26 @@ impl Split for TcpStream {
     }
 }
 
-impl<IO> Split for tokio_rustls::server::TlsStream<IO>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Read = tokio::io::ReadHalf<Self>;
-    type Write = tokio::io::WriteHalf<Self>;
-    fn split(self) -> (Self::Read, Self::Write) {
-        tokio::io::split(self)
-    }
+/// TLS streams (accepted and opened) split through a shared lock.
+macro_rules! split_tls {
+    ($($stream:ty),+) => {$(
+        impl<IO> Split for $stream
+        where
+            IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        {
+            type Read = tokio::io::ReadHalf<Self>;
+            type Write = tokio::io::WriteHalf<Self>;
+            fn split(self) -> (Self::Read, Self::Write) {
+                tokio::io::split(self)
+            }
+        }
+    )+};
 }
 
-impl<IO> Split for tokio_rustls::client::TlsStream<IO>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Read = tokio::io::ReadHalf<Self>;
-    type Write = tokio::io::WriteHalf<Self>;
-    fn split(self) -> (Self::Read, Self::Write) {
-        tokio::io::split(self)
-    }
-}
+split_tls!(
+    tokio_rustls::server::TlsStream<IO>,
+    tokio_rustls::client::TlsStream<IO>
+);
 
 /// Accept connections until the listener fails.
 pub(crate) async fn accept_loop(listener: TcpListener, conns: Connections) {
