@@ -195,6 +195,7 @@ fn main() {
             aa,
             SocketAddr::new(aa.ip(), aa.port() + 1),
             vec![(0, 8000)],
+            true,
         );
         relay.set_peer(
             token,
@@ -202,6 +203,7 @@ fn main() {
             ba,
             SocketAddr::new(ba.ip(), ba.port() + 1),
             vec![(0, 8000)],
+            true,
         );
         relayed.push(Stream {
             sock: a,

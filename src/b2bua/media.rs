@@ -34,6 +34,8 @@ pub enum MediaCommand {
         rtcp: SocketAddr,
         /// Payload types of the stream with their clock rates.
         formats: Vec<(u8, u32)>,
+        /// Whether the leg wants media now (not on hold: RFC 3264 direction, `c=0.0.0.0`).
+        receives: bool,
     },
     /// Stop relaying the call.
     Close {
@@ -104,6 +106,7 @@ impl MediaPlan {
                 rtp: m.rtp,
                 rtcp: m.rtcp,
                 formats: sdp::formats(&body),
+                receives: m.receives,
             });
         }
         let port = *ports.leg(from.other());

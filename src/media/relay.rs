@@ -52,6 +52,7 @@ enum Cmd {
         rtp: SocketAddr,
         rtcp: SocketAddr,
         formats: Vec<(u8, u32)>,
+        receives: bool,
     },
     Close {
         token: u64,
@@ -140,8 +141,10 @@ impl Relay {
         Ok(())
     }
 
-    /// Tell the relay where leg `side` wants media, and its payload types with their clock
-    /// rates (from its SDP); see [`super::latch`] for what that does to latching.
+    /// Tell the relay where leg `side` wants media, its payload types with their clock rates,
+    /// and whether it wants media now (from its SDP); see [`super::latch`] for what that does
+    /// to latching. A leg that does not receive (it holds the call, or it is `inactive`) gets
+    /// no RTP until an SDP says otherwise; its RTCP still flows (RFC 3264 §5.1).
     pub fn set_peer(
         &mut self,
         token: u64,
@@ -149,6 +152,7 @@ impl Relay {
         rtp: SocketAddr,
         rtcp: SocketAddr,
         formats: Vec<(u8, u32)>,
+        receives: bool,
     ) {
         self.send(Cmd::Peer {
             token,
@@ -156,6 +160,7 @@ impl Relay {
             rtp,
             rtcp,
             formats,
+            receives,
         });
     }
 
@@ -208,6 +213,8 @@ struct Leg {
     rtcp_latch: RtcpLatch,
     /// Payload types this leg's SDP lists, with their clock rates.
     formats: Vec<(u8, u32)>,
+    /// The leg's SDP says it wants RTP (not on hold).
+    receives: bool,
 }
 
 struct Session {
@@ -313,7 +320,7 @@ fn forward(s: &mut Session, side: usize, rtcp: bool, buf: &mut [u8], start: Inst
                 clock_rate(pt).unwrap_or_else(|| sdp::static_clock_rate(pt)),
             );
         }
-        if let Some(out) = out.as_ref() {
+        if let Some(out) = out.as_ref().filter(|o| rtcp || o.receives) {
             let dest = if rtcp {
                 out.rtcp_latch.destination()
             } else {
@@ -370,6 +377,7 @@ fn apply(
                     rtp_latch: RtpLatch::default(),
                     rtcp_latch: RtcpLatch::default(),
                     formats: Vec::new(),
+                    receives: true,
                 });
             }
         }
@@ -379,6 +387,7 @@ fn apply(
             rtp,
             rtcp,
             formats,
+            receives,
         } => {
             let Some(s) = sessions.get_mut(&token) else {
                 return;
@@ -387,6 +396,7 @@ fn apply(
                 leg.rtp_latch.on_sdp(Instant::now(), rtp);
                 leg.rtcp_latch.on_sdp(rtcp);
                 leg.formats = formats;
+                leg.receives = receives;
             }
             s.formats = s
                 .legs

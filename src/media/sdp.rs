@@ -15,6 +15,9 @@ pub struct MediaAddr {
     pub rtcp: SocketAddr,
     /// Whether the stream is on hold by address (`c=0.0.0.0`) or port 0.
     pub held: bool,
+    /// Whether the party wants to receive media now: not held, and its direction (the first
+    /// stream's attribute, else the session's) is `sendrecv` or `recvonly` (RFC 3264 §6.1).
+    pub receives: bool,
 }
 
 /// Read the first media stream's address.
@@ -26,8 +29,16 @@ pub fn media_addr(sdp: &[u8]) -> Option<MediaAddr> {
     let mut rtcp: Option<(u16, Option<IpAddr>)> = None;
     let mut in_first = false;
     let mut seen_m = false;
+    let (mut session_dir, mut media_dir) = (None, None);
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
+        if let Some(dir) = direction(line) {
+            if in_first {
+                media_dir = Some(dir);
+            } else {
+                session_dir = Some(dir);
+            }
+        }
         if let Some(rest) = line.strip_prefix("m=") {
             if seen_m {
                 break;
@@ -69,11 +80,48 @@ pub fn media_addr(sdp: &[u8]) -> Option<MediaAddr> {
         Some((p, None)) => SocketAddr::new(ip, p),
         None => SocketAddr::new(ip, port.saturating_add(1)),
     };
+    let receives = !held
+        && media_dir
+            .or(session_dir)
+            .unwrap_or(Direction::SendRecv)
+            .receives();
     Some(MediaAddr {
         rtp: SocketAddr::new(ip, port),
         rtcp: rtcp_addr,
         held,
+        receives,
     })
+}
+
+/// A stream's direction attribute (RFC 3264 §5.1, §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `a=sendrecv` (the default).
+    SendRecv,
+    /// `a=sendonly`: the party puts the other on hold.
+    SendOnly,
+    /// `a=recvonly`: the party is held.
+    RecvOnly,
+    /// `a=inactive`.
+    Inactive,
+}
+
+impl Direction {
+    /// Whether the party that wrote this direction wants to receive media.
+    pub fn receives(self) -> bool {
+        matches!(self, Self::SendRecv | Self::RecvOnly)
+    }
+}
+
+/// The direction named by one SDP line, if it is a direction attribute.
+fn direction(line: &str) -> Option<Direction> {
+    match line {
+        "a=sendrecv" => Some(Direction::SendRecv),
+        "a=sendonly" => Some(Direction::SendOnly),
+        "a=recvonly" => Some(Direction::RecvOnly),
+        "a=inactive" => Some(Direction::Inactive),
+        _ => None,
+    }
 }
 
 /// RTP clock rate of a static payload type (RFC 3551 Table 4 and 5); 8 kHz otherwise.
@@ -197,6 +245,33 @@ mod tests {
         assert_eq!(m.rtp, "10.0.0.5:40000".parse().unwrap());
         assert_eq!(m.rtcp, "10.0.0.5:40001".parse().unwrap());
         assert!(!m.held);
+        assert!(
+            !m.receives,
+            "a=sendonly: the party holds the other, it wants nothing back"
+        );
+    }
+
+    #[test]
+    fn direction_comes_from_the_stream_else_the_session() {
+        let with = |session: &str, media: &str| {
+            let sdp = format!(
+                "v=0\r\nc=IN IP4 1.2.3.4\r\n{session}t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n{media}"
+            );
+            media_addr(sdp.as_bytes()).unwrap().receives
+        };
+        assert!(with("", ""), "sendrecv is the default");
+        assert!(with("", "a=recvonly\r\n"), "a held party still receives");
+        assert!(!with("", "a=inactive\r\n"));
+        assert!(
+            !with("a=sendonly\r\n", ""),
+            "the session's attribute applies"
+        );
+        assert!(
+            with("a=sendonly\r\n", "a=sendrecv\r\n"),
+            "the stream's wins"
+        );
+        let old_hold = "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        assert!(!media_addr(old_hold.as_bytes()).unwrap().receives);
     }
 
     #[test]

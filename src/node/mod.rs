@@ -140,7 +140,8 @@ fn apply_media(relay: &mut crate::media::Relay, c: crate::b2bua::MediaCommand) {
             rtp,
             rtcp,
             formats,
-        } => relay.set_peer(token, side, rtp, rtcp, formats),
+            receives,
+        } => relay.set_peer(token, side, rtp, rtcp, formats, receives),
         MediaCommand::Close { token } => {
             relay.close(token);
         }

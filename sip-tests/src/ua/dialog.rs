@@ -68,6 +68,8 @@ pub struct Dialog {
     pub remote_sdp: Option<Bytes>,
     /// Version of our last SDP (`o=` line).
     pub sdp_version: u32,
+    /// We hold the call: our offers say `sendonly`, our answers `sendonly` or `inactive`.
+    pub hold: bool,
     /// When the dialog was created.
     pub created: Instant,
     /// re-INVITEs received in this dialog.
@@ -146,6 +148,7 @@ impl Dialog {
             invite_cseq: seq,
             remote_sdp: (!resp.body.is_empty()).then(|| resp.body.clone()),
             sdp_version: 1,
+            hold: false,
             created: Instant::now(),
             reinvites: 0,
             last_reinvite_from: None,
@@ -181,6 +184,7 @@ impl Dialog {
             invite_cseq: seq,
             remote_sdp: (!req.body.is_empty()).then(|| req.body.clone()),
             sdp_version: 0,
+            hold: false,
             created: Instant::now(),
             reinvites: 0,
             last_reinvite_from: None,

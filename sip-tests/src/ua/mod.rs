@@ -351,6 +351,14 @@ impl Ua {
         Ok(())
     }
 
+    /// Hold the call in dialog `id` (`true`) or take it off hold: later SDP of ours says
+    /// so. Nothing is sent; a re-INVITE ([`Ua::reinvite`]) tells the peer.
+    pub fn set_hold(&self, id: &DialogId, hold: bool) -> Result<()> {
+        let mut st = self.shared.lock();
+        st.dialogs.get_mut(id).context("no such dialog")?.hold = hold;
+        Ok(())
+    }
+
     /// A snapshot of one dialog.
     pub fn dialog(&self, id: &DialogId) -> Option<Dialog> {
         self.shared.lock().dialogs.get(id).cloned()

@@ -325,7 +325,8 @@ fn in_dialog(shared: &Shared, st: &mut State, key: &TxKey, req: &Request, tag: S
             }
             if let Reply::Status(s) = reply {
                 let body = if (200..300).contains(&s) {
-                    next_sdp(shared, st, &id)
+                    let offer = (!req.body.is_empty()).then_some(&req.body[..]);
+                    next_sdp(shared, st, &id, offer)
                 } else {
                     None
                 };
@@ -345,13 +346,25 @@ fn in_dialog(shared: &Shared, st: &mut State, key: &TxKey, req: &Request, tag: S
     }
 }
 
-/// Our next SDP body in dialog `id` (session version + 1).
-pub(crate) fn next_sdp(shared: &Shared, st: &mut State, id: &DialogId) -> Option<Bytes> {
+/// Our next SDP body in dialog `id` (session version + 1): an answer to `offer`, or an offer
+/// of our own; its direction follows our hold state and the offer's.
+pub(crate) fn next_sdp(
+    shared: &Shared,
+    st: &mut State,
+    id: &DialogId,
+    offer: Option<&[u8]>,
+) -> Option<Bytes> {
     let d = st.dialogs.get_mut(id)?;
     d.sdp_version += 1;
-    Some(Bytes::from(crate::sdp::body(
+    let direction = match offer {
+        Some(o) => crate::sdp::answer_direction(crate::sdp::direction(o), d.hold),
+        None if d.hold => "sendonly",
+        None => "sendrecv",
+    };
+    Some(Bytes::from(crate::sdp::body_with(
         shared.local,
         &shared.user,
         d.sdp_version,
+        direction,
     )))
 }

@@ -237,7 +237,7 @@ impl Ua {
         let sh = &self.shared;
         let mut st = sh.lock();
         let body = if matches!(method, Method::Invite | Method::Update) {
-            next_sdp(sh, &mut st, id)
+            next_sdp(sh, &mut st, id, None)
         } else {
             None
         };

@@ -62,7 +62,8 @@ impl Ua {
                 // An offer in our 2xx to an offerless re-INVITE: the answer is due in the ACK.
                 d.awaiting_answer = true;
             }
-            next_sdp(sh, &mut st, &id)
+            let offer = (!req.body.is_empty()).then_some(&req.body[..]);
+            next_sdp(sh, &mut st, &id, offer)
         } else {
             Some(Bytes::from(crate::sdp::body(sh.local, &sh.user, 1)))
         };

@@ -29,6 +29,7 @@ mod cold;
 mod digest;
 mod digest_and_query;
 mod drain;
+mod hold;
 mod mixed;
 mod nat;
 mod nat_sipp;
