@@ -11,6 +11,7 @@ mod malformed;
 mod media;
 mod options;
 mod pair;
+mod prack;
 mod ready;
 mod registration;
 mod regsync_scale;

@@ -98,6 +98,10 @@ pub struct Fork {
     pub early_target: Option<String>,
     /// The nonce of the trunk challenge we answered last, and how often (`nc`).
     pub auth: Option<(String, u32)>,
+    /// The RSeq of the last reliable provisional PRACKed on this fork (RFC 3262).
+    pub rseq: Option<u32>,
+    /// The CSeq of our last PRACK in this fork's early dialog.
+    pub prack_cseq: u32,
 }
 
 /// A trunk's challenge to an in-dialog re-INVITE of ours (401/407).
@@ -210,6 +214,8 @@ pub struct Call {
     pub(super) rebind_acks: Option<Box<[Bytes; 2]>>,
     /// Client transactions of the re-bind.
     pub(super) rebind_txs: Vec<ClientTxId>,
+    /// Reliable provisionals to the caller (RFC 3262), when it supports them.
+    pub(super) reliable: Option<Box<super::prack::ReliableA>>,
 }
 
 impl Fork {
@@ -271,6 +277,7 @@ impl Call {
             rebind: None,
             rebind_acks: None,
             rebind_txs: Vec::new(),
+            reliable: None,
         }
     }
 

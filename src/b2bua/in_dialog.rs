@@ -45,10 +45,14 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
-        if side == Side::A
-            && call.state == CallState::Answered
-            && cseq == call.a.remote_cseq.unwrap_or(cseq)
-        {
+        // The caller's INVITE CSeq (its PRACKs came after it, RFC 3262).
+        let invite_cseq = call
+            .reliable
+            .as_deref()
+            .map(super::prack::ReliableA::invite_cseq)
+            .or(call.a.remote_cseq)
+            .unwrap_or(cseq);
+        if side == Side::A && call.state == CallState::Answered && cseq == invite_cseq {
             call.state = CallState::Confirmed;
             if let Some(b) = call.b.as_mut() {
                 if let Some((body, _)) = &sdp {
@@ -117,6 +121,7 @@ impl B2bua {
                 }
                 self.finish(env, token, "normal", &[side.other()]);
             }
+            Method::Prack if side == Side::A => self.on_prack(env, token, id, &req),
             Method::Update if req.body.is_empty() => {
                 // A session refresh without an offer: answered here, for this leg only.
                 let mut r = response_to(&req, 200, None);

@@ -105,7 +105,7 @@ impl B2bua {
             h.push(HeaderName::CSeq, format!("{b_cseq} INVITE"));
             h.push(HeaderName::Contact, env.me.contact(target.flow.proto));
             h.push(HeaderName::Allow, ALLOW);
-            h.push(HeaderName::Supported, "timer");
+            h.push(HeaderName::Supported, "timer, 100rel");
             if env.cfg.calls.session_expires_s > 0 {
                 h.push(
                     HeaderName::SessionExpires,
@@ -135,6 +135,8 @@ impl B2bua {
                         done: false,
                         early_tag: None,
                         early_target: None,
+                        rseq: None,
+                        prack_cseq: 0,
                         auth: None,
                     });
                 }
@@ -164,6 +166,7 @@ impl B2bua {
             env.now_ms,
             env.now,
         );
+        call.reliable = super::prack::ReliableA::for_invite(&req);
         call.a_invite = Some(Box::new((id, req)));
         call.invite_tx = Some(id);
         call.b_invite_cseq = b_cseq;
@@ -293,6 +296,12 @@ impl B2bua {
             if status == 100 {
                 return;
             }
+            if !self.prack_b(env, token, fi, &resp) {
+                return;
+            }
+            let Some(call) = self.calls.get_mut(&token) else {
+                return;
+            };
             let Some(fork) = call.forks.get_mut(fi) else {
                 return;
             };
@@ -320,8 +329,9 @@ impl B2bua {
                 }
                 let body = copy_body(&resp, &resp.body, &mut r.headers);
                 r.body = media::relay(&mut self.media, token, Side::B, body);
-                let _ = env.tx.respond(env.now, *sid, &r);
+                let sid = *sid;
                 call.state = CallState::Ringing;
+                self.provisional_to_a(env, token, sid, r);
             }
             if new_early {
                 self.digest_ringing(token);
@@ -345,9 +355,12 @@ impl B2bua {
             fork.done = true;
             let fork_req = fork.request.clone();
             let fork_flow = fork.flow;
+            let prack_cseq = fork.prack_cseq;
             let Some(mut dialog) = Dialog::as_uac(&fork_req, &resp, fork_flow) else {
                 return;
             };
+            // Our PRACKs used CSeq numbers in this dialog (RFC 3262 §4).
+            dialog.local_cseq = dialog.local_cseq.max(prack_cseq);
             if call.b.is_some() || call.a_invite.is_none() {
                 // Another fork already won, or the caller cancelled: ACK and hang up this one.
                 let ack = dialog.ack(env.me, call.b_invite_cseq, None);

@@ -9,6 +9,7 @@ mod in_dialog;
 mod invite;
 mod media;
 mod outbound_auth;
+mod prack;
 mod rebind;
 mod refusal;
 mod routing;
@@ -38,7 +39,7 @@ use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 
 /// Methods we accept and advertise in `Allow`.
 pub const ALLOW: &str =
-    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REGISTER, SUBSCRIBE, NOTIFY";
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REGISTER, SUBSCRIBE, NOTIFY";
 
 /// Headers copied from the caller's INVITE to the callee's.
 const COPIED: [&str; 6] = [
@@ -90,6 +91,7 @@ enum Purpose {
     Cancel,
     Refresh { side: Side, cseq: u32 },
     Rebind(Side),
+    Prack,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,6 +99,7 @@ enum TimerKind {
     Ring,
     Session(u8),
     RebindRetry,
+    Reliable,
 }
 
 /// Per-leg pairs (`[T; 2]`, leg A first) looked up by [`Side`] with a `match`, so that no
@@ -388,7 +391,7 @@ impl B2bua {
                     self.rebind_response(env, token, side, rebind::Answer::Final(resp));
                 }
             }
-            Purpose::Bye | Purpose::Cancel => {}
+            Purpose::Bye | Purpose::Cancel | Purpose::Prack => {}
         }
         true
     }
@@ -646,6 +649,7 @@ impl B2bua {
                         .and_then(|side| *c.timers.leg(side))
                         .is_some_and(|t| t.deadline == *at),
                     TimerKind::RebindRetry => true,
+                    TimerKind::Reliable => c.reliable.as_ref().is_some_and(|r| r.pending()),
                 })
             });
         }
@@ -669,6 +673,7 @@ impl B2bua {
                 }
                 TimerKind::Session(i) => session::fire(self, env, token, i, at),
                 TimerKind::RebindRetry => self.rebind_retry(env, token),
+                TimerKind::Reliable => self.reliable_retransmit(env, token),
             }
         }
     }

@@ -219,6 +219,8 @@ mod tests {
             done: false,
             early_tag: None,
             early_target: None,
+            rseq: None,
+            prack_cseq: 0,
             auth: None,
         }
     }

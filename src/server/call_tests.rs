@@ -388,3 +388,155 @@ fn a_carrier_challenge_to_a_session_refresh_is_answered_once() {
         "no refresh loop"
     );
 }
+
+/// Everything sent since the last call: (to the gateway A, to the carrier B).
+fn sent_ab(s: &mut Server) -> (Vec<Message>, Vec<Message>) {
+    let (a, b): (SocketAddr, SocketAddr) = (A.parse().expect("A"), B.parse().expect("B"));
+    let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
+    while let Some(t) = s.poll_transmit() {
+        if let Ok(p) = parse_datagram(&t.bytes) {
+            if t.flow.remote == a {
+                to_a.push(p.message);
+            } else if t.flow.remote == b {
+                to_b.push(p.message);
+            }
+        }
+    }
+    (to_a, to_b)
+}
+
+fn responses(msgs: Vec<Message>, status: u16) -> Vec<Response> {
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            Message::Response(r) if r.status == status => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// RFC 3262 hop by hop: the carrier's reliable 183 is PRACKed on leg B (once, though
+/// retransmitted); the caller, which supports 100rel, gets it reliably with an RSeq of ours,
+/// again after T1 until its PRACK (answered 200; a PRACK for nothing 481); the ACK after the
+/// PRACK still confirms the call, and the BYE to B has a CSeq above the PRACK's.
+#[test]
+fn reliable_provisionals_are_pracked_on_both_legs() {
+    use crate::sip::Method;
+    let t0 = Instant::now();
+    let mut s = server(t0, "udp");
+    let body = sdp(6000);
+    let invite = format!(
+        "INVITE sip:91234@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKrel\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: <sip:91234@127.0.0.1:5060>\r\n\
+         Call-ID: rel-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{A}>\r\nSupported: 100rel\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    feed(&mut s, t0, invite.as_bytes(), A);
+    let b_invite = first_request(sent_to(&mut s, B), Method::Invite);
+    assert!(b_invite.has_token(&HeaderName::Supported, "100rel"));
+    let b_cseq = b_invite.cseq().expect("cseq").seq;
+
+    let mut p183 = response_to(&b_invite, 183, Some("callee-tag"));
+    p183.reason = "Session Progress".into();
+    p183.headers
+        .push(HeaderName::Contact, format!("<sip:callee@{B}>"));
+    p183.headers.push(HeaderName::Require, "100rel");
+    p183.headers.push(HeaderName::Rseq, "7");
+    p183.headers
+        .push(HeaderName::ContentType, "application/sdp");
+    p183.body = sdp(7000).into_bytes().into();
+    feed(&mut s, t0, &p183.to_bytes(), B);
+    let (to_a, to_b) = sent_ab(&mut s);
+    let prack = first_request(to_b, Method::Prack);
+    assert_eq!(
+        prack.headers.get(&HeaderName::Rack),
+        Some(format!("7 {b_cseq} INVITE").as_str())
+    );
+    assert_eq!(prack.to_tag().as_deref(), Some("callee-tag"));
+    let prack_cseq = prack.cseq().expect("cseq").seq;
+    assert!(prack_cseq > b_cseq);
+    feed(&mut s, t0, &response_to(&prack, 200, None).to_bytes(), B);
+
+    // The caller gets it reliably, through the relay.
+    let to_a = responses(to_a, 183);
+    let [r183] = to_a.as_slice() else {
+        panic!("one 183 to the caller: {to_a:?}")
+    };
+    assert!(r183.has_token(&HeaderName::Require, "100rel"));
+    let rseq: u32 = r183
+        .headers
+        .get(&HeaderName::Rseq)
+        .and_then(|v| v.parse().ok())
+        .expect("RSeq");
+    assert!(media_addr(&r183.body).is_some_and(|m| (30000..=30099).contains(&m.rtp.port())));
+
+    // The carrier retransmits its 183: no second PRACK, nothing new to the caller.
+    feed(&mut s, t0, &p183.to_bytes(), B);
+    assert!(
+        sent_to(&mut s, B)
+            .iter()
+            .all(|m| !matches!(m, Message::Request(r) if r.method == Method::Prack)),
+        "a retransmitted reliable provisional is PRACKed once"
+    );
+    // No PRACK from the caller yet: the 183 again after T1 (500 ms), same RSeq.
+    let t1 = t0 + Duration::from_millis(500);
+    s.handle_timeout(t1);
+    let again = responses(sent_to(&mut s, A), 183);
+    assert_eq!(again.len(), 1, "retransmitted at T1");
+    assert_eq!(
+        again[0].headers.get(&HeaderName::Rseq),
+        Some(rseq.to_string().as_str())
+    );
+
+    let a_tag = r183.to_tag().expect("our tag");
+    let prack_a = |rseq: u32, cseq: u32| {
+        format!(
+            "PRACK sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKpr{rseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: <sip:91234@127.0.0.1:5060>;tag={a_tag}\r\n\
+             Call-ID: rel-1\r\nCSeq: {cseq} PRACK\r\nRAck: {rseq} 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    feed(&mut s, t1, prack_a(rseq.wrapping_add(5), 2).as_bytes(), A);
+    let got = sent_to(&mut s, A);
+    assert_eq!(
+        responses(got.clone(), 481).len(),
+        1,
+        "a PRACK for nothing: {got:?}"
+    );
+    feed(&mut s, t1, prack_a(rseq, 3).as_bytes(), A);
+    assert_eq!(
+        responses(sent_to(&mut s, A), 200).len(),
+        1,
+        "the PRACK answered"
+    );
+    // Acknowledged: no more retransmissions.
+    for ms in [1500, 3000, 6000] {
+        s.handle_timeout(t0 + Duration::from_millis(ms));
+    }
+    assert!(responses(sent_to(&mut s, A), 183).is_empty());
+
+    // Answer, ACK (CSeq 1, after the PRACKs), BYE from the caller.
+    let mut ok = response_to(&b_invite, 200, Some("callee-tag"));
+    ok.headers
+        .push(HeaderName::Contact, format!("<sip:callee@{B}>"));
+    let now = t0 + Duration::from_secs(7);
+    feed(&mut s, now, &ok.to_bytes(), B);
+    let ok_a = ok_to(sent_to(&mut s, A));
+    let ack = format!(
+        "ACK sip:caller@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKrelack\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: {}\r\nCall-ID: rel-1\r\n\
+         CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        ok_a.headers.get(&HeaderName::To).unwrap_or_default()
+    );
+    feed(&mut s, now, ack.as_bytes(), A);
+    let _ack_b = first_request(sent_to(&mut s, B), Method::Ack);
+    let bye = format!(
+        "BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bKrelbye\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{A}>;tag=f1\r\nTo: {}\r\nCall-ID: rel-1\r\n\
+         CSeq: 4 BYE\r\nContent-Length: 0\r\n\r\n",
+        ok_a.headers.get(&HeaderName::To).unwrap_or_default()
+    );
+    feed(&mut s, now, bye.as_bytes(), A);
+    let bye_b = first_request(sent_to(&mut s, B), Method::Bye);
+    assert!(bye_b.cseq().expect("cseq").seq > prack_cseq);
+}

@@ -5,7 +5,7 @@
 use crate::sip::{HeaderName, Method, Request, SipMessage, Uri};
 
 /// Option tags we support (RFC 3261 §8.2.2.3).
-pub(crate) const SUPPORTED: &str = "timer";
+pub(crate) const SUPPORTED: &str = "timer, 100rel";
 
 /// Body types we accept (RFC 3261 §8.2.3).
 pub(crate) const ACCEPT: &str = "application/sdp";
@@ -37,6 +37,7 @@ pub(crate) fn is_allowed(m: &Method) -> bool {
             | Method::Options
             | Method::Info
             | Method::Update
+            | Method::Prack
             | Method::Register
             | Method::Subscribe
             | Method::Notify
