@@ -20,6 +20,11 @@ Media is bypass (RTP phone to phone), counted on the wire with harness.Sniffer (
 lo, needs CAP_NET_RAW). Exit 0 only if every scenario passed.
 
     four.py --bin target/release/understudy [--scenario NAME]... [--keep] [--no-transfer-probe]
+            [--attended]
+
+--attended adds two probes without a takeover: the transferor (linphone or twinkle) calls bob
+(pjsua) and carol (the other new client), then transfers the first call to the second (REFER
+with Replaces); the probe passes when that REFER is sent and answered (today: 405).
 
 Drivers: phones_more.py (linphone-daemon, twinkle-console, and the harness's baresip and pjsua
 agent behind the same face). Standard library only.
@@ -429,12 +434,107 @@ class Scenario:
                 self.notes.append(f"{self.holder.name} sent its BYE to the dead main ({d})")
 
 
+# Attended transfer probes (no takeover): the transferor (alice) calls bob (the pjsua agent),
+# then carol (the other new client), then transfers the first call to the second with a REFER
+# carrying Replaces. The PBX refuses REFER today; the probe checks what the client sends.
+ATTENDED = {
+    "attended-linphone": ("linphone", "twinkle"),
+    "attended-twinkle": ("twinkle", "linphone"),
+}
+
+
+class AttendedProbe(Scenario):
+    def __init__(self, name, binary, root, settings=()):  # noqa: D107 - no Scenario.__init__
+        self.name = name
+        self.transferor_kind, self.carol_kind = ATTENDED[name]
+        self.binary = binary
+        self.dir = os.path.join(root, name)
+        os.makedirs(self.dir)
+        self.settings = settings
+        self.results = {}
+        self.notes = []
+        self.sniffer = None
+        self.phones = []
+
+    def _run(self):
+        R = self.results
+        main_sip, standby_sip = free_port(), free_port()
+        main_admin, standby_admin = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+        wav = os.path.join(self.dir, "tone-8k.wav")
+        write_wav(wav)
+        x = PHONES[self.transferor_kind](self.dir, main_sip, wav, free_range(40), "alice")
+        bob = PHONES["pjsua"](self.dir, main_sip, wav, free_range(40), "bob")
+        carol = PHONES[self.carol_kind](self.dir, main_sip, wav, free_range(40), "carol")
+        self.phones = [x, bob, carol]
+        extra = {"settings": self.settings,
+                 "trunks": '\n[[users]]\nname = "carol"\npassword = "carol-secret"\n'}
+        self.main = main = Node(self.binary, self.dir, "main", "main", main_sip, main_admin,
+                                standby_sip, extra)
+        self.standby = sb = Node(self.binary, self.dir, "standby", "standby", standby_sip,
+                                 standby_admin, main_sip, extra)
+        main.start()
+        wait_for("main active", lambda: main.status()["role"] == "active", 10)
+        sb.start()
+        wait_for("stand-by up", lambda: sb.status()["role"] == "standby", 10)
+        for p in self.phones:
+            p.start()
+        wait_for("alice, bob and carol registered at the main",
+                 lambda: all(main.registrations().get(u) for u in ("alice", "bob", "carol")), 10, 0.1)
+        t = time.time()
+        x.dial(f"sip:bob@127.0.0.1:{main_sip}")
+        wait_for(f"{x.name} -> bob (pjsua) confirmed",
+                 lambda: x.established(t) and bob.established(t), 10, 0.05)
+        t = time.time()
+        if x.name == "linphone":
+            first = x.call_id
+            x.dial(f"sip:carol@127.0.0.1:{main_sip}")  # linphone pauses the first call itself
+            second = x.call_id
+            wait_for(f"linphone -> carol ({carol.name}) confirmed",
+                     lambda: x.calls.get(second) == "StreamsRunning" and carol.established(t), 10, 0.05)
+            idx = len(x.trace())
+            x.transfer_attended(second, call=first)
+            R["command"] = f"call-transfer {first} {second}"
+        else:
+            # twinkle: 'transfer -c <uri>' holds line 1 and calls on line 2 (consultation)
+            x.transfer_attended(f"sip:carol@127.0.0.1:{main_sip}")
+            wait_for(f"twinkle line 2 -> carol ({carol.name}) confirmed",
+                     lambda: x._said(r"Line 2: far end answered call", t) and carol.established(t),
+                     10, 0.05)
+            idx = len(x.trace())
+            x.transfer_attended(None, consult_done=True)
+            R["command"] = f"transfer -c sip:carol@127.0.0.1:{main_sip}; then transfer -c"
+
+        def refer():
+            return self._final([(d, b) for d, _, b in x.trace()[idx:]], "REFER")
+
+        def refer_or_fallback():
+            got = refer()
+            if got is None and x.name == "twinkle" and "Remote end does not support 'replaces'" in x.log_text():
+                raise Failure(
+                    "twinkle sent no REFER: it does REFER with Replaces only when the consultation "
+                    "call's far end advertised 'replaces' (Supported/Require), and the PBX's 200 "
+                    "has no 'Supported: replaces'; its log says \"Remote end does not support "
+                    "'replaces'. Transfer with consultation.\" and the fallback (hang up the "
+                    "consultation call, blind REFER) sent nothing")
+            return got
+
+        req, resp = wait_for(f"{x.name} sends a REFER with Replaces and gets a final answer",
+                             refer_or_fallback, 5, 0.05)
+        refer_to = header(req, "Refer-To") or header(req, "r") or ""
+        R["refer"] = f"{first_line(req)} Refer-To: {refer_to} -> {first_line(resp)}"
+        log(f"attended transfer probe ({R['command']}): {R['refer']}")
+        if "replaces" not in refer_to.lower():
+            raise Failure(f"{x.name}'s REFER has no Replaces in Refer-To: {refer_to!r}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.environ.get("UNDERSTUDY_BIN", "target/debug/understudy"))
-    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS) + sorted(ATTENDED),
                     help="run only these (repeatable); default: all")
     ap.add_argument("--keep", action="store_true", help="keep the work directory on success")
+    ap.add_argument("--attended", action="store_true",
+                    help="also run the attended-transfer probes (" + ", ".join(ATTENDED) + ")")
     ap.add_argument("--no-transfer-probe", action="store_true",
                     help="do not send the blind-transfer REFER after the re-bind")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -455,8 +555,11 @@ def main():
     log(f"work directory {root}; understudy {binary}")
     outcome = []
     t_start = time.time()
-    for name in a.scenario or list(SCENARIOS):
-        sc = Scenario(name, binary, root, transfer_probe=not a.no_transfer_probe, settings=a.set)
+    for name in a.scenario or list(SCENARIOS) + (list(ATTENDED) if a.attended else []):
+        if name in ATTENDED:
+            sc = AttendedProbe(name, binary, root, settings=a.set)
+        else:
+            sc = Scenario(name, binary, root, transfer_probe=not a.no_transfer_probe, settings=a.set)
         log(f"=== {name}")
         t0 = time.time()
         try:
@@ -486,7 +589,7 @@ def main():
                 print(f"      {k:12} {R[k] * 1000:8.0f} ms")
         for k in ("register", "hold", "resume", "rtp_on_hold", "rtp_after setup",
                   "rtp_after the resume", "rtp_after the re-bind", "rtp_gap", "takeover",
-                  "transfer_probe", "bye_sent_to", "cdr"):
+                  "transfer_probe", "bye_sent_to", "cdr", "command", "refer"):
             if k in R:
                 print(f"      {k:12} {R[k]}")
         for k in sorted(R):

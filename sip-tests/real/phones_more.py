@@ -409,10 +409,11 @@ display=0
         """Blind transfer: REFER with Refer-To: target."""
         self.cmd(f"call-transfer {self.call_id} {target}")
 
-    def transfer_attended(self, other_call):
-        """Attended transfer: REFER to this call's peer with Refer-To: the peer of call
-        `other_call` (a daemon call id) and Replaces (linphone_call_transfer_to_another)."""
-        self.cmd(f"call-transfer {self.call_id} {other_call}")
+    def transfer_attended(self, other_call, call=None):
+        """Attended transfer of `call` (default: the current one) to the peer of `other_call`
+        (daemon call ids): REFER to this call's peer with Refer-To: the other peer's Contact
+        and ?Replaces= the other call's dialog (linphone_call_transfer_to_another)."""
+        self.cmd(f"call-transfer {call or self.call_id} {other_call}")
 
     def stop(self):
         if self.proc is None or self.proc.poll() is not None:
@@ -546,7 +547,6 @@ speex_dsp_agc=no
 speex_dsp_aec=no
 speex_dsp_nrd=no
 pres_publish_startup=no
-mwi_solicited=no
 """)
         self.proc = None
         self.feeder = None
@@ -623,14 +623,17 @@ mwi_solicited=no
         """Blind transfer: 'transfer <dst>' (REFER, Refer-To: dst)."""
         self.send(f"transfer {target}")
 
-    def transfer_attended(self, other_call=None):
-        """Attended transfer. With other_call=None: 'transfer -l' transfers the call on the
-        active line to the party on the other line (REFER with Replaces). With a URI: 'transfer
-        -c <uri>' sets up the consultation call on the other line; a later
-        transfer_attended(None) after that, or 'transfer -c' without an argument, sends the
-        REFER with Replaces."""
+    def transfer_attended(self, other_call=None, consult_done=False):
+        """Attended transfer (REFER with Replaces), three forms of the CLI's transfer command:
+          other_call = a URI:  'transfer -c <uri>' holds line 1 and calls <uri> on line 2
+                               (the consultation call);
+          consult_done=True:   'transfer -c' then transfers line 1's party to line 2's party;
+          otherwise:           'transfer -l' transfers the active line's call to the party on
+                               the other line (both calls set up beforehand)."""
         if other_call:
             self.send(f"transfer -c {other_call}")
+        elif consult_done:
+            self.send("transfer -c")
         else:
             self.send("transfer -l")
 

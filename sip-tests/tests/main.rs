@@ -22,4 +22,5 @@ mod takeover;
 mod tls_load;
 mod tls_trunk;
 mod torture;
+mod transfer;
 mod ua;

@@ -83,9 +83,8 @@ async fn early_media_reaches_the_caller(mode: &str) -> Result<()> {
         ]),
     )?;
 
-    let log = |n: &str| {
-        std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap_or_default()
-    };
+    let log =
+        |n: &str| std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap_or_default();
     // Early media: the carrier's RTP reaches the caller while the call still rings.
     ensure!(
         at_caller.wait_for(20, Duration::from_secs(10)).await,

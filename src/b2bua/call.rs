@@ -216,6 +216,13 @@ pub struct Call {
     pub(super) rebind_txs: Vec<ClientTxId>,
     /// Reliable provisionals to the caller (RFC 3262), when it supports them.
     pub(super) reliable: Option<Box<super::prack::ReliableA>>,
+    /// A transfer in progress (REFER from one of the legs).
+    pub(super) transfer: Option<Box<super::transfer::Transfer>>,
+    /// How often the call was transferred.
+    pub transfers: u8,
+    /// The Call-ID of the transferor's leg this part of the call replaced (the CDR's
+    /// `transfer_of`).
+    pub transfer_of: Option<String>,
 }
 
 impl Fork {
@@ -278,6 +285,9 @@ impl Call {
             rebind_acks: None,
             rebind_txs: Vec::new(),
             reliable: None,
+            transfer: None,
+            transfers: 0,
+            transfer_of: None,
         }
     }
 

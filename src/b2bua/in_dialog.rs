@@ -115,6 +115,13 @@ impl B2bua {
             Method::Bye => {
                 let r = response_to(&req, 200, None);
                 let _ = env.tx.respond(env.now, id, &r);
+                if self.transferor_left(token, side) {
+                    // The transferor's part is over; the transfer goes on.
+                    return;
+                }
+                let Some(call) = self.calls.get_mut(&token) else {
+                    return;
+                };
                 if side == Side::A && call.b.is_none() {
                     call.cancelled = true;
                     self.cancel_forks(env, token, None);
@@ -122,6 +129,7 @@ impl B2bua {
                 self.finish(env, token, "normal", &[side.other()]);
             }
             Method::Prack if side == Side::A => self.on_prack(env, token, id, &req),
+            Method::Refer => self.on_refer(env, token, side, id, &req),
             Method::Update if req.body.is_empty() => {
                 // A session refresh without an offer: answered here, for this leg only.
                 let mut r = response_to(&req, 200, None);

@@ -14,6 +14,7 @@ mod rebind;
 mod refusal;
 mod routing;
 mod session;
+mod transfer;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -39,7 +40,7 @@ use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 
 /// Methods we accept and advertise in `Allow`.
 pub const ALLOW: &str =
-    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REGISTER, SUBSCRIBE, NOTIFY";
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REFER, REGISTER, SUBSCRIBE, NOTIFY";
 
 /// Headers copied from the caller's INVITE to the callee's.
 const COPIED: [&str; 6] = [
@@ -92,6 +93,9 @@ enum Purpose {
     Refresh { side: Side, cseq: u32 },
     Rebind(Side),
     Prack,
+    Notify,
+    TransferInvite,
+    TransferJoin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -369,7 +373,10 @@ impl B2bua {
             return true;
         }
         if resp.status >= 200
-            && !matches!(purpose, Purpose::Fork | Purpose::Relay | Purpose::Rebind(_))
+            && !matches!(
+                purpose,
+                Purpose::Fork | Purpose::Relay | Purpose::Rebind(_) | Purpose::TransferInvite
+            )
         {
             self.client.remove(&id);
         }
@@ -391,7 +398,9 @@ impl B2bua {
                     self.rebind_response(env, token, side, rebind::Answer::Final(resp));
                 }
             }
-            Purpose::Bye | Purpose::Cancel | Purpose::Prack => {}
+            Purpose::TransferInvite => self.transfer_invite_response(env, token, id, resp),
+            Purpose::TransferJoin => self.transfer_join_response(env, token, id, resp),
+            Purpose::Bye | Purpose::Cancel | Purpose::Prack | Purpose::Notify => {}
         }
         true
     }
@@ -501,6 +510,14 @@ impl B2bua {
                 let resp = Response::new(408);
                 session::refresh_response(self, env, token, side, cseq, &resp);
             }
+            (Purpose::TransferInvite, _) => {
+                let resp = Response::new(408);
+                self.transfer_invite_response(env, token, id, resp);
+            }
+            (Purpose::TransferJoin, _) => {
+                let resp = Response::new(408);
+                self.transfer_join_response(env, token, id, resp);
+            }
             _ => {
                 self.client.remove(&id);
             }
@@ -527,6 +544,9 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&token) else {
             return;
         };
+        if let Some(t) = call.transfer.take() {
+            self.abort_transfer(env, token, *t);
+        }
         let rebinding = call.rebind.take().is_some();
         if rebinding {
             // Ended while its re-bind was under way (an endpoint hung up): the takeover hears
@@ -608,24 +628,7 @@ impl B2bua {
             );
             return;
         }
-        let answer = call.answer_ms;
-        let end = env.now_ms;
-        let cdr = CdrRecord {
-            call_id: call.a.call_id.clone(),
-            b_call_id: call.b_call_id.clone(),
-            token: format!("{token:016x}"),
-            caller: call.caller.clone(),
-            callee: call.callee.clone(),
-            trunk: call.trunk.clone(),
-            start_ms: call.start_ms as i64,
-            answer_ms: answer.map(|a| a as i64),
-            end_ms: end as i64,
-            duration_ms: answer.map_or(0, |a| end.saturating_sub(a) as i64),
-            end_reason: reason.to_string(),
-            recovered: call.recovered,
-            node: env.node.to_string(),
-            media: None,
-        };
+        let cdr = cdr_of(&call, env, reason);
         match byes.as_slice() {
             [tx] if rebinding => {
                 self.held_cdrs.insert(*tx, cdr);
@@ -681,6 +684,29 @@ impl B2bua {
     /// When [`Self::handle_timeout`] should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+}
+
+/// The CDR of `call` (or of its part so far) ending now for `reason`.
+fn cdr_of(call: &Call, env: &Env<'_>, reason: &str) -> CdrRecord {
+    let answer = call.answer_ms;
+    let end = env.now_ms;
+    CdrRecord {
+        call_id: call.a.call_id.clone(),
+        b_call_id: call.b_call_id.clone(),
+        token: format!("{:016x}", call.token),
+        caller: call.caller.clone(),
+        callee: call.callee.clone(),
+        trunk: call.trunk.clone(),
+        start_ms: call.start_ms as i64,
+        answer_ms: answer.map(|a| a as i64),
+        end_ms: end as i64,
+        duration_ms: answer.map_or(0, |a| end.saturating_sub(a) as i64),
+        end_reason: reason.to_string(),
+        recovered: call.recovered,
+        node: env.node.to_string(),
+        media: None,
+        transfer_of: call.transfer_of.clone(),
     }
 }
 

@@ -102,7 +102,7 @@ pub(super) struct Rebind {
 
 /// An SDP answer that rejects every stream of `offer` (ports 0), for ending a half-done
 /// exchange cleanly (RFC 3264 §6).
-fn rejecting_answer(offer: &Bytes) -> Bytes {
+pub(super) fn rejecting_answer(offer: &Bytes) -> Bytes {
     let text = String::from_utf8_lossy(offer);
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
@@ -632,6 +632,7 @@ impl B2bua {
             recovered: true,
             node: env.node.to_string(),
             media: None,
+            transfer_of: None,
         });
     }
 

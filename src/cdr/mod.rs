@@ -53,6 +53,11 @@ pub struct CdrRecord {
     pub node: String,
     /// RTP relay counters, when media was relayed.
     pub media: Option<MediaCounters>,
+    /// For the later part of a transferred call: the Call-ID of the transferor's leg it
+    /// replaced (that leg is in the earlier part's record, which has the same token and ends
+    /// `transferred`).
+    #[serde(default)]
+    pub transfer_of: Option<String>,
 }
 
 /// RTP counters of a relayed call, one set per direction.

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS cdr (
     a_to_b_jitter_ms REAL,
     b_to_a_packets   INTEGER,
     b_to_a_lost      INTEGER,
-    b_to_a_jitter_ms REAL
+    b_to_a_jitter_ms REAL,
+    transfer_of      TEXT
 );
 CREATE INDEX IF NOT EXISTS cdr_start_ms ON cdr (start_ms);
 CREATE INDEX IF NOT EXISTS cdr_call_id ON cdr (call_id);
@@ -43,12 +44,13 @@ CREATE INDEX IF NOT EXISTS cdr_call_id ON cdr (call_id);
 /// The data columns, in the order used by `INSERT` and by [`decode`].
 const COLUMNS: &str = "call_id, b_call_id, token, caller, callee, trunk, start_ms, answer_ms, \
      end_ms, duration_ms, end_reason, recovered, node, a_to_b_packets, a_to_b_lost, \
-     a_to_b_jitter_ms, b_to_a_packets, b_to_a_lost, b_to_a_jitter_ms";
+     a_to_b_jitter_ms, b_to_a_packets, b_to_a_lost, b_to_a_jitter_ms, transfer_of";
 
 const INSERT: &str = "INSERT INTO cdr (call_id, b_call_id, token, caller, callee, trunk, start_ms, \
      answer_ms, end_ms, duration_ms, end_reason, recovered, node, a_to_b_packets, a_to_b_lost, \
-     a_to_b_jitter_ms, b_to_a_packets, b_to_a_lost, b_to_a_jitter_ms) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+     a_to_b_jitter_ms, b_to_a_packets, b_to_a_lost, b_to_a_jitter_ms, transfer_of) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+     ?20)";
 
 /// Open (creating if needed) the database for writing: WAL, `synchronous=NORMAL`, table and indexes.
 pub(super) fn open_for_write(path: &Path) -> Result<Connection, CdrError> {
@@ -83,9 +85,23 @@ pub(super) fn open_for_write(path: &Path) -> Result<Connection, CdrError> {
     }
     conn.execute_batch(CREATE)
         .map_err(CdrError::sqlite(path, "create table"))?;
+    add_missing_columns(&conn).map_err(CdrError::sqlite(path, "add the transfer_of column"))?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(CdrError::sqlite(path, "write schema version"))?;
     Ok(conn)
+}
+
+/// Columns added after the first release, added to a table an earlier build created. Older
+/// builds still read and write such a table: they name their columns.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('cdr')")?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if !names.iter().any(|n| n == "transfer_of") {
+        conn.execute_batch("ALTER TABLE cdr ADD COLUMN transfer_of TEXT")?;
+    }
+    Ok(())
 }
 
 /// Insert `rows` inside the transaction `tx`.
@@ -113,6 +129,7 @@ pub(super) fn insert(tx: &Transaction<'_>, rows: &[CdrRecord]) -> rusqlite::Resu
             m.map(|m| saturate(m.b_to_a_packets)),
             m.map(|m| saturate(m.b_to_a_lost)),
             m.map(|m| m.b_to_a_jitter_ms),
+            r.transfer_of,
         ])?;
     }
     Ok(())
@@ -152,6 +169,7 @@ fn decode(row: &Row<'_>) -> rusqlite::Result<CdrRecord> {
         recovered: row.get(11)?,
         node: row.get(12)?,
         media,
+        transfer_of: row.get(19)?,
     })
 }
 

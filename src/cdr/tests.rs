@@ -70,7 +70,43 @@ fn sample(i: u64) -> CdrRecord {
             b_to_a_lost: i % 13,
             b_to_a_jitter_ms: i as f64 / 3.0,
         }),
+        transfer_of: (i % 6 == 0).then(|| format!("t-{i}@10.0.0.3")),
     }
+}
+
+/// A table written by a build from before `transfer_of`: opening it adds the column, its
+/// rows read back without one, and new rows carry it.
+#[test]
+fn a_table_from_before_transfer_of_gains_the_column() {
+    let dir = TempDir::new("old-table");
+    let path = dir.db();
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    {
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE cdr (id INTEGER PRIMARY KEY, call_id TEXT NOT NULL, \
+             b_call_id TEXT NOT NULL, token TEXT NOT NULL, caller TEXT NOT NULL, \
+             callee TEXT NOT NULL, trunk TEXT, start_ms INTEGER NOT NULL, answer_ms INTEGER, \
+             end_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL, end_reason TEXT NOT NULL, \
+             recovered INTEGER NOT NULL, node TEXT NOT NULL, a_to_b_packets INTEGER, \
+             a_to_b_lost INTEGER, a_to_b_jitter_ms REAL, b_to_a_packets INTEGER, \
+             b_to_a_lost INTEGER, b_to_a_jitter_ms REAL); \
+             INSERT INTO cdr (call_id, b_call_id, token, caller, callee, start_ms, end_ms, \
+             duration_ms, end_reason, recovered, node) \
+             VALUES ('old', '', '01', 'a', 'b', 1, 2, 0, 'normal', 0, 'n'); \
+             PRAGMA user_version = 1;",
+        )
+        .expect("old table");
+    }
+    let mut conn = super::schema::open_for_write(&path).expect("opens the old table");
+    let tx = conn.transaction().expect("tx");
+    super::schema::insert(&tx, &[sample(6)]).expect("insert");
+    tx.commit().expect("commit");
+    let rows = read_all(&path).expect("read");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].call_id, "old");
+    assert_eq!(rows[0].transfer_of, None);
+    assert_eq!(rows[1].transfer_of.as_deref(), Some("t-6@10.0.0.3"));
 }
 
 #[test]
@@ -228,6 +264,7 @@ fn schema_columns_match_the_fields_and_media_is_nullable() {
             "b_to_a_packets",
             "b_to_a_lost",
             "b_to_a_jitter_ms",
+            "transfer_of",
         ]
     );
     for (name, not_null) in &cols[14..] {

@@ -38,6 +38,7 @@ pub(crate) fn is_allowed(m: &Method) -> bool {
             | Method::Info
             | Method::Update
             | Method::Prack
+            | Method::Refer
             | Method::Register
             | Method::Subscribe
             | Method::Notify

@@ -162,6 +162,8 @@ header_names! {
     Date => "Date";
     Subject => "Subject", "s";
     ReferTo => "Refer-To", "r";
+    ReferredBy => "Referred-By", "b";
+    Replaces => "Replaces";
     Rseq => "RSeq";
     Rack => "RAck";
     Timestamp => "Timestamp";

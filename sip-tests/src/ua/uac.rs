@@ -234,6 +234,16 @@ impl Ua {
     /// Send a request in dialog `id` (BYE marks the dialog terminating). SDP is added to
     /// INVITE and UPDATE. Returns the request; nothing is awaited.
     pub fn send_in_dialog(&self, id: &DialogId, method: Method) -> Result<Request> {
+        self.send_in_dialog_with(id, method, &[])
+    }
+
+    /// [`Ua::send_in_dialog`] with more headers.
+    pub fn send_in_dialog_with(
+        &self,
+        id: &DialogId,
+        method: Method,
+        extra: &[(HeaderName, String)],
+    ) -> Result<Request> {
         let sh = &self.shared;
         let mut st = sh.lock();
         let body = if matches!(method, Method::Invite | Method::Update) {
@@ -248,6 +258,9 @@ impl Ua {
         if method == Method::Bye {
             d.state = DialogState::Terminating;
         }
+        for (n, v) in extra {
+            req.headers.push(n.clone(), v.clone());
+        }
         if let Some(b) = body {
             set_body(&mut req, "application/sdp", b);
         }
@@ -260,6 +273,21 @@ impl Ua {
         let req = self.send_in_dialog(id, method.clone())?;
         let seq = req.cseq()?.seq;
         self.wait_final_from(&id.call_id, method, seq).await
+    }
+
+    /// REFER (RFC 3515) in dialog `id` to `refer_to` (a URI, or a name-addr with headers such
+    /// as `Replaces`), waiting for the final response.
+    pub async fn refer(&mut self, id: &DialogId, refer_to: &str) -> Result<Response> {
+        let req = self.send_in_dialog_with(
+            id,
+            Method::Refer,
+            &[
+                (HeaderName::ReferTo, refer_to.to_string()),
+                (HeaderName::ReferredBy, format!("<{}>", self.aor())),
+            ],
+        )?;
+        let seq = req.cseq()?.seq;
+        self.wait_final_from(&id.call_id, Method::Refer, seq).await
     }
 
     /// BYE and wait for its final response.

@@ -1,0 +1,250 @@
+//! Call transfer by REFER (RFC 3515), done by the B2BUA itself (RFC 5589 flows, RFC 3725
+//! style joins): the transferor gets 202 and NOTIFYs with the progress (`message/sipfrag`),
+//! the target an offerless INVITE, the transferee a re-INVITE with the target's offer and
+//! never a REFER; RTP flows between transferee and target through the relay; the two parts
+//! of the call have one CDR each, linked by `transfer_of`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use sip_tests::rtp::{Receiver, Sender, sdp_addr};
+use sip_tests::{Answer, DialogId, TestServer, Ua};
+use tokio::net::UdpSocket;
+use understudy::config::MediaMode;
+use understudy::sip::{Method, SipMessage};
+
+async fn relay_server(lo: u16, hi: u16) -> Result<TestServer> {
+    let mut cfg = TestServer::config();
+    cfg.media.mode = MediaMode::Relay;
+    cfg.media.rtp_ports = (lo, hi);
+    let mut carol = cfg.users.first().context("a built-in user")?.clone();
+    carol.name = "carol".into();
+    carol.password = "carol-secret".into();
+    cfg.users.push(carol);
+    TestServer::start_with(cfg).await
+}
+
+async fn registered(server: &TestServer, name: &str) -> Result<Ua> {
+    let mut ua = server.ua(name).await?;
+    ensure!(ua.register().await?.status == 200, "{name} registers");
+    Ok(ua)
+}
+
+/// The dialog `ua` has in call `call_id`.
+fn dialog_in(ua: &Ua, call_id: &str) -> Result<DialogId> {
+    ua.live_dialogs()
+        .into_iter()
+        .find(|d| d.id.call_id == call_id)
+        .map(|d| d.id)
+        .with_context(|| format!("{} has no dialog in {call_id}", ua.user()))
+}
+
+/// The sipfrag status line of a NOTIFY.
+fn sipfrag(n: &understudy::sip::Request) -> String {
+    String::from_utf8_lossy(&n.body)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// RTP both ways between two phones, each sending to the relay address its SDP names.
+async fn media_flows(x: &Ua, x_id: &DialogId, y: &Ua, y_id: &DialogId) -> Result<()> {
+    let relay_of = |ua: &Ua, id: &DialogId| -> Result<std::net::SocketAddr> {
+        let d = ua.dialog(id).context("dialog")?;
+        sdp_addr(&d.remote_sdp.context("no SDP")?).context("no media address")
+    };
+    let own = |ua: &Ua| sdp_addr(sip_tests::sdp::body(ua.addr(), "x", 1).as_bytes()).context("sdp");
+    let xs = Arc::new(UdpSocket::bind(own(x)?).await?);
+    let ys = Arc::new(UdpSocket::bind(own(y)?).await?);
+    let (at_x, at_y) = (Receiver::start(xs.clone()), Receiver::start(ys.clone()));
+    let from_x = Sender::start(xs, relay_of(x, x_id)?, 0x1001);
+    let from_y = Sender::start(ys, relay_of(y, y_id)?, 0x2002);
+    let ok_y = at_y.wait_for(20, Duration::from_secs(5)).await;
+    let ok_x = at_x.wait_for(20, Duration::from_secs(5)).await;
+    let (n_x, n_y) = (at_x.packets(), at_y.packets());
+    from_x.stop().await;
+    from_y.stop().await;
+    at_x.stop().await;
+    at_y.stop().await;
+    ensure!(
+        ok_x && ok_y,
+        "RTP {} → {}: {n_y}, back: {n_x}",
+        x.user(),
+        y.user()
+    );
+    Ok(())
+}
+
+/// A blind transfer by the callee (`by_callee`) or by the caller, to carol.
+async fn blind_transfer(by_callee: bool, ports: (u16, u16)) -> Result<()> {
+    let server = relay_server(ports.0, ports.1).await?;
+    let mut alice = registered(&server, "alice").await?;
+    let mut bob = registered(&server, "bob").await?;
+    let mut carol = registered(&server, "carol").await?;
+    bob.answer_next_invite(Answer::ok());
+    carol.answer_next_invite(Answer::ok());
+    let a = alice.call("bob").await?;
+    let b_invite_call_id = bob
+        .live_dialogs()
+        .first()
+        .map(|d| d.id.call_id.clone())
+        .context("bob's dialog")?;
+    let b = dialog_in(&bob, &b_invite_call_id)?;
+    media_flows(&alice, &a, &bob, &b).await?;
+
+    // The transferor refers the transferee to carol.
+    let (transferor, t_id, transferee, e_id) = if by_callee {
+        (&mut bob, b.clone(), &mut alice, a.clone())
+    } else {
+        (&mut alice, a.clone(), &mut bob, b.clone())
+    };
+    let r = transferor
+        .refer(&t_id, &format!("<sip:carol@{}>", "pbx.local"))
+        .await?;
+    ensure!(r.status == 202, "REFER: {} {}", r.status, r.reason);
+    let trying = transferor
+        .expect_request_in(&t_id.call_id, Method::Notify)
+        .await?;
+    ensure!(
+        trying.headers.get(&understudy::sip::HeaderName::Event) == Some("refer")
+            && sipfrag(&trying) == "SIP/2.0 100 Trying",
+        "first NOTIFY: {}",
+        sipfrag(&trying)
+    );
+
+    // carol gets an offerless INVITE from the B2BUA; the transferee a re-INVITE with her offer.
+    let to_carol = carol.expect_new_invite().await?;
+    ensure!(
+        to_carol.body.is_empty(),
+        "the INVITE to the target is offerless"
+    );
+    let re = transferee
+        .expect_request_in(&e_id.call_id, Method::Invite)
+        .await?;
+    ensure!(
+        !re.body.is_empty(),
+        "the transferee's re-INVITE carries the target's offer"
+    );
+    let mut progress = vec![sipfrag(&trying)];
+    let done = loop {
+        let n = transferor
+            .expect_request_in(&t_id.call_id, Method::Notify)
+            .await?;
+        progress.push(sipfrag(&n));
+        let state = n
+            .headers
+            .get(&understudy::sip::HeaderName::SubscriptionState)
+            .unwrap_or("");
+        if state.starts_with("terminated") {
+            break n;
+        }
+        ensure!(progress.len() < 5, "NOTIFYs without an end: {progress:?}");
+    };
+    ensure!(sipfrag(&done) == "SIP/2.0 200 OK", "NOTIFYs: {progress:?}");
+    let _bye = transferor
+        .expect_request_in(&t_id.call_id, Method::Bye)
+        .await?;
+    let c = dialog_in(&carol, to_carol.call_id()?)?;
+
+    // The transferee and carol talk through the relay.
+    media_flows(transferee, &e_id, &carol, &c).await?;
+    let calls = server.get_json("/calls").await?;
+    ensure!(
+        calls["calls"].as_array().map(Vec::len) == Some(1),
+        "one call after the transfer: {calls}"
+    );
+
+    // carol hangs up: the transferee gets the BYE.
+    ensure!(carol.bye(&c).await?.status == 200, "carol's BYE");
+    transferee
+        .expect_request_in(&e_id.call_id, Method::Bye)
+        .await?;
+    let cdrs = server.stop().await?;
+    ensure!(cdrs.len() == 2, "two CDRs, one per part: {cdrs:?}");
+    let (before, after) = (&cdrs[0], &cdrs[1]);
+    ensure!(
+        before.token == after.token
+            && before.end_reason == "transferred"
+            && before.callee == "bob"
+            && after.end_reason == "normal"
+            && after.transfer_of.as_deref() == Some(t_id.call_id.as_str())
+            && (before.call_id == t_id.call_id || before.b_call_id == t_id.call_id),
+        "the CDR chain: {cdrs:#?}"
+    );
+    if by_callee {
+        ensure!(after.callee.contains("carol"), "{after:?}");
+    } else {
+        ensure!(after.caller.contains("carol"), "{after:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn blind_transfer_by_the_callee_joins_caller_and_target() -> Result<()> {
+    blind_transfer(true, (34000, 34099)).await
+}
+
+#[tokio::test]
+async fn blind_transfer_by_the_caller_joins_callee_and_target() -> Result<()> {
+    blind_transfer(false, (34100, 34199)).await
+}
+
+/// A transfer that fails keeps the original call: a target that does not exist gets the
+/// REFER refused; a busy target gets the transferor a NOTIFY with 486, and caller and callee
+/// still talk, and end with one normal CDR.
+#[tokio::test]
+async fn a_failed_transfer_keeps_the_original_call() -> Result<()> {
+    let server = relay_server(34200, 34299).await?;
+    let mut alice = registered(&server, "alice").await?;
+    let mut bob = registered(&server, "bob").await?;
+    let mut carol = registered(&server, "carol").await?;
+    bob.answer_next_invite(Answer::ok());
+    carol.answer_next_invite(Answer::busy());
+    let a = alice.call("bob").await?;
+    let b = bob
+        .live_dialogs()
+        .first()
+        .map(|d| d.id.clone())
+        .context("bob's dialog")?;
+
+    let r = bob.refer(&b, "<sip:nobody@pbx.local>").await?;
+    ensure!(
+        r.status == 404,
+        "REFER to an unknown user: {} {}",
+        r.status,
+        r.reason
+    );
+
+    let r = bob.refer(&b, "<sip:carol@pbx.local>").await?;
+    ensure!(r.status == 202, "REFER: {} {}", r.status, r.reason);
+    let mut progress = Vec::new();
+    loop {
+        let n = bob.expect_request_in(&b.call_id, Method::Notify).await?;
+        progress.push(sipfrag(&n));
+        let state = n
+            .headers
+            .get(&understudy::sip::HeaderName::SubscriptionState)
+            .unwrap_or("");
+        if state.starts_with("terminated") {
+            break;
+        }
+        ensure!(progress.len() < 5, "NOTIFYs without an end: {progress:?}");
+    }
+    ensure!(
+        progress
+            .last()
+            .is_some_and(|l| l.starts_with("SIP/2.0 486")),
+        "NOTIFYs: {progress:?}"
+    );
+    media_flows(&alice, &a, &bob, &b).await?;
+    ensure!(alice.bye(&a).await?.status == 200, "BYE");
+    bob.expect_request_in(&b.call_id, Method::Bye).await?;
+    let cdrs = server.stop().await?;
+    ensure!(
+        cdrs.len() == 1 && cdrs[0].end_reason == "normal" && cdrs[0].transfer_of.is_none(),
+        "{cdrs:#?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,511 @@
+//! Call transfer done by the B2BUA itself (RFC 3515 REFER, flows of RFC 5589): the
+//! transferee never sees a REFER.
+//!
+//! A phone in a call (the transferor, on leg X) sends `REFER` with `Refer-To` naming another
+//! party. We answer 202, report progress to the transferor in `NOTIFY Event: refer`
+//! (`message/sipfrag`, RFC 3515 §2.4.5) and place the new call ourselves, RFC 3725 style:
+//!
+//! 1. an offerless INVITE to the target, from the transferee's identity, with our tag for
+//!    leg X (the new leg takes the transferor's place, so the call keeps its token);
+//! 2. the target's 2xx carries an offer; a re-INVITE carries it to the transferee (leg Y);
+//! 3. the transferee's answer goes to the target in our ACK; the target's dialog replaces
+//!    leg X; the transferor gets `NOTIFY 200` and a BYE.
+//!
+//! Failure at any step leaves the original call as it was (the transferee's media is touched
+//! only in step 2, and only when the target answered): the transferor gets the failure in its
+//! NOTIFY. If the transferor already hung up, there is no original call to keep, and the
+//! transferee's leg ends too. A call is transferred at most [`MAX_TRANSFERS`] times (a REFER
+//! loop between phones ends there with 403, not in a storm). Each part of a transferred call
+//! has its CDR: the earlier part ends `transferred`, the next names the transferor's leg in
+//! `transfer_of`.
+
+use bytes::Bytes;
+
+use super::call::{CallState, Side};
+use super::{ALLOW, B2bua, Env, PerLeg, Purpose, media};
+use crate::dialog::{Dialog, DialogState};
+use crate::net::Flow;
+use crate::sip::{HeaderName, Method, NameAddr, Request, Response, SipMessage, Uri, response_to};
+use crate::transaction::{ClientTxId, ServerTxId};
+
+/// How many times one call may be transferred.
+pub const MAX_TRANSFERS: u8 = 8;
+
+/// Where a transfer is.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// Offerless INVITE sent to the target.
+    Calling,
+    /// The target answered with `offer` in dialog `target`; a re-INVITE carries the offer to
+    /// the transferee (its CSeq `cseq`).
+    Joining {
+        target: Box<Dialog>,
+        offer: Bytes,
+        cseq: u32,
+    },
+}
+
+/// A transfer in progress.
+#[derive(Debug)]
+pub struct Transfer {
+    /// The transferor's leg.
+    pub(super) from: Side,
+    /// The transferor hung up meanwhile.
+    pub(super) from_gone: bool,
+    /// The INVITE to the target, where it went, and its transaction.
+    pub(super) invite: Request,
+    pub(super) flow: Flow,
+    pub(super) tx: ClientTxId,
+    /// Whether the target sent a provisional (reported to the transferor once).
+    pub(super) provisional: bool,
+    /// The party now in the call (for the CDR), and the trunk it is reached by.
+    pub(super) party: String,
+    pub(super) trunk: Option<String>,
+    pub(super) step: Step,
+}
+
+/// The NOTIFY of the REFER's implicit subscription (RFC 3515 §2.4.4) with `status` as a
+/// sipfrag; final statuses end the subscription.
+fn notify(d: &mut Dialog, env: &Env<'_>, status: u16, reason: &str) -> Request {
+    let mut n = d.request(Method::Notify, env.me, None);
+    n.headers.push(HeaderName::Event, "refer");
+    let state = if status >= 200 {
+        "terminated;reason=noresource"
+    } else {
+        "active;expires=60"
+    };
+    n.headers.push(HeaderName::SubscriptionState, state);
+    n.headers
+        .push(HeaderName::Contact, env.me.contact(d.flow.proto));
+    n.headers
+        .push(HeaderName::ContentType, "message/sipfrag;version=2.0");
+    n.body = Bytes::from(format!("SIP/2.0 {status} {reason}\r\n"));
+    n
+}
+
+/// The Refer-To target: its URI and the user to route.
+fn refer_target(req: &Request) -> Option<(Uri, String)> {
+    let v = req.headers.get(&HeaderName::ReferTo)?;
+    let na = NameAddr::parse(v).ok()?;
+    let user = na.uri.user_unescaped()?;
+    Some((na.uri, user))
+}
+
+impl B2bua {
+    /// A REFER on leg `side` of call `token` (the transferor's).
+    pub(super) fn on_refer(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        side: Side,
+        id: ServerTxId,
+        req: &Request,
+    ) {
+        let reply = |env: &mut Env<'_>, status: u16, phrase: Option<&str>| {
+            let mut r = response_to(req, status, None);
+            if let Some(p) = phrase {
+                r.reason = p.into();
+            }
+            let _ = env.tx.respond(env.now, id, &r);
+        };
+        let Some(call) = self.calls.get(&token) else {
+            return;
+        };
+        let Some((uri, user)) = refer_target(req) else {
+            return reply(env, 400, Some("Missing or Bad Refer-To"));
+        };
+        if uri.headers.is_some() {
+            // Replaces / other embedded headers: attended transfer is not done here yet.
+            return reply(env, 501, Some("Refer-To With Headers Not Supported"));
+        }
+        if call.state != CallState::Confirmed
+            || call.transfer.is_some()
+            || call.reinvite.is_some()
+            || call.rebind.is_some()
+        {
+            let mut r = response_to(req, 491, None);
+            r.headers.push(HeaderName::RetryAfter, "1");
+            let _ = env.tx.respond(env.now, id, &r);
+            return;
+        }
+        if call.transfers >= MAX_TRANSFERS {
+            return reply(env, 403, Some("Transfer Limit Reached"));
+        }
+        let route = match super::resolve(env.cfg, env.registrar, env.dns, &user, env.now) {
+            Ok(r) => r,
+            Err(why) => return reply(env, why.status(), why.phrase()),
+        };
+        let Some(target) = route.targets.first().cloned() else {
+            return reply(env, 480, None);
+        };
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some(transferee) = call.leg(side.other()) else {
+            return;
+        };
+        // The target sees the transferee calling (RFC 5589 §6: the new call is the
+        // transferee's), from a new Call-ID, with our tag for the transferor's leg.
+        let host = env.me.udp.split(':').next().unwrap_or("understudy");
+        let call_id = format!(
+            "{:016x}{:08x}@{host}",
+            crate::entropy::random::<u64>(),
+            crate::entropy::random::<u32>()
+        );
+        let mut inv = Request::new(Method::Invite, target.uri.clone());
+        let h = &mut inv.headers;
+        h.push(HeaderName::Via, env.me.via(target.flow.proto));
+        h.push(HeaderName::MaxForwards, "70");
+        h.push(
+            HeaderName::From,
+            format!(
+                "{};tag={}",
+                transferee.remote_uri,
+                super::tag_for(token, side)
+            ),
+        );
+        h.push(HeaderName::To, target.to.clone());
+        h.push(HeaderName::CallId, call_id);
+        h.push(
+            HeaderName::CSeq,
+            format!("{} INVITE", env.cseq_base().saturating_add(1)),
+        );
+        h.push(HeaderName::Contact, env.me.contact(target.flow.proto));
+        h.push(HeaderName::Allow, ALLOW);
+        h.push(HeaderName::Supported, "timer");
+        if let Some(by) = req.headers.get(&HeaderName::ReferredBy) {
+            h.push(HeaderName::ReferredBy, by);
+        }
+        let Ok(tx) = env.tx.send_request(env.now, &inv, target.flow) else {
+            return reply(env, 500, None);
+        };
+        self.client.insert(tx, (token, Purpose::TransferInvite));
+        let mut accepted = response_to(req, 202, None);
+        accepted.headers.push(
+            HeaderName::Contact,
+            env.me
+                .contact(call.leg(side).map_or(call.a.flow.proto, |d| d.flow.proto)),
+        );
+        let _ = env.tx.respond(env.now, id, &accepted);
+        call.transfer = Some(Box::new(Transfer {
+            from: side,
+            from_gone: false,
+            invite: inv,
+            flow: target.flow,
+            tx,
+            provisional: false,
+            party: uri.to_string(),
+            trunk: route.trunk,
+            step: Step::Calling,
+        }));
+        self.notify_transferor(env, token, side, 100, "Trying");
+        tracing::info!(
+            token = format!("{token:016x}"),
+            transferor = ?side,
+            target = user,
+            "blind transfer: calling the target"
+        );
+    }
+
+    /// Tell the transferor on leg `from` how its transfer goes.
+    fn notify_transferor(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        from: Side,
+        status: u16,
+        reason: &str,
+    ) {
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        if let Some(d) = call.leg_mut(from) {
+            let n = notify(d, env, status, reason);
+            if let Ok(tx) = env.tx.send_request(env.now, &n, d.next_hop()) {
+                self.client.insert(tx, (token, Purpose::Notify));
+            }
+        }
+    }
+
+    /// The transferor hung up while its transfer goes on: its leg is done, the call is not.
+    /// `false` when `side` is not a transferor's.
+    pub(super) fn transferor_left(&mut self, token: u64, side: Side) -> bool {
+        match self
+            .calls
+            .get_mut(&token)
+            .and_then(|c| c.transfer.as_deref_mut())
+        {
+            Some(t) if t.from == side && !t.from_gone => {
+                t.from_gone = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A response to our INVITE to the transfer target.
+    pub(super) fn transfer_invite_response(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        id: ClientTxId,
+        resp: Response,
+    ) {
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some(t) = call.transfer.as_deref_mut().filter(|t| t.tx == id) else {
+            // A retransmitted 2xx after the transfer finished (or failed): ACK it again is the
+            // target's dialog's business once it is a leg; otherwise nothing to do.
+            return;
+        };
+        let status = resp.status;
+        if status < 200 {
+            if status > 100 && !t.provisional {
+                t.provisional = true;
+                let (from, gone) = (t.from, t.from_gone);
+                if !gone && (status == 180 || status == 183) {
+                    self.notify_transferor(env, token, from, status, &resp.reason);
+                }
+            }
+            return;
+        }
+        if status >= 300 {
+            self.client.remove(&id);
+            return self.transfer_failed(env, token, status, &resp.reason);
+        }
+        let from = t.from;
+        if !matches!(t.step, Step::Calling) {
+            return;
+        }
+        let Some(mut target) = Dialog::as_uac(&t.invite, &resp, t.flow) else {
+            self.client.remove(&id);
+            return self.transfer_failed(env, token, 500, "Bad Answer From Target");
+        };
+        target.state = DialogState::Confirmed;
+        if resp.body.is_empty() {
+            // Nothing to offer the transferee: end the new leg (ACK with nothing, BYE).
+            let ack = target.ack(env.me, target.local_cseq, None);
+            env.tx.send_stateless(target.next_hop(), ack.to_bytes());
+            let bye = target.request(Method::Bye, env.me, None);
+            if let Ok(tx) = env.tx.send_request(env.now, &bye, target.next_hop()) {
+                self.client.insert(tx, (token, Purpose::Bye));
+            }
+            self.client.remove(&id);
+            return self.transfer_failed(env, token, 488, "No Offer From Target");
+        }
+        let offer = Bytes::copy_from_slice(&resp.body);
+        // Step 2: the target's offer to the transferee (through the relay, as leg X's).
+        let body = media::relay(&mut self.media, token, from, offer.clone());
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some(y) = call.leg_mut(from.other()) else {
+            return;
+        };
+        let mut re = y.request(Method::Invite, env.me, None);
+        let cseq = y.local_cseq;
+        re.headers
+            .push(HeaderName::Contact, env.me.contact(y.flow.proto));
+        re.headers.push(HeaderName::Allow, ALLOW);
+        re.headers.push(HeaderName::ContentType, "application/sdp");
+        re.body = body;
+        let hop = y.next_hop();
+        *call.last_sdp.leg_mut(from.other()) = Some(re.body.clone());
+        match env.tx.send_request(env.now, &re, hop) {
+            Ok(tx) => {
+                self.client.insert(tx, (token, Purpose::TransferJoin));
+                if let Some(t) = call.transfer.as_deref_mut() {
+                    t.step = Step::Joining {
+                        target: Box::new(target),
+                        offer,
+                        cseq,
+                    };
+                }
+            }
+            Err(_) => {
+                self.client.remove(&id);
+                self.end_target(env, token, target, &offer);
+                self.transfer_failed(env, token, 500, "Transferee Unreachable");
+            }
+        }
+    }
+
+    /// The transferee's answer to the re-INVITE that joins it to the target.
+    pub(super) fn transfer_join_response(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        id: ClientTxId,
+        resp: Response,
+    ) {
+        if resp.status < 200 {
+            return;
+        }
+        self.client.remove(&id);
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some(t) = call.transfer.take() else {
+            return;
+        };
+        let Transfer {
+            from,
+            from_gone,
+            tx: invite_tx,
+            party,
+            trunk,
+            step,
+            ..
+        } = *t;
+        self.client.remove(&invite_tx);
+        let Step::Joining {
+            target,
+            offer,
+            cseq,
+        } = step
+        else {
+            return;
+        };
+        let y_side = from.other();
+        if !(200..300).contains(&resp.status) || resp.body.is_empty() {
+            // The transferee refused: the original call stays as it was.
+            if (200..300).contains(&resp.status)
+                && let Some(y) = call.leg_mut(y_side)
+            {
+                let ack = y.ack(env.me, cseq, None);
+                env.tx.send_stateless(y.next_hop(), ack.to_bytes());
+            }
+            self.end_target(env, token, *target, &offer);
+            return self.transfer_ended(env, token, from, from_gone, resp.status, &resp.reason);
+        }
+        if let Some(y) = call.leg_mut(y_side) {
+            let ack = y.ack(env.me, cseq, None);
+            env.tx.send_stateless(y.next_hop(), ack.to_bytes());
+            y.refresh_target(resp.contact());
+        }
+        // Step 3: the transferee's answer to the target, in our ACK.
+        let answer = Bytes::copy_from_slice(&resp.body);
+        let body = media::relay(&mut self.media, token, y_side, answer);
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let mut target = *target;
+        let ack = target.ack(
+            env.me,
+            target.local_cseq,
+            Some((body.clone(), "application/sdp".into())),
+        );
+        env.tx.send_stateless(target.next_hop(), ack.to_bytes());
+        *call.last_sdp.leg_mut(from) = Some(body);
+        *call.timers.leg_mut(from) = None;
+        // The target takes the transferor's place; the part of the call before it gets its
+        // CDR now.
+        let before = super::cdr_of(call, env, "transferred");
+        let Some(slot) = call.leg_mut(from) else {
+            return;
+        };
+        let mut old = std::mem::replace(slot, target);
+        let old_call_id = old.call_id.clone();
+        match from {
+            Side::A => call.caller = party,
+            Side::B => {
+                call.callee = party;
+                call.b_call_id = call
+                    .b
+                    .as_ref()
+                    .map_or_else(String::new, |b| b.call_id.clone());
+                call.trunk = trunk;
+            }
+        }
+        call.transfers = call.transfers.saturating_add(1);
+        call.transfer_of = Some(old_call_id);
+        call.start_ms = env.now_ms;
+        call.answer_ms = Some(env.now_ms);
+        self.cdrs.push(before);
+        if !from_gone {
+            let n = notify(&mut old, env, 200, "OK");
+            if let Ok(tx) = env.tx.send_request(env.now, &n, old.next_hop()) {
+                self.client.insert(tx, (token, Purpose::Notify));
+            }
+            let bye = old.request(Method::Bye, env.me, None);
+            if let Ok(tx) = env.tx.send_request(env.now, &bye, old.next_hop()) {
+                self.client.insert(tx, (token, Purpose::Bye));
+            }
+        }
+        self.digest_legs(token);
+        tracing::info!(
+            token = format!("{token:016x}"),
+            transferor = ?from,
+            "transfer completed: the target took the transferor's place"
+        );
+    }
+
+    /// The target answered but cannot be joined: ACK its 2xx with an answer refusing every
+    /// stream, then BYE.
+    fn end_target(&mut self, env: &mut Env<'_>, token: u64, mut target: Dialog, offer: &Bytes) {
+        let refuse = super::rebind::rejecting_answer(offer);
+        let ack = target.ack(
+            env.me,
+            target.local_cseq,
+            Some((refuse, "application/sdp".into())),
+        );
+        env.tx.send_stateless(target.next_hop(), ack.to_bytes());
+        let bye = target.request(Method::Bye, env.me, None);
+        if let Ok(tx) = env.tx.send_request(env.now, &bye, target.next_hop()) {
+            self.client.insert(tx, (token, Purpose::Bye));
+        }
+    }
+
+    /// The transfer in progress failed with `status` (see [`Self::transfer_ended`]).
+    fn transfer_failed(&mut self, env: &mut Env<'_>, token: u64, status: u16, reason: &str) {
+        let Some(t) = self.calls.get_mut(&token).and_then(|c| c.transfer.take()) else {
+            return;
+        };
+        self.client.remove(&t.tx);
+        self.transfer_ended(env, token, t.from, t.from_gone, status, reason);
+    }
+
+    /// A transfer from leg `from` failed with `status`: the transferor hears it; the call
+    /// goes on between the original parties, or ends when the transferor has left.
+    fn transfer_ended(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        from: Side,
+        from_gone: bool,
+        status: u16,
+        reason: &str,
+    ) {
+        tracing::info!(
+            token = format!("{token:016x}"),
+            status,
+            transferor_left = from_gone,
+            "transfer failed"
+        );
+        if from_gone {
+            self.finish(
+                env,
+                token,
+                &format!("transfer_failed:{status}"),
+                &[from.other()],
+            );
+        } else {
+            self.notify_transferor(env, token, from, status, reason);
+        }
+    }
+
+    /// The call ends while a transfer is under way: stop the new leg too.
+    pub(super) fn abort_transfer(&mut self, env: &mut Env<'_>, token: u64, t: Transfer) {
+        self.client.remove(&t.tx);
+        match t.step {
+            Step::Calling => {
+                let c = super::cancel_for(&t.invite);
+                if let Ok(tx) = env.tx.send_request(env.now, &c, t.flow) {
+                    self.client.insert(tx, (token, Purpose::Cancel));
+                }
+            }
+            Step::Joining { target, offer, .. } => self.end_target(env, token, *target, &offer),
+        }
+    }
+}
