@@ -7,6 +7,8 @@
 # Installs baresip (Debian baresip-core) and the pjsua2 wheel (PyPI pjsua2-python) when they
 # are missing. Exits non-zero when any scenario fails or the whole run exceeds REAL_TIMEOUT
 # seconds (default 180).
+#
+# linphone and Twinkle (four phones, hold/resume, REFER probes): sip-tests/real/run-four.sh.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."

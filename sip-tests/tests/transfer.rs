@@ -40,6 +40,20 @@ fn dialog_in(ua: &Ua, call_id: &str) -> Result<DialogId> {
         .with_context(|| format!("{} has no dialog in {call_id}", ua.user()))
 }
 
+/// The next re-INVITE (an INVITE inside the dialog) `ua` gets in call `call_id`.
+async fn expect_reinvite(ua: &mut Ua, call_id: &str) -> Result<understudy::sip::Request> {
+    let m = ua
+        .expect("a re-INVITE", |m| {
+            m.request().is_some_and(|r| {
+                r.method == Method::Invite
+                    && r.to_tag().is_some()
+                    && r.call_id().ok() == Some(call_id)
+            })
+        })
+        .await?;
+    m.request().cloned().context("a request")
+}
+
 /// The sipfrag status line of a NOTIFY.
 fn sipfrag(n: &understudy::sip::Request) -> String {
     String::from_utf8_lossy(&n.body)
@@ -120,9 +134,7 @@ async fn blind_transfer(by_callee: bool, ports: (u16, u16)) -> Result<()> {
         to_carol.body.is_empty(),
         "the INVITE to the target is offerless"
     );
-    let re = transferee
-        .expect_request_in(&e_id.call_id, Method::Invite)
-        .await?;
+    let re = expect_reinvite(transferee, &e_id.call_id).await?;
     ensure!(
         !re.body.is_empty(),
         "the transferee's re-INVITE carries the target's offer"
@@ -245,6 +257,179 @@ async fn a_failed_transfer_keeps_the_original_call() -> Result<()> {
     ensure!(
         cdrs.len() == 1 && cdrs[0].end_reason == "normal" && cdrs[0].transfer_of.is_none(),
         "{cdrs:#?}"
+    );
+    Ok(())
+}
+
+/// `s` %-escaped for a URI header value.
+fn escape(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('@', "%40")
+        .replace(';', "%3B")
+        .replace('=', "%3D")
+}
+
+/// The Replaces value naming dialog `d` as the PBX (the other end) sees it.
+fn replaces_of(d: &DialogId) -> String {
+    format!(
+        "{};to-tag={};from-tag={}",
+        d.call_id, d.remote_tag, d.local_tag
+    )
+}
+
+/// Attended transfer: alice talks to bob; bob calls carol (the consultation), then REFERs
+/// alice to carol with Replaces naming his call with carol. carol's leg is joined to alice's
+/// call in bob's place; bob's two legs are hung up; three CDRs: both of bob's calls end
+/// `transferred`, and alice–carol's names bob's leg in `transfer_of`.
+#[tokio::test]
+async fn attended_transfer_joins_the_consultation_party() -> Result<()> {
+    let server = relay_server(34300, 34399).await?;
+    let mut alice = registered(&server, "alice").await?;
+    let mut bob = registered(&server, "bob").await?;
+    let mut carol = registered(&server, "carol").await?;
+    bob.answer_next_invite(Answer::ok());
+    carol.answer_next_invite(Answer::ok());
+    let a = alice.call("bob").await?;
+    let b1 = bob
+        .live_dialogs()
+        .first()
+        .map(|d| d.id.clone())
+        .context("bob's leg")?;
+    let b2 = bob.call("carol").await?;
+    let c = carol
+        .live_dialogs()
+        .first()
+        .map(|d| d.id.clone())
+        .context("carol's leg")?;
+    let calls = server.get_json("/calls").await?;
+    ensure!(
+        calls["calls"].as_array().map(Vec::len) == Some(2),
+        "{calls}"
+    );
+
+    let refer_to = format!(
+        "<sip:carol@pbx.local?Replaces={}>",
+        escape(&replaces_of(&b2))
+    );
+    let r = bob.refer(&b1, &refer_to).await?;
+    ensure!(
+        r.status == 202,
+        "REFER with Replaces: {} {}",
+        r.status,
+        r.reason
+    );
+    let to_carol = expect_reinvite(&mut carol, &c.call_id).await?;
+    ensure!(
+        to_carol.body.is_empty(),
+        "carol's re-INVITE is offerless (she offers)"
+    );
+    let to_alice = expect_reinvite(&mut alice, &a.call_id).await?;
+    ensure!(
+        !to_alice.body.is_empty(),
+        "alice's re-INVITE carries carol's offer"
+    );
+    let mut progress = Vec::new();
+    loop {
+        let n = bob.expect_request_in(&b1.call_id, Method::Notify).await?;
+        progress.push(sipfrag(&n));
+        let state = n
+            .headers
+            .get(&understudy::sip::HeaderName::SubscriptionState)
+            .unwrap_or("");
+        if state.starts_with("terminated") {
+            break;
+        }
+        ensure!(progress.len() < 5, "NOTIFYs without an end: {progress:?}");
+    }
+    ensure!(
+        progress.last().map(String::as_str) == Some("SIP/2.0 200 OK"),
+        "{progress:?}"
+    );
+    bob.expect_request_in(&b1.call_id, Method::Bye).await?;
+    bob.expect_request_in(&b2.call_id, Method::Bye).await?;
+    media_flows(&alice, &a, &carol, &c).await?;
+    let calls = server.get_json("/calls").await?;
+    ensure!(
+        calls["calls"].as_array().map(Vec::len) == Some(1),
+        "one call left: {calls}"
+    );
+
+    ensure!(carol.bye(&c).await?.status == 200, "carol's BYE");
+    alice.expect_request_in(&a.call_id, Method::Bye).await?;
+    let cdrs = server.stop().await?;
+    ensure!(cdrs.len() == 3, "three CDRs: {cdrs:#?}");
+    let last = &cdrs[2];
+    ensure!(
+        cdrs[..2].iter().all(|c| c.end_reason == "transferred")
+            && last.end_reason == "normal"
+            && last.transfer_of.as_deref() == Some(b1.call_id.as_str())
+            && last.call_id == a.call_id
+            && last.b_call_id == c.call_id
+            && last.callee == "carol",
+        "the CDR chain: {cdrs:#?}"
+    );
+    Ok(())
+}
+
+/// An INVITE with Replaces from a phone (RFC 3891): carol takes bob's place in his call
+/// with alice; alice is re-INVITEd with carol's offer, bob gets a BYE; carol's own 200
+/// carries alice's answer.
+#[tokio::test]
+async fn an_invite_with_replaces_takes_the_legs_place() -> Result<()> {
+    let server = relay_server(34400, 34499).await?;
+    let mut alice = registered(&server, "alice").await?;
+    let mut bob = registered(&server, "bob").await?;
+    let mut carol = registered(&server, "carol").await?;
+    bob.answer_next_invite(Answer::ok());
+    let a = alice.call("bob").await?;
+    let b = bob
+        .live_dialogs()
+        .first()
+        .map(|d| d.id.clone())
+        .context("bob's leg")?;
+
+    // A Replaces that names nothing: 481.
+    let bad = carol.invite_with(
+        "bob",
+        Some(sip_tests::sdp::body(carol.addr(), "carol", 1)),
+        &[(
+            understudy::sip::HeaderName::Replaces,
+            "nothing@x;to-tag=a;from-tag=b".into(),
+        )],
+    )?;
+    let r = carol.wait_final(&bad).await?;
+    ensure!(r.status == 481, "Replaces naming no dialog: {}", r.status);
+
+    let out = carol.invite_with(
+        "bob",
+        Some(sip_tests::sdp::body(carol.addr(), "carol", 1)),
+        &[(understudy::sip::HeaderName::Replaces, replaces_of(&b))],
+    )?;
+    let to_alice = expect_reinvite(&mut alice, &a.call_id).await?;
+    ensure!(
+        !to_alice.body.is_empty(),
+        "alice's re-INVITE carries carol's offer"
+    );
+    let ok = carol.wait_final(&out).await?;
+    ensure!(
+        ok.status == 200 && !ok.body.is_empty(),
+        "carol's INVITE: {}",
+        ok.status
+    );
+    let c = Ua::dialog_of(&out, &ok);
+    bob.expect_request_in(&b.call_id, Method::Bye).await?;
+    media_flows(&alice, &a, &carol, &c).await?;
+
+    ensure!(alice.bye(&a).await?.status == 200, "alice's BYE");
+    carol.expect_request_in(&c.call_id, Method::Bye).await?;
+    let cdrs = server.stop().await?;
+    ensure!(
+        cdrs.len() == 2
+            && cdrs[0].end_reason == "replaced"
+            && cdrs[1].end_reason == "normal"
+            && cdrs[1].transfer_of.as_deref() == Some(b.call_id.as_str())
+            && cdrs[1].b_call_id == c.call_id,
+        "the CDR chain: {cdrs:#?}"
     );
     Ok(())
 }

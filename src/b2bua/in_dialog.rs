@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 
 use bytes::Bytes;
 
-use super::call::{CallState, Relay, Side, parse_tag};
+use super::call::{CallState, Relay, Side};
 use super::{ALLOW, B2bua, Env, PerLeg, Purpose, copy_body, media, session};
 use crate::net::Flow;
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, response_to};
@@ -15,18 +15,12 @@ use crate::transaction::{ClientTxId, ServerTxId};
 impl B2bua {
     /// An ACK that matched no transaction: the ACK for one of our 2xx.
     pub fn on_ack(&mut self, env: &mut Env<'_>, req: &Request) {
-        let Some((token, side)) = req.to_tag().as_deref().and_then(parse_tag) else {
+        let (Some(tag), Ok(call_id)) = (req.to_tag(), req.call_id()) else {
             return;
         };
-        let Some(call) = self.calls.get(&token) else {
+        let Some((token, side)) = self.locate(&tag, call_id) else {
             return;
         };
-        let Some(leg) = call.leg(side) else {
-            return;
-        };
-        if req.call_id().ok() != Some(leg.call_id.as_str()) {
-            return;
-        }
         let sdp = (!req.body.is_empty()).then(|| {
             let ct = req
                 .headers
@@ -85,9 +79,7 @@ impl B2bua {
     /// The call and leg an in-dialog request belongs to: our tag in its To, and that leg's
     /// Call-ID.
     fn dialog_of(&self, req: &Request) -> Option<(u64, Side)> {
-        let (token, side) = req.to_tag().as_deref().and_then(parse_tag)?;
-        let leg = self.calls.get(&token)?.leg(side)?;
-        (req.call_id().ok() == Some(leg.call_id.as_str())).then_some((token, side))
+        self.locate(&req.to_tag()?, req.call_id().ok()?)
     }
 
     /// A request inside a dialog (To tag present). No call of ours matches: 481.
@@ -192,7 +184,7 @@ impl B2bua {
         }
         if is_invite || req.method == Method::Update {
             out.headers.push(HeaderName::Allow, ALLOW);
-            out.headers.push(HeaderName::Supported, "timer");
+            out.headers.push(HeaderName::Supported, super::SUPPORTED);
         }
         let body = copy_body(&req, &req.body, &mut out.headers);
         out.body = media::relay(&mut self.media, token, side, body);

@@ -36,6 +36,9 @@ impl B2bua {
             }
             let _ = env.tx.respond(env.now, id, &r);
         };
+        if let Some(value) = req.headers.get(&HeaderName::Replaces).map(str::to_string) {
+            return self.on_invite_replaces(env, id, req, source, &value);
+        }
         let Some(user) = Uri::parse(&req.uri).ok().and_then(|u| u.user_unescaped()) else {
             self.stats.refused += 1;
             return refuse(env, Refusal::NoUser);
@@ -105,7 +108,7 @@ impl B2bua {
             h.push(HeaderName::CSeq, format!("{b_cseq} INVITE"));
             h.push(HeaderName::Contact, env.me.contact(target.flow.proto));
             h.push(HeaderName::Allow, ALLOW);
-            h.push(HeaderName::Supported, "timer, 100rel");
+            h.push(HeaderName::Supported, "timer, 100rel, replaces");
             if env.cfg.calls.session_expires_s > 0 {
                 h.push(
                     HeaderName::SessionExpires,
@@ -387,7 +390,7 @@ impl B2bua {
             r.headers
                 .push(HeaderName::Contact, env.me.contact(call.a.flow.proto));
             r.headers.push(HeaderName::Allow, ALLOW);
-            r.headers.push(HeaderName::Supported, "timer");
+            r.headers.push(HeaderName::Supported, super::SUPPORTED);
             session::arm_a(call, env, &req, &mut r);
             let body = copy_body(&resp, &resp.body, &mut r.headers);
             r.body = media::relay(&mut self.media, token, Side::B, body);

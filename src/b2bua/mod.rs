@@ -42,6 +42,10 @@ use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 pub const ALLOW: &str =
     "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, REFER, REGISTER, SUBSCRIBE, NOTIFY";
 
+/// Extensions we name in `Supported` on dialog-forming and target-refreshing messages
+/// (RFC 4028 session timers, RFC 3891 Replaces; `100rel` only where it applies).
+pub const SUPPORTED: &str = "timer, replaces";
+
 /// Headers copied from the caller's INVITE to the callee's.
 const COPIED: [&str; 6] = [
     "Subject",
@@ -176,6 +180,9 @@ pub struct B2bua {
     digest_on: bool,
     digest_out: Vec<crate::pair::digest::Entry>,
     media: Option<MediaPlan>,
+    /// Tokens in our tags that name another call: after an attended transfer joined a leg of
+    /// one call to another, that leg's tag still carries its first call's token.
+    aliases: HashMap<u64, u64>,
     /// Counters.
     pub stats: Stats,
 }
@@ -271,7 +278,35 @@ impl B2bua {
     /// Whether the call with this token is here, or ended here within the last minute (a
     /// hand-off must not bring back a call this node already ended).
     pub fn has_call(&self, token: u64) -> bool {
-        self.calls.contains_key(&token) || self.recently_ended.contains_key(&token)
+        self.calls.contains_key(&token)
+            || self.recently_ended.contains_key(&token)
+            || self.aliases.contains_key(&token)
+    }
+
+    /// The call and leg a dialog of ours belongs to: the token in our tag names the call
+    /// (itself, or through an alias), the leg is the one with this Call-ID and our tag.
+    pub(super) fn locate(&self, local_tag: &str, call_id: &str) -> Option<(u64, Side)> {
+        let (t, _) = parse_tag(local_tag)?;
+        let token = if self.calls.contains_key(&t) {
+            t
+        } else {
+            *self.aliases.get(&t)?
+        };
+        let call = self.calls.get(&token)?;
+        [Side::A, Side::B]
+            .into_iter()
+            .find(|&s| {
+                call.leg(s)
+                    .is_some_and(|d| d.call_id == call_id && d.local_tag == local_tag)
+            })
+            .map(|s| (token, s))
+    }
+
+    /// Forget the aliases of call `token` (it ended or left this node).
+    fn drop_aliases(&mut self, token: u64) {
+        if !self.aliases.is_empty() {
+            self.aliases.retain(|_, t| *t != token);
+        }
     }
 
     /// The call one of whose legs has this Call-ID. A linear scan: it serves the rare path
@@ -289,6 +324,7 @@ impl B2bua {
     /// Forget one call without sending anything or writing its CDR: what is left when even
     /// ending it cleanly failed.
     pub fn discard(&mut self, token: u64) {
+        self.drop_aliases(token);
         if self.calls.remove(&token).is_some() {
             if let Some(m) = self.media.as_mut() {
                 m.release(token);
@@ -319,6 +355,7 @@ impl B2bua {
         let held = std::mem::take(&mut self.held_cdrs).into_values();
         self.cdrs.extend(held);
         self.calls.clear();
+        self.aliases.clear();
         self.client.clear();
         self.server_invites.clear();
         self.timers.clear();
@@ -544,6 +581,7 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&token) else {
             return;
         };
+        self.drop_aliases(token);
         if let Some(t) = call.transfer.take() {
             self.abort_transfer(env, token, *t);
         }

@@ -43,6 +43,18 @@ pub struct Adopted {
     pub source: Source,
 }
 
+impl Adopted {
+    /// The call tokens our tags in its legs carry other than its own (legs an attended
+    /// transfer joined): the endpoints' reports of those dialogs belong to this call.
+    pub fn alias_tokens(&self) -> impl Iterator<Item = u64> + '_ {
+        [&self.a, &self.b]
+            .into_iter()
+            .filter_map(|d| super::parse_tag(&d.local_tag))
+            .map(|(t, _)| t)
+            .filter(|t| *t != self.token)
+    }
+}
+
 /// What came back for a re-bind re-INVITE.
 #[derive(Debug)]
 pub(super) enum Answer {
@@ -161,6 +173,14 @@ impl B2bua {
             first,
             refused: 0,
         }));
+        // Legs an attended transfer joined keep their first call's token in our tag.
+        for side in [Side::A, Side::B] {
+            if let Some((t, _)) = c.leg(side).and_then(|d| super::parse_tag(&d.local_tag))
+                && t != token
+            {
+                self.aliases.insert(t, token);
+            }
+        }
         self.calls.insert(token, Box::new(c));
         self.stats.adopted += 1;
         if let Some(m) = self.media.as_mut()
@@ -185,7 +205,7 @@ impl B2bua {
         let mut r = leg.request(Method::Invite, env.me, None);
         let cseq = leg.local_cseq;
         r.headers.push(HeaderName::Allow, super::ALLOW);
-        r.headers.push(HeaderName::Supported, "timer");
+        r.headers.push(HeaderName::Supported, super::SUPPORTED);
         let hop = leg.next_hop();
         super::outbound_auth::answer_trunk_challenge(env, call, first, &mut r);
         match env.tx.send_request(env.now, &r, hop) {
@@ -222,7 +242,7 @@ impl B2bua {
         let mut r = leg.request(Method::Invite, env.me, None);
         let second_cseq = leg.local_cseq;
         r.headers.push(HeaderName::Allow, super::ALLOW);
-        r.headers.push(HeaderName::Supported, "timer");
+        r.headers.push(HeaderName::Supported, super::SUPPORTED);
         r.headers.push(HeaderName::ContentType, ctype);
         r.body = offer.clone();
         let hop = leg.next_hop();

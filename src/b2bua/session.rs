@@ -190,7 +190,7 @@ pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std:
         HeaderName::SessionExpires,
         format!("{};refresher=uac", t.interval_s),
     );
-    r.headers.push(HeaderName::Supported, "timer");
+    r.headers.push(HeaderName::Supported, super::SUPPORTED);
     if method == Method::Invite
         && let Some(body) = sdp
     {

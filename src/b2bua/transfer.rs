@@ -21,11 +21,13 @@
 
 use bytes::Bytes;
 
-use super::call::{CallState, Side};
+use super::call::{Call, CallState, Side};
 use super::{ALLOW, B2bua, Env, PerLeg, Purpose, media};
 use crate::dialog::{Dialog, DialogState};
 use crate::net::Flow;
-use crate::sip::{HeaderName, Method, NameAddr, Request, Response, SipMessage, Uri, response_to};
+use crate::sip::{
+    HeaderName, Method, NameAddr, Replaces, Request, Response, SipMessage, Uri, response_to,
+};
 use crate::transaction::{ClientTxId, ServerTxId};
 
 /// How many times one call may be transferred.
@@ -43,6 +45,9 @@ pub(super) enum Step {
         offer: Bytes,
         cseq: u32,
     },
+    /// An INVITE with Replaces (RFC 3891) takes leg X's place: its offer went to the other
+    /// leg in a re-INVITE (CSeq `cseq`); the INVITE waits on server transaction `server`.
+    Replacing { server: ServerTxId, cseq: u32 },
 }
 
 /// A transfer in progress.
@@ -61,6 +66,9 @@ pub struct Transfer {
     /// The party now in the call (for the CDR), and the trunk it is reached by.
     pub(super) party: String,
     pub(super) trunk: Option<String>,
+    /// Attended transfer: the consultation call (out of the table while its leg is being
+    /// joined) and which of its legs joins; its other leg is the one Replaces named.
+    pub(super) joined: Option<(Box<Call>, Side)>,
     pub(super) step: Step,
 }
 
@@ -114,10 +122,6 @@ impl B2bua {
         let Some((uri, user)) = refer_target(req) else {
             return reply(env, 400, Some("Missing or Bad Refer-To"));
         };
-        if uri.headers.is_some() {
-            // Replaces / other embedded headers: attended transfer is not done here yet.
-            return reply(env, 501, Some("Refer-To With Headers Not Supported"));
-        }
         if call.state != CallState::Confirmed
             || call.transfer.is_some()
             || call.reinvite.is_some()
@@ -130,6 +134,9 @@ impl B2bua {
         }
         if call.transfers >= MAX_TRANSFERS {
             return reply(env, 403, Some("Transfer Limit Reached"));
+        }
+        if let Some(rep) = uri.headers.as_deref().and_then(Replaces::from_uri_headers) {
+            return self.refer_with_replaces(env, token, side, id, req, &rep, &uri);
         }
         let route = match super::resolve(env.cfg, env.registrar, env.dns, &user, env.now) {
             Ok(r) => r,
@@ -172,7 +179,7 @@ impl B2bua {
         );
         h.push(HeaderName::Contact, env.me.contact(target.flow.proto));
         h.push(HeaderName::Allow, ALLOW);
-        h.push(HeaderName::Supported, "timer");
+        h.push(HeaderName::Supported, super::SUPPORTED);
         if let Some(by) = req.headers.get(&HeaderName::ReferredBy) {
             h.push(HeaderName::ReferredBy, by);
         }
@@ -196,6 +203,7 @@ impl B2bua {
             provisional: false,
             party: uri.to_string(),
             trunk: route.trunk,
+            joined: None,
             step: Step::Calling,
         }));
         self.notify_transferor(env, token, side, 100, "Trying");
@@ -204,6 +212,200 @@ impl B2bua {
             transferor = ?side,
             target = user,
             "blind transfer: calling the target"
+        );
+    }
+
+    /// Attended transfer: a REFER on leg X of call `token` whose Refer-To carries Replaces
+    /// naming the transferor's leg of another call (the consultation). The other party of
+    /// that call is joined to this call's other party, in leg X's place: an offerless
+    /// re-INVITE to it first, its offer then to the transferee.
+    #[allow(clippy::too_many_arguments)]
+    fn refer_with_replaces(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        side: Side,
+        id: ServerTxId,
+        req: &Request,
+        rep: &Replaces,
+        uri: &Uri,
+    ) {
+        let reply = |env: &mut Env<'_>, status: u16, phrase: &str| {
+            let mut r = response_to(req, status, None);
+            r.reason = phrase.into();
+            let _ = env.tx.respond(env.now, id, &r);
+        };
+        let found = self.locate(&rep.to_tag, &rep.call_id).filter(|(t2, r)| {
+            self.calls
+                .get(t2)
+                .and_then(|c| c.leg(*r))
+                .is_some_and(|d| d.remote_tag == rep.from_tag)
+        });
+        let Some((t2, replaced)) = found else {
+            return reply(env, 404, "Replaced Dialog Not Found");
+        };
+        if t2 == token {
+            return reply(env, 403, "Cannot Replace A Leg Of The Same Call");
+        }
+        let busy = self.calls.get(&t2).is_none_or(|c| {
+            c.state != CallState::Confirmed
+                || c.transfer.is_some()
+                || c.reinvite.is_some()
+                || c.rebind.is_some()
+        });
+        if busy {
+            let mut r = response_to(req, 491, None);
+            r.headers.push(HeaderName::RetryAfter, "1");
+            let _ = env.tx.respond(env.now, id, &r);
+            return;
+        }
+        let Some(mut c2) = self.calls.remove(&t2) else {
+            return;
+        };
+        let y2 = replaced.other();
+        let (party, trunk) = match y2 {
+            Side::A => (c2.caller.clone(), None),
+            Side::B => (c2.callee.clone(), c2.trunk.clone()),
+        };
+        let Some(d) = c2.leg_mut(y2) else {
+            self.calls.insert(t2, c2);
+            return reply(env, 500, "Consultation Call Has No Other Party");
+        };
+        let mut re = d.request(Method::Invite, env.me, None);
+        re.headers
+            .push(HeaderName::Contact, env.me.contact(d.flow.proto));
+        re.headers.push(HeaderName::Allow, ALLOW);
+        re.headers.push(HeaderName::Supported, super::SUPPORTED);
+        let flow = d.next_hop();
+        let Ok(tx) = env.tx.send_request(env.now, &re, flow) else {
+            self.calls.insert(t2, c2);
+            return reply(env, 500, "Cannot Reach The Other Party");
+        };
+        self.client.insert(tx, (token, Purpose::TransferInvite));
+        let Some(call) = self.calls.get_mut(&token) else {
+            self.calls.insert(t2, c2);
+            return;
+        };
+        let mut accepted = response_to(req, 202, None);
+        accepted.headers.push(
+            HeaderName::Contact,
+            env.me
+                .contact(call.leg(side).map_or(call.a.flow.proto, |d| d.flow.proto)),
+        );
+        let _ = env.tx.respond(env.now, id, &accepted);
+        call.transfer = Some(Box::new(Transfer {
+            from: side,
+            from_gone: false,
+            invite: re,
+            flow,
+            tx,
+            provisional: false,
+            party: if party.is_empty() {
+                uri.to_string()
+            } else {
+                party
+            },
+            trunk,
+            joined: Some((c2, y2)),
+            step: Step::Calling,
+        }));
+        self.notify_transferor(env, token, side, 100, "Trying");
+        tracing::info!(
+            token = format!("{token:016x}"),
+            consultation = format!("{t2:016x}"),
+            transferor = ?side,
+            "attended transfer: joining the consultation call's other party"
+        );
+    }
+
+    /// An INVITE with Replaces (RFC 3891) from a phone: it takes the place of the leg named,
+    /// and the other party of that call is re-INVITEd with its offer. No match: 481; the
+    /// call busy with another exchange: 491; `early-only` for a confirmed call: 486.
+    pub(super) fn on_invite_replaces(
+        &mut self,
+        env: &mut Env<'_>,
+        id: ServerTxId,
+        req: Request,
+        source: Flow,
+        value: &str,
+    ) {
+        let refuse = |env: &mut Env<'_>, status: u16, phrase: &str| {
+            let mut r = response_to(&req, status, Some(&crate::sip::new_tag()));
+            r.reason = phrase.into();
+            let _ = env.tx.respond(env.now, id, &r);
+        };
+        let Some(rep) = Replaces::parse(value) else {
+            return refuse(env, 400, "Bad Replaces");
+        };
+        let found = self.locate(&rep.to_tag, &rep.call_id).filter(|(t, r)| {
+            self.calls
+                .get(t)
+                .and_then(|c| c.leg(*r))
+                .is_some_and(|d| d.remote_tag == rep.from_tag)
+        });
+        let Some((token, side)) = found else {
+            return refuse(env, 481, "Call/Transaction Does Not Exist");
+        };
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        if call.state != CallState::Confirmed {
+            return refuse(env, 481, "Call/Transaction Does Not Exist");
+        }
+        if rep.early_only {
+            return refuse(env, 486, "Busy Here");
+        }
+        if call.transfer.is_some() || call.reinvite.is_some() || call.rebind.is_some() {
+            return refuse(env, 491, "Request Pending");
+        }
+        if req.body.is_empty() {
+            return refuse(env, 488, "Offer Required");
+        }
+        if call.transfers >= MAX_TRANSFERS {
+            return refuse(env, 403, "Transfer Limit Reached");
+        }
+        let party = req.from().map(|f| f.uri.to_string()).unwrap_or_default();
+        let offer = media::relay(
+            &mut self.media,
+            token,
+            side,
+            Bytes::copy_from_slice(&req.body),
+        );
+        let Some(call) = self.calls.get_mut(&token) else {
+            return;
+        };
+        let Some(y) = call.leg_mut(side.other()) else {
+            return refuse(env, 481, "Call/Transaction Does Not Exist");
+        };
+        let mut re = y.request(Method::Invite, env.me, None);
+        let cseq = y.local_cseq;
+        re.headers
+            .push(HeaderName::Contact, env.me.contact(y.flow.proto));
+        re.headers.push(HeaderName::Allow, ALLOW);
+        re.headers.push(HeaderName::ContentType, "application/sdp");
+        re.body = offer;
+        let hop = y.next_hop();
+        *call.last_sdp.leg_mut(side.other()) = Some(re.body.clone());
+        let Ok(tx) = env.tx.send_request(env.now, &re, hop) else {
+            return refuse(env, 500, "Cannot Reach The Other Party");
+        };
+        self.client.insert(tx, (token, Purpose::TransferJoin));
+        call.transfer = Some(Box::new(Transfer {
+            from: side,
+            from_gone: false,
+            invite: req,
+            flow: source,
+            tx,
+            provisional: false,
+            party,
+            trunk: None,
+            joined: None,
+            step: Step::Replacing { server: id, cseq },
+        }));
+        tracing::info!(
+            token = format!("{token:016x}"),
+            leg = ?side,
+            "INVITE with Replaces: re-INVITing the other party with the new offer"
         );
     }
 
@@ -278,20 +480,23 @@ impl B2bua {
         if !matches!(t.step, Step::Calling) {
             return;
         }
-        let Some(mut target) = Dialog::as_uac(&t.invite, &resp, t.flow) else {
+        let target = match t.joined.as_mut() {
+            // Attended: the joined party's dialog, as its 2xx to our re-INVITE left it.
+            Some((c2, y2)) => c2.leg_mut(*y2).map(|d| {
+                d.refresh_target(resp.contact());
+                d.clone()
+            }),
+            None => Dialog::as_uac(&t.invite, &resp, t.flow),
+        };
+        let Some(mut target) = target else {
             self.client.remove(&id);
             return self.transfer_failed(env, token, 500, "Bad Answer From Target");
         };
         target.state = DialogState::Confirmed;
         if resp.body.is_empty() {
-            // Nothing to offer the transferee: end the new leg (ACK with nothing, BYE).
-            let ack = target.ack(env.me, target.local_cseq, None);
-            env.tx.send_stateless(target.next_hop(), ack.to_bytes());
-            let bye = target.request(Method::Bye, env.me, None);
-            if let Ok(tx) = env.tx.send_request(env.now, &bye, target.next_hop()) {
-                self.client.insert(tx, (token, Purpose::Bye));
-            }
+            // Nothing to offer the transferee: the new leg is given up.
             self.client.remove(&id);
+            self.give_up_target(env, token, target, &Bytes::new());
             return self.transfer_failed(env, token, 488, "No Offer From Target");
         }
         let offer = Bytes::copy_from_slice(&resp.body);
@@ -325,13 +530,14 @@ impl B2bua {
             }
             Err(_) => {
                 self.client.remove(&id);
-                self.end_target(env, token, target, &offer);
+                self.give_up_target(env, token, target, &offer);
                 self.transfer_failed(env, token, 500, "Transferee Unreachable");
             }
         }
     }
 
-    /// The transferee's answer to the re-INVITE that joins it to the target.
+    /// The transferee's answer to the re-INVITE that joins it to the target (or, for an
+    /// INVITE with Replaces, to the new party).
     pub(super) fn transfer_join_response(
         &mut self,
         env: &mut Env<'_>,
@@ -343,70 +549,91 @@ impl B2bua {
             return;
         }
         self.client.remove(&id);
+        let Some(t) = self.calls.get_mut(&token).and_then(|c| c.transfer.take()) else {
+            return;
+        };
+        let t = *t;
+        self.client.remove(&t.tx);
+        let y_side = t.from.other();
+        let accepted = (200..300).contains(&resp.status) && !resp.body.is_empty();
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
-        let Some(t) = call.transfer.take() else {
-            return;
+        let cseq = match &t.step {
+            Step::Joining { cseq, .. } | Step::Replacing { cseq, .. } => *cseq,
+            Step::Calling => return,
         };
-        let Transfer {
-            from,
-            from_gone,
-            tx: invite_tx,
-            party,
-            trunk,
-            step,
-            ..
-        } = *t;
-        self.client.remove(&invite_tx);
-        let Step::Joining {
-            target,
-            offer,
-            cseq,
-        } = step
-        else {
-            return;
-        };
-        let y_side = from.other();
-        if !(200..300).contains(&resp.status) || resp.body.is_empty() {
-            // The transferee refused: the original call stays as it was.
-            if (200..300).contains(&resp.status)
-                && let Some(y) = call.leg_mut(y_side)
-            {
-                let ack = y.ack(env.me, cseq, None);
-                env.tx.send_stateless(y.next_hop(), ack.to_bytes());
-            }
-            self.end_target(env, token, *target, &offer);
-            return self.transfer_ended(env, token, from, from_gone, resp.status, &resp.reason);
-        }
-        if let Some(y) = call.leg_mut(y_side) {
+        // Every 2xx is ACKed; a refusal leaves the call as it was.
+        if let Some(y) = call.leg_mut(y_side)
+            && (200..300).contains(&resp.status)
+        {
             let ack = y.ack(env.me, cseq, None);
             env.tx.send_stateless(y.next_hop(), ack.to_bytes());
             y.refresh_target(resp.contact());
         }
-        // Step 3: the transferee's answer to the target, in our ACK.
+        if !accepted {
+            let status = if resp.status < 300 { 488 } else { resp.status };
+            return self.join_refused(env, token, t, status, &resp.reason);
+        }
         let answer = Bytes::copy_from_slice(&resp.body);
         let body = media::relay(&mut self.media, token, y_side, answer);
+        let Transfer {
+            from,
+            from_gone,
+            invite,
+            flow,
+            party,
+            trunk,
+            joined,
+            step,
+            ..
+        } = t;
+        let (new_leg, reason) = match step {
+            Step::Joining { target, .. } => {
+                // Step 3: the transferee's answer to the target, in our ACK.
+                let mut target = *target;
+                let ack = target.ack(
+                    env.me,
+                    target.local_cseq,
+                    Some((body.clone(), "application/sdp".into())),
+                );
+                env.tx.send_stateless(target.next_hop(), ack.to_bytes());
+                (target, "transferred")
+            }
+            Step::Replacing { server, .. } => {
+                // The new party gets the answer in our 200; its dialog takes the leg's place.
+                let tag = super::tag_for(token, from);
+                let Some(mut d) = Dialog::as_uas(&invite, &tag, flow) else {
+                    return;
+                };
+                d.state = DialogState::Confirmed;
+                d.local_cseq = env.cseq_base();
+                let mut ok = response_to(&invite, 200, Some(&tag));
+                ok.headers
+                    .push(HeaderName::Contact, env.me.contact(flow.proto));
+                ok.headers.push(HeaderName::Allow, ALLOW);
+                ok.headers.push(HeaderName::ContentType, "application/sdp");
+                ok.body = body.clone();
+                let _ = env.tx.respond(env.now, server, &ok);
+                (d, "replaced")
+            }
+            Step::Calling => return,
+        };
+        if let Some((c2, y2)) = joined {
+            self.retire_consultation(env, token, *c2, y2, &new_leg);
+        }
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
-        let mut target = *target;
-        let ack = target.ack(
-            env.me,
-            target.local_cseq,
-            Some((body.clone(), "application/sdp".into())),
-        );
-        env.tx.send_stateless(target.next_hop(), ack.to_bytes());
         *call.last_sdp.leg_mut(from) = Some(body);
         *call.timers.leg_mut(from) = None;
-        // The target takes the transferor's place; the part of the call before it gets its
-        // CDR now.
-        let before = super::cdr_of(call, env, "transferred");
+        // The new party takes the leg's place; the part of the call before it gets its CDR
+        // now.
+        let before = super::cdr_of(call, env, reason);
         let Some(slot) = call.leg_mut(from) else {
             return;
         };
-        let mut old = std::mem::replace(slot, target);
-        let old_call_id = old.call_id.clone();
+        let mut old = std::mem::replace(slot, new_leg);
         match from {
             Side::A => call.caller = party,
             Side::B => {
@@ -419,14 +646,16 @@ impl B2bua {
             }
         }
         call.transfers = call.transfers.saturating_add(1);
-        call.transfer_of = Some(old_call_id);
+        call.transfer_of = Some(old.call_id.clone());
         call.start_ms = env.now_ms;
         call.answer_ms = Some(env.now_ms);
         self.cdrs.push(before);
         if !from_gone {
-            let n = notify(&mut old, env, 200, "OK");
-            if let Ok(tx) = env.tx.send_request(env.now, &n, old.next_hop()) {
-                self.client.insert(tx, (token, Purpose::Notify));
+            if reason == "transferred" {
+                let n = notify(&mut old, env, 200, "OK");
+                if let Ok(tx) = env.tx.send_request(env.now, &n, old.next_hop()) {
+                    self.client.insert(tx, (token, Purpose::Notify));
+                }
             }
             let bye = old.request(Method::Bye, env.me, None);
             if let Ok(tx) = env.tx.send_request(env.now, &bye, old.next_hop()) {
@@ -436,14 +665,36 @@ impl B2bua {
         self.digest_legs(token);
         tracing::info!(
             token = format!("{token:016x}"),
-            transferor = ?from,
-            "transfer completed: the target took the transferor's place"
+            leg = ?from,
+            reason,
+            "the new party took the leg's place"
         );
+    }
+
+    /// The transferee refused to be joined: the new party is given up, the call stays.
+    fn join_refused(&mut self, env: &mut Env<'_>, token: u64, t: Transfer, status: u16, why: &str) {
+        match t.step {
+            Step::Joining { target, offer, .. } => {
+                if let Some((c2, _)) = t.joined {
+                    // Attended: the consultation call goes on as it was.
+                    self.restore_consultation(env, *c2, *target, &offer);
+                } else {
+                    self.give_up_target(env, token, *target, &offer);
+                }
+                self.transfer_ended(env, token, t.from, t.from_gone, status, why);
+            }
+            Step::Replacing { server, .. } => {
+                let mut r = response_to(&t.invite, status, Some(&crate::sip::new_tag()));
+                r.reason = why.to_string();
+                let _ = env.tx.respond(env.now, server, &r);
+            }
+            Step::Calling => {}
+        }
     }
 
     /// The target answered but cannot be joined: ACK its 2xx with an answer refusing every
     /// stream, then BYE.
-    fn end_target(&mut self, env: &mut Env<'_>, token: u64, mut target: Dialog, offer: &Bytes) {
+    fn give_up_target(&mut self, env: &mut Env<'_>, token: u64, mut target: Dialog, offer: &Bytes) {
         let refuse = super::rebind::rejecting_answer(offer);
         let ack = target.ack(
             env.me,
@@ -457,12 +708,76 @@ impl B2bua {
         }
     }
 
+    /// An attended transfer that did not happen: the joined party's 2xx (with `offer`, the
+    /// offer it made) is ACKed with the last SDP it had from us, and the consultation call
+    /// goes back to the table as it was.
+    fn restore_consultation(
+        &mut self,
+        env: &mut Env<'_>,
+        c2: Call,
+        mut target: Dialog,
+        offer: &Bytes,
+    ) {
+        let y2 = [Side::A, Side::B]
+            .into_iter()
+            .find(|&s| c2.leg(s).is_some_and(|d| d.local_tag == target.local_tag));
+        let answer = y2
+            .and_then(|s| c2.last_sdp.leg(s).clone())
+            .unwrap_or_else(|| super::rebind::rejecting_answer(offer));
+        let ack = target.ack(
+            env.me,
+            target.local_cseq,
+            Some((answer, "application/sdp".into())),
+        );
+        env.tx.send_stateless(target.next_hop(), ack.to_bytes());
+        self.calls.insert(c2.token, Box::new(c2));
+    }
+
+    /// An attended transfer completed: the consultation call's joined leg now belongs to
+    /// call `token`; its other leg (the transferor's) is hung up, its CDR written, its relay
+    /// ports freed, and its tag's token leads to `token` from now on.
+    fn retire_consultation(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        mut c2: Call,
+        y2: Side,
+        joined: &Dialog,
+    ) {
+        let replaced = y2.other();
+        if let Some(d) = c2.leg_mut(replaced) {
+            let bye = d.request(Method::Bye, env.me, None);
+            if let Ok(tx) = env.tx.send_request(env.now, &bye, d.next_hop()) {
+                self.client.insert(tx, (token, Purpose::Bye));
+            }
+        }
+        self.cdrs.push(super::cdr_of(&c2, env, "transferred"));
+        if let Some(m) = self.media.as_mut() {
+            m.release(c2.token);
+        }
+        self.server_invites.retain(|_, t| *t != c2.token);
+        self.digest_gone(c2.token);
+        if self.digest_on {
+            self.recently_ended.insert(c2.token, env.now);
+        }
+        self.stats.ended += 1;
+        for t in self.aliases.values_mut().filter(|t| **t == c2.token) {
+            *t = token;
+        }
+        if let Some((t, _)) = super::parse_tag(&joined.local_tag) {
+            self.aliases.insert(t, token);
+        }
+    }
+
     /// The transfer in progress failed with `status` (see [`Self::transfer_ended`]).
     fn transfer_failed(&mut self, env: &mut Env<'_>, token: u64, status: u16, reason: &str) {
         let Some(t) = self.calls.get_mut(&token).and_then(|c| c.transfer.take()) else {
             return;
         };
         self.client.remove(&t.tx);
+        if let Some((c2, _)) = t.joined {
+            self.calls.insert(c2.token, c2);
+        }
         self.transfer_ended(env, token, t.from, t.from_gone, status, reason);
     }
 
@@ -495,17 +810,30 @@ impl B2bua {
         }
     }
 
-    /// The call ends while a transfer is under way: stop the new leg too.
+    /// The call ends while a transfer is under way: stop the new leg too (an attended
+    /// transfer's consultation call goes back as it was; an INVITE with Replaces gets 481).
     pub(super) fn abort_transfer(&mut self, env: &mut Env<'_>, token: u64, t: Transfer) {
         self.client.remove(&t.tx);
-        match t.step {
-            Step::Calling => {
+        match (t.step, t.joined) {
+            (Step::Calling, Some((c2, _))) => {
+                self.calls.insert(c2.token, c2);
+            }
+            (Step::Calling, None) => {
                 let c = super::cancel_for(&t.invite);
                 if let Ok(tx) = env.tx.send_request(env.now, &c, t.flow) {
                     self.client.insert(tx, (token, Purpose::Cancel));
                 }
             }
-            Step::Joining { target, offer, .. } => self.end_target(env, token, *target, &offer),
+            (Step::Joining { target, offer, .. }, Some((c2, _))) => {
+                self.restore_consultation(env, *c2, *target, &offer);
+            }
+            (Step::Joining { target, offer, .. }, None) => {
+                self.give_up_target(env, token, *target, &offer);
+            }
+            (Step::Replacing { server, .. }, _) => {
+                let r = response_to(&t.invite, 481, Some(&crate::sip::new_tag()));
+                let _ = env.tx.respond(env.now, server, &r);
+            }
         }
     }
 }

@@ -286,6 +286,7 @@ impl Takeover {
         t.report.mode = "reclaim".into();
         for a in calls {
             t.adopted.insert(a.token);
+            t.adopted.extend(a.alias_tokens());
             t.report.calls_found += 1;
             t.save(&a);
             t.waiting.push_back(a);
@@ -300,6 +301,7 @@ impl Takeover {
                 && self.adopted.insert(token)
             {
                 let adopted = from_digest(token, &a, &b);
+                self.adopted.extend(adopted.alias_tokens());
                 self.report.calls_found += 1;
                 self.report.digest_calls += 1;
                 self.save(&adopted);
@@ -330,9 +332,11 @@ impl Takeover {
                 }
                 match (c.a, c.b) {
                     (Some(a), Some(b)) => {
+                        let call = from_digest(token, &a, &b);
                         adopted.insert(token);
+                        adopted.extend(call.alias_tokens());
                         calls_found += 1;
-                        initial.push(Step::Adopt(Box::new(from_digest(token, &a, &b))));
+                        initial.push(Step::Adopt(Box::new(call)));
                     }
                     (a, b) => {
                         let p = legs.entry(token).or_default();

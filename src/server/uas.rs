@@ -5,7 +5,7 @@
 use crate::sip::{HeaderName, Method, Request, SipMessage, Uri};
 
 /// Option tags we support (RFC 3261 §8.2.2.3).
-pub(crate) const SUPPORTED: &str = "timer, 100rel";
+pub(crate) const SUPPORTED: &str = "timer, 100rel, replaces";
 
 /// Body types we accept (RFC 3261 §8.2.3).
 pub(crate) const ACCEPT: &str = "application/sdp";

@@ -11,6 +11,7 @@ pub mod digest;
 mod message;
 mod params;
 mod parse;
+mod replaces;
 mod uri;
 mod validate;
 mod via;
@@ -25,6 +26,7 @@ pub use params::Params;
 pub use parse::{
     ParseError, Parsed, Salvaged, StreamFramer, Version, parse_datagram, salvage_request,
 };
+pub use replaces::Replaces;
 pub use uri::{Uri, UriError, unescape};
 pub use validate::{Rejection, validate, validate_request, validate_response};
 pub use via::Via;
