@@ -41,7 +41,10 @@ fn dialog_in(ua: &Ua, call_id: &str) -> Result<DialogId> {
 }
 
 /// The next re-INVITE (an INVITE inside the dialog) `ua` gets in call `call_id`.
-async fn expect_reinvite(ua: &mut Ua, call_id: &str) -> Result<understudy::sip::Request> {
+pub(crate) async fn expect_reinvite(
+    ua: &mut Ua,
+    call_id: &str,
+) -> Result<understudy::sip::Request> {
     let m = ua
         .expect("a re-INVITE", |m| {
             m.request().is_some_and(|r| {
@@ -52,6 +55,28 @@ async fn expect_reinvite(ua: &mut Ua, call_id: &str) -> Result<understudy::sip::
         })
         .await?;
     m.request().cloned().context("a request")
+}
+
+/// The transferor's NOTIFYs in call `call_id` up to the one that ends the subscription:
+/// their sipfrag status lines, in order.
+pub(crate) async fn notifies_until_done(ua: &mut Ua, call_id: &str) -> Result<Vec<String>> {
+    let mut progress = Vec::new();
+    loop {
+        let n = ua.expect_request_in(call_id, Method::Notify).await?;
+        ensure!(
+            n.headers.get(&understudy::sip::HeaderName::Event) == Some("refer"),
+            "a NOTIFY for another event: {n:?}"
+        );
+        progress.push(sipfrag(&n));
+        let state = n
+            .headers
+            .get(&understudy::sip::HeaderName::SubscriptionState)
+            .unwrap_or("");
+        if state.starts_with("terminated") {
+            return Ok(progress);
+        }
+        ensure!(progress.len() < 5, "NOTIFYs without an end: {progress:?}");
+    }
 }
 
 /// The sipfrag status line of a NOTIFY.
@@ -139,22 +164,11 @@ async fn blind_transfer(by_callee: bool, ports: (u16, u16)) -> Result<()> {
         !re.body.is_empty(),
         "the transferee's re-INVITE carries the target's offer"
     );
-    let mut progress = vec![sipfrag(&trying)];
-    let done = loop {
-        let n = transferor
-            .expect_request_in(&t_id.call_id, Method::Notify)
-            .await?;
-        progress.push(sipfrag(&n));
-        let state = n
-            .headers
-            .get(&understudy::sip::HeaderName::SubscriptionState)
-            .unwrap_or("");
-        if state.starts_with("terminated") {
-            break n;
-        }
-        ensure!(progress.len() < 5, "NOTIFYs without an end: {progress:?}");
-    };
-    ensure!(sipfrag(&done) == "SIP/2.0 200 OK", "NOTIFYs: {progress:?}");
+    let progress = notifies_until_done(transferor, &t_id.call_id).await?;
+    ensure!(
+        progress.last().map(String::as_str) == Some("SIP/2.0 200 OK"),
+        "NOTIFYs after 100 Trying: {progress:?}"
+    );
     let _bye = transferor
         .expect_request_in(&t_id.call_id, Method::Bye)
         .await?;
@@ -211,7 +225,7 @@ async fn a_failed_transfer_keeps_the_original_call() -> Result<()> {
     let server = relay_server(34200, 34299).await?;
     let mut alice = registered(&server, "alice").await?;
     let mut bob = registered(&server, "bob").await?;
-    let mut carol = registered(&server, "carol").await?;
+    let carol = registered(&server, "carol").await?;
     bob.answer_next_invite(Answer::ok());
     carol.answer_next_invite(Answer::busy());
     let a = alice.call("bob").await?;
@@ -231,19 +245,7 @@ async fn a_failed_transfer_keeps_the_original_call() -> Result<()> {
 
     let r = bob.refer(&b, "<sip:carol@pbx.local>").await?;
     ensure!(r.status == 202, "REFER: {} {}", r.status, r.reason);
-    let mut progress = Vec::new();
-    loop {
-        let n = bob.expect_request_in(&b.call_id, Method::Notify).await?;
-        progress.push(sipfrag(&n));
-        let state = n
-            .headers
-            .get(&understudy::sip::HeaderName::SubscriptionState)
-            .unwrap_or("");
-        if state.starts_with("terminated") {
-            break;
-        }
-        ensure!(progress.len() < 5, "NOTIFYs without an end: {progress:?}");
-    }
+    let progress = notifies_until_done(&mut bob, &b.call_id).await?;
     ensure!(
         progress
             .last()
@@ -262,7 +264,7 @@ async fn a_failed_transfer_keeps_the_original_call() -> Result<()> {
 }
 
 /// `s` %-escaped for a URI header value.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('%', "%25")
         .replace('@', "%40")
         .replace(';', "%3B")
@@ -270,7 +272,7 @@ fn escape(s: &str) -> String {
 }
 
 /// The Replaces value naming dialog `d` as the PBX (the other end) sees it.
-fn replaces_of(d: &DialogId) -> String {
+pub(crate) fn replaces_of(d: &DialogId) -> String {
     format!(
         "{};to-tag={};from-tag={}",
         d.call_id, d.remote_tag, d.local_tag
@@ -328,19 +330,7 @@ async fn attended_transfer_joins_the_consultation_party() -> Result<()> {
         !to_alice.body.is_empty(),
         "alice's re-INVITE carries carol's offer"
     );
-    let mut progress = Vec::new();
-    loop {
-        let n = bob.expect_request_in(&b1.call_id, Method::Notify).await?;
-        progress.push(sipfrag(&n));
-        let state = n
-            .headers
-            .get(&understudy::sip::HeaderName::SubscriptionState)
-            .unwrap_or("");
-        if state.starts_with("terminated") {
-            break;
-        }
-        ensure!(progress.len() < 5, "NOTIFYs without an end: {progress:?}");
-    }
+    let progress = notifies_until_done(&mut bob, &b1.call_id).await?;
     ensure!(
         progress.last().map(String::as_str) == Some("SIP/2.0 200 OK"),
         "{progress:?}"

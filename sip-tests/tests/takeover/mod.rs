@@ -39,6 +39,7 @@ mod rebind_answers;
 mod ringing;
 mod sigterm;
 mod tcp;
+mod transfer;
 mod trunk_register;
 mod unreachable_tcp;
 mod upgrade;
