@@ -174,9 +174,10 @@ class BaresipPhone(Baresip):
 
 
 class PjsuaPhoneX(PjsuaPhone):
-    """harness.PjsuaPhone (user bob) with the common face. pjsua_agent.py has the commands
-    status, dial, hangup and quit only; hold, resume and transfers raise Unsupported naming
-    the pjsua2 calls that an agent command would need (see README)."""
+    """harness.PjsuaPhone (user bob) with the common face. Hold, resume and transfers use the
+    agent's commands hold, resume, xfer and xfer_replaces (pjsua2 Call.setHold, Call.reinvite
+    with PJSUA_CALL_UNHOLD, Call.xfer, Call.xferReplaces); dial_replaces() places a call whose
+    INVITE carries a Replaces header (RFC 3891)."""
 
     name = "pjsua"
     user = "bob"
@@ -188,6 +189,10 @@ class PjsuaPhoneX(PjsuaPhone):
 
     def dial(self, uri):
         self.cmd("dial", uri=uri)
+
+    def dial_replaces(self, uri, replaces):
+        """INVITE `uri` with `Replaces: <replaces>` (call-id;to-tag=..;from-tag=..)."""
+        self.cmd("dial_replaces", uri=uri, replaces=replaces)
 
     def _call(self):
         return self.status()["call"] or {}
@@ -203,20 +208,23 @@ class PjsuaPhoneX(PjsuaPhone):
     def call_state(self):
         return self._call().get("state")
 
-    def _missing(self, what, api):
-        raise Unsupported(f"pjsua_agent.py has no {what} command; pjsua2 does it with {api}")
+    def calls(self):
+        return self.cmd("calls")["calls"]
 
     def hold(self):
-        self._missing("hold", "Call.setHold(CallOpParam)")
+        self.cmd("hold")
 
     def resume(self):
-        self._missing("resume", "Call.reinvite(CallOpParam) with opt.flag = PJSUA_CALL_UNHOLD")
+        self.cmd("resume")
 
     def transfer(self, target):
-        self._missing("blind transfer", "Call.xfer(dest_uri, CallOpParam)")
+        self.cmd("xfer", uri=target)
 
-    def transfer_attended(self, other_call=None):
-        self._missing("attended transfer", "Call.xferReplaces(dest_call, CallOpParam)")
+    def transfer_attended(self, other_call=None, call=None):
+        """REFER on call `call` (agent index; default the newest) with Replaces naming call
+        `other_call` (agent index)."""
+        kw = {} if call is None else {"call": call}
+        self.cmd("xfer_replaces", other=other_call, **kw)
 
     def hangup(self):
         self.cmd("hangup")

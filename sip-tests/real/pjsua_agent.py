@@ -5,6 +5,16 @@ Registers at the given registrar, answers every call with 200, connects the call
 null sound device (a call not connected to it sends no RTP), counts RTP from the stream
 statistics, and takes commands as JSON over a loopback UDP socket: status, dial, hangup, quit.
 Started by harness.PjsuaPhone; all addresses are 127.0.0.1.
+
+Commands for the transfer scenarios of four.py (each acts on the newest call, or on the call
+with index `call` in the agent's list; none changes what the commands above do or report):
+  calls                      every call: index, state, Call-ID, remote URI, times, rx/tx
+  hold / resume              Call.setHold() / Call.reinvite() with PJSUA_CALL_UNHOLD
+  xfer {uri}                 blind transfer: Call.xfer() (REFER, Refer-To: uri)
+  xfer_replaces {other}      attended transfer: Call.xferReplaces(calls[other]) (REFER with
+                             Replaces naming the other call's dialog)
+  dial_replaces {uri, replaces}  a new call whose INVITE carries `Replaces: <replaces>`
+                             (RFC 3891; CallOpParam.txOption.headers)
 """
 
 import argparse
@@ -275,6 +285,47 @@ def pjsua_agent(argv):
                         raise RuntimeError("no call")
                     note("hanging up")
                     c.hangup(pj.CallOpParam(True))
+                elif cmd == "calls":
+                    rep["calls"] = []
+                    for i, c in enumerate(calls):
+                        item = {"index": i, "state": c.rec["state"], "confirmed_at": c.rec["confirmed_at"],
+                                "ended_at": c.rec["ended_at"], "rx": c.rec["rx"], "tx": c.rec["tx"],
+                                "last_status": c.rec["last_status"]}
+                        try:
+                            ci = c.getInfo()
+                            item.update(call_id=ci.callIdString, remote_uri=ci.remoteUri,
+                                        local_uri=ci.localUri)
+                        except pj.Error:
+                            pass
+                        rep["calls"].append(item)
+                elif cmd in ("hold", "resume", "xfer", "xfer_replaces"):
+                    c = calls[req["call"]] if "call" in req else current()
+                    if c is None:
+                        raise RuntimeError("no call")
+                    prm = pj.CallOpParam(True)
+                    if cmd == "hold":
+                        note("holding")
+                        c.setHold(prm)
+                    elif cmd == "resume":
+                        note("resuming")
+                        prm.opt.flag = pj.PJSUA_CALL_UNHOLD
+                        c.reinvite(prm)
+                    elif cmd == "xfer":
+                        note(f"blind transfer to {req['uri']}")
+                        c.xfer(req["uri"], prm)
+                    else:
+                        note(f"attended transfer to call {req['other']}")
+                        c.xferReplaces(calls[req["other"]], prm)
+                elif cmd == "dial_replaces":
+                    c = Call(acc)
+                    calls.append(c)
+                    prm = pj.CallOpParam(True)
+                    h = pj.SipHeader()
+                    h.hName = "Replaces"
+                    h.hValue = req["replaces"]
+                    prm.txOption.headers.append(h)
+                    c.makeCall(req["uri"], prm)
+                    note(f"dialling {req['uri']} with Replaces: {req['replaces']}")
                 elif cmd == "quit":
                     running = False
                 else:

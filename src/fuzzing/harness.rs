@@ -527,8 +527,25 @@ impl Harness {
             r.headers
                 .push(HeaderName::SubscriptionState, "terminated;reason=timeout");
         }
-        if method == Method::Refer {
-            r.headers.push(HeaderName::ReferTo, "<sip:bob@pbx.local>");
+        let mut body = body;
+        match (&method, body.split_first()) {
+            // A body starting with `?` becomes the escaped Replaces of an attended transfer;
+            // with `#`, the RAck of a PRACK: mutations reach both parsers.
+            (Method::Refer, Some((b'?', rest))) => {
+                let rest = String::from_utf8_lossy(rest);
+                r.headers.push(
+                    HeaderName::ReferTo,
+                    format!("<sip:bob@pbx.local?Replaces={rest}>"),
+                );
+                body = &[];
+            }
+            (Method::Refer, _) => r.headers.push(HeaderName::ReferTo, "<sip:bob@pbx.local>"),
+            (Method::Prack, Some((b'#', rest))) => {
+                r.headers
+                    .push(HeaderName::Rack, String::from_utf8_lossy(rest).into_owned());
+                body = &[];
+            }
+            _ => {}
         }
         attach_body(&mut r.headers, &mut r.body, body);
         Some((r, proto))
