@@ -423,3 +423,63 @@ async fn an_invite_with_replaces_takes_the_legs_place() -> Result<()> {
     );
     Ok(())
 }
+
+/// A REFER loop (bob and carol passing alice back and forth) stops at the limit of 8
+/// transfers per call with 403, not in a storm; the call itself goes on.
+#[tokio::test]
+async fn a_transfer_loop_stops_at_the_limit() -> Result<()> {
+    let server = relay_server(34500, 34599).await?;
+    let mut alice = registered(&server, "alice").await?;
+    let mut parties = [
+        registered(&server, "bob").await?,
+        registered(&server, "carol").await?,
+    ];
+    parties[0].answer_next_invite(Answer::ok());
+    let a = alice.call("bob").await?;
+    let first = parties[0].expect_new_invite().await?;
+    let mut leg = dialog_in(&parties[0], first.call_id()?)?;
+    for i in 0..8 {
+        let (x, y) = (i % 2, (i + 1) % 2);
+        let target = parties[y].user().to_string();
+        parties[y].answer_next_invite(Answer::ok());
+        let r = parties[x]
+            .refer(&leg, &format!("<sip:{target}@pbx.local>"))
+            .await?;
+        ensure!(
+            r.status == 202,
+            "transfer {}: {} {}",
+            i + 1,
+            r.status,
+            r.reason
+        );
+        let n = notifies_until_done(&mut parties[x], &leg.call_id).await?;
+        ensure!(
+            n.last().map(String::as_str) == Some("SIP/2.0 200 OK"),
+            "{n:?}"
+        );
+        parties[x]
+            .expect_request_in(&leg.call_id, Method::Bye)
+            .await?;
+        let inv = parties[y].expect_new_invite().await?;
+        leg = dialog_in(&parties[y], inv.call_id()?)?;
+    }
+    let r = parties[0].refer(&leg, "<sip:carol@pbx.local>").await?;
+    ensure!(
+        r.status == 403,
+        "the ninth transfer: {} {}",
+        r.status,
+        r.reason
+    );
+    ensure!(alice.bye(&a).await?.status == 200, "the call is still up");
+    let cdrs = server.stop().await?;
+    ensure!(
+        cdrs.len() == 9
+            && cdrs
+                .iter()
+                .filter(|c| c.end_reason == "transferred")
+                .count()
+                == 8,
+        "{cdrs:#?}"
+    );
+    Ok(())
+}
