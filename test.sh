@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run every test: the sans-IO guard, fmt and clippy, unit and integration tests, a fuzz
-# smoke of every fuzz target, the SIPp scenarios and the real soft-phones (baresip, PJSIP)
-# across a takeover.
+# smoke of every fuzz target, the SIPp scenarios and the real soft-phones (baresip, PJSIP,
+# linphone, Twinkle) across a takeover.
 # Installs what the tests need when it is missing (Debian packages: SIPp from sip-tester,
-# baresip-core, procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
+# baresip-core, linphone-cli, twinkle-console, procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
 # for trunk host names), openssl (test certificates), python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,7 +11,8 @@ cd "$(dirname "$0")"
 # command -> Debian package; the missing ones are installed in one go.
 missing=()
 for pair in sipp:sip-tester unshare:util-linux ip:iproute2 nft:nftables curl:curl ps:procps \
-    baresip:baresip-core dnsmasq:dnsmasq-base openssl:openssl; do
+    baresip:baresip-core linphone-daemon:linphone-cli twinkle-console:twinkle-console \
+    dnsmasq:dnsmasq-base openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -56,6 +57,8 @@ echo "== real soft-phones (PJSIP) behind two NATs across a takeover (the NAT tes
 timeout -k 10 180 python3 sip-tests/real/nat.py --bin ./target/release/understudy
 echo "== real soft-phones (PJSIP) over SIP/TLS across a takeover"
 timeout -k 10 120 python3 sip-tests/real/tls.py --bin ./target/release/understudy
+echo "== four real soft-phones (baresip, PJSIP, linphone, Twinkle): hold, transfers, takeover"
+UNDERSTUDY_BIN=./target/release/understudy sip-tests/real/run-four.sh
 echo "== rolling upgrade: a main of the previous release (wave 1) hands over to a stand-by of this one"
 sip-tests/upgrade.sh
 echo "== all tests passed"
