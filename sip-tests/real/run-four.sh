@@ -2,7 +2,8 @@
 # Four real soft-phones through an Understudy pair: linphone (linphone-daemon) and Twinkle
 # (twinkle-console), each against baresip, PJSIP or each other: register, call through the
 # main, hold/resume, kill -9 of the main, re-bind by the stand-by, RTP after the re-bind,
-# REFER probe, hang-up, CDR.
+# refused-REFER check, hang-up, CDR; then blind, attended and INVITE/Replaces transfers with
+# real transferors (one followed by a kill -9 of the main).
 #
 #   UNDERSTUDY_BIN=./target/release/understudy sip-tests/real/run-four.sh [four.py options]
 #

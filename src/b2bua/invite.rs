@@ -76,12 +76,7 @@ impl B2bua {
             .and_then(Result::ok)
             .unwrap_or(70)
             .saturating_sub(1);
-        let host = env.me.udp.split(':').next().unwrap_or("understudy");
-        let b_call_id = format!(
-            "{:016x}{:08x}@{host}",
-            crate::entropy::random::<u64>(),
-            crate::entropy::random::<u32>()
-        );
+        let b_call_id = env.new_call_id();
         if let Some(m) = self.media.as_mut()
             && !m.alloc(token)
         {

@@ -85,6 +85,16 @@ impl Env<'_> {
     fn cseq_base(&self) -> u32 {
         self.epoch.saturating_mul(65536)
     }
+
+    /// A Call-ID for a dialog we start (96 random bits at our host).
+    fn new_call_id(&self) -> String {
+        let host = self.me.udp.split(':').next().unwrap_or("understudy");
+        format!(
+            "{:016x}{:08x}@{host}",
+            crate::entropy::random::<u64>(),
+            crate::entropy::random::<u32>()
+        )
+    }
 }
 
 /// What a client transaction of ours was for.

@@ -153,12 +153,7 @@ impl B2bua {
         };
         // The target sees the transferee calling (RFC 5589 §6: the new call is the
         // transferee's), from a new Call-ID, with our tag for the transferor's leg.
-        let host = env.me.udp.split(':').next().unwrap_or("understudy");
-        let call_id = format!(
-            "{:016x}{:08x}@{host}",
-            crate::entropy::random::<u64>(),
-            crate::entropy::random::<u32>()
-        );
+        let call_id = env.new_call_id();
         let mut inv = Request::new(Method::Invite, target.uri.clone());
         let h = &mut inv.headers;
         h.push(HeaderName::Via, env.me.via(target.flow.proto));
@@ -187,26 +182,24 @@ impl B2bua {
             return reply(env, 500, None);
         };
         self.client.insert(tx, (token, Purpose::TransferInvite));
-        let mut accepted = response_to(req, 202, None);
-        accepted.headers.push(
-            HeaderName::Contact,
-            env.me
-                .contact(call.leg(side).map_or(call.a.flow.proto, |d| d.flow.proto)),
+        self.accept_refer(
+            env,
+            token,
+            id,
+            req,
+            Transfer {
+                from: side,
+                from_gone: false,
+                invite: inv,
+                flow: target.flow,
+                tx,
+                provisional: false,
+                party: uri.to_string(),
+                trunk: route.trunk,
+                joined: None,
+                step: Step::Calling,
+            },
         );
-        let _ = env.tx.respond(env.now, id, &accepted);
-        call.transfer = Some(Box::new(Transfer {
-            from: side,
-            from_gone: false,
-            invite: inv,
-            flow: target.flow,
-            tx,
-            provisional: false,
-            party: uri.to_string(),
-            trunk: route.trunk,
-            joined: None,
-            step: Step::Calling,
-        }));
-        self.notify_transferor(env, token, side, 100, "Trying");
         tracing::info!(
             token = format!("{token:016x}"),
             transferor = ?side,
@@ -282,34 +275,29 @@ impl B2bua {
             return reply(env, 500, "Cannot Reach The Other Party");
         };
         self.client.insert(tx, (token, Purpose::TransferInvite));
-        let Some(call) = self.calls.get_mut(&token) else {
-            self.calls.insert(t2, c2);
-            return;
+        let party = if party.is_empty() {
+            uri.to_string()
+        } else {
+            party
         };
-        let mut accepted = response_to(req, 202, None);
-        accepted.headers.push(
-            HeaderName::Contact,
-            env.me
-                .contact(call.leg(side).map_or(call.a.flow.proto, |d| d.flow.proto)),
-        );
-        let _ = env.tx.respond(env.now, id, &accepted);
-        call.transfer = Some(Box::new(Transfer {
-            from: side,
-            from_gone: false,
-            invite: re,
-            flow,
-            tx,
-            provisional: false,
-            party: if party.is_empty() {
-                uri.to_string()
-            } else {
-                party
+        self.accept_refer(
+            env,
+            token,
+            id,
+            req,
+            Transfer {
+                from: side,
+                from_gone: false,
+                invite: re,
+                flow,
+                tx,
+                provisional: false,
+                party,
+                trunk,
+                joined: Some((c2, y2)),
+                step: Step::Calling,
             },
-            trunk,
-            joined: Some((c2, y2)),
-            step: Step::Calling,
-        }));
-        self.notify_transferor(env, token, side, 100, "Trying");
+        );
         tracing::info!(
             token = format!("{token:016x}"),
             consultation = format!("{t2:016x}"),
@@ -407,6 +395,34 @@ impl B2bua {
             leg = ?side,
             "INVITE with Replaces: re-INVITing the other party with the new offer"
         );
+    }
+
+    /// The REFER is accepted (202) and transfer `t` under way: the transferor hears
+    /// `100 Trying`.
+    fn accept_refer(
+        &mut self,
+        env: &mut Env<'_>,
+        token: u64,
+        id: ServerTxId,
+        req: &Request,
+        t: Transfer,
+    ) {
+        let from = t.from;
+        let Some(call) = self.calls.get_mut(&token) else {
+            // Gone meanwhile (not possible within one event): give the consultation back.
+            if let Some((c2, _)) = t.joined {
+                self.calls.insert(c2.token, c2);
+            }
+            return;
+        };
+        let proto = call.leg(from).map_or(call.a.flow.proto, |d| d.flow.proto);
+        let mut accepted = response_to(req, 202, None);
+        accepted
+            .headers
+            .push(HeaderName::Contact, env.me.contact(proto));
+        let _ = env.tx.respond(env.now, id, &accepted);
+        call.transfer = Some(Box::new(t));
+        self.notify_transferor(env, token, from, 100, "Trying");
     }
 
     /// Tell the transferor on leg `from` how its transfer goes.
