@@ -41,8 +41,8 @@ transfer_of = B's leg's Call-ID; an attended transfer adds the consultation call
 transfer: the stand-by re-binds A <-> C (takeover.recovered = 1, re-INVITEs from the stand-by
 to A and C, RTP after), the hang-up goes through it, the stand-by's CDR has the A-C row
 (normal, recovered) and the killed main's the `transferred` row with the same token.
-attended-twinkle fails on a known PBX bug (XFAIL, see XFAIL and the README); --strict
-counts it as a failure.
+A scenario listed in XFAIL (a known PBX bug; none today) is reported but does not fail the
+run; --strict counts it as a failure.
 
 Every wait is a bounded poll; the summary has the timings (setup, consultation, REFER -> 202,
 REFER -> final NOTIFY, transfer complete, detection, re-bind, hang-up, RTP reached).
@@ -487,11 +487,7 @@ TRANSFERS = {
 
 # Scenarios that fail today because of a known PBX bug (see README): (what the failure says,
 # why). They are reported as XFAIL and do not fail the run unless --strict.
-XFAIL = {
-    "attended-twinkle": (r"REFER got SIP/2\.0 400 Missing or Bad Refer-To",
-                         "twinkle's Refer-To is the PBX's Contact (no user part) with ?Replaces=; the "
-                         "PBX wants a user in Refer-To even when Replaces names the dialog"),
-}
+XFAIL = {}
 
 CAROL = '\n[[users]]\nname = "carol"\npassword = "carol-secret"\n'
 

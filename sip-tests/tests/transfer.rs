@@ -172,6 +172,13 @@ async fn blind_transfer(by_callee: bool, ports: (u16, u16)) -> Result<()> {
     let _bye = transferor
         .expect_request_in(&t_id.call_id, Method::Bye)
         .await?;
+    // Phones send their own BYE after the final NOTIFY; crossing ours, it gets 200.
+    let own = transferor.bye(&t_id).await?;
+    ensure!(
+        own.status == 200,
+        "the transferor's own BYE: {}",
+        own.status
+    );
     let c = dialog_in(&carol, to_carol.call_id()?)?;
 
     // The transferee and carol talk through the relay.
@@ -309,10 +316,12 @@ async fn attended_transfer_joins_the_consultation_party() -> Result<()> {
         "{calls}"
     );
 
-    let refer_to = format!(
-        "<sip:carol@pbx.local?Replaces={}>",
-        escape(&replaces_of(&b2))
-    );
+    // As Twinkle writes it: the consultation's remote target (our Contact, no user part).
+    let contact = bob
+        .dialog(&b2)
+        .map(|d| d.remote_target)
+        .context("bob's consultation dialog")?;
+    let refer_to = format!("<{contact}?Replaces={}>", escape(&replaces_of(&b2)));
     let r = bob.refer(&b1, &refer_to).await?;
     ensure!(
         r.status == 202,

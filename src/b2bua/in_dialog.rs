@@ -85,7 +85,17 @@ impl B2bua {
     /// A request inside a dialog (To tag present). No call of ours matches: 481.
     pub fn on_in_dialog(&mut self, env: &mut Env<'_>, id: ServerTxId, req: Request, source: Flow) {
         let Some((token, side)) = self.dialog_of(&req) else {
-            let _ = env.tx.respond(env.now, id, &response_to(&req, 481, None));
+            // A transferor's BYE crossing ours: its leg left the call just now.
+            let departed = req.method == Method::Bye
+                && req
+                    .call_id()
+                    .ok()
+                    .zip(req.to_tag())
+                    .is_some_and(|(c, t)| self.departed.contains_key(&(c.to_string(), t)));
+            let status = if departed { 200 } else { 481 };
+            let _ = env
+                .tx
+                .respond(env.now, id, &response_to(&req, status, None));
             return;
         };
         let Some(call) = self.calls.get_mut(&token) else {

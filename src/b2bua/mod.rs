@@ -193,6 +193,9 @@ pub struct B2bua {
     /// Tokens in our tags that name another call: after an attended transfer joined a leg of
     /// one call to another, that leg's tag still carries its first call's token.
     aliases: HashMap<u64, u64>,
+    /// Legs a transfer took out of their call, for a minute (Call-ID, our tag): the phone's
+    /// own BYE crossing ours gets 200, not 481.
+    departed: HashMap<(String, String), Instant>,
     /// Counters.
     pub stats: Stats,
 }
@@ -264,6 +267,8 @@ impl B2bua {
     /// Forget calls ended more than a minute before `now` (see [`Self::has_call`]).
     pub fn forget_ended(&mut self, now: Instant) {
         self.recently_ended
+            .retain(|_, t| now.saturating_duration_since(*t) < Duration::from_secs(60));
+        self.departed
             .retain(|_, t| now.saturating_duration_since(*t) < Duration::from_secs(60));
     }
 

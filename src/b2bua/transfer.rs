@@ -91,12 +91,10 @@ fn notify(d: &mut Dialog, env: &Env<'_>, status: u16, reason: &str) -> Request {
     n
 }
 
-/// The Refer-To target: its URI and the user to route.
-fn refer_target(req: &Request) -> Option<(Uri, String)> {
+/// The Refer-To URI.
+fn refer_target(req: &Request) -> Option<Uri> {
     let v = req.headers.get(&HeaderName::ReferTo)?;
-    let na = NameAddr::parse(v).ok()?;
-    let user = na.uri.user_unescaped()?;
-    Some((na.uri, user))
+    Some(NameAddr::parse(v).ok()?.uri)
 }
 
 impl B2bua {
@@ -119,7 +117,7 @@ impl B2bua {
         let Some(call) = self.calls.get(&token) else {
             return;
         };
-        let Some((uri, user)) = refer_target(req) else {
+        let Some(uri) = refer_target(req) else {
             return reply(env, 400, Some("Missing or Bad Refer-To"));
         };
         if call.state != CallState::Confirmed
@@ -135,9 +133,14 @@ impl B2bua {
         if call.transfers >= MAX_TRANSFERS {
             return reply(env, 403, Some("Transfer Limit Reached"));
         }
+        // Attended: the dialog Replaces names says who joins (phones put the consultation's
+        // remote target there, often our Contact without a user part).
         if let Some(rep) = uri.headers.as_deref().and_then(Replaces::from_uri_headers) {
             return self.refer_with_replaces(env, token, side, id, req, &rep, &uri);
         }
+        let Some(user) = uri.user_unescaped() else {
+            return reply(env, 400, Some("Refer-To Names No User"));
+        };
         let route = match super::resolve(env.cfg, env.registrar, env.dns, &user, env.now) {
             Ok(r) => r,
             Err(why) => return reply(env, why.status(), why.phrase()),
@@ -194,7 +197,11 @@ impl B2bua {
                 flow: target.flow,
                 tx,
                 provisional: false,
-                party: uri.to_string(),
+                // As in any CDR: the callee is the number or user dialled, the caller a URI.
+                party: match side {
+                    Side::A => uri.to_string(),
+                    Side::B => user.clone(),
+                },
                 trunk: route.trunk,
                 joined: None,
                 step: Step::Calling,
@@ -666,6 +673,8 @@ impl B2bua {
         call.start_ms = env.now_ms;
         call.answer_ms = Some(env.now_ms);
         self.cdrs.push(before);
+        self.departed
+            .insert((old.call_id.clone(), old.local_tag.clone()), env.now);
         if !from_gone {
             if reason == "transferred" {
                 let n = notify(&mut old, env, 200, "OK");
@@ -762,6 +771,8 @@ impl B2bua {
     ) {
         let replaced = y2.other();
         if let Some(d) = c2.leg_mut(replaced) {
+            self.departed
+                .insert((d.call_id.clone(), d.local_tag.clone()), env.now);
             let bye = d.request(Method::Bye, env.me, None);
             if let Ok(tx) = env.tx.send_request(env.now, &bye, d.next_hop()) {
                 self.client.insert(tx, (token, Purpose::Bye));
