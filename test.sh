@@ -3,7 +3,7 @@
 # smoke of every fuzz target, the SIPp scenarios and the real soft-phones (baresip, PJSIP,
 # linphone, Twinkle) across a takeover.
 # Installs what the tests need when it is missing (Debian packages: SIPp from sip-tester,
-# baresip-core, linphone-cli, twinkle-console, procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
+# baresip-core, linphone-cli, twinkle-console, kamailio (the HEP capture receiver), procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
 # for trunk host names), openssl (test certificates), python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 missing=()
 for pair in sipp:sip-tester unshare:util-linux ip:iproute2 nft:nftables curl:curl ps:procps \
     baresip:baresip-core linphone-daemon:linphone-cli twinkle-console:twinkle-console \
-    dnsmasq:dnsmasq-base openssl:openssl; do
+    dnsmasq:dnsmasq-base openssl:openssl kamailio:kamailio; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

@@ -1,6 +1,7 @@
 //! Understudy: a SIP back-to-back user agent that runs as a main / stand-by pair.
 pub mod admin;
 pub mod b2bua;
+pub mod capture;
 pub mod cdr;
 pub mod config;
 pub mod dialog;

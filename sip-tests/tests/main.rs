@@ -7,6 +7,7 @@ mod common;
 mod crossing;
 mod dns_srv;
 mod flood;
+mod hep;
 mod malformed;
 mod media;
 mod options;

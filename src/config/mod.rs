@@ -18,10 +18,10 @@ mod types;
 mod validate;
 
 pub use types::{
-    AdminConfig, CallsConfig, CdrConfig, DEFAULT_SIP_PORT, DnsConfig, Fallback, HomeRole,
-    LimitsConfig, MediaConfig, MediaMode, NodeConfig, PairConfig, PairMode, RegistrarConfig,
-    StateConfig, TakeoverConfig, TimersConfig, TrunkAddress, TrunkConfig, TrunkCredentials,
-    TrunkRegister, TrunkTransport, UserConfig,
+    AdminConfig, CallsConfig, CaptureConfig, CdrConfig, DEFAULT_SIP_PORT, DnsConfig, Fallback,
+    HomeRole, LimitsConfig, MediaConfig, MediaMode, NodeConfig, PairConfig, PairMode,
+    RegistrarConfig, StateConfig, TakeoverConfig, TimersConfig, TrunkAddress, TrunkConfig,
+    TrunkCredentials, TrunkRegister, TrunkTransport, UserConfig,
 };
 
 use std::fmt;
@@ -59,6 +59,8 @@ pub struct Config {
     pub cdr: CdrConfig,
     /// `[dns]`: resolving trunk host names.
     pub dns: DnsConfig,
+    /// `[capture]`: HEP copies of the SIP traffic.
+    pub capture: CaptureConfig,
 }
 
 /// One configuration problem: which file, which key (e.g. `users[1].name`), and why.
@@ -270,6 +272,11 @@ impl Config {
             },
             state: StateConfig { dir: state_dir },
             dns: DnsConfig::default(),
+            capture: CaptureConfig {
+                hep: None,
+                hep_id: types::DEFAULT_HEP_ID,
+                password: None,
+            },
             pair: None,
             takeover: TakeoverConfig::default(),
             registrar: RegistrarConfig {

@@ -10,10 +10,10 @@ use serde::Deserialize;
 
 use super::types::{CDR_FILE_NAME, DEFAULT_DOMAIN, TomlName};
 use super::{
-    AdminConfig, CallsConfig, CdrConfig, Config, DnsConfig, Errors, HomeRole, LimitsConfig,
-    MediaConfig, MediaMode, NodeConfig, PairConfig, PairMode, RegistrarConfig, StateConfig,
-    TakeoverConfig, TimersConfig, TrunkAddress, TrunkConfig, TrunkCredentials, TrunkRegister,
-    TrunkTransport, UserConfig,
+    AdminConfig, CallsConfig, CaptureConfig, CdrConfig, Config, DnsConfig, Errors, HomeRole,
+    LimitsConfig, MediaConfig, MediaMode, NodeConfig, PairConfig, PairMode, RegistrarConfig,
+    StateConfig, TakeoverConfig, TimersConfig, TrunkAddress, TrunkConfig, TrunkCredentials,
+    TrunkRegister, TrunkTransport, UserConfig,
 };
 
 /// The whole file.
@@ -36,6 +36,15 @@ pub(super) struct RawConfig {
     media: Option<RawMedia>,
     cdr: Option<RawCdr>,
     dns: Option<RawDns>,
+    capture: Option<RawCapture>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    hep: Option<String>,
+    hep_id: Option<u32>,
+    password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,7 +240,16 @@ pub(super) fn build(raw: RawConfig, errors: &mut Errors) -> Config {
         }
     }
     let dns = DnsConfig { servers };
+    let capture = raw.capture.unwrap_or_default();
+    let capture = CaptureConfig {
+        hep: capture
+            .hep
+            .and_then(|s| socket_addr(errors, "capture.hep", &s)),
+        hep_id: capture.hep_id.unwrap_or(super::types::DEFAULT_HEP_ID),
+        password: capture.password.filter(|p| !p.is_empty()),
+    };
     Config {
+        capture,
         node,
         admin,
         state,

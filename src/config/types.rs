@@ -320,6 +320,20 @@ pub struct TrunkConfig {
     pub host: Option<String>,
 }
 
+/// `capture.hep_id` when the file does not set it.
+pub const DEFAULT_HEP_ID: u32 = 2001;
+
+/// `[capture]`: a copy of every SIP message to a HEP capture server (Homer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// `hep`: the capture server's `ip:port` (UDP); no capture when unset.
+    pub hep: Option<SocketAddr>,
+    /// `hep_id`: this node's capture agent id (default 2001).
+    pub hep_id: u32,
+    /// `password`: the capture server's password (HEP auth key chunk), if it wants one.
+    pub password: Option<String>,
+}
+
 /// `[dns]`: how trunk host names are resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DnsConfig {

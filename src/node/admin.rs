@@ -61,11 +61,39 @@ fn transport_metrics(m: &mut String, transport: &Transport) {
     }
 }
 
+/// HEP capture counters.
+fn capture_metrics(m: &mut String, hep: &super::capture::HepCounters) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering;
+    let _ = writeln!(
+        m,
+        "# HELP understudy_hep_sent_total SIP messages copied to the HEP capture server."
+    );
+    let _ = writeln!(m, "# TYPE understudy_hep_sent_total counter");
+    let _ = writeln!(
+        m,
+        "understudy_hep_sent_total {}",
+        hep.sent.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        m,
+        "# HELP understudy_hep_dropped_total SIP messages not copied (queue full, send error)."
+    );
+    let _ = writeln!(m, "# TYPE understudy_hep_dropped_total counter");
+    let _ = writeln!(
+        m,
+        "understudy_hep_dropped_total {}",
+        hep.dropped.load(Ordering::Relaxed)
+    );
+}
+
 /// Answer one admin request.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn answer(
     server: &mut Server,
     transport: &Transport,
     relay: &crate::media::Relay,
+    hep: Option<&super::capture::HepCounters>,
     config_path: Option<&std::path::Path>,
     now: Instant,
     q: AdminQuery,
@@ -118,6 +146,9 @@ pub(crate) fn answer(
         ("GET", "/metrics") => {
             let mut m = server.metrics_text();
             transport_metrics(&mut m, transport);
+            if let Some(h) = hep {
+                capture_metrics(&mut m, h);
+            }
             HttpResponse {
                 status: 200,
                 content_type: "text/plain; version=0.0.4".into(),

@@ -3,6 +3,7 @@
 //! [`Server`]. No protocol logic lives here.
 
 mod admin;
+mod capture;
 mod resolver;
 
 use std::net::SocketAddr;
@@ -59,6 +60,9 @@ pub enum NodeError {
     /// The CDR database could not be opened or flushed.
     #[error(transparent)]
     Cdr(#[from] crate::cdr::CdrError),
+    /// The HEP capture socket could not be opened.
+    #[error("capture.hep: cannot open a socket: {0}")]
+    Capture(std::io::Error),
 }
 
 fn wall_ms() -> u64 {
@@ -240,6 +244,23 @@ pub async fn run_with(
             })
             .unwrap_or_default(),
     };
+    let hep = capture::Hep::start(
+        &cfg.capture,
+        capture::Locals {
+            udp: transport.udp_local(),
+            tcp: transport.tcp_local(),
+            tls: transport.tls_local(),
+        },
+    )
+    .await
+    .map_err(NodeError::Capture)?;
+    // Every message in goes to the server through here (and to the capture first).
+    let feed = |server: &mut Server, now, ib: Inbound| {
+        if let Some(h) = &hep {
+            h.inbound(&ib);
+        }
+        server.handle_inbound_guarded(now, ib);
+    };
     let cdr = if cfg.cdr.enabled {
         Some(CdrWriter::open(&cfg.cdr.path)?)
     } else {
@@ -304,7 +325,15 @@ pub async fn run_with(
             }
             Some(q) = admin_rx.recv() => {
                 let now = tokio::time::Instant::now().into_std();
-                admin::answer(&mut server, &transport, &relay, reloading.path.as_deref(), now, q);
+                admin::answer(
+                    &mut server,
+                    &transport,
+                    &relay,
+                    hep.as_ref().map(|h| &*h.counters),
+                    reloading.path.as_deref(),
+                    now,
+                    q,
+                );
             }
             Some(()) = async {
                 match reloading.requests.as_mut() {
@@ -317,11 +346,11 @@ pub async fn run_with(
             }
             Some(ib) = in_rx.recv() => {
                 let now = tokio::time::Instant::now().into_std();
-                server.handle_inbound_guarded(now, ib);
+                feed(&mut server, now, ib);
                 // Drain what is already queued before sleeping again.
                 for _ in 0..256 {
                     match in_rx.try_recv() {
-                        Ok(ib) => server.handle_inbound_guarded(now, ib),
+                        Ok(ib) => feed(&mut server, now, ib),
                         Err(_) => break,
                     }
                 }
@@ -354,6 +383,9 @@ pub async fn run_with(
                 let first = t.bytes.split(|&b| b == b'\r').next().unwrap_or_default();
                 tracing::debug!(flow = %t.flow, line = %String::from_utf8_lossy(first), "out");
             }
+            if let Some(h) = &hep {
+                h.outbound(&t);
+            }
             transport.send(t);
         }
         for c in server.take_media_commands() {
@@ -375,6 +407,9 @@ pub async fn run_with(
     let until = tokio::time::Instant::now() + Duration::from_secs(2);
     loop {
         while let Some(t) = server.poll_transmit() {
+            if let Some(h) = &hep {
+                h.outbound(&t);
+            }
             transport.send(t);
         }
         let now = tokio::time::Instant::now();
@@ -388,7 +423,7 @@ pub async fn run_with(
             .min(until);
         tokio::select! {
             Some(ib) = in_rx.recv() => {
-                server.handle_inbound_guarded(tokio::time::Instant::now().into_std(), ib);
+                feed(&mut server, tokio::time::Instant::now().into_std(), ib);
             }
             _ = tokio::time::sleep_until(deadline) => {
                 server.handle_timeout_guarded(tokio::time::Instant::now().into_std());
