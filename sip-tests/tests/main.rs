@@ -24,4 +24,5 @@ mod tls_load;
 mod tls_trunk;
 mod torture;
 mod transfer;
+mod transfer_trunk;
 mod ua;

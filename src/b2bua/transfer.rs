@@ -63,6 +63,8 @@ pub struct Transfer {
     pub(super) tx: ClientTxId,
     /// Whether the target sent a provisional (reported to the transferor once).
     pub(super) provisional: bool,
+    /// A trunk's challenge to the INVITE answered so far (nonce, count), as for any call.
+    pub(super) auth: Option<(String, u32)>,
     /// The party now in the call (for the CDR), and the trunk it is reached by.
     pub(super) party: String,
     pub(super) trunk: Option<String>,
@@ -197,6 +199,7 @@ impl B2bua {
                 flow: target.flow,
                 tx,
                 provisional: false,
+                auth: None,
                 // As in any CDR: the callee is the number or user dialled, the caller a URI.
                 party: match side {
                     Side::A => uri.to_string(),
@@ -299,6 +302,7 @@ impl B2bua {
                 flow,
                 tx,
                 provisional: false,
+                auth: None,
                 party,
                 trunk,
                 joined: Some((c2, y2)),
@@ -392,6 +396,7 @@ impl B2bua {
             flow: source,
             tx,
             provisional: false,
+            auth: None,
             party,
             trunk: None,
             joined: None,
@@ -418,7 +423,7 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&token) else {
             // Gone meanwhile (not possible within one event): give the consultation back.
             if let Some((c2, _)) = t.joined {
-                self.calls.insert(c2.token, c2);
+                self.put_back(c2);
             }
             return;
         };
@@ -494,6 +499,39 @@ impl B2bua {
                 }
             }
             return;
+        }
+        if matches!(status, 401 | 407)
+            && t.joined.is_none()
+            && let Some(creds) = super::trunk_credentials(env.cfg, t.trunk.as_deref())
+        {
+            // A carrier's challenge to the transfer's call: answered once per nonce, as for
+            // any call to that trunk.
+            let cseq = t.invite.cseq().map_or(0, |c| c.seq);
+            match super::outbound_auth::authorize(
+                env.me,
+                &t.invite,
+                t.flow.proto,
+                &mut t.auth,
+                &resp,
+                creds,
+                cseq,
+            ) {
+                Ok(retry) => {
+                    if let Ok(tx) = env.tx.send_request(env.now, &retry, t.flow) {
+                        self.client.remove(&id);
+                        self.client.insert(tx, (token, Purpose::TransferInvite));
+                        t.tx = tx;
+                        t.invite = retry;
+                        t.provisional = false;
+                        return;
+                    }
+                }
+                Err(why) => tracing::warn!(
+                    token = format!("{token:016x}"),
+                    error = why,
+                    "the trunk's challenge to the transfer's INVITE is not answered"
+                ),
+            }
         }
         if status >= 300 {
             self.client.remove(&id);
@@ -755,7 +793,16 @@ impl B2bua {
             Some((answer, "application/sdp".into())),
         );
         env.tx.send_stateless(target.next_hop(), ack.to_bytes());
-        self.calls.insert(c2.token, Box::new(c2));
+        self.put_back(Box::new(c2));
+    }
+
+    /// A consultation call goes back to the table as it was; its session timers (skipped
+    /// while it was out) are armed again.
+    fn put_back(&mut self, c2: Box<Call>) {
+        for t in super::session::deadlines(&c2) {
+            self.timers.push(std::cmp::Reverse(t));
+        }
+        self.calls.insert(c2.token, c2);
     }
 
     /// An attended transfer completed: the consultation call's joined leg now belongs to
@@ -803,7 +850,7 @@ impl B2bua {
         };
         self.client.remove(&t.tx);
         if let Some((c2, _)) = t.joined {
-            self.calls.insert(c2.token, c2);
+            self.put_back(c2);
         }
         self.transfer_ended(env, token, t.from, t.from_gone, status, reason);
     }
@@ -842,9 +889,7 @@ impl B2bua {
     pub(super) fn abort_transfer(&mut self, env: &mut Env<'_>, token: u64, t: Transfer) {
         self.client.remove(&t.tx);
         match (t.step, t.joined) {
-            (Step::Calling, Some((c2, _))) => {
-                self.calls.insert(c2.token, c2);
-            }
+            (Step::Calling, Some((c2, _))) => self.put_back(c2),
             (Step::Calling, None) => {
                 let c = super::cancel_for(&t.invite);
                 if let Ok(tx) = env.tx.send_request(env.now, &c, t.flow) {
