@@ -9,7 +9,6 @@ use anyhow::{Context, Result, ensure};
 use sip_tests::cluster::{Solo, password_of};
 use sip_tests::sipp::{Sipp, scenarios};
 use sip_tests::{Answer, Ua};
-use understudy::sip::Method;
 
 use crate::transfer::notifies_until_done;
 
