@@ -3,7 +3,8 @@
 # smoke of every fuzz target, the SIPp scenarios and the real soft-phones (baresip, PJSIP,
 # linphone, Twinkle) across a takeover.
 # Installs what the tests need when it is missing (Debian packages: SIPp from sip-tester,
-# baresip-core, linphone-cli, twinkle-console, kamailio (the HEP capture receiver), procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
+# baresip-core, linphone-cli, twinkle-console, kamailio (the HEP capture receiver), prometheus
+# (promtool checks /metrics), procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
 # for trunk host names), openssl (test certificates), python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,7 +13,8 @@ cd "$(dirname "$0")"
 missing=()
 for pair in sipp:sip-tester unshare:util-linux ip:iproute2 nft:nftables curl:curl ps:procps \
     baresip:baresip-core linphone-daemon:linphone-cli twinkle-console:twinkle-console \
-    dnsmasq:dnsmasq-base openssl:openssl kamailio:kamailio; do
+    dnsmasq:dnsmasq-base openssl:openssl kamailio:kamailio \
+    promtool:prometheus; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -20,12 +22,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root apt-get update -qq
+  # Packages that ship a daemon (kamailio, prometheus) must not start it here: the tests run
+  # their own instances. policy-rc.d tells the maintainer scripts so.
+  rc_policy=/usr/sbin/policy-rc.d
+  ours=""
+  if [ ! -e "$rc_policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$rc_policy" >/dev/null
+    as_root chmod +x "$rc_policy"
+    ours=1
+    trap 'as_root rm -f "$rc_policy"' EXIT
+  fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -n "$ours" ]; then as_root rm -f "$rc_policy"; trap - EXIT; fi
 fi
 # pjsua2 (PyPI) is installed by sip-tests/real/run.sh, which also runs on its own.
 
 echo "== sans-IO layers read no clock and touch no sockets (STYLE 4.1)"
-sans_io="src/sip src/transaction src/dialog src/b2bua src/registrar src/pair src/server src/media/sdp.rs src/media/ports.rs src/media/stats.rs src/media/latch.rs src/entropy.rs src/trunkreg.rs src/dns.rs"
+sans_io="src/sip src/transaction src/dialog src/b2bua src/registrar src/pair src/server src/media/sdp.rs src/media/ports.rs src/media/stats.rs src/media/latch.rs src/entropy.rs src/trunkreg.rs src/dns.rs src/metrics.rs src/capture.rs"
 # (Assigned on its own line: if find or awk fails, set -e stops here instead of skipping.)
 offenders=$(find $sans_io -name '*.rs' ! -name '*tests.rs' -print0 \
     | xargs -0 awk 'FNR == 1 { t = 0 } t && /^mod [a-z_]+ \{/ { nextfile } { t = /^#\[cfg\(test\)\]/ }

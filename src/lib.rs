@@ -10,6 +10,7 @@ pub mod entropy;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod media;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod pair;

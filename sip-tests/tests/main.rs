@@ -10,6 +10,7 @@ mod flood;
 mod hep;
 mod malformed;
 mod media;
+mod metrics;
 mod options;
 mod pair;
 mod prack;

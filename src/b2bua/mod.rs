@@ -198,6 +198,8 @@ pub struct B2bua {
     departed: HashMap<(String, String), Instant>,
     /// Counters.
     pub stats: Stats,
+    /// Seconds from a caller's INVITE to the callee's answer.
+    pub answer_latency: crate::metrics::Histogram,
 }
 
 /// The credentials of trunk `name`, if it has any.

@@ -6,6 +6,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::http::{Handler, HttpRequest, HttpResponse};
+use crate::metrics::{Exposition, Kind};
 use crate::server::Server;
 use crate::transport::Transport;
 
@@ -35,55 +36,50 @@ pub(crate) fn handler(tx: mpsc::Sender<AdminQuery>) -> Handler {
 }
 
 /// The transports' gauges and what they dropped to stay within their bounds.
-fn transport_metrics(m: &mut String, transport: &Transport) {
+fn transport_metrics(e: &mut Exposition, transport: &Transport) {
     use crate::transport::Counters;
-    use std::fmt::Write as _;
     let c = transport.counters();
-    let _ = writeln!(m, "# TYPE understudy_tcp_connections gauge");
-    let _ = writeln!(
-        m,
-        "understudy_tcp_connections {}",
-        transport.tcp_connections()
+    e.single(
+        "understudy_tcp_connections",
+        Kind::Gauge,
+        "TCP and TLS connections open.",
+        transport.tcp_connections(),
     );
-    let _ = writeln!(m, "# TYPE understudy_udp_send_backlog gauge");
-    let _ = writeln!(m, "understudy_udp_send_backlog {}", transport.udp_backlog());
-    let _ = writeln!(m, "# TYPE understudy_transport_dropped_total counter");
+    e.single(
+        "understudy_udp_send_backlog",
+        Kind::Gauge,
+        "UDP messages waiting for room in the socket's send buffer.",
+        transport.udp_backlog(),
+    );
+    e.family(
+        "understudy_transport_dropped_total",
+        Kind::Counter,
+        "Messages or connections dropped to stay within the transport's bounds, by reason.",
+    );
     for (what, v) in [
         ("udp_backlog_full", Counters::get(&c.udp_backlog_dropped)),
         ("tcp_connection_limit", Counters::get(&c.tcp_refused)),
         ("tcp_write_queue_full", Counters::get(&c.tcp_queue_overflow)),
         ("tcp_idle", Counters::get(&c.tcp_idle_closed)),
     ] {
-        let _ = writeln!(
-            m,
-            "understudy_transport_dropped_total{{reason=\"{what}\"}} {v}"
-        );
+        e.sample("understudy_transport_dropped_total", &[("reason", what)], v);
     }
 }
 
 /// HEP capture counters.
-fn capture_metrics(m: &mut String, hep: &super::capture::HepCounters) {
-    use std::fmt::Write as _;
+fn capture_metrics(e: &mut Exposition, hep: &super::capture::HepCounters) {
     use std::sync::atomic::Ordering;
-    let _ = writeln!(
-        m,
-        "# HELP understudy_hep_sent_total SIP messages copied to the HEP capture server."
+    e.single(
+        "understudy_hep_sent_total",
+        Kind::Counter,
+        "SIP messages copied to the HEP capture server.",
+        hep.sent.load(Ordering::Relaxed),
     );
-    let _ = writeln!(m, "# TYPE understudy_hep_sent_total counter");
-    let _ = writeln!(
-        m,
-        "understudy_hep_sent_total {}",
-        hep.sent.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        m,
-        "# HELP understudy_hep_dropped_total SIP messages not copied (queue full, send error)."
-    );
-    let _ = writeln!(m, "# TYPE understudy_hep_dropped_total counter");
-    let _ = writeln!(
-        m,
-        "understudy_hep_dropped_total {}",
-        hep.dropped.load(Ordering::Relaxed)
+    e.single(
+        "understudy_hep_dropped_total",
+        Kind::Counter,
+        "SIP messages not copied to the HEP capture server (queue full, send error).",
+        hep.dropped.load(Ordering::Relaxed),
     );
 }
 
@@ -144,11 +140,12 @@ pub(crate) fn answer(
             HttpResponse::json(if ready { 200 } else { 503 }, &v)
         }
         ("GET", "/metrics") => {
-            let mut m = server.metrics_text();
-            transport_metrics(&mut m, transport);
+            let mut e = server.metrics();
+            transport_metrics(&mut e, transport);
             if let Some(h) = hep {
-                capture_metrics(&mut m, h);
+                capture_metrics(&mut e, h);
             }
+            let m = e.finish();
             HttpResponse {
                 status: 200,
                 content_type: "text/plain; version=0.0.4".into(),

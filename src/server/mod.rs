@@ -87,6 +87,8 @@ pub struct Server {
     dns: crate::dns::Dns,
     next_housekeeping: Instant,
     counters: Counters,
+    /// Seconds each re-bind of a takeover took (its first re-INVITE to its last answer).
+    rebind_times: crate::metrics::Histogram,
     cdrs: Vec<CdrRecord>,
 }
 
@@ -182,6 +184,7 @@ impl Server {
             dns,
             next_housekeeping: now + HOUSEKEEPING,
             counters: Counters::default(),
+            rebind_times: crate::metrics::Histogram::default(),
             cdrs: Vec::new(),
         }
     }

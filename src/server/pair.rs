@@ -324,6 +324,8 @@ pub(crate) struct PairGlue {
     ka: KeepaliveSeq,
     pub(crate) partitioned: bool,
     pub(crate) stats: PairStats,
+    /// Round-trip times of answered keep-alives.
+    pub(crate) rtt: crate::metrics::Histogram,
     /// Registration sync: our subscription to the active's, the peer's to ours.
     pub(super) regs: RegSyncLink,
     pub(crate) client_txs: HashSet<ClientTxId>,
@@ -397,6 +399,7 @@ impl PairGlue {
             ka: KeepaliveSeq::new(),
             partitioned: false,
             stats: PairStats::default(),
+            rtt: crate::metrics::Histogram::new(crate::metrics::RTT),
             regs: RegSyncLink::new(now),
             client_txs: HashSet::default(),
             domain: cfg.node.domain.clone(),
@@ -925,6 +928,9 @@ impl PairGlue {
         self.stats.keepalives_received += 1;
         self.observe(now, &info);
         let (rtt, probe) = self.ka.answered(cseq.seq, now);
+        if let Some(d) = rtt {
+            self.rtt.observe(d.as_secs_f64());
+        }
         if probe {
             self.machine
                 .on_probe_answer(now, &info.node, info.role, info.epoch);

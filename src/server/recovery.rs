@@ -218,7 +218,9 @@ impl Server {
             return;
         };
         let outcomes = self.b2bua.take_rebind_outcomes();
-        t.record(now, &outcomes);
+        for d in t.record(now, &outcomes) {
+            self.rebind_times.observe(d.as_secs_f64());
+        }
         if !t.report.in_progress {
             return;
         }
@@ -228,7 +230,9 @@ impl Server {
         let rebinding = self.b2bua.rebinding();
         if let Some(t) = self.takeover.as_mut() {
             let outcomes = self.b2bua.take_rebind_outcomes();
-            t.record(now, &outcomes);
+            for d in t.record(now, &outcomes) {
+                self.rebind_times.observe(d.as_secs_f64());
+            }
             if t.idle() && rebinding == 0 {
                 t.finish(now);
             }

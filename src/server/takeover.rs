@@ -722,13 +722,16 @@ impl Takeover {
         steps
     }
 
-    /// Count the B2BUA's re-bind results.
-    pub(crate) fn record(&mut self, now: Instant, outcomes: &[(u64, Outcome)]) {
+    /// Count the B2BUA's re-bind results; returns how long each recovered call's re-bind
+    /// took.
+    pub(crate) fn record(&mut self, now: Instant, outcomes: &[(u64, Outcome)]) -> Vec<Duration> {
+        let mut took = Vec::new();
         for (token, o) in outcomes {
-            let quick = self
-                .pacer
-                .elapsed(now, *token)
-                .is_some_and(|d| d <= pacing::prompt(self.t1));
+            let elapsed = self.pacer.elapsed(now, *token);
+            if let (Some(d), Outcome::Recovered(_)) = (elapsed, o) {
+                took.push(d);
+            }
+            let quick = elapsed.is_some_and(|d| d <= pacing::prompt(self.t1));
             let verdict = match o {
                 Outcome::Recovered(_) if quick => Verdict::Prompt,
                 Outcome::Ended(481) | Outcome::Failed(_) if quick => Verdict::Prompt,
@@ -752,6 +755,7 @@ impl Takeover {
                 Outcome::HungUp => self.report.ended_before_rebind += 1,
             }
         }
+        took
     }
 
     /// Whether all work is done (the B2BUA's re-binds are counted separately).

@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use super::Server;
+use crate::metrics::{Exposition, Kind};
 use crate::b2bua::Side;
 
 fn pinger_count(p: &super::pinger::Pinger) -> usize {
@@ -160,120 +161,116 @@ impl Server {
         json!({ "registrations": aors })
     }
 
-    /// `/metrics` lines for the SIP layers (the node adds its own).
-    pub fn metrics_text(&self) -> String {
-        let mut s = String::new();
+    /// `/metrics` families for the SIP layers (the node adds its own).
+    pub fn metrics(&self) -> Exposition {
+        let mut e = Exposition::new();
         let c = &self.counters;
-        let _ = writeln!(s, "# TYPE understudy_requests_received_total counter");
+        e.family(
+            "understudy_requests_received_total",
+            Kind::Counter,
+            "SIP requests received, by method.",
+        );
         for (m, n) in &c.requests {
-            let _ = writeln!(
-                s,
-                "understudy_requests_received_total{{method=\"{m}\"}} {n}"
-            );
+            e.sample("understudy_requests_received_total", &[("method", m)], n);
         }
-        let _ = writeln!(s, "# TYPE understudy_responses_received_total counter");
+        e.family(
+            "understudy_responses_received_total",
+            Kind::Counter,
+            "SIP responses received, by status class.",
+        );
         for (class, n) in c.responses.iter().enumerate().skip(1) {
-            let _ = writeln!(
-                s,
-                "understudy_responses_received_total{{class=\"{class}xx\"}} {n}"
-            );
+            let class = format!("{class}xx");
+            e.sample("understudy_responses_received_total", &[("class", &class)], n);
         }
-        let _ = writeln!(s, "# TYPE understudy_malformed_total counter");
-        let _ = writeln!(
-            s,
-            "understudy_malformed_total{{action=\"answered\"}} {}",
-            c.malformed_answered
+        e.family(
+            "understudy_malformed_total",
+            Kind::Counter,
+            "Messages that did not parse: answered 400, or dropped when no answer could be routed.",
         );
-        let _ = writeln!(
-            s,
-            "understudy_malformed_total{{action=\"dropped\"}} {}",
-            c.malformed_dropped
+        e.sample("understudy_malformed_total", &[("action", "answered")], c.malformed_answered);
+        e.sample("understudy_malformed_total", &[("action", "dropped")], c.malformed_dropped);
+        e.single(
+            "understudy_internal_errors_total",
+            Kind::Counter,
+            "Events whose handling failed inside the node and was contained (the call it touched ended).",
+            c.internal_errors,
         );
-        let _ = writeln!(s, "# TYPE understudy_internal_errors_total counter");
-        let _ = writeln!(s, "understudy_internal_errors_total {}", c.internal_errors);
         let ts = self.tx.stats();
-        let _ = writeln!(s, "# TYPE understudy_transactions gauge");
-        let _ = writeln!(
-            s,
-            "understudy_transactions{{kind=\"client\"}} {}",
-            self.tx.client_count()
+        e.family("understudy_transactions", Kind::Gauge, "SIP transactions in progress.");
+        e.sample("understudy_transactions", &[("kind", "client")], self.tx.client_count());
+        e.sample("understudy_transactions", &[("kind", "server")], self.tx.server_count());
+        e.family(
+            "understudy_transactions_created_total",
+            Kind::Counter,
+            "SIP transactions created.",
         );
-        let _ = writeln!(
-            s,
-            "understudy_transactions{{kind=\"server\"}} {}",
-            self.tx.server_count()
+        e.sample("understudy_transactions_created_total", &[("kind", "client")], ts.client_created);
+        e.sample("understudy_transactions_created_total", &[("kind", "server")], ts.server_created);
+        e.single(
+            "understudy_transaction_timeouts_total",
+            Kind::Counter,
+            "Client transactions that timed out (Timer B/F).",
+            ts.timeouts,
         );
-        let _ = writeln!(s, "# TYPE understudy_transactions_created_total counter");
-        let _ = writeln!(
-            s,
-            "understudy_transactions_created_total{{kind=\"client\"}} {}",
-            ts.client_created
+        e.single(
+            "understudy_overload_refused_total",
+            Kind::Counter,
+            "Requests refused with 503 because the transaction table was full.",
+            ts.overload_refused,
         );
-        let _ = writeln!(
-            s,
-            "understudy_transactions_created_total{{kind=\"server\"}} {}",
-            ts.server_created
+        e.single(
+            "understudy_retransmissions_absorbed_total",
+            Kind::Counter,
+            "Retransmitted requests and responses absorbed by their transaction.",
+            ts.retransmissions_absorbed,
         );
-        let _ = writeln!(s, "understudy_transaction_timeouts_total {}", ts.timeouts);
-        let _ = writeln!(
-            s,
-            "understudy_overload_refused_total {}",
-            ts.overload_refused
-        );
-        let _ = writeln!(
-            s,
-            "understudy_retransmissions_absorbed_total {}",
-            ts.retransmissions_absorbed
-        );
-        let _ = writeln!(s, "# TYPE understudy_registrations gauge");
-        let _ = writeln!(
-            s,
-            "understudy_registrations {}",
-            self.registrar.location().binding_count()
+        e.single(
+            "understudy_registrations",
+            Kind::Gauge,
+            "Contact bindings in the location service.",
+            self.registrar.location().binding_count(),
         );
         let gauges = self.trunk_regs.gauges();
         if !gauges.is_empty() {
-            let _ = writeln!(s, "# TYPE understudy_trunk_registered gauge");
+            e.family(
+                "understudy_trunk_registered",
+                Kind::Gauge,
+                "Whether the node is registered with the trunk (1) or not (0).",
+            );
             for (t, registered, _) in &gauges {
-                let _ = writeln!(
-                    s,
-                    "understudy_trunk_registered{{trunk=\"{t}\"}} {}",
-                    u8::from(*registered)
-                );
+                e.sample("understudy_trunk_registered", &[("trunk", t)], u8::from(*registered));
             }
-            let _ = writeln!(s, "# TYPE understudy_trunk_register_failures gauge");
+            e.family(
+                "understudy_trunk_register_failures",
+                Kind::Gauge,
+                "Registration attempts with the trunk that failed since the last success.",
+            );
             for (t, _, failures) in &gauges {
-                let _ = writeln!(
-                    s,
-                    "understudy_trunk_register_failures{{trunk=\"{t}\"}} {failures}"
-                );
+                e.sample("understudy_trunk_register_failures", &[("trunk", t)], failures);
             }
         }
-        let _ = writeln!(s, "# TYPE understudy_nat_keepalives_sent_total counter");
-        let _ = writeln!(
-            s,
-            "understudy_nat_keepalives_sent_total {}",
-            self.nat_keepalive.as_ref().map_or(0, |k| k.sent)
+        e.single(
+            "understudy_nat_keepalives_sent_total",
+            Kind::Counter,
+            "Keep-alives sent to phones behind NAT to hold their router's mapping open.",
+            self.nat_keepalive.as_ref().map_or(0, |k| k.sent),
         );
         let rs = self.registrar.stats;
-        let _ = writeln!(
-            s,
-            "understudy_register_total{{result=\"accepted\"}} {}",
-            rs.accepted
+        e.family("understudy_register_total", Kind::Counter, "REGISTER requests, by result.");
+        e.sample("understudy_register_total", &[("result", "accepted")], rs.accepted);
+        e.sample("understudy_register_total", &[("result", "challenged")], rs.challenged);
+        e.sample("understudy_register_total", &[("result", "forbidden")], rs.forbidden);
+        e.single(
+            "understudy_dialog_subscriptions",
+            Kind::Gauge,
+            "Dialog-event (BLF) subscriptions held.",
+            self.blf.len(),
         );
-        let _ = writeln!(
-            s,
-            "understudy_register_total{{result=\"challenged\"}} {}",
-            rs.challenged
+        e.family(
+            "understudy_limit_dropped_total",
+            Kind::Counter,
+            "Entries refused or evicted because a bounded table was full, by table.",
         );
-        let _ = writeln!(
-            s,
-            "understudy_register_total{{result=\"forbidden\"}} {}",
-            rs.forbidden
-        );
-        let _ = writeln!(s, "# TYPE understudy_dialog_subscriptions gauge");
-        let _ = writeln!(s, "understudy_dialog_subscriptions {}", self.blf.len());
-        let _ = writeln!(s, "# TYPE understudy_limit_dropped_total counter");
         let digest_dropped = self.pair.as_ref().map_or(0, |p| p.digest.table.dropped);
         for (table, n) in [
             ("contacts_per_aor", self.registrar.location().evicted()),
@@ -281,99 +278,124 @@ impl Server {
             ("subscriptions", self.blf.refused),
             ("digest", digest_dropped),
         ] {
-            let _ = writeln!(s, "understudy_limit_dropped_total{{table=\"{table}\"}} {n}");
+            e.sample("understudy_limit_dropped_total", &[("table", table)], n);
         }
         let bs = self.b2bua.stats;
-        let _ = writeln!(s, "# TYPE understudy_calls gauge");
-        let _ = writeln!(s, "understudy_calls {}", self.b2bua.call_count());
-        let _ = writeln!(
-            s,
-            "understudy_calls_total{{event=\"created\"}} {}",
-            bs.created
-        );
-        let _ = writeln!(
-            s,
-            "understudy_calls_total{{event=\"answered\"}} {}",
-            bs.answered
-        );
-        let _ = writeln!(s, "understudy_calls_total{{event=\"ended\"}} {}", bs.ended);
-        let _ = writeln!(
-            s,
-            "understudy_calls_total{{event=\"refused\"}} {}",
-            bs.refused
+        e.single("understudy_calls", Kind::Gauge, "Calls in progress.", self.b2bua.call_count());
+        e.family("understudy_calls_total", Kind::Counter, "Calls, by event.");
+        for (event, n) in [
+            ("created", bs.created),
+            ("answered", bs.answered),
+            ("ended", bs.ended),
+            ("refused", bs.refused),
+        ] {
+            e.sample("understudy_calls_total", &[("event", event)], n);
+        }
+        e.histogram(
+            "understudy_call_answer_seconds",
+            "Time from a caller's INVITE to the callee's answer (2xx).",
+            &self.b2bua.answer_latency,
         );
         let role = self.role();
-        let _ = writeln!(s, "# TYPE understudy_role gauge");
+        e.family(
+            "understudy_role",
+            Kind::Gauge,
+            "This node's role in the pair (1 for the current one).",
+        );
         for (name, r) in [
             ("active", crate::pair::Role::Active),
             ("standby", crate::pair::Role::Standby),
             ("taking_over", crate::pair::Role::TakingOver),
         ] {
-            let _ = writeln!(
-                s,
-                "understudy_role{{role=\"{name}\"}} {}",
-                u8::from(role == r)
-            );
+            e.sample("understudy_role", &[("role", name)], u8::from(role == r));
         }
-        let _ = writeln!(s, "understudy_epoch {}", self.epoch());
+        e.single(
+            "understudy_epoch",
+            Kind::Gauge,
+            "The pair epoch this node is at (raised by every takeover).",
+            self.epoch(),
+        );
+        e.histogram(
+            "understudy_takeover_rebind_seconds",
+            "Time to re-bind one call at a takeover, from its first re-INVITE to its last answer.",
+            &self.rebind_times,
+        );
         if let Some(p) = &self.pair {
             let st = p.stats;
-            let _ = writeln!(s, "# TYPE understudy_keepalives_total counter");
-            let _ = writeln!(
-                s,
-                "understudy_keepalives_total{{dir=\"sent\"}} {}",
-                st.keepalives_sent
+            e.family(
+                "understudy_keepalives_total",
+                Kind::Counter,
+                "Pair keep-alives, by direction (rejected: failed authentication).",
             );
-            let _ = writeln!(
-                s,
-                "understudy_keepalives_total{{dir=\"received\"}} {}",
-                st.keepalives_received
+            for (dir, n) in [
+                ("sent", st.keepalives_sent),
+                ("received", st.keepalives_received),
+                ("rejected", st.keepalives_rejected),
+            ] {
+                e.sample("understudy_keepalives_total", &[("dir", dir)], n);
+            }
+            e.single(
+                "understudy_keepalives_missed_total",
+                Kind::Counter,
+                "Keep-alives the peer did not answer in time.",
+                p.machine.missed_total,
             );
-            let _ = writeln!(
-                s,
-                "understudy_keepalives_total{{dir=\"rejected\"}} {}",
-                st.keepalives_rejected
+            e.histogram(
+                "understudy_keepalive_rtt_seconds",
+                "Round-trip time of answered pair keep-alives.",
+                &p.rtt,
             );
-            let _ = writeln!(
-                s,
-                "understudy_keepalives_missed_total {}",
-                p.machine.missed_total
+            e.single(
+                "understudy_takeovers_total",
+                Kind::Counter,
+                "Takeovers by this node.",
+                p.machine.takeovers,
             );
-            let _ = writeln!(s, "understudy_takeovers_total {}", p.machine.takeovers);
-            let _ = writeln!(
-                s,
-                "understudy_config_mismatch {}",
-                u8::from(!p.config_match())
+            e.single(
+                "understudy_config_mismatch",
+                Kind::Gauge,
+                "1 when the peer's shared configuration differs from ours.",
+                u8::from(!p.config_match()),
             );
-            let _ = writeln!(
-                s,
-                "understudy_reg_notifies_total{{dir=\"sent\"}} {}",
-                st.reg_notifies_sent
+            e.family(
+                "understudy_reg_notifies_total",
+                Kind::Counter,
+                "Registration-sync NOTIFYs between the nodes, by direction.",
             );
-            let _ = writeln!(
-                s,
-                "understudy_reg_notifies_total{{dir=\"received\"}} {}",
-                st.reg_notifies_received
+            e.sample("understudy_reg_notifies_total", &[("dir", "sent")], st.reg_notifies_sent);
+            e.sample(
+                "understudy_reg_notifies_total",
+                &[("dir", "received")],
+                st.reg_notifies_received,
             );
-            let _ = writeln!(s, "# TYPE understudy_reg_notify_bytes_total counter");
-            let _ = writeln!(
-                s,
-                "understudy_reg_notify_bytes_total{{dir=\"sent\"}} {}",
-                st.reg_notify_bytes_sent
+            e.family(
+                "understudy_reg_notify_bytes_total",
+                Kind::Counter,
+                "Bytes of registration-sync NOTIFY bodies sent to the peer.",
             );
-            let _ = writeln!(s, "# TYPE understudy_pair_refused_total counter");
+            e.sample(
+                "understudy_reg_notify_bytes_total",
+                &[("dir", "sent")],
+                st.reg_notify_bytes_sent,
+            );
+            e.family(
+                "understudy_pair_refused_total",
+                Kind::Counter,
+                "Pair messages refused, by reason.",
+            );
             for (reason, n) in [
                 ("replayed", st.replays_refused),
                 ("wrong_source", st.wrong_source),
             ] {
-                let _ = writeln!(
-                    s,
-                    "understudy_pair_refused_total{{reason=\"{reason}\"}} {n}"
-                );
+                e.sample("understudy_pair_refused_total", &[("reason", reason)], n);
             }
-            let _ = writeln!(s, "# TYPE understudy_reg_resyncs_total counter");
-            let _ = writeln!(s, "understudy_reg_resyncs_total {}", st.reg_resyncs);
+            e.single(
+                "understudy_reg_resyncs_total",
+                Kind::Counter,
+                "Full registration resyncs the stand-by asked for.",
+                st.reg_resyncs,
+            );
         }
-        s
+        e
     }
 }
