@@ -59,7 +59,11 @@ async fn promtool_accepts_every_page_and_the_histograms_count() -> Result<()> {
     for ua in [&mut alice, &mut bob] {
         ua.set_server(pair.main.sip);
         ua.set_password(&password_of(ua.user()));
-        ensure!(ua.register().await?.status == 200, "{} registers", ua.user());
+        ensure!(
+            ua.register().await?.status == 200,
+            "{} registers",
+            ua.user()
+        );
     }
     bob.answer_next_invite(Answer::ok());
     let a = alice.call("bob").await?;
@@ -82,9 +86,11 @@ async fn promtool_accepts_every_page_and_the_histograms_count() -> Result<()> {
 
     pair.main.kill9();
     pair.standby
-        .wait_status(Duration::from_secs(10), "active with the call re-bound", |v| {
-            v["role"] == "active" && v["takeover"]["recovered"].as_u64() == Some(1)
-        })
+        .wait_status(
+            Duration::from_secs(10),
+            "active with the call re-bound",
+            |v| v["role"] == "active" && v["takeover"]["recovered"].as_u64() == Some(1),
+        )
         .await?;
     let after = promtool(&pair.standby).await?;
     ensure!(
@@ -92,6 +98,9 @@ async fn promtool_accepts_every_page_and_the_histograms_count() -> Result<()> {
             && value(&after, "understudy_takeover_rebind_seconds_sum") > 0.0,
         "one re-bind timed:\n{after}"
     );
-    ensure!(alice.bye(&a).await?.status == 200, "BYE through the new active");
+    ensure!(
+        alice.bye(&a).await?.status == 200,
+        "BYE through the new active"
+    );
     Ok(())
 }

@@ -377,8 +377,11 @@ impl B2bua {
             call.state = CallState::Answered;
             call.answer_ms = Some(env.now_ms);
             self.stats.answered += 1;
-            self.answer_latency
-                .observe(env.now.saturating_duration_since(call.created).as_secs_f64());
+            self.answer_latency.observe(
+                env.now
+                    .saturating_duration_since(call.created)
+                    .as_secs_f64(),
+            );
             let Some((sid, req)) = call.a_invite.take().map(|b| *b) else {
                 return;
             };

@@ -1,14 +1,13 @@
 //! Read-only views of the server for the admin API: `/status`, `/calls`, `/registrations`
 //! (JSON) and `/metrics` (Prometheus text). Field names are a public interface (DESIGN).
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use super::Server;
-use crate::metrics::{Exposition, Kind};
 use crate::b2bua::Side;
+use crate::metrics::{Exposition, Kind};
 
 fn pinger_count(p: &super::pinger::Pinger) -> usize {
     p.unreachable_count()
@@ -180,15 +179,27 @@ impl Server {
         );
         for (class, n) in c.responses.iter().enumerate().skip(1) {
             let class = format!("{class}xx");
-            e.sample("understudy_responses_received_total", &[("class", &class)], n);
+            e.sample(
+                "understudy_responses_received_total",
+                &[("class", &class)],
+                n,
+            );
         }
         e.family(
             "understudy_malformed_total",
             Kind::Counter,
             "Messages that did not parse: answered 400, or dropped when no answer could be routed.",
         );
-        e.sample("understudy_malformed_total", &[("action", "answered")], c.malformed_answered);
-        e.sample("understudy_malformed_total", &[("action", "dropped")], c.malformed_dropped);
+        e.sample(
+            "understudy_malformed_total",
+            &[("action", "answered")],
+            c.malformed_answered,
+        );
+        e.sample(
+            "understudy_malformed_total",
+            &[("action", "dropped")],
+            c.malformed_dropped,
+        );
         e.single(
             "understudy_internal_errors_total",
             Kind::Counter,
@@ -196,16 +207,36 @@ impl Server {
             c.internal_errors,
         );
         let ts = self.tx.stats();
-        e.family("understudy_transactions", Kind::Gauge, "SIP transactions in progress.");
-        e.sample("understudy_transactions", &[("kind", "client")], self.tx.client_count());
-        e.sample("understudy_transactions", &[("kind", "server")], self.tx.server_count());
+        e.family(
+            "understudy_transactions",
+            Kind::Gauge,
+            "SIP transactions in progress.",
+        );
+        e.sample(
+            "understudy_transactions",
+            &[("kind", "client")],
+            self.tx.client_count(),
+        );
+        e.sample(
+            "understudy_transactions",
+            &[("kind", "server")],
+            self.tx.server_count(),
+        );
         e.family(
             "understudy_transactions_created_total",
             Kind::Counter,
             "SIP transactions created.",
         );
-        e.sample("understudy_transactions_created_total", &[("kind", "client")], ts.client_created);
-        e.sample("understudy_transactions_created_total", &[("kind", "server")], ts.server_created);
+        e.sample(
+            "understudy_transactions_created_total",
+            &[("kind", "client")],
+            ts.client_created,
+        );
+        e.sample(
+            "understudy_transactions_created_total",
+            &[("kind", "server")],
+            ts.server_created,
+        );
         e.single(
             "understudy_transaction_timeouts_total",
             Kind::Counter,
@@ -238,7 +269,11 @@ impl Server {
                 "Whether the node is registered with the trunk (1) or not (0).",
             );
             for (t, registered, _) in &gauges {
-                e.sample("understudy_trunk_registered", &[("trunk", t)], u8::from(*registered));
+                e.sample(
+                    "understudy_trunk_registered",
+                    &[("trunk", t)],
+                    u8::from(*registered),
+                );
             }
             e.family(
                 "understudy_trunk_register_failures",
@@ -246,7 +281,11 @@ impl Server {
                 "Registration attempts with the trunk that failed since the last success.",
             );
             for (t, _, failures) in &gauges {
-                e.sample("understudy_trunk_register_failures", &[("trunk", t)], failures);
+                e.sample(
+                    "understudy_trunk_register_failures",
+                    &[("trunk", t)],
+                    failures,
+                );
             }
         }
         e.single(
@@ -256,10 +295,26 @@ impl Server {
             self.nat_keepalive.as_ref().map_or(0, |k| k.sent),
         );
         let rs = self.registrar.stats;
-        e.family("understudy_register_total", Kind::Counter, "REGISTER requests, by result.");
-        e.sample("understudy_register_total", &[("result", "accepted")], rs.accepted);
-        e.sample("understudy_register_total", &[("result", "challenged")], rs.challenged);
-        e.sample("understudy_register_total", &[("result", "forbidden")], rs.forbidden);
+        e.family(
+            "understudy_register_total",
+            Kind::Counter,
+            "REGISTER requests, by result.",
+        );
+        e.sample(
+            "understudy_register_total",
+            &[("result", "accepted")],
+            rs.accepted,
+        );
+        e.sample(
+            "understudy_register_total",
+            &[("result", "challenged")],
+            rs.challenged,
+        );
+        e.sample(
+            "understudy_register_total",
+            &[("result", "forbidden")],
+            rs.forbidden,
+        );
         e.single(
             "understudy_dialog_subscriptions",
             Kind::Gauge,
@@ -281,7 +336,12 @@ impl Server {
             e.sample("understudy_limit_dropped_total", &[("table", table)], n);
         }
         let bs = self.b2bua.stats;
-        e.single("understudy_calls", Kind::Gauge, "Calls in progress.", self.b2bua.call_count());
+        e.single(
+            "understudy_calls",
+            Kind::Gauge,
+            "Calls in progress.",
+            self.b2bua.call_count(),
+        );
         e.family("understudy_calls_total", Kind::Counter, "Calls, by event.");
         for (event, n) in [
             ("created", bs.created),
@@ -362,7 +422,11 @@ impl Server {
                 Kind::Counter,
                 "Registration-sync NOTIFYs between the nodes, by direction.",
             );
-            e.sample("understudy_reg_notifies_total", &[("dir", "sent")], st.reg_notifies_sent);
+            e.sample(
+                "understudy_reg_notifies_total",
+                &[("dir", "sent")],
+                st.reg_notifies_sent,
+            );
             e.sample(
                 "understudy_reg_notifies_total",
                 &[("dir", "received")],
