@@ -43,6 +43,7 @@ fn wrong_types_and_syntax_errors_name_key_and_line() {
     assert_error(&with("[timers]\nt1_ms = -5\n"), "timers.t1_ms", "line 5");
     let errs = errors(&with("[timers]\nt1_ms = = 5\n"));
     assert!(errs.0[0].reason.contains("line 5"), "{errs}");
+    assert_eq!(errs.0[0].key, "timers", "the table the bad line is in");
     let errs = errors(&with("[node]\nname = \"again\"\n"));
     assert!(errs.0[0].reason.contains("line 4"), "{errs}");
 }
