@@ -187,7 +187,11 @@ mod tests {
                     media.mode = \"relay\"\n";
         let loc = Locator::new(text);
         assert_eq!(loc.line_of_key("node.domain"), Some(5));
-        assert_eq!(loc.line_of_key("node.a"), Some(1), "no key `a`: its parent `node`");
+        assert_eq!(
+            loc.line_of_key("node.a"),
+            Some(1),
+            "no key `a`: its parent `node`"
+        );
         assert_eq!(loc.line_of_key("trunks[0].limits.burst"), Some(8));
         assert_eq!(loc.line_of_key("trunks[0].media.mode"), Some(9));
         let offset = text.find("9 }").unwrap_or(0);
