@@ -1,6 +1,7 @@
 //! Integration tests: Understudy in-process on loopback, driven by test UAs over real
 //! sockets (STYLE §4.4.3). One test binary; one module per area.
 
+mod admin_openapi;
 mod bounded;
 mod calls;
 mod common;
