@@ -664,6 +664,17 @@ impl Solo {
 
     /// [`Self::start`] with more `[node]` keys (`node_extra`, TOML lines).
     pub async fn start_with(users: &[&str], node_extra: &str, extra: &str) -> Result<Self> {
+        Self::start_full(users, node_extra, "", extra).await
+    }
+
+    /// [`Self::start_with`], with `cdr_extra` (more `[cdr]` keys, e.g. `url`) in the `[cdr]`
+    /// section.
+    pub async fn start_full(
+        users: &[&str],
+        node_extra: &str,
+        cdr_extra: &str,
+        extra: &str,
+    ) -> Result<Self> {
         let dir = TempDir::new()?;
         let sip = free_port();
         let admin = free_port();
@@ -672,7 +683,7 @@ impl Solo {
         let mut text = format!(
             "[node]\nname = \"solo\"\nsip_udp = \"127.0.0.1:{sip}\"\nsip_tcp = \"127.0.0.1:{sip}\"\n\
              domain = \"pbx.local\"\n{node_extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [state]\ndir = \"{d}\"\n[cdr]\npath = \"{d}/cdr.sqlite\"\n",
+             [state]\ndir = \"{d}\"\n[cdr]\npath = \"{d}/cdr.sqlite\"\n{cdr_extra}\n",
             d = ndir.display()
         );
         for u in users {

@@ -4,6 +4,7 @@
 mod admin_openapi;
 mod bounded;
 mod calls;
+mod cdr_postgres;
 mod common;
 mod crossing;
 mod dns_srv;

@@ -10,6 +10,7 @@
 //! nullable columns), plus an `id` primary key that keeps insertion order. [`read_all`] reads it
 //! back, for tests and the CLI.
 
+mod forward;
 mod schema;
 mod writer;
 
@@ -18,6 +19,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+pub use forward::{ForwardCounters, Forwarder};
 pub use schema::read_all;
 pub use writer::{CdrWriter, MAX_BATCH};
 

@@ -42,7 +42,7 @@ CREATE INDEX IF NOT EXISTS cdr_call_id ON cdr (call_id);
 ";
 
 /// The data columns, in the order used by `INSERT` and by [`decode`].
-const COLUMNS: &str = "call_id, b_call_id, token, caller, callee, trunk, start_ms, answer_ms, \
+pub(super) const COLUMNS: &str = "call_id, b_call_id, token, caller, callee, trunk, start_ms, answer_ms, \
      end_ms, duration_ms, end_reason, recovered, node, a_to_b_packets, a_to_b_lost, \
      a_to_b_jitter_ms, b_to_a_packets, b_to_a_lost, b_to_a_jitter_ms, transfer_of";
 
@@ -141,7 +141,7 @@ fn saturate(v: u64) -> i64 {
 }
 
 /// Decode one row of `SELECT {COLUMNS}`.
-fn decode(row: &Row<'_>) -> rusqlite::Result<CdrRecord> {
+pub(super) fn decode(row: &Row<'_>) -> rusqlite::Result<CdrRecord> {
     let a_to_b_packets: Option<u64> = row.get(13)?;
     let media = match a_to_b_packets {
         None => None,

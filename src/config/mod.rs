@@ -269,6 +269,7 @@ impl Config {
             cdr: CdrConfig {
                 path: state_dir.join(types::CDR_FILE_NAME),
                 enabled: true,
+                url: None,
             },
             state: StateConfig { dir: state_dir },
             dns: DnsConfig::default(),

@@ -191,6 +191,7 @@ struct RawMedia {
 struct RawCdr {
     path: Option<PathBuf>,
     enabled: Option<bool>,
+    url: Option<String>,
 }
 
 /// Converts the file to a typed config. Every problem goes to `errors`; the returned config
@@ -222,9 +223,19 @@ pub(super) fn build(raw: RawConfig, errors: &mut Errors) -> Config {
     let trunks = trunks.map(|(i, t)| build_trunk(i, t, errors)).collect();
     let media = build_media(raw.media.unwrap_or_default(), errors);
     let cdr = raw.cdr.unwrap_or_default();
+    let url = cdr.url.filter(|u| !u.is_empty());
+    if let Some(u) = &url
+        && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    {
+        errors.push(
+            "cdr.url",
+            "expected \"postgres://user:password@host:port/database\"".to_string(),
+        );
+    }
     let cdr = CdrConfig {
         path: cdr.path.unwrap_or_else(|| state.dir.join(CDR_FILE_NAME)),
         enabled: cdr.enabled.unwrap_or(true),
+        url,
     };
     let mut servers = Vec::new();
     for (i, s) in raw.dns.unwrap_or_default().servers.iter().enumerate() {

@@ -482,6 +482,9 @@ pub struct CdrConfig {
     pub path: PathBuf,
     /// `enabled` (default true).
     pub enabled: bool,
+    /// `url`: PostgreSQL to copy the records to (`postgres://user:password@host:port/db`);
+    /// the SQLite file at `path` is then the spool.
+    pub url: Option<String>,
 }
 
 /// The parsing side of a config enum's file names, used by the loader.

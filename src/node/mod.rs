@@ -119,8 +119,15 @@ fn tls_settings(cfg: &Config) -> Result<Option<transport::TlsSettings>, NodeErro
 
 /// Hand finished calls, with their media counters, to the CDR writer. Drained even when CDRs
 /// are off, so neither the server nor the relay keeps them.
-fn flush_cdrs(server: &mut Server, relay: &mut crate::media::Relay, cdr: Option<&CdrWriter>) {
-    for mut r in server.take_cdrs() {
+/// Hand the CDRs of calls that ended to the writer; `true` when there were any.
+fn flush_cdrs(
+    server: &mut Server,
+    relay: &mut crate::media::Relay,
+    cdr: Option<&CdrWriter>,
+) -> bool {
+    let cdrs = server.take_cdrs();
+    let any = !cdrs.is_empty();
+    for mut r in cdrs {
         if let Ok(token) = u64::from_str_radix(&r.token, 16) {
             r.media = relay.take_final(token);
         }
@@ -128,6 +135,7 @@ fn flush_cdrs(server: &mut Server, relay: &mut crate::media::Relay, cdr: Option<
             w.record(r);
         }
     }
+    any
 }
 
 fn apply_media(relay: &mut crate::media::Relay, c: crate::b2bua::MediaCommand) {
@@ -266,6 +274,11 @@ pub async fn run_with(
     } else {
         None
     };
+    // PostgreSQL: the SQLite file is the spool, a forwarder copies from it.
+    let forwarder = match (&cdr, &cfg.cdr.url) {
+        (Some(_), Some(url)) => Some(crate::cdr::Forwarder::start(&cfg.cdr.path, url)?),
+        _ => None,
+    };
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminQuery>(64);
     let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
     let admin_task = tokio::spawn(crate::admin::http::serve(
@@ -391,7 +404,11 @@ pub async fn run_with(
         for c in server.take_media_commands() {
             apply_media(&mut relay, c);
         }
-        flush_cdrs(&mut server, &mut relay, cdr.as_ref());
+        if flush_cdrs(&mut server, &mut relay, cdr.as_ref())
+            && let Some(f) = &forwarder
+        {
+            f.nudge();
+        }
     }
     tracing::info!(
         node = cfg.node.name,
@@ -436,6 +453,9 @@ pub async fn run_with(
     if let Some(w) = cdr {
         let n = w.close()?;
         tracing::info!(rows = n, "CDRs flushed");
+    }
+    if let Some(f) = forwarder {
+        f.close(Duration::from_secs(2));
     }
     Ok(())
 }

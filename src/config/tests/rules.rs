@@ -479,3 +479,18 @@ fn tls_needs_a_certificate_and_a_key_that_can_be_read() {
 fn node_with(keys: &str) -> String {
     MINIMAL.replacen("[node]\n", &format!("[node]\n{keys}"), 1)
 }
+
+#[test]
+fn a_cdr_url_must_name_postgresql() {
+    assert_error(
+        &with("[cdr]\nurl = \"mysql://x@127.0.0.1/cdr\"\n"),
+        "cdr.url",
+        "postgres://",
+    );
+    let ok = Config::from_toml_str(
+        &with("[cdr]\nurl = \"postgres://u:p@127.0.0.1:5432/cdr\"\n"),
+        "t",
+    )
+    .expect("a postgres URL is accepted");
+    assert_eq!(ok.cdr.url.as_deref(), Some("postgres://u:p@127.0.0.1:5432/cdr"));
+}
