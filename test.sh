@@ -4,7 +4,7 @@
 # linphone, Twinkle) across a takeover.
 # Installs what the tests need when it is missing (Debian packages: SIPp from sip-tester,
 # baresip-core, linphone-cli, twinkle-console, kamailio (the HEP capture receiver), prometheus
-# (promtool checks /metrics), procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
+# (promtool checks /metrics), postgresql (a CDR database the test starts), procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
 # for trunk host names), openssl (test certificates), python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,7 +14,7 @@ missing=()
 for pair in sipp:sip-tester unshare:util-linux ip:iproute2 nft:nftables curl:curl ps:procps \
     baresip:baresip-core linphone-daemon:linphone-cli twinkle-console:twinkle-console \
     dnsmasq:dnsmasq-base openssl:openssl kamailio:kamailio \
-    promtool:prometheus; do
+    promtool:prometheus pg_ctlcluster:postgresql runuser:util-linux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

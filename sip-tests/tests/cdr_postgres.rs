@@ -48,11 +48,21 @@ impl Pg {
     }
 
     fn start_new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("understudy-pg-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "understudy-pg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir)?;
-        let st = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status()?;
+        let st = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status()?;
         ensure!(st.success(), "chown {dir:?}");
-        let pg = Self { dir, port: free_port() };
+        let pg = Self {
+            dir,
+            port: free_port(),
+        };
         let data = pg.data();
         pg.as_postgres("initdb", &["-D", &data, "-A", "trust", "-U", "postgres"])?;
         pg.start()?;
@@ -70,7 +80,10 @@ impl Pg {
             self.dir.display()
         );
         let log = self.dir.join("pg.log").to_string_lossy().into_owned();
-        self.as_postgres("pg_ctl", &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "start"])
+        self.as_postgres(
+            "pg_ctl",
+            &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "start"],
+        )
     }
 
     fn stop(&self) -> Result<()> {
@@ -84,7 +97,14 @@ impl Pg {
     /// `SELECT …` through psql: the single value, or `None` when it fails (no table yet).
     fn query(&self, sql: &str) -> Option<String> {
         let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(["-d", "postgres", "-tAc", sql])
             .output()
             .ok()?;
@@ -103,7 +123,10 @@ impl Pg {
         let until = Instant::now() + limit;
         while self.rows() < n {
             if Instant::now() >= until {
-                bail!("PostgreSQL has {} CDRs, not {n}, after {limit:?}", self.rows());
+                bail!(
+                    "PostgreSQL has {} CDRs, not {n}, after {limit:?}",
+                    self.rows()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -137,12 +160,19 @@ async fn cdrs_reach_postgresql_and_none_is_lost_while_it_is_down() -> Result<()>
     for ua in [&mut alice, &mut bob] {
         ua.set_server(solo.node.sip);
         ua.set_password(&password_of(ua.user()));
-        ensure!(ua.register().await?.status == 200, "{} registers", ua.user());
+        ensure!(
+            ua.register().await?.status == 200,
+            "{} registers",
+            ua.user()
+        );
     }
     let t0 = Instant::now();
     calls(&mut alice, &bob, 1000).await?;
     pg.wait_rows(1000, Duration::from_secs(30)).await?;
-    eprintln!("[cdr-postgres] 1,000 calls in PostgreSQL {:?} after the first", t0.elapsed());
+    eprintln!(
+        "[cdr-postgres] 1,000 calls in PostgreSQL {:?} after the first",
+        t0.elapsed()
+    );
 
     // PostgreSQL stops; calls go on; their CDRs wait in the spool.
     pg.stop()?;
@@ -153,7 +183,9 @@ async fn cdrs_reach_postgresql_and_none_is_lost_while_it_is_down() -> Result<()>
     pg.wait_rows(1200, Duration::from_secs(60)).await?;
     let st = solo.node.terminate().await?;
     ensure!(st.success(), "node exit {st}");
-    let distinct = pg.query("SELECT count(DISTINCT spool_id) FROM cdr").unwrap_or_default();
+    let distinct = pg
+        .query("SELECT count(DISTINCT spool_id) FROM cdr")
+        .unwrap_or_default();
     ensure!(
         pg.rows() == 1200 && distinct == "1200",
         "PostgreSQL: {} rows, {distinct} distinct",

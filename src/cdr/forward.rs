@@ -7,7 +7,7 @@
 //! the node and its spool row id, unique together, so a batch repeated after a crash between
 //! the two commits inserts nothing twice.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -103,6 +103,7 @@ impl Forwarder {
         let thread = {
             let (stop, counters) = (Arc::clone(&stop), Arc::clone(&counters));
             let (url, spool) = (url.to_owned(), spool.to_path_buf());
+            // (`spool` is moved into the thread; `run` borrows it.)
             std::thread::Builder::new()
                 .name("cdr-postgres".into())
                 .spawn(move || run(conn, &spool, &url, &rx, &stop, &counters))
@@ -197,7 +198,7 @@ fn copy(client: &mut postgres::Client, rows: &[(i64, CdrRecord)]) -> Result<(), 
 
 fn run(
     spool: Connection,
-    path: &PathBuf,
+    path: &Path,
     url: &str,
     wake: &mpsc::Receiver<()>,
     stop: &AtomicBool,

@@ -230,7 +230,8 @@ fn defaults_are_applied() {
         c.cdr,
         CdrConfig {
             path: PathBuf::from("state/n1/cdr.sqlite"),
-            enabled: true
+            enabled: true,
+            url: None,
         }
     );
 }
@@ -320,7 +321,8 @@ fn every_key_is_read() {
         c.cdr,
         CdrConfig {
             path: PathBuf::from("cdr.db"),
-            enabled: false
+            enabled: false,
+            url: None,
         }
     );
 }

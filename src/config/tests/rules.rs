@@ -492,5 +492,8 @@ fn a_cdr_url_must_name_postgresql() {
         "t",
     )
     .expect("a postgres URL is accepted");
-    assert_eq!(ok.cdr.url.as_deref(), Some("postgres://u:p@127.0.0.1:5432/cdr"));
+    assert_eq!(
+        ok.cdr.url.as_deref(),
+        Some("postgres://u:p@127.0.0.1:5432/cdr")
+    );
 }
