@@ -657,6 +657,26 @@ pub struct Solo {
 }
 
 impl Solo {
+    /// Test UAs for configured users `names`, each registered at this node with digest
+    /// auth (password [`password_of`]).
+    pub async fn registered(&self, names: &[&str]) -> Result<Vec<crate::Ua>> {
+        let mut out = Vec::new();
+        for name in names {
+            let mut ua = crate::Ua::bind(name).await?;
+            ua.set_server(self.node.sip);
+            ua.set_password(&password_of(name));
+            let r = ua.register().await?;
+            anyhow::ensure!(
+                r.status == 200,
+                "{name} registers: {} {}",
+                r.status,
+                r.reason
+            );
+            out.push(ua);
+        }
+        Ok(out)
+    }
+
     /// Write the config, start the process and wait until `/status` answers.
     pub async fn start(users: &[&str], extra: &str) -> Result<Self> {
         Self::start_with(users, "", extra).await

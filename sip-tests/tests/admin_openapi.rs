@@ -76,17 +76,11 @@ async fn the_admin_api_matches_its_openapi_description() -> Result<()> {
     let extra = "\n[[trunks]]\nname = \"carrier\"\naddress = \"127.0.0.79\"\nprefixes = [\"0\"]\n";
     let solo = Solo::start(&["alice", "bob"], extra).await?;
     let node = &solo.node;
-    let mut alice = Ua::bind("alice").await?;
-    let mut bob = Ua::bind("bob").await?;
-    for ua in [&mut alice, &mut bob] {
-        ua.set_server(node.sip);
-        ua.set_password(&password_of(ua.user()));
-        ensure!(
-            ua.register().await?.status == 200,
-            "{} registers",
-            ua.user()
-        );
-    }
+    let [mut alice, mut bob]: [Ua; 2] = solo
+        .registered(&["alice", "bob"])
+        .await?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two phones"))?;
     bob.answer_next_invite(Answer::ok());
     let a = alice.call("bob").await?;
     node.wait_json(

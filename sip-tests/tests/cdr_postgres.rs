@@ -155,17 +155,11 @@ async fn cdrs_reach_postgresql_and_none_is_lost_while_it_is_down() -> Result<()>
     let pg = Pg::start_new()?;
     let url = format!("url = \"{}\"\n", pg.url());
     let mut solo = Solo::start_full(&["alice", "bob"], "", &url, "").await?;
-    let mut alice = Ua::bind("alice").await?;
-    let mut bob = Ua::bind("bob").await?;
-    for ua in [&mut alice, &mut bob] {
-        ua.set_server(solo.node.sip);
-        ua.set_password(&password_of(ua.user()));
-        ensure!(
-            ua.register().await?.status == 200,
-            "{} registers",
-            ua.user()
-        );
-    }
+    let [mut alice, mut bob]: [Ua; 2] = solo
+        .registered(&["alice", "bob"])
+        .await?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two phones"))?;
     let t0 = Instant::now();
     calls(&mut alice, &bob, 1000).await?;
     pg.wait_rows(1000, Duration::from_secs(30)).await?;

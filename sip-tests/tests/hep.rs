@@ -103,17 +103,11 @@ async fn a_call_shows_up_message_by_message_in_the_hep_receiver() -> Result<()> 
     let extra = format!("[capture]\nhep = \"127.0.0.1:{port}\"\nhep_id = 2042\n");
     let solo = Solo::start(&["alice", "bob"], &extra).await?;
     let node = &solo.node;
-    let mut alice = Ua::bind("alice").await?;
-    let mut bob = Ua::bind("bob").await?;
-    for ua in [&mut alice, &mut bob] {
-        ua.set_server(node.sip);
-        ua.set_password(&password_of(ua.user()));
-        ensure!(
-            ua.register().await?.status == 200,
-            "{} registers",
-            ua.user()
-        );
-    }
+    let [mut alice, mut bob]: [Ua; 2] = solo
+        .registered(&["alice", "bob"])
+        .await?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two phones"))?;
     bob.answer_next_invite(Answer::ok());
     let a = alice.call("bob").await?;
     let b = bob
