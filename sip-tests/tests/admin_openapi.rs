@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use sip_tests::cluster::{Solo, password_of};
+use sip_tests::cluster::Solo;
 use sip_tests::{Answer, Ua};
 
 /// Where `value` breaks `schema` (the subset of OpenAPI 3.0 schemas the file uses: `$ref`,
@@ -76,7 +76,7 @@ async fn the_admin_api_matches_its_openapi_description() -> Result<()> {
     let extra = "\n[[trunks]]\nname = \"carrier\"\naddress = \"127.0.0.79\"\nprefixes = [\"0\"]\n";
     let solo = Solo::start(&["alice", "bob"], extra).await?;
     let node = &solo.node;
-    let [mut alice, mut bob]: [Ua; 2] = solo
+    let [mut alice, bob]: [Ua; 2] = solo
         .registered(&["alice", "bob"])
         .await?
         .try_into()

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use sip_tests::cluster::{Solo, free_port, password_of};
+use sip_tests::cluster::{Solo, free_port};
 use sip_tests::{Answer, Ua};
 
 /// Debian's PostgreSQL binaries.
@@ -155,7 +155,7 @@ async fn cdrs_reach_postgresql_and_none_is_lost_while_it_is_down() -> Result<()>
     let pg = Pg::start_new()?;
     let url = format!("url = \"{}\"\n", pg.url());
     let mut solo = Solo::start_full(&["alice", "bob"], "", &url, "").await?;
-    let [mut alice, mut bob]: [Ua; 2] = solo
+    let [mut alice, bob]: [Ua; 2] = solo
         .registered(&["alice", "bob"])
         .await?
         .try_into()

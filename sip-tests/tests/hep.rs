@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use sip_tests::cluster::{Solo, free_port, password_of};
+use sip_tests::cluster::{Solo, free_port};
 use sip_tests::{Answer, Ua};
 
 /// Kamailio, killed on drop.

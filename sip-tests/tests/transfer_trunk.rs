@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use sip_tests::cluster::{Solo, password_of};
+use sip_tests::cluster::Solo;
 use sip_tests::sipp::{Sipp, scenarios};
 use sip_tests::{Answer, Ua};
 
@@ -54,7 +54,6 @@ async fn a_transfer_to_a_carrier_answers_its_challenges() -> Result<()> {
          username = \"pbx1\"\npassword = \"trunk-secret\"\n"
     );
     let mut solo = Solo::start(&["alice", "bob"], &extra).await?;
-    let node = &solo.node;
     let [mut alice, mut bob]: [Ua; 2] = solo
         .registered(&["alice", "bob"])
         .await?
