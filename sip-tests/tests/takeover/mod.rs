@@ -24,6 +24,7 @@
 //!
 //! One file per scenario; the helpers they share are here.
 
+mod balancer;
 mod big_notify;
 mod cold;
 mod digest;
