@@ -175,6 +175,15 @@ async fn cdrs_reach_postgresql_and_none_is_lost_while_it_is_down() -> Result<()>
     ensure!(spooled == 1200, "the spool holds {spooled} CDRs");
     pg.start()?;
     pg.wait_rows(1200, Duration::from_secs(60)).await?;
+    let forwarded = solo.node.metric("understudy_cdr_forwarded_total").await?;
+    let failures = solo
+        .node
+        .metric("understudy_cdr_forward_failures_total")
+        .await?;
+    ensure!(
+        forwarded >= 1200.0 && failures >= 1.0,
+        "metrics: {forwarded} forwarded, {failures} failures (PostgreSQL was down once)"
+    );
     let st = solo.node.terminate().await?;
     ensure!(st.success(), "node exit {st}");
     let distinct = pg

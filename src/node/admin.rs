@@ -83,13 +83,45 @@ fn capture_metrics(e: &mut Exposition, hep: &super::capture::HepCounters) {
     );
 }
 
+/// The CDR forwarder's counters (PostgreSQL).
+fn forward_metrics(e: &mut Exposition, f: &crate::cdr::ForwardCounters) {
+    use std::sync::atomic::Ordering;
+    e.single(
+        "understudy_cdr_forwarded_total",
+        Kind::Counter,
+        "CDRs copied from the local spool to PostgreSQL.",
+        f.forwarded.load(Ordering::Relaxed),
+    );
+    e.single(
+        "understudy_cdr_forward_failures_total",
+        Kind::Counter,
+        "Failed attempts to reach PostgreSQL or insert CDRs there (the rows wait in the spool).",
+        f.failures.load(Ordering::Relaxed),
+    );
+    e.single(
+        "understudy_cdr_forward_connected",
+        Kind::Gauge,
+        "1 when the last attempt reached PostgreSQL.",
+        u8::from(f.connected.load(Ordering::Relaxed)),
+    );
+}
+
+/// Counters kept outside the event loop's state, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Outside<'a> {
+    /// HEP capture.
+    pub hep: Option<&'a super::capture::HepCounters>,
+    /// The CDR forwarder to PostgreSQL.
+    pub forward: Option<&'a crate::cdr::ForwardCounters>,
+}
+
 /// Answer one admin request.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn answer(
     server: &mut Server,
     transport: &Transport,
     relay: &crate::media::Relay,
-    hep: Option<&super::capture::HepCounters>,
+    outside: Outside<'_>,
     config_path: Option<&std::path::Path>,
     now: Instant,
     q: AdminQuery,
@@ -142,8 +174,11 @@ pub(crate) fn answer(
         ("GET", "/metrics") => {
             let mut e = server.metrics();
             transport_metrics(&mut e, transport);
-            if let Some(h) = hep {
+            if let Some(h) = outside.hep {
                 capture_metrics(&mut e, h);
+            }
+            if let Some(f) = outside.forward {
+                forward_metrics(&mut e, f);
             }
             let m = e.finish();
             HttpResponse {

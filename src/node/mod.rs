@@ -342,7 +342,10 @@ pub async fn run_with(
                     &mut server,
                     &transport,
                     &relay,
-                    hep.as_ref().map(|h| &*h.counters),
+                    admin::Outside {
+                        hep: hep.as_ref().map(|h| &*h.counters),
+                        forward: forwarder.as_ref().map(|f| &*f.counters),
+                    },
                     reloading.path.as_deref(),
                     now,
                     q,
