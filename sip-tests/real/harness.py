@@ -413,6 +413,30 @@ ctrl_tcp_listen		127.0.0.1:{self.ctl}
         self.token = 0
 
     def start(self):
+        """baresip also listens on TCP at its SIP port and TLS at the next one; free_port()
+        checks UDP only, so a TCP port taken meanwhile makes baresip exit 98 ("Address already
+        in use"). Then it starts again on a fresh port (at most 3 tries)."""
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except Failure:
+                try:
+                    with open(self.log, errors="replace") as f:
+                        in_use = "Address already in use" in f.read()
+                except OSError:
+                    in_use = False
+                if attempt == 2 or not in_use:
+                    raise
+            old = self.sip
+            self.sip = free_port()
+            cfg = os.path.join(self.dir, "config")
+            with open(cfg) as f:
+                text = f.read()
+            with open(cfg, "w") as f:
+                f.write(text.replace(f"127.0.0.1:{old}\n", f"127.0.0.1:{self.sip}\n"))
+            log(f"baresip: port {old} or {old + 1} taken; starting again on {self.sip}")
+
+    def _start_once(self):
         # Line-buffered output (stdbuf), so the SIP trace can be read while it runs.
         line_buffered = ["stdbuf", "-oL", "-eL"] if shutil.which("stdbuf") else []
         self.proc = spawn(line_buffered + ["baresip", "-f", self.dir, "-s"], self.log)

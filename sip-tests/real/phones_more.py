@@ -126,26 +126,6 @@ class BaresipPhone(Baresip):
             raise Failure("harness.Baresip registers as alice only")
         super().__init__(workdir, main_sip, wav, rtp_range)
 
-    def start(self):
-        """baresip also listens on TCP at its SIP port and TLS at the next one; free_port()
-        checks UDP only, so a TCP port taken meanwhile makes baresip exit ("Address already in
-        use"). Then it starts again on a fresh port (at most 3 tries)."""
-        for attempt in range(3):
-            try:
-                return super().start()
-            except Failure as e:
-                if attempt == 2 or "Address already in use" not in self.log_text():
-                    raise e
-            old = self.sip
-            self.sip = free_port()
-            cfg = os.path.join(self.dir, "config")
-            with open(cfg) as f:
-                text = f.read()
-            with open(cfg, "w") as f:
-                f.write(text.replace(f"127.0.0.1:{old}\n", f"127.0.0.1:{self.sip}\n"))
-            with open(self.log, "a") as f:
-                f.write(f"\n# phones_more.py: port {old} or {old + 1} taken; restarting on {self.sip}\n")
-
     def _ok(self, command, params=None):
         r = self.cmd(command, params)
         if not r.get("ok"):
