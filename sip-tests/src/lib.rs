@@ -25,6 +25,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod kamailio;
 pub mod natbed;
 pub mod netns;
 pub mod raw;

@@ -4,87 +4,28 @@
 //! each SIP message it decoded. A call through the node shows up there message by message,
 //! on both legs, with the right senders.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use sip_tests::cluster::{Solo, free_port};
+use sip_tests::kamailio::Kamailio;
 use sip_tests::{Answer, Ua};
 
-/// Kamailio, killed on drop.
-struct Capture {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Capture {
-    fn start(dir: &std::path::Path, port: u16) -> Result<Self> {
-        let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/capture/kamailio-hep.cfg");
-        let db = dir.join("hep-db");
-        std::fs::create_dir_all(&db)?;
-        let log = dir.join("kamailio-hep.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new("kamailio")
-            .arg("-f")
-            .arg(&cfg)
-            .args(["-DD", "-E", "-w"])
-            .arg(dir)
-            .arg("-A")
-            .arg(format!("HEP_LISTEN=udp:127.0.0.1:{port}"))
-            .arg("-A")
-            .arg(format!("HEP_DB=\"text://{}\"", db.display()))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("cannot start kamailio (apt-get install kamailio)")?;
-        Ok(Self { child, log })
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The decoded messages of call `call_id`: (first word: method or status, sender).
-    fn messages(&self, call_id: &str) -> Vec<(String, String)> {
-        let needle = format!("call-id={call_id} ");
-        self.text()
-            .lines()
-            .filter_map(|l| l.split_once("HEP ").map(|(_, rest)| rest))
-            .filter(|rest| rest.contains(&needle))
-            .filter_map(|rest| {
-                let mut w = rest.split_whitespace();
-                let what = w.next()?.to_string();
-                let src = rest.split_once("src=")?.1.trim().to_string();
-                Some((what, src))
-            })
-            .collect()
-    }
-
-    /// Wait until Kamailio listens (its start-up lines name the socket).
-    async fn wait_listening(&mut self, port: u16) -> Result<()> {
-        let until = Instant::now() + Duration::from_secs(10);
-        while !self.text().contains(&format!(":{port}")) {
-            if let Some(st) = self.child.try_wait()? {
-                bail!("kamailio exited ({st}):\n{}", self.text());
-            }
-            ensure!(
-                Instant::now() < until,
-                "kamailio did not start:\n{}",
-                self.text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
+/// The decoded messages of call `call_id` in the receiver's log: (first word: method or
+/// status, sender).
+fn messages(capture: &Kamailio, call_id: &str) -> Vec<(String, String)> {
+    let needle = format!("call-id={call_id} ");
+    capture
+        .text()
+        .lines()
+        .filter_map(|l| l.split_once("HEP ").map(|(_, rest)| rest))
+        .filter(|rest| rest.contains(&needle))
+        .filter_map(|rest| {
+            let what = rest.split_whitespace().next()?.to_string();
+            let src = rest.split_once("src=")?.1.trim().to_string();
+            Some((what, src))
+        })
+        .collect()
 }
 
 /// `got` holds `want` in order (other messages between them allowed).
@@ -98,8 +39,19 @@ fn in_order(got: &[(String, String)], want: &[(&str, String)]) -> bool {
 async fn a_call_shows_up_message_by_message_in_the_hep_receiver() -> Result<()> {
     let dir = sip_tests::server::TempDir::new()?;
     let port = free_port();
-    let mut capture = Capture::start(dir.path(), port)?;
-    capture.wait_listening(port).await?;
+    let db = dir.path().join("hep-db");
+    std::fs::create_dir_all(&db)?;
+    let capture = Kamailio::start(
+        "capture/kamailio-hep.cfg",
+        dir.path(),
+        "kamailio-hep",
+        &[
+            format!("HEP_LISTEN=udp:127.0.0.1:{port}"),
+            format!("HEP_DB=\"text://{}\"", db.display()),
+        ],
+        port,
+    )
+    .await?;
     let extra = format!("[capture]\nhep = \"127.0.0.1:{port}\"\nhep_id = 2042\n");
     let solo = Solo::start(&["alice", "bob"], &extra).await?;
     let node = &solo.node;
@@ -146,7 +98,10 @@ async fn a_call_shows_up_message_by_message_in_the_hep_receiver() -> Result<()> 
     ];
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let (got_a, got_b) = (capture.messages(&a.call_id), capture.messages(&b.call_id));
+        let (got_a, got_b) = (
+            messages(&capture, &a.call_id),
+            messages(&capture, &b.call_id),
+        );
         if in_order(&got_a, &want_a) && in_order(&got_b, &want_b) {
             eprintln!("[hep] leg A: {got_a:?}\n[hep] leg B: {got_b:?}");
             break;

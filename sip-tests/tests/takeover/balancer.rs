@@ -3,61 +3,31 @@
 //! killed; its calls are kept (its stand-by re-binds them through the balancer) and end
 //! normally; new calls go on reaching both pairs.
 
-use std::process::{Child, Command, Stdio};
+use sip_tests::kamailio::Kamailio;
 
 use super::*;
 
-/// Kamailio, killed (with its children) on drop.
-struct Balancer {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        // SIGTERM: the main process stops its children.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+/// Kamailio in front of `pairs` (one dispatcher set each: main, then stand-by).
+async fn balancer(dir: &std::path::Path, port: u16, pairs: &[&Pair]) -> Result<Kamailio> {
+    let list = dir.join("dispatcher.list");
+    let mut text = String::new();
+    for (i, p) in pairs.iter().enumerate() {
+        text.push_str(&format!("{} sip:{} 0 10\n", i + 1, p.main.sip));
+        text.push_str(&format!("{} sip:{} 0 5\n", i + 1, p.standby.sip));
     }
-}
-
-impl Balancer {
-    fn start(dir: &std::path::Path, port: u16, pairs: &[&Pair]) -> Result<Self> {
-        let list = dir.join("dispatcher.list");
-        let mut text = String::new();
-        for (i, p) in pairs.iter().enumerate() {
-            text.push_str(&format!("{} sip:{} 0 10\n", i + 1, p.main.sip));
-            text.push_str(&format!("{} sip:{} 0 5\n", i + 1, p.standby.sip));
-        }
-        std::fs::write(&list, text)?;
-        let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/kamailio/understudy-lb.cfg");
-        let log = dir.join("kamailio-lb.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new("kamailio")
-            .arg("-f")
-            .arg(&cfg)
-            .args(["-DD", "-E", "-w"])
-            .arg(dir)
-            .arg("-A")
-            .arg(format!("LB_LISTEN=udp:127.0.0.1:{port}"))
-            .arg("-A")
-            .arg(format!("DS_LIST=\"{}\"", list.display()))
-            .arg("-A")
-            .arg(format!("PAIRS={}", pairs.len()))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("cannot start kamailio (apt-get install kamailio)")?;
-        Ok(Self { child, log })
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+    std::fs::write(&list, text)?;
+    Kamailio::start(
+        "kamailio/understudy-lb.cfg",
+        dir,
+        "kamailio-lb",
+        &[
+            format!("LB_LISTEN=udp:127.0.0.1:{port}"),
+            format!("DS_LIST=\"{}\"", list.display()),
+            format!("PAIRS={}", pairs.len()),
+        ],
+        port,
+    )
+    .await
 }
 
 /// Calls in progress at `node` (0 when it does not answer).
@@ -95,7 +65,7 @@ async fn two_pairs_behind_kamailio_keep_their_calls_and_share_new_ones() -> Resu
     };
     let mut one = Pair::start("lb-one", &spec).await?;
     let two = Pair::start("lb-two", &spec).await?;
-    let kam = Balancer::start(dir.path(), lb_port, &[&one, &two])?;
+    let kam = balancer(dir.path(), lb_port, &[&one, &two]).await?;
     answer_n(&carrier, 200, &Answer::ok());
     let mut callers = Vec::new();
     for i in 0..4 {
