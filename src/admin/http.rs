@@ -1,38 +1,49 @@
-//! A small HTTP/1.1 server and client for the admin API, on tokio (RFC 9110, RFC 9112).
+//! The admin API's HTTP transport: a server and a client on hyper 1 (HTTP/1.1, RFC 9110 and
+//! RFC 9112), with bearer-token checks (RFC 6750 §2.1).
 //!
-//! The server reads a request head (at most 16 KiB) and a `Content-Length` body (at most 1 MiB;
-//! chunked uploads are refused with 501), checks the bearer token if one is configured
-//! (RFC 6750 §2.1), and hands an [`HttpRequest`] to the [`Handler`]. Connections are persistent
-//! by HTTP/1.1 rules (`Connection: close` and HTTP/1.0 without `keep-alive` close them) and
-//! pipelined requests are answered in order. Every response carries `Content-Length`.
+//! hyper parses and frames the messages (persistent connections, pipelining, `Expect:
+//! 100-continue`, chunked bodies, `HEAD`); this module adds what the admin API needs on top:
+//! the token check, a 1 MiB body limit (413), a 10 s limit to read a request head (the
+//! connection is closed) and its body (408), `Host` rules for HTTP/1.1 (400), a handler that
+//! panics answering 500, and a graceful stop: on shutdown the listener closes at once, idle
+//! connections close, and requests in flight get 5 s to finish.
 //!
-//! Errors produced by the server itself (400, 401, 408, 413, 431, 500, 501, 505) have a JSON
-//! body `{"error": "..."}` and close the connection. A handler that panics yields a 500.
+//! Errors produced by this layer (400, 401, 408, 413, 500) have a JSON body
+//! `{"error": "..."}` and close the connection; errors hyper answers itself while parsing
+//! (malformed heads, 431 for heads over 16 KiB, 505) have none.
 //!
 //! [`request`] is the matching client used by the CLI: one request per connection, 5 s overall.
 
 mod client;
-mod parse;
-mod response;
 
 #[cfg(test)]
 mod tests;
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::timeout;
 
 pub use client::{AdminClientError, request};
-use parse::{Head, HeadError, MAX_HEAD};
-use response::encode_response;
+
+/// Largest request head, in bytes (larger ones get 431 from hyper).
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Largest request body, in bytes (larger ones get 413).
+const MAX_BODY: usize = 1024 * 1024;
 
 /// A request as handed to the [`Handler`].
 #[derive(Debug, Clone)]
@@ -43,9 +54,9 @@ pub struct HttpRequest {
     pub path: String,
     /// The query string after `?`, if any, still percent-encoded.
     pub query: Option<String>,
-    /// Header fields in arrival order, names as sent (compare them case-insensitively).
+    /// Header fields in arrival order, names in lower case (compare them case-insensitively).
     pub headers: Vec<(String, String)>,
-    /// The body (empty without `Content-Length`).
+    /// The body (empty when none was sent).
     pub body: Vec<u8>,
 }
 
@@ -91,7 +102,7 @@ impl HttpResponse {
         }
     }
 
-    /// The server's own error responses: `{"error": message}`.
+    /// This layer's own error responses: `{"error": message}`.
     fn error(status: u16, message: &str) -> Self {
         Self::json(status, &serde_json::json!({ "error": message }))
     }
@@ -104,25 +115,20 @@ pub type Handler =
 /// Timeouts, kept apart so tests can shorten them.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
-    /// Longest wait for a whole request (head and body), and for the next request on an idle
-    /// connection.
+    /// Longest wait for a request head, and then for its body.
     read_timeout: Duration,
     /// How long `serve` waits for in-flight requests after shutdown before aborting them.
     shutdown_grace: Duration,
-    /// How long a closing connection keeps reading (and discarding) so the client sees the
-    /// response rather than a reset.
-    linger: Duration,
 }
 
 impl Limits {
     const DEFAULT: Self = Self {
         read_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(5),
-        linger: Duration::from_secs(2),
     };
 }
 
-/// What every connection task shares.
+/// What every connection shares.
 struct Ctx {
     token: Option<String>,
     handler: Handler,
@@ -156,6 +162,11 @@ async fn serve_with(
         handler,
         limits,
     });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .max_buf_size(MAX_HEAD.max(8192));
+    let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -163,7 +174,18 @@ async fn serve_with(
             () = shutdown_signalled(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    conns.spawn(connection(stream, peer, Arc::clone(&ctx), shutdown.clone()));
+                    let _ = stream.set_nodelay(true);
+                    let ctx = Arc::clone(&ctx);
+                    let service = service_fn(move |req| {
+                        let ctx = Arc::clone(&ctx);
+                        async move { Ok::<_, Infallible>(respond(&ctx, req).await) }
+                    });
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    conns.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "admin API connection failed");
+                        }
+                    });
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.
@@ -175,19 +197,17 @@ async fn serve_with(
         }
     }
     drop(listener);
-    let drain = async {
-        while let Some(done) = conns.join_next().await {
-            log_join(done);
-        }
-    };
-    if timeout(limits.shutdown_grace, drain).await.is_err() {
+    if timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             ?local,
             open = conns.len(),
             "admin API connections aborted at shutdown"
         );
-        conns.shutdown().await;
     }
+    conns.shutdown().await;
     tracing::debug!(?local, "admin API stopped");
 }
 
@@ -197,167 +217,92 @@ async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
 }
 
 fn log_join(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        if e.is_panic() {
-            tracing::error!(error = %e, "admin API connection task panicked");
-        }
-    }
-}
-
-/// Whether to keep reading requests from a connection after a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
-    /// Read the next request.
-    KeepAlive,
-    /// Close after this response.
-    Close,
-}
-
-/// One connection: wait for a request, answer it, repeat while the client keeps the connection.
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    ctx: Arc<Ctx>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        if buf.is_empty() {
-            // Idle: close on shutdown, on timeout, or when the client goes away.
-            tokio::select! {
-                biased;
-                () = shutdown_signalled(&mut shutdown) => return,
-                read = timeout(ctx.limits.read_timeout, stream.read_buf(&mut buf)) => match read {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
-                },
-            }
-        }
-        let stopping = *shutdown.borrow();
-        match serve_one(&mut stream, &mut buf, &ctx, stopping).await {
-            Ok(Next::KeepAlive) => {}
-            Ok(Next::Close) => return linger_close(&mut stream, ctx.limits.linger).await,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "admin API connection failed");
-                return;
-            }
-        }
-    }
-}
-
-/// Read, check and answer one request whose first bytes are already in `buf`.
-async fn serve_one(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    ctx: &Ctx,
-    stopping: bool,
-) -> std::io::Result<Next> {
-    let deadline = Instant::now() + ctx.limits.read_timeout;
-    let head_len = match timeout_at(deadline, read_head(stream, buf)).await {
-        Err(_) => return reject(stream, 408, "timed out reading the request").await,
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(None)) => return Ok(Next::Close),
-        Ok(Ok(Some(Err(e)))) => return reject(stream, e.status(), &e.to_string()).await,
-        Ok(Ok(Some(Ok(n)))) => n,
-    };
-    // `read_head` measured `head_len` within `buf`, so the `get` always succeeds.
-    let head = match buf
-        .get(..head_len)
-        .ok_or(HeadError::RequestLine)
-        .and_then(parse::parse_head)
+    if let Err(e) = done
+        && e.is_panic()
     {
-        Ok(head) => head,
-        Err(e) => return reject(stream, e.status(), &e.to_string()).await,
-    };
-    if let Err(why) = authorize(ctx.token.as_deref(), &head) {
-        let resp = HttpResponse::error(401, why);
-        let extra = [("WWW-Authenticate", "Bearer")];
-        write_response(stream, &resp, false, Next::Close, &extra).await?;
-        return Ok(Next::Close);
+        tracing::error!(error = %e, "admin API connection task panicked");
     }
-    let total = head_len + head.content_length;
-    if head.expect_continue && buf.len() < total {
-        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-    }
-    match timeout_at(deadline, read_to(stream, buf, total)).await {
-        Err(_) => return reject(stream, 408, "timed out reading the request body").await,
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(false)) => return Ok(Next::Close),
-        Ok(Ok(true)) => {}
-    }
-    // `read_to` returned true, so `buf` holds at least `total` bytes.
-    let body: Vec<u8> = buf.drain(..total).skip(head_len).collect();
+}
 
-    let next = if head.keep_alive && !stopping {
-        Next::KeepAlive
-    } else {
-        Next::Close
+/// Check one request, read its body, run the handler and turn its answer into a response.
+async fn respond(ctx: &Ctx, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    if let Err(why) = well_formed(&parts) {
+        return closing(to_hyper(HttpResponse::error(400, why), false));
+    }
+    if let Err(why) = authorize(ctx.token.as_deref(), &parts.headers) {
+        let mut resp = to_hyper(HttpResponse::error(401, why), false);
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return closing(resp);
+    }
+    if hyper::body::Body::size_hint(&body).lower() > MAX_BODY as u64 {
+        let resp = HttpResponse::error(413, "request body larger than 1 MiB");
+        return closing(to_hyper(resp, false));
+    }
+    let body = match timeout(
+        ctx.limits.read_timeout,
+        Limited::new(body, MAX_BODY).collect(),
+    )
+    .await
+    {
+        Err(_) => {
+            let resp = HttpResponse::error(408, "timed out reading the request body");
+            return closing(to_hyper(resp, false));
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            let resp = HttpResponse::error(413, "request body larger than 1 MiB");
+            return closing(to_hyper(resp, false));
+        }
+        Ok(Err(e)) => {
+            let resp = HttpResponse::error(400, &format!("bad request body: {e}"));
+            return closing(to_hyper(resp, false));
+        }
+        Ok(Ok(collected)) => collected.to_bytes().to_vec(),
     };
-    let head_only = head.method == "HEAD";
-    let Head {
-        method,
-        path,
-        query,
-        headers,
-        ..
-    } = head;
-    let req = HttpRequest {
-        method,
-        path,
-        query,
-        headers,
+    let head_only = parts.method == http::Method::HEAD;
+    let request = HttpRequest {
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (n.as_str().to_string(), value)
+            })
+            .collect(),
         body,
     };
-    let resp = call_handler(&ctx.handler, req).await;
-    write_response(stream, &resp, head_only, next, &[]).await?;
-    Ok(next)
+    to_hyper(call_handler(&ctx.handler, request).await, head_only)
 }
 
-/// Fill `buf` until it holds a whole head. `Ok(None)`: the client closed the connection.
-async fn read_head(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<Option<Result<usize, HeadError>>> {
-    loop {
-        let blank = parse::leading_blank(buf);
-        buf.drain(..blank);
-        if let Some(n) = parse::head_len(buf) {
-            return Ok(Some(if n > MAX_HEAD {
-                Err(HeadError::HeadTooLarge)
-            } else {
-                Ok(n)
-            }));
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(Some(Err(HeadError::HeadTooLarge)));
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Ok(None);
-        }
+/// What hyper lets through but RFC 9112 refuses: a target that is not a path (§3.2; `*` only
+/// for `OPTIONS`), and an HTTP/1.1 request without exactly one `Host` of visible ASCII (§3.2).
+fn well_formed(parts: &http::request::Parts) -> Result<(), &'static str> {
+    let asterisk = parts.method == http::Method::OPTIONS && parts.uri.path() == "*";
+    if !parts.uri.path().starts_with('/') && !asterisk {
+        return Err("the request target must be a path");
     }
-}
-
-/// Fill `buf` until it holds `total` bytes. `Ok(false)`: the client closed the connection first.
-async fn read_to(stream: &mut TcpStream, buf: &mut Vec<u8>, total: usize) -> std::io::Result<bool> {
-    buf.reserve(total.saturating_sub(buf.len()));
-    while buf.len() < total {
-        if stream.read_buf(buf).await? == 0 {
-            return Ok(false);
-        }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if parts.version == http::Version::HTTP_11 => Err("missing Host header"),
+        (Some(_), Some(_)) => Err("more than one Host header"),
+        (Some(host), None) if host.to_str().is_err() => Err("the Host header is not ASCII"),
+        _ => Ok(()),
     }
-    Ok(true)
 }
 
 /// Check the bearer token (RFC 6750 §2.1), comparing in constant time.
-fn authorize(token: Option<&str>, head: &Head) -> Result<(), &'static str> {
+fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), &'static str> {
     let Some(expected) = token else {
         return Ok(());
     };
-    let mut values = head.values("authorization");
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Err("missing bearer token"),
-        (Some(value), None) => value,
+        (Some(value), None) => value.to_str().map_err(|_| "invalid bearer token")?,
         (Some(_), Some(_)) => return Err("more than one Authorization header"),
     };
     let credential = match value.split_once(' ') {
@@ -371,7 +316,8 @@ fn authorize(token: Option<&str>, head: &Head) -> Result<(), &'static str> {
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// Run the handler on its own task, so that a panic becomes a 500 rather than a dropped
@@ -393,60 +339,39 @@ async fn call_handler(handler: &Handler, req: HttpRequest) -> HttpResponse {
     }
 }
 
-/// Answer with a server-side error and close the connection.
-async fn reject(stream: &mut TcpStream, status: u16, message: &str) -> std::io::Result<Next> {
-    write_response(
-        stream,
-        &HttpResponse::error(status, message),
-        false,
-        Next::Close,
-        &[],
-    )
-    .await?;
-    Ok(Next::Close)
-}
-
-async fn write_response(
-    stream: &mut TcpStream,
-    resp: &HttpResponse,
-    head_only: bool,
-    next: Next,
-    extra: &[(&str, &str)],
-) -> std::io::Result<()> {
-    let bytes = encode_response(resp, head_only, next, extra);
-    stream.write_all(&bytes).await?;
-    stream.flush().await
-}
-
-/// Close after a response: send FIN, then read and discard what the client still sends for a
-/// short while, so unread request bytes do not turn into a reset that destroys the response.
-async fn linger_close(stream: &mut TcpStream, linger: Duration) {
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let _ = timeout(linger, async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
+/// The handler's answer as a hyper response; a status outside 200–599 becomes a 500. For
+/// `HEAD` the length of the body that a `GET` would get is announced, and no body sent.
+fn to_hyper(resp: HttpResponse, head_only: bool) -> http::Response<Full<Bytes>> {
+    let resp = match resp.status {
+        200..=599 => resp,
+        other => {
+            tracing::error!(status = other, "admin API handler gave an invalid status");
+            HttpResponse::error(500, "internal error")
         }
-    })
-    .await;
-}
-
-/// Fuzzing entry (see `crate::fuzzing`): delimit and parse a request head as the server does.
-#[doc(hidden)]
-pub fn fuzz_head(buf: &[u8]) {
-    let buf = buf.get(parse::leading_blank(buf)..).unwrap_or_default();
-    if let Some(len) = parse::head_len(buf)
-        && let Some(head) = buf.get(..len.min(MAX_HEAD))
-    {
-        match parse::parse_head(head) {
-            Ok(h) => {
-                let _ = h.values("content-length").count();
-            }
-            Err(e) => {
-                let _ = e.status();
-            }
-        }
+    };
+    let length = resp.body.len();
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        Bytes::from(resp.body)
+    };
+    let mut out = http::Response::new(Full::new(body));
+    *out.status_mut() =
+        http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = out.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&resp.content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
     }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if head_only {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    out
+}
+
+/// Ask hyper to close the connection after this response.
+fn closing(mut resp: http::Response<Full<Bytes>>) -> http::Response<Full<Bytes>> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }

@@ -1,7 +1,7 @@
 //! The admin API: an HTTP/1.1 JSON interface on a separate (by default loopback) listener,
 //! used by the CLI (`understudy status`, `calls`, `switchover`, `reload`) and by monitoring.
 //!
-//! [`http`] is the transport: a small server and client on tokio with bearer-token checks. The
+//! [`http`] is the transport: server and client on hyper, with bearer-token checks. The
 //! routes (`/status`, `/calls`, `/registrations`, `/metrics`, `POST /switchover`, `POST /reload`) live beside it.
 
 pub mod http;

@@ -1,17 +1,15 @@
-//! The admin API client used by the CLI: one request per connection, `Connection: close`.
+//! The admin API client used by the CLI, on hyper: one request per connection, `Connection: close`.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 /// Overall limit for one [`request`]: connect, send and receive.
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Largest response head the client accepts.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Largest response body the client accepts.
 const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
@@ -116,28 +114,25 @@ pub(super) async fn request_within(
         return Err(invalid("the token contains control characters"));
     }
 
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json, text/plain\r\n\
-         Connection: close\r\nUser-Agent: understudy/{}\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, authority.as_str())
+        .header(http::header::ACCEPT, "application/json, text/plain")
+        .header(http::header::CONNECTION, "close")
+        .header(
+            http::header::USER_AGENT,
+            concat!("understudy/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(t) = token {
-        let _ = write!(head, "Authorization: Bearer {t}\r\n");
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    match body {
-        Some(b) => {
-            let _ = write!(
-                head,
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            );
-        }
-        None if !matches!(method, "GET" | "HEAD") => head += "Content-Length: 0\r\n",
-        None => {}
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
     }
-    head += "\r\n";
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body.unwrap_or_default());
+    let req = req
+        .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+        .map_err(|_| invalid("the method, path or token cannot be put in a request"))?;
 
     let deadline = Instant::now() + limit;
     let timed_out = |stage| AdminClientError::Timeout {
@@ -145,32 +140,68 @@ pub(super) async fn request_within(
         stage,
         after: limit,
     };
-    let io = |source| AdminClientError::Io {
-        addr: addr.to_string(),
-        source,
-    };
-    let mut stream = timeout_at(deadline, TcpStream::connect(authority.as_str()))
+    let stream = timeout_at(deadline, TcpStream::connect(authority.as_str()))
         .await
         .map_err(|_| timed_out("connecting"))?
         .map_err(|source| AdminClientError::Connect {
             addr: addr.to_string(),
             source,
         })?;
-    timeout_at(deadline, stream.write_all(&bytes))
-        .await
-        .map_err(|_| timed_out("sending the request"))?
-        .map_err(io)?;
-    let (status, body) = timeout_at(deadline, read_response(&mut stream, method == "HEAD"))
+    let _ = stream.set_nodelay(true);
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(addr, &e))?;
+        let driver = tokio::spawn(conn);
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| failed(addr, &e))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map_err(|e| AdminClientError::BadResponse {
+                addr: addr.to_string(),
+                reason: if e.is::<http_body_util::LengthLimitError>() {
+                    "response body larger than 16 MiB".to_string()
+                } else {
+                    format!("response body cut short: {e}")
+                },
+            })?
+            .to_bytes();
+        driver.abort();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    timeout_at(deadline, exchange)
         .await
         .map_err(|_| timed_out("waiting for the response"))?
-        .map_err(|e| match e {
-            ReadError::Io(source) => io(source),
-            ReadError::Bad(reason) => AdminClientError::BadResponse {
+}
+
+/// A failed exchange: an I/O error when the socket failed, else a response that is not HTTP.
+fn failed(addr: &str, e: &hyper::Error) -> AdminClientError {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return AdminClientError::Io {
                 addr: addr.to_string(),
-                reason,
-            },
-        })?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+                source: std::io::Error::new(io.kind(), io.to_string()),
+            };
+        }
+        source = inner.source();
+    }
+    let reason = if e.is_incomplete_message() {
+        "connection closed before a complete response".to_string()
+    } else if e.is_parse() {
+        format!("not an HTTP/1.x response ({e})")
+    } else {
+        e.to_string()
+    };
+    AdminClientError::BadResponse {
+        addr: addr.to_string(),
+        reason,
+    }
 }
 
 /// `host:port` to connect to and send as `Host`, from `addr` with or without `http://`.
@@ -208,104 +239,4 @@ pub(super) fn authority(addr: &str) -> Result<String, AdminClientError> {
         Some(p) if p.parse::<u16>().is_ok() => Ok(authority.to_string()),
         Some(_) => Err(invalid("the port is not a number from 0 to 65535")),
     }
-}
-
-enum ReadError {
-    Io(std::io::Error),
-    Bad(String),
-}
-
-impl From<std::io::Error> for ReadError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-/// Read one final response: status and body (by `Content-Length`, else until the server closes).
-async fn read_response(
-    stream: &mut TcpStream,
-    head_only: bool,
-) -> Result<(u16, Vec<u8>), ReadError> {
-    let bad = |s: &str| ReadError::Bad(s.to_string());
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        let head_len = loop {
-            if let Some(n) = super::parse::head_len(&buf) {
-                break n;
-            }
-            if buf.len() > MAX_RESPONSE_HEAD {
-                return Err(bad("response head larger than 64 KiB"));
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(bad(if buf.is_empty() {
-                    "connection closed before a response"
-                } else {
-                    "connection closed in the middle of the response head"
-                }));
-            }
-        };
-        let text = buf
-            .get(..head_len)
-            .and_then(|head| std::str::from_utf8(head).ok())
-            .ok_or_else(|| bad("response head is not UTF-8"))?;
-        let mut lines = text.lines();
-        let status = lines.next().and_then(parse_status_line).ok_or_else(|| {
-            ReadError::Bad(format!("malformed status line {:?}", first_line(text)))
-        })?;
-        let mut content_length = None;
-        for line in lines.take_while(|l| !l.is_empty()) {
-            let (name, value) = line
-                .split_once(':')
-                .ok_or_else(|| bad("malformed header line"))?;
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                let n: usize = value.parse().map_err(|_| bad("invalid Content-Length"))?;
-                content_length = Some(n);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(bad("chunked responses are not supported"));
-            }
-        }
-        buf.drain(..head_len);
-        if (100..200).contains(&status) {
-            continue; // interim response (e.g. 100 Continue): the final one follows
-        }
-        if head_only || matches!(status, 204 | 304) {
-            return Ok((status, Vec::new()));
-        }
-        let limit = content_length.unwrap_or(MAX_RESPONSE_BODY);
-        if limit > MAX_RESPONSE_BODY {
-            return Err(bad("response body larger than 16 MiB"));
-        }
-        while buf.len() < limit {
-            if stream.read_buf(&mut buf).await? == 0 {
-                if content_length.is_some() {
-                    return Err(ReadError::Bad(format!(
-                        "connection closed after {} of {limit} body bytes",
-                        buf.len()
-                    )));
-                }
-                return Ok((status, buf));
-            }
-        }
-        if content_length.is_none() {
-            return Err(bad("response body larger than 16 MiB"));
-        }
-        buf.truncate(limit);
-        return Ok((status, buf));
-    }
-}
-
-/// `HTTP/1.x NNN reason` → `NNN`.
-fn parse_status_line(line: &str) -> Option<u16> {
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next()?;
-    let code = parts.next()?;
-    if !version.starts_with("HTTP/1.") || code.len() != 3 {
-        return None;
-    }
-    code.parse().ok().filter(|c| (100..=599).contains(c))
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
 }
