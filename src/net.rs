@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::sip::Parsed;
 
 /// A SIP transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     /// UDP (unreliable: transactions retransmit).

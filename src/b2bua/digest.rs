@@ -26,6 +26,7 @@ fn leg_record(call: &Call, side: Side) -> Option<LegRecord> {
             Side::B => call.callee.clone(),
         },
         start_ms: call.start_ms,
+        transfer_of: call.transfer_of.clone(),
     })
 }
 

@@ -41,6 +41,9 @@ pub struct Adopted {
     pub start_ms: u64,
     /// How it was found.
     pub source: Source,
+    /// The Call-ID of the transferor's leg this call's later part replaced (CDR
+    /// `transfer_of`), when the digest said so.
+    pub transfer_of: Option<String>,
 }
 
 impl Adopted {
@@ -167,6 +170,7 @@ impl B2bua {
         c.b = Some(call.b);
         c.answer_ms = Some(call.start_ms);
         c.recovered = true;
+        c.transfer_of = call.transfer_of;
         c.rebind = Some(Box::new(Rebind {
             step: Step::First { cseq: 0 },
             source: call.source,
@@ -603,6 +607,7 @@ impl B2bua {
                 callee: c.callee,
                 start_ms: c.answer_ms.unwrap_or(0),
                 source: Source::Digest,
+                transfer_of: c.transfer_of,
             });
         }
         out

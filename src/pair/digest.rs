@@ -4,9 +4,16 @@
 //! memory and acknowledges; after a gap or a stand-by restart the active sends the full list.
 //! No SDP, state machine or timer crosses: only what is needed to re-INVITE a leg.
 //!
-//! Body format (`application/x-understudy-digest`), one entry per line, tab-separated,
-//! with `\\`, `\t` and `\n` escaped:
-//! `D <generation> <first-seq> <reset 0|1>` then `L`/`R`/`G` lines (leg, ringing, gone).
+//! Two body formats share the content type `application/x-understudy-digest`; the receiver
+//! tells them apart by the first byte and reads both:
+//! - **version 2** (JSON, self-describing): `{"version": 2, "generation": G, "first": S,
+//!   "reset": false, "entries": [{"seq": S, "kind": "leg"|"ringing"|"gone", ...fields}]}`.
+//!   Fields are named; a field a sender does not know is defaulted by the receiver, one the
+//!   receiver does not know is ignored, and an entry of an unknown kind still takes its place
+//!   in the sequence. A later version adds fields, not versions of this parser.
+//! - **version 1** (wave 1, tab-separated, positional): `D <generation> <first-seq> <reset>`
+//!   then `L`/`R`/`G` lines (leg, ringing, gone), `\\`, `\t` and `\n` escaped. Sent only to a
+//!   peer that does not announce version 2 in [`VERSION_HEADER`] (a rolling upgrade).
 
 use std::collections::VecDeque;
 
@@ -19,8 +26,35 @@ use crate::net::Proto;
 /// Content type of a digest body.
 pub const CONTENT_TYPE: &str = "application/x-understudy-digest";
 
+/// The keep-alive header in which a node announces the highest digest version it reads
+/// (absent: version 1 only).
+pub const VERSION_HEADER: &str = "X-Understudy-Digest";
+
+/// The digest version this build writes and reads (it reads version 1 too).
+pub const VERSION: u32 = 2;
+
+/// How a digest body is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Version 1: positional tab-separated lines (what a wave-1 peer reads).
+    #[default]
+    Lines,
+    /// Version 2: JSON with named fields.
+    Json,
+}
+
+impl Format {
+    /// The format for a peer that announced `version` (`None`: it announced nothing).
+    pub fn for_peer(version: Option<u32>) -> Self {
+        match version {
+            Some(v) if v >= 2 => Self::Json,
+            _ => Self::Lines,
+        }
+    }
+}
+
 /// One established leg, enough to re-INVITE it from another node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LegRecord {
     /// Call token.
     pub token: u64,
@@ -43,17 +77,25 @@ pub struct LegRecord {
     /// Remote address.
     pub remote: SocketAddr,
     /// Route set.
+    #[serde(default)]
     pub route_set: Vec<String>,
     /// Highest CSeq we used.
+    #[serde(default)]
     pub cseq: u32,
     /// Caller / callee for the CDR.
+    #[serde(default)]
     pub party: String,
     /// Call start, unix ms.
+    #[serde(default)]
     pub start_ms: u64,
+    /// The Call-ID of the transferor's leg this leg's call replaced (CDR `transfer_of`);
+    /// version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_of: Option<String>,
 }
 
 /// A call still ringing: what is needed to fail it cleanly.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RingRecord {
     /// Call token.
     pub token: u64,
@@ -88,8 +130,10 @@ pub struct RingRecord {
     /// B address.
     pub b_remote: SocketAddr,
     /// The callee's tag when an early dialog exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub b_early_tag: Option<String>,
     /// The callee's Contact in the early dialog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub b_early_target: Option<String>,
 }
 
@@ -239,6 +283,7 @@ fn parse_line(l: &str) -> Option<(u64, Entry)> {
             cseq: cseq.parse().ok()?,
             party: unesc(party),
             start_ms: start_ms.parse().ok()?,
+            transfer_of: None,
         })),
         [
             "R",
@@ -286,6 +331,69 @@ fn parse_line(l: &str) -> Option<(u64, Entry)> {
     Some((seq, e))
 }
 
+/// A version-2 entry: its sequence number, its kind and its record's fields side by side.
+#[derive(serde::Serialize)]
+struct JsonEntry<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    entry: JsonKind<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum JsonKind<'a> {
+    Leg(&'a LegRecord),
+    Ringing(&'a RingRecord),
+    Gone { token: u64 },
+}
+
+/// One entry as a version-2 JSON object.
+fn json_entry(seq: u64, e: &Entry) -> String {
+    let entry = match e {
+        Entry::Leg(l) => JsonKind::Leg(l),
+        Entry::Ringing(r) => JsonKind::Ringing(r),
+        Entry::Gone(t) => JsonKind::Gone { token: *t },
+    };
+    serde_json::to_string(&JsonEntry { seq, entry }).unwrap_or_default()
+}
+
+/// A version-2 body as read: what the header says, then the entries in order.
+#[derive(serde::Deserialize)]
+struct JsonBody {
+    version: u32,
+    generation: u64,
+    first: u64,
+    #[serde(default)]
+    reset: bool,
+    #[serde(default)]
+    entries: Vec<serde_json::Value>,
+}
+
+/// A version-2 entry: `Ok(None)` for a kind this build does not know (it keeps its place in
+/// the sequence and changes nothing), `Err` for one it cannot read.
+fn parse_json_entry(v: serde_json::Value) -> Result<(u64, Option<Entry>), ()> {
+    let seq = v.get("seq").and_then(serde_json::Value::as_u64).ok_or(())?;
+    let kind = v
+        .get("kind")
+        .and_then(serde_json::Value::as_str)
+        .ok_or(())?;
+    let entry = match kind {
+        "leg" => Some(Entry::Leg(Box::new(
+            serde_json::from_value(v).map_err(|_| ())?,
+        ))),
+        "ringing" => Some(Entry::Ringing(Box::new(
+            serde_json::from_value(v).map_err(|_| ())?,
+        ))),
+        "gone" => Some(Entry::Gone(
+            v.get("token")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or(())?,
+        )),
+        _ => None,
+    };
+    Ok((seq, entry))
+}
+
 /// The active's side: entries not yet acknowledged.
 #[derive(Debug)]
 pub struct DigestLog {
@@ -298,6 +406,8 @@ pub struct DigestLog {
     unsent_from: u64,
     /// Bytes sent, for the benchmark's link figures.
     pub bytes_sent: u64,
+    /// How bodies are written (the peer's version decides).
+    format: Format,
 }
 
 impl Default for DigestLog {
@@ -317,7 +427,13 @@ impl DigestLog {
             reset_from: None,
             unsent_from: 1,
             bytes_sent: 0,
+            format: Format::default(),
         }
+    }
+
+    /// Write further bodies in `format` (the peer announced which versions it reads).
+    pub fn set_format(&mut self, format: Format) {
+        self.format = format;
     }
 
     /// Record an entry.
@@ -377,17 +493,33 @@ impl DigestLog {
         let mut it = self.pending.iter().skip(skip).peekable();
         let first = it.peek()?.0;
         let reset = self.reset_from == Some(first);
-        let mut body = format!("D\t{}\t{first}\t{}\n", self.generation, u8::from(reset));
+        let json = self.format == Format::Json;
+        let (mut body, close) = if json {
+            let head = format!(
+                "{{\"version\":{VERSION},\"generation\":{},\"first\":{first},\"reset\":{reset},\"entries\":[",
+                self.generation
+            );
+            (head, "]}\n")
+        } else {
+            let head = format!("D\t{}\t{first}\t{}\n", self.generation, u8::from(reset));
+            (head, "")
+        };
         let mut n = 0;
         for (seq, e) in it {
-            let l = line(*seq, e);
-            if n > 0 && body.len() + l.len() > limit {
+            let item = if json {
+                let sep = if n > 0 { "," } else { "" };
+                format!("{sep}{}", json_entry(*seq, e))
+            } else {
+                line(*seq, e)
+            };
+            if n > 0 && body.len() + item.len() + close.len() > limit {
                 break;
             }
-            body.push_str(&l);
+            body.push_str(&item);
             n += 1;
             self.unsent_from = self.unsent_from.max(seq.saturating_add(1));
         }
+        body.push_str(close);
         self.bytes_sent += body.len() as u64;
         Some((body, n))
     }
@@ -476,8 +608,11 @@ impl DigestTable {
         self.calls.is_empty()
     }
 
-    /// Apply a body; returns the acknowledgement to send.
+    /// Apply a body (either version); returns the acknowledgement to send.
     pub fn apply(&mut self, body: &str) -> Ack {
+        if body.trim_start().starts_with('{') {
+            return self.apply_json(body);
+        }
         let mut lines = body.lines();
         let Some(head) = lines.next() else {
             return self.ack();
@@ -490,55 +625,96 @@ impl DigestTable {
         ) else {
             return Ack::Resync;
         };
-        if reset {
-            self.generation = g;
-            self.calls.clear();
-            self.next = first;
-        } else if g != self.generation || first > self.next {
+        if !self.start(g, first, reset) {
             return Ack::Resync;
         }
         for l in lines {
             let Some((seq, e)) = parse_line(l) else {
                 return Ack::Resync;
             };
-            if seq < self.next {
-                continue; // already applied (a chunk sent twice)
-            }
-            if seq > self.next {
+            if !self.apply_entry(seq, Some(e)) {
                 return Ack::Resync;
-            }
-            let Some(next) = seq.checked_add(1) else {
-                return Ack::Resync;
-            };
-            self.next = next;
-            let token = e.token();
-            if !matches!(e, Entry::Gone(_))
-                && !self.calls.contains_key(&token)
-                && self.calls.len() >= self.limit()
-            {
-                self.dropped += 1;
-                continue;
-            }
-            match e {
-                Entry::Gone(t) => {
-                    self.calls.remove(&t);
-                }
-                Entry::Leg(l) => {
-                    let c = self.calls.entry(l.token).or_default();
-                    c.ringing = None;
-                    if l.is_a {
-                        c.a = Some(*l);
-                    } else {
-                        c.b = Some(*l);
-                    }
-                }
-                Entry::Ringing(r) => {
-                    let token = r.token;
-                    self.calls.entry(token).or_default().ringing = Some(*r);
-                }
             }
         }
         self.ack()
+    }
+
+    /// A version-2 body. A version above ours is read the same way: what it added is
+    /// ignored.
+    fn apply_json(&mut self, body: &str) -> Ack {
+        let Ok(b) = serde_json::from_str::<JsonBody>(body) else {
+            return Ack::Resync;
+        };
+        if b.version < 2 || !self.start(b.generation, b.first, b.reset) {
+            return Ack::Resync;
+        }
+        for v in b.entries {
+            let Ok((seq, e)) = parse_json_entry(v) else {
+                return Ack::Resync;
+            };
+            if !self.apply_entry(seq, e) {
+                return Ack::Resync;
+            }
+        }
+        self.ack()
+    }
+
+    /// A body's head: a reset starts the table afresh; otherwise the body must continue the
+    /// generation we follow without a gap (`false`: ask for the full list).
+    fn start(&mut self, generation: u64, first: u64, reset: bool) -> bool {
+        if reset {
+            self.generation = generation;
+            self.calls.clear();
+            self.next = first;
+            true
+        } else {
+            generation == self.generation && first <= self.next
+        }
+    }
+
+    /// One entry in sequence (`None`: an entry of a kind we do not know, which only takes
+    /// its place). `false` on a gap.
+    fn apply_entry(&mut self, seq: u64, e: Option<Entry>) -> bool {
+        if seq < self.next {
+            return true; // already applied (a chunk sent twice)
+        }
+        if seq > self.next {
+            return false;
+        }
+        let Some(next) = seq.checked_add(1) else {
+            return false;
+        };
+        self.next = next;
+        let Some(e) = e else {
+            return true;
+        };
+        let token = e.token();
+        if !matches!(e, Entry::Gone(_))
+            && !self.calls.contains_key(&token)
+            && self.calls.len() >= self.limit()
+        {
+            self.dropped += 1;
+            return true;
+        }
+        match e {
+            Entry::Gone(t) => {
+                self.calls.remove(&t);
+            }
+            Entry::Leg(l) => {
+                let c = self.calls.entry(l.token).or_default();
+                c.ringing = None;
+                if l.is_a {
+                    c.a = Some(*l);
+                } else {
+                    c.b = Some(*l);
+                }
+            }
+            Entry::Ringing(r) => {
+                let token = r.token;
+                self.calls.entry(token).or_default().ringing = Some(*r);
+            }
+        }
+        true
     }
 
     fn ack(&self) -> Ack {

@@ -172,6 +172,8 @@ pub(crate) struct DigestSync {
     pub(crate) table: DigestTable,
     /// Active: the stand-by asked for the full list (or has to get it).
     resync_wanted: bool,
+    /// How the peer reads digest bodies (from its last authenticated message).
+    format: digest::Format,
 }
 
 impl DigestSync {
@@ -180,6 +182,7 @@ impl DigestSync {
             log: DigestLog::new(),
             table: DigestTable::default(),
             resync_wanted: true,
+            format: digest::Format::default(),
         }
     }
 
@@ -464,12 +467,31 @@ impl PairGlue {
         body: &[u8],
     ) -> Result<Info, String> {
         let v = self.check(now, source, m.headers(), start, body)?;
+        self.note_digest_version(m.headers());
         match v {
             // Version 1 peers: their MAC is all there is.
             Verified::Legacy => {
                 keepalive::verify(m, body, &self.link.secret).map_err(|e| e.to_string())
             }
             Verified::Fresh => keepalive::read(m).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The peer's messages say which digest versions it reads: ours go out in the newest of
+    /// them (a wave-1 peer announces none and gets version 1).
+    fn note_digest_version(&mut self, headers: &crate::sip::Headers) {
+        let version = headers
+            .iter()
+            .find(|h| matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(digest::VERSION_HEADER)))
+            .and_then(|h| h.value.trim().parse::<u32>().ok());
+        let format = digest::Format::for_peer(version);
+        if format != self.digest.format {
+            tracing::info!(?version, ?format, "pair: the peer's digest version");
+            self.digest.format = format;
+        }
+        self.digest.log.set_format(format);
+        if let Some(log) = self.handoff.calls_out.as_mut() {
+            log.set_format(format);
         }
     }
 
@@ -533,6 +555,7 @@ impl PairGlue {
         }
         let info = self.info(calls, role);
         keepalive::stamp(&mut r.headers, &self.link.secret, &info, &r.body);
+        announce_digest_version(&mut r.headers);
         if handoff {
             r.headers.push(HeaderName::Other(HANDOFF.into()), "1");
         }
@@ -559,6 +582,7 @@ impl PairGlue {
             }
         }
         let mut log = DigestLog::new();
+        log.set_format(self.digest.format);
         log.resync(calls);
         tracing::warn!(
             entries = log.backlog(),
@@ -874,6 +898,7 @@ impl PairGlue {
                 }
                 let mine = self.info(calls, self.machine.announced());
                 keepalive::stamp(&mut r.headers, &self.link.secret, &mine, &r.body);
+                announce_digest_version(&mut r.headers);
                 let body = r.body.clone();
                 self.link.sign(
                     now,
@@ -980,7 +1005,7 @@ impl PairGlue {
             self.config.on_list(text);
             return Some(self.config.body());
         }
-        if text.starts_with("D\t") {
+        if text.starts_with("D\t") || text.starts_with('{') {
             if self.machine.role() == Role::Active {
                 return None; // two actives: ignore the other's digest
             }
@@ -1056,6 +1081,11 @@ impl PairGlue {
                 "calls_known": self.digest.table.len(),
                 "backlog": self.digest.log.backlog(),
                 "bytes_sent": self.digest.log.bytes_sent,
+                // The digest version our bodies go out in (the peer's announcement decides).
+                "version": match self.digest.format {
+                    digest::Format::Lines => 1,
+                    digest::Format::Json => digest::VERSION,
+                },
             },
             "last_takeover": self.last_takeover,
         })
@@ -1088,4 +1118,12 @@ impl PairGlue {
     pub(crate) fn redirect(&self) -> bool {
         self.cfg.redirect_when_standby
     }
+}
+
+/// Say which digest version we read (signed with the other `X-Understudy-*` headers).
+fn announce_digest_version(h: &mut crate::sip::Headers) {
+    h.push(
+        HeaderName::Other(digest::VERSION_HEADER.into()),
+        digest::VERSION.to_string(),
+    );
 }

@@ -714,6 +714,7 @@ impl Takeover {
                     a: a.dialog,
                     b: b.dialog,
                     source: Source::Query,
+                    transfer_of: None,
                 };
                 self.save(&adopted);
                 self.waiting.push_back(adopted);
@@ -819,6 +820,7 @@ fn from_digest(token: u64, a: &LegRecord, b: &LegRecord) -> Adopted {
         a: leg_dialog(a),
         b: leg_dialog(b),
         source: Source::Digest,
+        transfer_of: a.transfer_of.clone().or_else(|| b.transfer_of.clone()),
     }
 }
 

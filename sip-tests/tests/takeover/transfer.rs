@@ -1,6 +1,7 @@
 //! Transfers and a takeover: a blind-transferred call, an attended-transferred call (whose
 //! legs carry the tags of two calls) and a call whose transfer is still ringing at the kill
-//! are all kept by the stand-by, re-bound, and end normally through it.
+//! are all kept by the stand-by, re-bound, and end normally through it; the CDRs the new
+//! active writes keep the transfer links (`transfer_of`) the digest carried.
 
 use crate::transfer::{escape, notifies_until_done, replaces_of};
 
@@ -88,6 +89,12 @@ async fn transferred_calls_and_a_transfer_in_progress_survive_a_takeover() -> Re
     let _ringing = ivan.expect_new_invite().await?;
 
     digest_delivered(&pair.main).await?;
+    let status = pair.main.get_json("/status").await?;
+    ensure!(
+        status["digest"]["version"] == 2,
+        "the main writes digest version 2 to a peer of this build: {}",
+        status["digest"]
+    );
     let report = kill_and_settle(&mut pair, 3, 3, Duration::from_secs(15), "transfer").await?;
     check_report(
         &report,
@@ -130,11 +137,19 @@ async fn transferred_calls_and_a_transfer_in_progress_survive_a_takeover() -> Re
     );
     // The parties now in the calls: the new active found them from the digest. (The part
     // before each transfer has its CDR at the old active, under the same token.)
-    for who in ["carol", "frank"] {
+    // The digest (version 2) carried the transfer link: each later part names the
+    // transferor's leg it replaced, as it would have at the old active.
+    for (who, transferor_leg) in [("carol", &b1.call_id), ("frank", &e2.call_id)] {
         ensure!(
-            cdrs.iter().any(|c| c.callee.contains(who)),
-            "no CDR names {who}: {cdrs:#?}"
+            cdrs.iter().any(|c| c.callee.contains(who)
+                && c.transfer_of.as_deref() == Some(transferor_leg.as_str())),
+            "no CDR names {who} with transfer_of {transferor_leg}: {cdrs:#?}"
         );
     }
+    ensure!(
+        cdrs.iter()
+            .any(|c| c.callee.contains("hank") && c.transfer_of.is_none()),
+        "the unfinished transfer's call is no transfer: {cdrs:#?}"
+    );
     Ok(())
 }

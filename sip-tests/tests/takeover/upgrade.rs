@@ -28,6 +28,13 @@ async fn a_new_standby_takes_over_from_a_main_of_the_previous_release() -> Resul
     .with_users(&users);
     let mut pair = Pair::start("upgrade", &spec).await?;
     let (ec, ee, calls) = ten_calls(&pair, "up").await?;
+    // The old main announces no digest version: the new stand-by would answer in version 1.
+    let status = pair.standby.get_json("/status").await?;
+    ensure!(
+        status["digest"]["version"] == 1,
+        "digest version towards the old main: {}",
+        status["digest"]
+    );
     let killed = kill_main(&mut pair, 10, 10).await?;
     let report = wait_settled(&pair.standby, Duration::from_secs(15)).await?;
     show_report("u upgrade", &report, killed);
