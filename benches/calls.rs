@@ -1,7 +1,14 @@
 //! In-process call benchmark: the whole server (transactions, B2BUA, CDR events) driven with
 //! messages as a trunk and a callee would send them, no sockets. Prints the CPU time per call
 //! (INVITE → 100/180/200 → ACK → BYE → 200 on both legs) and the live heap per held call,
-//! measured with a counting allocator, at 10,000 concurrent calls.
+//! measured with a counting allocator, at 10,000 concurrent calls (`CALLS_N` for another
+//! number).
+//!
+//! Under `valgrind --tool=callgrind` (see `sipp-scenarios/instructions.sh`) the server's own
+//! work is what [`feed`] and [`drain`] do — parse a datagram and handle it, hand out what
+//! the server sends, its CDR records and its timers — so toggling collection on those two
+//! functions counts the instructions the server spends per call, apart from this bench's
+//! building and reading of messages.
 
 // Benchmark code: it may unwrap, index and panic (the no-panic lints are for the server).
 #![allow(
@@ -70,22 +77,38 @@ fn trunk(name: &str, addr: SocketAddr, prefix: &str) -> TrunkConfig {
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
 
+/// The server receives a datagram: parsed as the transport does, then handled.
+#[inline(never)]
 fn feed(s: &mut Server, now: Instant, bytes: &[u8], from: SocketAddr) {
     let p = parse_datagram(bytes).expect("parses");
     s.handle_inbound(now, Inbound::Message(Box::new(p), Flow::udp(from)));
 }
 
-/// Drain what the server sent; return the requests that went to `to`.
-fn sent_to(s: &mut Server, to: SocketAddr) -> Vec<Message> {
+/// Everything the server has to send, with its destination, and its CDR records (the node
+/// hands them to the writer thread).
+#[inline(never)]
+fn drain(s: &mut Server) -> Vec<(SocketAddr, bytes::Bytes)> {
     let mut out = Vec::new();
     while let Some(t) = s.poll_transmit() {
-        if t.flow.remote == to
-            && let Ok(p) = parse_datagram(&t.bytes)
-        {
-            out.push(p.message);
-        }
+        out.push((t.flow.remote, t.bytes));
     }
+    std::hint::black_box(s.take_cdrs());
     out
+}
+
+/// Timers due at `now`.
+#[inline(never)]
+fn tick(s: &mut Server, now: Instant) {
+    s.handle_timeout(now);
+}
+
+/// Drain what the server sent; return the messages that went to `to`.
+fn sent_to(s: &mut Server, to: SocketAddr) -> Vec<Message> {
+    drain(s)
+        .into_iter()
+        .filter(|(dest, _)| *dest == to)
+        .filter_map(|(_, bytes)| parse_datagram(&bytes).ok().map(|p| p.message))
+        .collect()
 }
 
 fn invite(i: usize, from: SocketAddr) -> String {
@@ -114,7 +137,10 @@ fn main() {
         1_700_000_000_000,
         Box::new(understudy::pair::epoch::MemoryEpochStore::new(1)),
     );
-    let n = 10_000;
+    let n: usize = std::env::var("CALLS_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let before = LIVE.load(Ordering::Relaxed);
     let mut b_dialogs: Vec<Request> = Vec::with_capacity(n);
     let cpu0 = Instant::now();
@@ -162,9 +188,9 @@ fn main() {
     let setup = cpu0.elapsed();
     // Let every transaction of the ramp end (Timer M/L/K/J), then measure the held calls.
     now += Duration::from_secs(40);
-    s.handle_timeout(now);
+    tick(&mut s, now);
     now += Duration::from_secs(2);
-    s.handle_timeout(now);
+    tick(&mut s, now);
     let _ = sent_to(&mut s, b);
     let held = LIVE.load(Ordering::Relaxed) - before;
     let kept: usize = b_dialogs.iter().map(|r| r.to_bytes().len() + 200).sum();
@@ -213,4 +239,8 @@ fn main() {
         cpu1.elapsed().as_secs_f64() * 1e6 / n as f64,
         s.b2bua().call_count()
     );
+    // The BYE transactions end too (their share of each call's cost).
+    now += Duration::from_secs(40);
+    tick(&mut s, now);
+    drain(&mut s);
 }
