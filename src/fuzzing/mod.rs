@@ -53,6 +53,19 @@ pub fn message(data: &[u8]) {
             "a valid message became invalid once serialized"
         );
     }
+    // The tags read without parsing the address are the parsed address's tags.
+    use crate::sip::{HeaderName, NameAddr, SipMessage as _, tag_param};
+    let headers = match &first.message {
+        Message::Request(r) => r.headers(),
+        Message::Response(r) => r.headers(),
+    };
+    for name in [HeaderName::From, HeaderName::To] {
+        for v in headers.get_all(&name) {
+            if let Ok(parsed) = NameAddr::parse(v) {
+                assert_eq!(tag_param(v), parsed.tag(), "the tag of {v:?}");
+            }
+        }
+    }
 }
 
 /// Frame `data` as a TCP stream twice: in one push, and in the chunks the first bytes

@@ -91,6 +91,23 @@ impl NameAddr {
     }
 }
 
+/// The `tag` parameter of a From or To value, found without parsing the address: the same as
+/// `NameAddr::parse(value)?.tag()` for every value that parses (the `message` fuzz target
+/// checks it). Messages are validated, From and To parsed once, before their tags are read;
+/// this is what reads them afterwards, many times per message.
+pub fn tag_param(value: &str) -> Option<&str> {
+    let s = value.trim();
+    let params = if let Some(rest) = s.strip_prefix('"') {
+        let (_, after) = split_at_closing_quote(rest)?;
+        after.trim_start().strip_prefix('<')?.split_once('>')?.1
+    } else if let Some((_, addr)) = s.split_once('<') {
+        addr.split_once('>')?.1
+    } else {
+        s.split_once(';')?.1
+    };
+    super::params::find_value(params, "tag")
+}
+
 /// Split quoted text (after its opening quote) at the closing quote: the text inside, and
 /// what follows the quote.
 fn split_at_closing_quote(s: &str) -> Option<(&str, &str)> {

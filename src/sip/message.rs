@@ -428,12 +428,14 @@ pub trait SipMessage {
     /// The From tag.
     #[allow(clippy::wrong_self_convention)]
     fn from_tag(&self) -> Option<String> {
-        self.from().ok().and_then(|a| a.tag().map(str::to_string))
+        let v = self.headers().get(&HeaderName::From)?;
+        super::addr::tag_param(v).map(str::to_string)
     }
 
     /// The To tag.
     fn to_tag(&self) -> Option<String> {
-        self.to().ok().and_then(|a| a.tag().map(str::to_string))
+        let v = self.headers().get(&HeaderName::To)?;
+        super::addr::tag_param(v).map(str::to_string)
     }
 
     /// The topmost Via.

@@ -16,7 +16,7 @@ mod uri;
 mod validate;
 mod via;
 
-pub use addr::NameAddr;
+pub use addr::{NameAddr, tag_param};
 pub use build::{new_branch, new_tag, response_to};
 pub use message::{
     CSeq, Header, HeaderError, HeaderName, Headers, Message, Method, Request, Response, SipMessage,

@@ -116,12 +116,17 @@ pub(crate) fn is_token_byte(b: u8) -> bool {
 
 /// Split on `sep` where it is outside double quotes and angle brackets.
 pub(crate) fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+    parts_outside_quotes(s, sep).collect()
+}
+
+/// [`split_outside_quotes`] without collecting: the parts one by one.
+pub(crate) fn parts_outside_quotes(s: &str, sep: char) -> impl Iterator<Item = &str> {
     let mut in_quotes = false;
     let mut escaped = false;
     let mut angle = 0u32;
     // `split` hands the predicate every character once, in order, so it can track the
     // quoting state.
-    s.split(|c: char| {
+    s.split(move |c: char| {
         if escaped {
             escaped = false;
             return false;
@@ -136,7 +141,20 @@ pub(crate) fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
         }
         false
     })
-    .collect()
+}
+
+/// The value of the first parameter called `name` in a `;`-separated list, as
+/// `Params::parse(s)?.value(name)` gives it for a list that parses, without building the list.
+pub(crate) fn find_value<'a>(s: &'a str, name: &str) -> Option<&'a str> {
+    for part in parts_outside_quotes(s, ';') {
+        let part = part.trim();
+        match part.split_once('=') {
+            Some((n, v)) if n.trim().eq_ignore_ascii_case(name) => return Some(v.trim()),
+            None if part.eq_ignore_ascii_case(name) => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
