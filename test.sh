@@ -4,7 +4,8 @@
 # linphone, Twinkle) across a takeover.
 # Installs what the tests need when it is missing (Debian packages: SIPp from sip-tester,
 # baresip-core, linphone-cli, twinkle-console, kamailio (the HEP capture receiver), prometheus
-# (promtool checks /metrics), postgresql (a CDR database the test starts), procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
+# (promtool checks /metrics), postgresql (a CDR database the test starts), debootstrap and
+# systemd-container (a fresh Debian booted to install the package in), procps, nftables (the NAT test bed), dnsmasq-base (a DNS server with SRV records
 # for trunk host names), openssl (test certificates), python3-pip; the pjsua2 wheel from PyPI via sip-tests/real/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,7 +15,8 @@ missing=()
 for pair in sipp:sip-tester unshare:util-linux ip:iproute2 nft:nftables curl:curl ps:procps \
     baresip:baresip-core linphone-daemon:linphone-cli twinkle-console:twinkle-console \
     dnsmasq:dnsmasq-base openssl:openssl kamailio:kamailio \
-    promtool:prometheus pg_ctlcluster:postgresql runuser:util-linux; do
+    promtool:prometheus pg_ctlcluster:postgresql runuser:util-linux \
+    debootstrap:debootstrap systemd-nspawn:systemd-container; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -36,6 +38,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ -n "$ours" ]; then as_root rm -f "$rc_policy"; trap - EXIT; fi
 fi
 # pjsua2 (PyPI) is installed by sip-tests/real/run.sh, which also runs on its own.
+# cargo-deb (crates.io) builds the Debian package for deploy/test-package.sh.
+cargo deb --version >/dev/null 2>&1 || cargo install --locked cargo-deb
 
 echo "== sans-IO layers read no clock and touch no sockets (STYLE 4.1)"
 sans_io="src/sip src/transaction src/dialog src/b2bua src/registrar src/pair src/server src/media/sdp.rs src/media/ports.rs src/media/stats.rs src/media/latch.rs src/entropy.rs src/trunkreg.rs src/dns.rs src/metrics.rs src/capture.rs"
@@ -74,4 +78,8 @@ echo "== four real soft-phones (baresip, PJSIP, linphone, Twinkle): hold, transf
 UNDERSTUDY_BIN=./target/release/understudy sip-tests/real/run-four.sh
 echo "== rolling upgrade: a main of the previous release (wave 1) hands over to a stand-by of this one"
 sip-tests/upgrade.sh
+echo "== the Debian package on a fresh bookworm booted in systemd-nspawn"
+timeout -k 10 600 deploy/test-package.sh
+echo "== the Docker compose pair's configurations, run in network namespaces"
+UNDERSTUDY_BIN=./target/release/understudy timeout -k 10 120 deploy/docker/test-pair.sh
 echo "== all tests passed"

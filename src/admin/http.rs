@@ -45,6 +45,11 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body, in bytes (larger ones get 413).
 const MAX_BODY: usize = 1024 * 1024;
 
+/// Paths a `GET` or `HEAD` reaches without the bearer token: liveness and readiness, for
+/// load balancers and orchestrators that carry no credentials (they tell only whether the
+/// node can serve).
+const OPEN_PATHS: [&str; 2] = ["/health", "/ready"];
+
 /// A request as handed to the [`Handler`].
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
@@ -138,7 +143,7 @@ struct Ctx {
 /// Serve HTTP on `listener` until `shutdown` becomes `true` (or its sender is dropped).
 ///
 /// Each connection runs on its own task. When `token` is `Some`, every request must carry
-/// `Authorization: Bearer <token>` or gets a 401. On shutdown the listener is closed at once,
+/// `Authorization: Bearer <token>` or gets a 401 (but `GET /health` and `GET /ready`). On shutdown the listener is closed at once,
 /// idle connections are closed, and requests in flight get up to 5 s to finish.
 pub async fn serve(
     listener: TcpListener,
@@ -230,7 +235,9 @@ async fn respond(ctx: &Ctx, req: http::Request<Incoming>) -> http::Response<Full
     if let Err(why) = well_formed(&parts) {
         return closing(to_hyper(HttpResponse::error(400, why), false));
     }
-    if let Err(why) = authorize(ctx.token.as_deref(), &parts.headers) {
+    let open = matches!(parts.method, http::Method::GET | http::Method::HEAD)
+        && OPEN_PATHS.contains(&parts.uri.path());
+    if !open && let Err(why) = authorize(ctx.token.as_deref(), &parts.headers) {
         let mut resp = to_hyper(HttpResponse::error(401, why), false);
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -138,6 +138,18 @@ async fn token_is_required_accepted_and_rejected() {
     assert_eq!(status, 200);
     assert_eq!(json_body(&body)["path"], "/status");
 
+    // Liveness and readiness answer without it (GET and HEAD only).
+    for path in ["/health", "/ready"] {
+        let (status, _) = request(&url, "GET", path, None, None).await.expect("req");
+        assert_eq!(status, 200, "{path}");
+        let (status, _) = request(&url, "POST", path, None, None).await.expect("req");
+        assert_eq!(status, 401, "POST {path}");
+    }
+    let (status, _) = request(&url, "GET", "/health/x", None, None)
+        .await
+        .expect("req");
+    assert_eq!(status, 401);
+
     // Scheme is case-insensitive; other schemes and prefixes of the token are refused.
     let ok =
         "GET / HTTP/1.1\r\nHost: x\r\nAuthorization: bearer s3cret\r\nConnection: close\r\n\r\n";
