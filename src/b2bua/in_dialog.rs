@@ -168,10 +168,10 @@ impl B2bua {
             let _ = env.tx.respond(env.now, id, &r);
             return;
         }
-        if is_invite || req.method == Method::Update {
-            if let Some(leg) = call.leg_mut(side) {
-                leg.refresh_target(req.contact());
-            }
+        if (is_invite || req.method == Method::Update)
+            && let Some(leg) = call.leg_mut(side)
+        {
+            leg.refresh_target(req.contact());
         }
         let other = side.other();
         let Some(out_leg) = call.leg_mut(other) else {

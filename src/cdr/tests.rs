@@ -38,10 +38,10 @@ impl Drop for TempDir {
 /// A record whose every field depends on `i`, covering both `None` and `Some` of each option.
 fn sample(i: u64) -> CdrRecord {
     let i64 = i as i64;
-    let answered = i % 3 != 0;
+    let answered = !i.is_multiple_of(3);
     CdrRecord {
         call_id: format!("a-{i}@10.0.0.1"),
-        b_call_id: if i % 5 == 0 {
+        b_call_id: if i.is_multiple_of(5) {
             String::new()
         } else {
             format!("b-{i}@10.0.0.2")
@@ -49,7 +49,7 @@ fn sample(i: u64) -> CdrRecord {
         token: format!("{i:016x}"),
         caller: format!("sip:{}@pbx.local", 1000 + i % 50),
         callee: format!("{}", 2000 + i % 70),
-        trunk: (i % 4 == 0).then(|| format!("trunk-{}", i % 3)),
+        trunk: i.is_multiple_of(4).then(|| format!("trunk-{}", i % 3)),
         start_ms: 1_700_000_000_000 + i64 * 1000,
         answer_ms: answered.then_some(1_700_000_000_000 + i64 * 1000 + 500),
         end_ms: 1_700_000_000_000 + i64 * 1000 + 60_000,
@@ -60,9 +60,9 @@ fn sample(i: u64) -> CdrRecord {
             2 => format!("failed:{}", 400 + i % 200),
             _ => "takeover_orphan".into(),
         },
-        recovered: i % 7 == 0,
+        recovered: i.is_multiple_of(7),
         node: "main-1".into(),
-        media: (i % 2 == 0).then_some(MediaCounters {
+        media: i.is_multiple_of(2).then_some(MediaCounters {
             a_to_b_packets: i * 50,
             a_to_b_lost: i % 11,
             a_to_b_jitter_ms: i as f64 / 7.0,
@@ -70,7 +70,7 @@ fn sample(i: u64) -> CdrRecord {
             b_to_a_lost: i % 13,
             b_to_a_jitter_ms: i as f64 / 3.0,
         }),
-        transfer_of: (i % 6 == 0).then(|| format!("t-{i}@10.0.0.3")),
+        transfer_of: i.is_multiple_of(6).then(|| format!("t-{i}@10.0.0.3")),
     }
 }
 

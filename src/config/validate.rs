@@ -60,13 +60,13 @@ fn check_node(config: &Config, errors: &mut Errors) {
     if node.domain.is_empty() || node.domain.contains(char::is_whitespace) {
         errors.push("node.domain", "must be a non-empty name without spaces");
     }
-    if let Some(advertise) = &node.advertise {
-        if !is_host_port(advertise) {
-            errors.push(
-                "node.advertise",
-                format!("invalid {advertise:?}: expected \"host:port\", e.g. \"203.0.113.7:5060\""),
-            );
-        }
+    if let Some(advertise) = &node.advertise
+        && !is_host_port(advertise)
+    {
+        errors.push(
+            "node.advertise",
+            format!("invalid {advertise:?}: expected \"host:port\", e.g. \"203.0.113.7:5060\""),
+        );
     }
     if config.state.dir.as_os_str().is_empty() {
         errors.push("state.dir", "must not be empty");
