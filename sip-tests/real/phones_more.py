@@ -571,7 +571,9 @@ pres_publish_startup=no
                                      stderr=subprocess.STDOUT, env=env, cwd=self.home)
         PROCS.append(self.proc)
         threading.Thread(target=self._reader, daemon=True).start()
-        wait_for("twinkle prompt", lambda: self._said(r"Twinkle>") or self._dead(), 10, 0.05)
+        # Twinkle loads its whole UI library first: on a busy 2-core machine that has taken
+        # over 10 s (a test.sh run next to a release build).
+        wait_for("twinkle prompt", lambda: self._said(r"Twinkle>") or self._dead(), 30, 0.05)
         self._dead()
         self.send("auto_answer -a on")
         wait_for("twinkle auto answer on", lambda: self._said(r"Auto answer enabled"), 5, 0.05)
