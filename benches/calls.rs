@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use understudy::config::{Config, TrunkAddress, TrunkConfig, TrunkTransport};
 use understudy::dialog::LocalContact;
 use understudy::server::Server;
-use understudy::sip::{Message, Request, SipMessage, parse_datagram, response_to};
+use understudy::sip::{Message, SipMessage, parse_datagram, response_to};
 use understudy::transport::{Flow, Inbound};
 
 struct Counting;
@@ -142,7 +142,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let before = LIVE.load(Ordering::Relaxed);
-    let mut b_dialogs: Vec<Request> = Vec::with_capacity(n);
+    // What the bench keeps of each B leg to hang it up later: its From and Call-ID.
+    let mut b_dialogs: Vec<(String, String)> = Vec::with_capacity(n);
     let cpu0 = Instant::now();
     let mut now = t0;
     for i in 0..n {
@@ -183,7 +184,13 @@ fn main() {
         );
         feed(&mut s, now, ack.as_bytes(), a);
         let _ = sent_to(&mut s, b);
-        b_dialogs.push(binv);
+        b_dialogs.push((
+            binv.headers
+                .get(&understudy::sip::HeaderName::From)
+                .unwrap_or("")
+                .to_string(),
+            binv.call_id().unwrap_or("").to_string(),
+        ));
     }
     let setup = cpu0.elapsed();
     // Let every transaction of the ramp end (Timer M/L/K/J), then measure the held calls.
@@ -193,14 +200,21 @@ fn main() {
     tick(&mut s, now);
     let _ = sent_to(&mut s, b);
     let held = LIVE.load(Ordering::Relaxed) - before;
-    let kept: usize = b_dialogs.iter().map(|r| r.to_bytes().len() + 200).sum();
+    // Each String's bytes plus the allocator's 16-byte chunk header, rounded up to 16.
+    let kept: usize = b_dialogs
+        .iter()
+        .map(|(from, call_id)| {
+            (from.len() + 16).next_multiple_of(16) + (call_id.len() + 16).next_multiple_of(16)
+        })
+        .sum();
     let calls = s.b2bua().call_count();
     eprintln!(
-        "debug: tx client {} server {} tracked {} size_of Call {}",
+        "debug: tx client {} server {} tracked {} size_of Call {} Dialog {}",
         s.transactions().client_count(),
         s.transactions().server_count(),
         s.b2bua().tracked_transactions(),
-        std::mem::size_of::<understudy::b2bua::Call>()
+        std::mem::size_of::<understudy::b2bua::Call>(),
+        std::mem::size_of::<understudy::dialog::Dialog>()
     );
     assert_eq!(calls, n);
     println!(
@@ -214,15 +228,17 @@ fn main() {
         held,
         kept
     );
+    if std::env::var_os("CALLS_EXIT_HELD").is_some() {
+        // For a heap profiler's end-of-run view (valgrind --tool=dhat): the server's live
+        // heap with every call held.
+        std::process::exit(0);
+    }
     // Hang up every call from B and measure the teardown.
     let cpu1 = Instant::now();
-    for (i, binv) in b_dialogs.iter().enumerate() {
+    for (i, (from, call_id)) in b_dialogs.iter().enumerate() {
         let bye = format!(
             "BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {b};branch=z9hG4bKbye{i}\r\nMax-Forwards: 70\r\nFrom: <sip:91234@127.0.0.1>;tag=t{i}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-            binv.headers
-                .get(&understudy::sip::HeaderName::From)
-                .unwrap_or(""),
-            binv.call_id().unwrap_or("")
+            from, call_id
         );
         feed(&mut s, now, bye.as_bytes(), b);
         let to_a = sent_to(&mut s, a);

@@ -337,6 +337,13 @@ impl Call {
     }
 }
 
+/// An SDP body kept for the call's lifetime (`Call::last_sdp`): its own bytes. A body parsed
+/// from a datagram is a slice of it, and keeping the slice would keep the whole message —
+/// headers and all, about a kilobyte per leg — alive for as long as the call is up.
+pub(super) fn kept(sdp: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(sdp)
+}
+
 /// Index of a leg in per-leg arrays.
 pub fn idx(side: Side) -> usize {
     match side {

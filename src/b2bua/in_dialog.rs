@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 
 use bytes::Bytes;
 
-use super::call::{CallState, Relay, Side};
+use super::call::{CallState, Relay, Side, kept};
 use super::{ALLOW, B2bua, Env, PerLeg, Purpose, copy_body, media, session};
 use crate::net::Flow;
 use crate::sip::{HeaderName, Method, Request, Response, SipMessage, response_to};
@@ -50,7 +50,7 @@ impl B2bua {
             call.state = CallState::Confirmed;
             if let Some(b) = call.b.as_mut() {
                 if let Some((body, _)) = &sdp {
-                    *call.last_sdp.leg_mut(Side::B) = Some(body.clone());
+                    *call.last_sdp.leg_mut(Side::B) = Some(kept(body));
                 }
                 call.b_ack_body = sdp.clone().map(Box::new);
                 let ack = b.ack(env.me, call.b_invite_cseq, sdp);
@@ -67,7 +67,7 @@ impl B2bua {
             call.reinvite = None;
             let other = side.other();
             if let Some((body, _)) = &sdp {
-                *call.last_sdp.leg_mut(other) = Some(body.clone());
+                *call.last_sdp.leg_mut(other) = Some(kept(body));
             }
             if let Some(d) = call.leg_mut(other) {
                 let ack = d.ack(env.me, out_cseq, sdp);
@@ -199,7 +199,7 @@ impl B2bua {
         let body = copy_body(&req, &req.body, &mut out.headers);
         out.body = media::relay(&mut self.media, token, side, body);
         if !out.body.is_empty() && (is_invite || req.method == Method::Update) {
-            *call.last_sdp.leg_mut(other) = Some(out.body.clone());
+            *call.last_sdp.leg_mut(other) = Some(kept(&out.body));
         }
         match env.tx.send_request(env.now, &out, hop) {
             Ok(tx) => {
@@ -268,7 +268,7 @@ impl B2bua {
         let body = copy_body(&resp, &resp.body, &mut r.headers);
         r.body = media::relay(&mut self.media, token, other, body);
         if !r.body.is_empty() && method == Method::Invite {
-            *call.last_sdp.leg_mut(from) = Some(r.body.clone());
+            *call.last_sdp.leg_mut(from) = Some(kept(&r.body));
         }
         let _ = env.tx.respond(env.now, server, &r);
         if final_ {

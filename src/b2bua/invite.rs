@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 
-use super::call::{Call, CallState, Fork, Side, tag_for};
+use super::call::{Call, CallState, Fork, Side, kept, tag_for};
 use super::outbound_auth;
 use super::refusal::Refusal;
 use super::{
@@ -169,7 +169,7 @@ impl B2bua {
         call.invite_tx = Some(id);
         call.b_invite_cseq = b_cseq;
         call.forks = forks;
-        call.last_sdp = [None, (!offer.is_empty()).then_some(offer)];
+        call.last_sdp = [None, (!offer.is_empty()).then(|| kept(&offer))];
         call.trunk = route.trunk.or_else(|| from_trunk.map(str::to_string));
         call.alternates = route.alternates;
         call.trunk_host = route.host;
@@ -395,7 +395,7 @@ impl B2bua {
             let body = copy_body(&resp, &resp.body, &mut r.headers);
             r.body = media::relay(&mut self.media, token, Side::B, body);
             if !r.body.is_empty() {
-                *call.last_sdp.leg_mut(Side::A) = Some(r.body.clone());
+                *call.last_sdp.leg_mut(Side::A) = Some(kept(&r.body));
             }
             let _ = env.tx.respond(env.now, sid, &r);
             for t in session::deadlines(call) {

@@ -175,6 +175,8 @@ pub struct B2bua {
     client: HashMap<ClientTxId, (u64, Purpose)>,
     server_invites: HashMap<ServerTxId, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
+    /// Timers in the heap after its last sweep of superseded ones.
+    timers_live: usize,
     cdrs: Vec<CdrRecord>,
     /// Trunk targets (host name, address) that failed since the last take.
     dns_failures: Vec<(String, std::net::SocketAddr)>,
@@ -698,7 +700,7 @@ impl B2bua {
         // Superseded timers (ended calls, answered calls' ring timeout, moved session
         // deadlines) are skipped lazily; once they outnumber the current ones (at most four
         // per call), drop them, so the heap does not grow with the call rate.
-        if self.timers.len() > 64 + 8 * self.calls.len() {
+        if self.timers.len() > 64 + 2 * self.timers_live {
             let calls = &self.calls;
             self.timers.retain(|Reverse((at, token, kind))| {
                 calls.get(token).is_some_and(|c| match kind {
@@ -710,6 +712,10 @@ impl B2bua {
                     TimerKind::Reliable => c.reliable.as_ref().is_some_and(|r| r.pending()),
                 })
             });
+            // Twice the current ones before the next sweep: sweeps stay rare (each costs
+            // the heap's length) and the heap at most about twice what it must hold.
+            self.timers_live = self.timers.len();
+            self.timers.shrink_to(2 * self.timers_live + 64);
         }
         while let Some(Reverse((at, token, kind))) = self.timers.peek().copied() {
             if at > env.now {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::call::{Call, CallState, SessionTimer, Side};
+use super::call::{Call, CallState, SessionTimer, Side, kept};
 use super::{B2bua, Env, PerLeg, Purpose, TimerKind};
 use crate::dialog::Dialog;
 use crate::sip::{HeaderName, Method, Response, SipMessage};
@@ -250,7 +250,7 @@ impl B2bua {
         r.headers.push(HeaderName::ContentType, ctype);
         r.body = offer.clone();
         let hop = leg.next_hop();
-        *call.last_sdp.leg_mut(second) = Some(offer.clone());
+        *call.last_sdp.leg_mut(second) = Some(kept(&offer));
         super::outbound_auth::answer_trunk_challenge(env, call, second, &mut r);
         match env.tx.send_request(env.now, &r, hop) {
             Ok(tx) => {
@@ -433,7 +433,7 @@ impl B2bua {
                         .ack(env.me, first_cseq, Some((answer.clone(), ctype)))
                         .to_bytes();
                     env.tx.send_stateless(fleg.next_hop(), ack_first.clone());
-                    *call.last_sdp.leg_mut(first) = Some(answer);
+                    *call.last_sdp.leg_mut(first) = Some(kept(&answer));
                     *call.peer_update.leg_mut(second) =
                         resp.has_token(&HeaderName::Allow, "UPDATE");
                     call.state = CallState::Confirmed;

@@ -130,15 +130,23 @@ pub fn uri_flow(uri: &Uri) -> Option<Flow> {
     })
 }
 
+/// A string a dialog keeps for its lifetime, without the spare capacity formatting left in
+/// it (memory per held call: formatted URIs carry up to twice their length).
+fn exact(mut s: String) -> String {
+    s.shrink_to_fit();
+    s
+}
+
 impl Dialog {
     /// The dialog we create as UAS when answering `req` with our tag (RFC 3261 §12.1.1).
     pub fn as_uas(req: &Request, local_tag: &str, flow: Flow) -> Option<Self> {
         let from = req.from().ok()?;
         let to = req.to().ok()?;
-        let remote_target = req
-            .contact()
-            .map(|c| c.uri.to_string())
-            .unwrap_or_else(|| from.uri.to_string());
+        let remote_target = exact(
+            req.contact()
+                .map(|c| c.uri.to_string())
+                .unwrap_or_else(|| from.uri.to_string()),
+        );
         let route_set = req.record_route();
         // The peer's own address is its top Via's sent-by (RFC 3261 §18.2.1).
         let sent_by = req.top_via().ok().and_then(|v| v.sent_by_addr());
@@ -146,8 +154,8 @@ impl Dialog {
             call_id: req.call_id().ok()?.to_string(),
             local_tag: local_tag.to_string(),
             remote_tag: from.tag()?.to_string(),
-            local_uri: strip_tag(&to),
-            remote_uri: strip_tag(&from),
+            local_uri: exact(strip_tag(&to)),
+            remote_uri: exact(strip_tag(&from)),
             local_cseq: 0,
             remote_cseq: req.cseq().ok().map(|c| c.seq),
             pinned: route_set.is_empty() && behind_nat(sent_by, flow),
@@ -165,10 +173,11 @@ impl Dialog {
         let to = resp.to().ok()?;
         let mut route_set = resp.record_route();
         route_set.reverse();
-        let remote_target = resp
-            .contact()
-            .map(|c| c.uri.to_string())
-            .unwrap_or_else(|| req.uri.clone());
+        let remote_target = exact(
+            resp.contact()
+                .map(|c| c.uri.to_string())
+                .unwrap_or_else(|| req.uri.clone()),
+        );
         // We sent the request to `flow` rather than to its URI: the phone registered from
         // behind NAT (its binding's source is not its Contact).
         let named = Uri::parse(&req.uri).ok().and_then(|u| uri_addr(&u));
@@ -177,8 +186,8 @@ impl Dialog {
             call_id: req.call_id().ok()?.to_string(),
             local_tag: from.tag()?.to_string(),
             remote_tag: to.tag()?.to_string(),
-            local_uri: strip_tag(&from),
-            remote_uri: strip_tag(&to),
+            local_uri: exact(strip_tag(&from)),
+            remote_uri: exact(strip_tag(&to)),
             local_cseq: req.cseq().ok()?.seq,
             remote_cseq: None,
             route_set,
@@ -213,7 +222,7 @@ impl Dialog {
     /// Apply a target refresh (re-INVITE/UPDATE or their 2xx carrying a Contact; §12.2).
     pub fn refresh_target(&mut self, contact: Option<NameAddr>) {
         if let Some(c) = contact {
-            self.remote_target = c.uri.to_string();
+            self.remote_target = exact(c.uri.to_string());
         }
     }
 
