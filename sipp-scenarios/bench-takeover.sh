@@ -430,9 +430,11 @@ takeover_run() {
 	[ "$digest" = true ] || ka_size="off"
 	echo "RESULT mode=$mode n=$N calls_up=$N setup_s=$up_s main_digest_bytes_sent=$kb main_keepalives_sent=$ka digest_bytes_per_keepalive=$ka_size"
 	sleep 1
-	# 4. kill -9 the main and watch the stand-by
-	local m
+	# 4. kill -9 the main and watch the stand-by (and its memory, before and after)
+	local m rss_before rss_after
+	rss_before=$(awk '/^VmRSS/ { print $2 }' "/proc/$STANDBY_PID/status" 2>/dev/null || echo NA)
 	m=$(measure_takeover "$MAIN_PID" "$N" "$REBIND_BOUND_S")
+	rss_after=$(awk '/^VmRSS/ { print $2 }' "/proc/$STANDBY_PID/status" 2>/dev/null || echo NA)
 	wait "$MAIN_PID" 2>/dev/null; untrack "$MAIN_PID"
 	local det prb rms tms rec rq rd fnd ended failed orph eps queried answered nn left
 	det=$(echo "$m" | awk -F= '$1=="detection_s"{print $2}')
@@ -474,6 +476,7 @@ takeover_run() {
 	)
 	echo "RESULT mode=$mode n=$N detection_s=$det (kill -> /status role active) standby_log: $logt (kill -> log line)"
 	echo "RESULT mode=$mode n=$N rebind_ms=$rms (takeover start -> last call re-bound, server) polled_rebind_s=$prb (active -> recovered==N, polled) takeover_total_ms=$tms"
+	echo "RESULT mode=$mode n=$N standby_rss_kib before_kill=$rss_before after_takeover=$rss_after"
 	echo "RESULT mode=$mode n=$N recovered=$rec/$N ($pct %) via_query=$rq via_digest=$rd calls_found=$fnd ended=$ended failed=$failed orphaned=$orph endpoints=$eps queried=$queried answered=$answered not_notifiers=$nn"
 	# 5. every call hangs up through the new active
 	wait_sipp "$uac" "$uac_sipp" $(( tmo + 20 )); local uac_rc=$SIPP_RC
@@ -504,7 +507,10 @@ takeover_run() {
 	target "$mode-recovered" $recok "recovered $rec of $N ($pct %, target 100 %)"
 	target "$mode-rebind" $rbok "all $N re-bound ${rms} ms after detection (target <= $limit ms; polled ${prb}s)"
 	target "$mode-byes" $byeok "every call hung up through the new active: uac $a_ok/$N ok, $a_ko failed; uas $b_ko failed; $left left; CDR $cdr"
-	SUMMARY="$SUMMARY $mode:[detection=${det}s rebind_ms=$rms recovered=$rec/$N byes_ok=$a_ok/$N keepalive_digest_bytes=$ka_size]"
+	# SIPp's retransmissions (of its answers to the re-INVITEs and of its BYEs), per call leg
+	local retrans_pct
+	retrans_pct=$(awk -v a="$a_rt" -v b="$b_rt" -v n="$N" 'BEGIN{ if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/) printf "%.2f", 100 * (a + b) / (2 * n); else print "NA" }')
+	SUMMARY="$SUMMARY $mode:[detection=${det}s rebind_ms=$rms recovered=$rec/$N byes_ok=$a_ok/$N keepalive_digest_bytes=$ka_size standby_rss_kib=${rss_before}->${rss_after} sipp_retrans_pct=$retrans_pct]"
 }
 
 # ---------------------------------------------------------------------------
