@@ -59,6 +59,15 @@ pub fn message(data: &[u8]) {
         Message::Request(r) => r.headers(),
         Message::Response(r) => r.headers(),
     };
+    for v in headers.get_all(&HeaderName::Via) {
+        if let Ok(parsed) = crate::sip::Via::parse(v) {
+            assert_eq!(
+                crate::sip::Via::branch_of(v),
+                parsed.branch(),
+                "the branch of {v:?}"
+            );
+        }
+    }
     for name in [HeaderName::From, HeaderName::To] {
         for v in headers.get_all(&name) {
             if let Ok(parsed) = NameAddr::parse(v) {

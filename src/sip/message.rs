@@ -438,6 +438,11 @@ pub trait SipMessage {
         super::addr::tag_param(v).map(str::to_string)
     }
 
+    /// The branch of the topmost Via, without parsing the rest of it ([`Via::branch_of`]).
+    fn top_via_branch(&self) -> Option<&str> {
+        Via::branch_of(self.headers().get(&HeaderName::Via)?)
+    }
+
     /// The topmost Via.
     fn top_via(&self) -> Result<Via, HeaderError> {
         let v = self

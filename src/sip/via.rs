@@ -53,6 +53,13 @@ impl Via {
         })
     }
 
+    /// The `branch` parameter of a Via value, found without parsing the rest: the same as
+    /// `Via::parse(value)?.branch()` for every value that parses (the `message` fuzz target
+    /// checks it). Transactions match responses by it, once per message.
+    pub fn branch_of(value: &str) -> Option<&str> {
+        super::params::find_value(value.split_once(';')?.1, "branch")
+    }
+
     /// The `branch` parameter.
     pub fn branch(&self) -> Option<&str> {
         self.params.value("branch")

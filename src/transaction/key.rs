@@ -83,7 +83,7 @@ impl ClientKey {
     /// The key of a request we send.
     pub fn of_request(req: &Request) -> Option<Self> {
         Some(Self {
-            branch: req.top_via().ok()?.branch()?.to_string(),
+            branch: req.top_via_branch()?.to_string(),
             method: req.method.clone(),
         })
     }
@@ -91,7 +91,7 @@ impl ClientKey {
     /// The key a response matches.
     pub fn of_response(resp: &Response) -> Option<Self> {
         Some(Self {
-            branch: resp.top_via().ok()?.branch()?.to_string(),
+            branch: resp.top_via_branch()?.to_string(),
             method: resp.cseq().ok()?.method,
         })
     }
