@@ -161,6 +161,32 @@ impl fmt::Display for NameAddr {
 mod tests {
     use super::*;
 
+    /// The tag read without parsing is the parsed address's tag, in the forms that trip a
+    /// naive scan: `;` and `<` inside a quoted name, `tag` as a URI parameter inside `<>`,
+    /// case, spacing, a valueless `tag`, addr-spec form, no tag.
+    #[test]
+    fn tag_param_agrees_with_the_parse() {
+        for v in [
+            r#""a;tag=x <b>" <sip:a@h;tag=uri>;tag=real"#,
+            r#""J \"q\" ;tag=no" <sip:j@h>;TAG = up ;x=1"#,
+            "<sip:a@h;tag=inside>",
+            "<sip:a@h>;foo;tag=t2",
+            "<sip:a@h>;tag;tag=second",
+            "Alice <sip:a@h> ; tag=sp",
+            "sip:caller@example.net;tag=2234923;x",
+            "sip:caller@example.net",
+            "<sip:a@h>",
+        ] {
+            let parsed = NameAddr::parse(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(tag_param(v), parsed.tag(), "{v}");
+        }
+        assert_eq!(
+            tag_param(r#""a;tag=x <b>" <sip:a@h;tag=uri>;tag=real"#),
+            Some("real")
+        );
+        assert_eq!(tag_param("<sip:a@h;tag=inside>"), None);
+    }
+
     #[test]
     fn quoted_display_and_tag() {
         let a =

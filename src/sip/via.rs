@@ -131,6 +131,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn branch_of_agrees_with_the_parse() {
+        for v in [
+            "SIP/2.0/UDP 192.0.2.2:5060;branch=z9hG4bK1;rport",
+            "SIP  /   2.0  /  UDP  192.0.2.2 : 5060 ; BRANCH = z9hG4bK390skdjuw;rport",
+            "SIP/2.0/TCP [2001:db8::1]:5060;rport;received=192.0.2.9;branch=z9hG4bKx",
+            "SIP/2.0/UDP host;maddr=\"a;branch=no\";branch=yes",
+            "SIP/2.0/UDP host",
+            "SIP/2.0/UDP host;branch",
+        ] {
+            let parsed = Via::parse(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(Via::branch_of(v), parsed.branch(), "{v}");
+        }
+    }
+
+    #[test]
     fn parses_torture_spacing() {
         let v =
             Via::parse("SIP  /   2.0  /  UDP  192.0.2.2 : 5060 ; branch = z9hG4bK390skdjuw;rport")
