@@ -127,6 +127,11 @@ impl Pacer {
         true
     }
 
+    /// Re-binds admitted and not yet finished.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.running.len()
+    }
+
     /// How long the re-bind of `token` has run.
     pub(crate) fn elapsed(&self, now: Instant, token: u64) -> Option<Duration> {
         self.running

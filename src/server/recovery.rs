@@ -224,16 +224,17 @@ impl Server {
         if !t.report.in_progress {
             return;
         }
-        let in_flight = self.b2bua.rebinding();
+        // The pacer counts the re-binds it let start and that have not ended: counting them
+        // among all calls on every event would make a takeover quadratic in its calls.
+        let in_flight = t.in_flight();
         let steps = t.tick(now, &mut self.tx, &self.me, in_flight);
         self.apply_takeover(now, steps);
-        let rebinding = self.b2bua.rebinding();
         if let Some(t) = self.takeover.as_mut() {
             let outcomes = self.b2bua.take_rebind_outcomes();
             for d in t.record(now, &outcomes) {
                 self.rebind_times.observe(d.as_secs_f64());
             }
-            if t.idle() && rebinding == 0 {
+            if t.idle() && self.b2bua.rebinding() == 0 {
                 t.finish(now);
             }
         }

@@ -26,6 +26,10 @@ use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 
 use super::pacing::{self, Pacer, Verdict};
 
+/// How many calls in a row the pacer may refuse before a tick stops looking further down the
+/// waiting queue (their destinations are full; the rest waits for the next tick).
+const REFUSED_RUN: usize = 256;
+
 /// Interval between batches of reset NOTIFYs (cold takeover or fallback).
 const RESET_PACE: Duration = Duration::from_millis(20);
 
@@ -434,6 +438,11 @@ impl Takeover {
         req.method == Method::Notify && req.call_id().is_ok_and(|c| self.queries.contains_key(c))
     }
 
+    /// Re-binds started and not yet ended (the pacer's count).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.pacer.in_flight()
+    }
+
     /// Send queries and resets, expire silent endpoints, hang up orphans.
     /// `in_flight`: re-binds the B2BUA has not finished. Digest-known calls are handed over
     /// at most `parallel × 16` at a time, so ten thousand calls do not leave in one burst
@@ -448,18 +457,30 @@ impl Takeover {
         let mut steps: Vec<Step> = std::mem::take(&mut self.initial);
         // Calls found so far start their re-bind as the pacer lets them: per destination, and
         // never more than `parallel × 16` at a time in all.
+        // The queue is looked at from its front until the room is used up or a run of calls
+        // were refused (their destinations' windows are full); refused calls go to the back.
+        // Each tick then costs what it admits plus that run, not the whole queue: a tick comes
+        // with every message, and a queue of 100,000 calls scanned each time would make the
+        // takeover quadratic in its calls.
         let mut room = (self.parallel * 16).saturating_sub(in_flight);
-        let mut kept = VecDeque::new();
-        while let Some(a) = self.waiting.pop_front() {
+        let mut refused = 0;
+        let mut looked = 0;
+        let queued = self.waiting.len();
+        while room > 0 && refused < REFUSED_RUN && looked < queued {
+            let Some(a) = self.waiting.pop_front() else {
+                break;
+            };
+            looked += 1;
             let dests = [a.a.next_hop().remote, a.b.next_hop().remote];
-            if room > 0 && self.pacer.admit(now, a.token, dests) {
+            if self.pacer.admit(now, a.token, dests) {
                 room -= 1;
+                refused = 0;
                 steps.push(Step::Adopt(Box::new(a)));
             } else {
-                kept.push_back(a);
+                refused += 1;
+                self.waiting.push_back(a);
             }
         }
-        self.waiting = kept;
         self.retry_at = now + Duration::from_millis(50);
         while self.queries.len() < self.parallel {
             let Some(ep) = self.queue.pop_front() else {
