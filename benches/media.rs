@@ -1,13 +1,34 @@
 //! Media relay benchmark (`cargo bench --bench media`, or `sipp-scenarios/bench-media.sh`):
-//! N concurrent streams at 50 packets/s each way (160-byte payloads), first sent directly
-//! between two sockets, then through the relay, in the same run. The generator is one thread
-//! (paced sends and an epoll loop for the receives), so on a 2-core machine it and the relay
-//! thread each get a core. Prints packets/s relayed, CPU per 1,000 relayed packets (process
-//! CPU of the relay run minus the direct run) and the one-way latency percentiles of both
-//! runs (the relay adds the difference).
+//! N concurrent streams at 50 packets/s each way (160-byte payloads), sent three times in the
+//! same run: directly between two sockets, through Understudy's relay, and through rtpengine
+//! (the reference). The generator is one thread (paced sends and an epoll loop for the
+//! receives), so on a 2-core machine it gets one core and the relay under test the other.
+//!
+//! Each relayed run prints packets/s received (and the loss), CPU per 1,000 received packets
+//! and the one-way latency percentiles; the relay adds the difference to the direct run.
+//!
+//! CPU is counted the same way for both relays: utime + stime from `/proc/<pid>/stat`, read at
+//! the start and end of the measured window (sending plus a 300 ms drain), minus what the
+//! generator spends. Understudy's relay is one thread (`media-relay`) inside this process, so
+//! its CPU is this process's CPU in the relay run minus this process's CPU in the direct run
+//! (the generator alone, same streams and rate). rtpengine is a separate process, so its CPU is
+//! the whole daemon's CPU over the window (worker threads and its timer threads); the
+//! generator's CPU is not in it. Both are divided by the packets received in that run.
+//!
+//! rtpengine (Debian `rtpengine-daemon`) runs as a child process in userspace-only mode
+//! (`--table=-1`, no kernel forwarding) on 127.0.0.1 with `RTPENGINE_THREADS` worker threads
+//! (default 1, as Understudy's relay has one thread). Each stream is set up over its ng control
+//! protocol (bencoded dictionaries over UDP): `offer` with an SDP naming side A's socket, then
+//! `answer` with one naming side B's; the SDP in each reply gives the port rtpengine allocated
+//! for the other side to send to. If rtpengine is missing or does not start, the bench says so
+//! and prints the Understudy figures with `rtpengine=unavailable` in the summary.
+//!
+//! The last line, `SUMMARY bench-media ...`, has every figure of both relays and the ratios
+//! understudy/rtpengine (throughput, CPU per 1,000 packets, added p99 latency).
 //!
 //! Knobs: `STREAMS` (default 500), `PPS` per stream and direction (50), `SECS` (5),
-//! `RTP_BASE` (first relay port, 21000).
+//! `RTP_BASE` (first relay port, 21000), `RTPENGINE` (the daemon's path, `rtpengine`),
+//! `RTPENGINE_THREADS` (1), `RTPENGINE_PORT_MIN` (first rtpengine media port, 25000).
 
 // Benchmark code: it may unwrap, index and panic (the no-panic lints are for the server).
 #![allow(
@@ -20,14 +41,16 @@
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use understudy::media::Relay;
 
-fn cpu_ms() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// utime + stime of a process in ms, from `/proc/<pid>/stat` (`self` for this process).
+fn cpu_ms(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let f: Vec<&str> = s
         .rsplit(')')
         .next()
@@ -37,6 +60,31 @@ fn cpu_ms() -> f64 {
     let u: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let k: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     (u + k) * 10.0 // CLK_TCK = 100
+}
+
+/// CPU time in ms of the threads of process `pid` (`self` for this one) whose name is `comm`
+/// (all of them if `None`): the sum of their run times in `/proc/<pid>/task/*/schedstat`, in ns.
+fn threads_cpu_ms(pid: &str, comm: Option<&str>) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let dir = task.path();
+        if let Some(comm) = comm {
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if name.trim_end() != comm {
+                continue;
+            }
+        }
+        let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    ns as f64 / 1e6
 }
 
 fn env(name: &str, d: u64) -> u64 {
@@ -50,7 +98,10 @@ struct Results {
     sent: u64,
     received: u64,
     latencies_us: Vec<u64>,
+    /// This process's CPU over the window.
     cpu_ms: f64,
+    /// The relay's own CPU over the same window (its threads' run time), if one was given.
+    relay_cpu_ms: f64,
     secs: f64,
 }
 
@@ -61,7 +112,13 @@ struct Stream {
     seq: u16,
 }
 
-fn run(mut streams: Vec<Stream>, pps: u64, secs: u64, epoch: Instant) -> Results {
+fn run(
+    mut streams: Vec<Stream>,
+    pps: u64,
+    secs: u64,
+    epoch: Instant,
+    relay: Option<(&str, Option<&str>)>,
+) -> Results {
     let mut poll = Poll::new().expect("poll");
     for (i, s) in streams.iter_mut().enumerate() {
         poll.registry()
@@ -77,7 +134,9 @@ fn run(mut streams: Vec<Stream>, pps: u64, secs: u64, epoch: Instant) -> Results
     let mut received = 0u64;
     let mut sent_total = 0u64;
     let mut lat = Vec::with_capacity((n as u64 * pps * secs) as usize + 1024);
-    let cpu0 = cpu_ms();
+    let relay_cpu = || relay.map_or(0.0, |(pid, comm)| threads_cpu_ms(pid, comm));
+    let cpu0 = cpu_ms("self");
+    let relay0 = relay_cpu();
     let t0 = Instant::now();
     let stop_sending = t0 + Duration::from_secs(secs);
     let drain_until = stop_sending + Duration::from_millis(300);
@@ -130,13 +189,15 @@ fn run(mut streams: Vec<Stream>, pps: u64, secs: u64, epoch: Instant) -> Results
             }
         }
     }
-    let cpu = cpu_ms() - cpu0;
+    let cpu = cpu_ms("self") - cpu0;
+    let relay_cpu_ms = relay_cpu() - relay0;
     lat.sort_unstable();
     Results {
         sent: sent_total,
         received,
         latencies_us: lat,
         cpu_ms: cpu,
+        relay_cpu_ms,
         secs: secs as f64,
     }
 }
@@ -150,6 +211,312 @@ fn pct(v: &[u64], p: f64) -> u64 {
 
 fn sock() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0".parse().expect("addr")).expect("bind")
+}
+
+/// A bencoded value, as the ng control protocol carries them.
+#[derive(Debug, Clone, PartialEq)]
+enum Bencode {
+    Int(i64),
+    Bytes(Vec<u8>),
+    List(Vec<Bencode>),
+    Dict(Vec<(Vec<u8>, Bencode)>),
+}
+
+impl Bencode {
+    fn str(s: &str) -> Self {
+        Self::Bytes(s.as_bytes().to_vec())
+    }
+
+    /// A dictionary from string keys (sorted on encoding, as bencode requires).
+    fn dict(entries: &[(&str, Bencode)]) -> Self {
+        Self::Dict(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Int(i) => out.extend_from_slice(format!("i{i}e").as_bytes()),
+            Self::Bytes(b) => {
+                out.extend_from_slice(format!("{}:", b.len()).as_bytes());
+                out.extend_from_slice(b);
+            }
+            Self::List(items) => {
+                out.push(b'l');
+                for item in items {
+                    item.encode(out);
+                }
+                out.push(b'e');
+            }
+            Self::Dict(entries) => {
+                let mut sorted: Vec<_> = entries.iter().collect();
+                sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                out.push(b'd');
+                for (k, v) in sorted {
+                    Self::Bytes(k.clone()).encode(out);
+                    v.encode(out);
+                }
+                out.push(b'e');
+            }
+        }
+    }
+
+    /// Decodes one value from the front of `input`; returns it and the rest.
+    fn decode(input: &[u8]) -> Option<(Self, &[u8])> {
+        match *input.first()? {
+            b'i' => {
+                let end = input.iter().position(|&c| c == b'e')?;
+                let i = std::str::from_utf8(&input[1..end]).ok()?.parse().ok()?;
+                Some((Self::Int(i), &input[end + 1..]))
+            }
+            b'l' => {
+                let mut rest = &input[1..];
+                let mut items = Vec::new();
+                while *rest.first()? != b'e' {
+                    let (item, r) = Self::decode(rest)?;
+                    items.push(item);
+                    rest = r;
+                }
+                Some((Self::List(items), &rest[1..]))
+            }
+            b'd' => {
+                let mut rest = &input[1..];
+                let mut entries = Vec::new();
+                while *rest.first()? != b'e' {
+                    let (Self::Bytes(k), r) = Self::decode(rest)? else {
+                        return None;
+                    };
+                    let (v, r) = Self::decode(r)?;
+                    entries.push((k, v));
+                    rest = r;
+                }
+                Some((Self::Dict(entries), &rest[1..]))
+            }
+            b'0'..=b'9' => {
+                let colon = input.iter().position(|&c| c == b':')?;
+                let len: usize = std::str::from_utf8(&input[..colon]).ok()?.parse().ok()?;
+                let body = input.get(colon + 1..colon + 1 + len)?;
+                Some((Self::Bytes(body.to_vec()), &input[colon + 1 + len..]))
+            }
+            _ => None,
+        }
+    }
+
+    /// The string value of `key` in a dictionary.
+    fn get_str(&self, key: &str) -> Option<String> {
+        let Self::Dict(entries) = self else {
+            return None;
+        };
+        entries.iter().find_map(|(k, v)| match v {
+            Self::Bytes(b) if k == key.as_bytes() => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+    }
+}
+
+/// The rtpengine daemon, a child process killed when this is dropped (also on a panic).
+struct Rtpengine {
+    child: Child,
+    control: std::net::UdpSocket,
+    cookie: u64,
+    threads: u64,
+}
+
+impl Drop for Rtpengine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Rtpengine {
+    /// Starts the daemon in the foreground, userspace only, and waits for it to answer a `ping`.
+    fn start(streams: usize) -> Result<Self, String> {
+        let bin = std::env::var("RTPENGINE").unwrap_or_else(|_| "rtpengine".into());
+        let threads = env("RTPENGINE_THREADS", 1);
+        let port_min = env("RTPENGINE_PORT_MIN", 25000);
+        // Two legs per stream, an RTP/RTCP pair each, and room to spare.
+        let port_max = port_min + 8 * streams as u64 + 64;
+        // A free port for the control socket: bind one, note it, let it go.
+        let ng = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map_err(|e| format!("no free control port: {e}"))?;
+        let log = std::env::temp_dir().join("bench-media-rtpengine.log");
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new(&bin)
+            .args([
+                "--config-file=none",
+                "--table=-1",
+                "--foreground",
+                "--log-stderr",
+                "--log-level=3",
+                "--interface=127.0.0.1",
+                &format!("--listen-ng={ng}"),
+                &format!("--port-min={port_min}"),
+                &format!("--port-max={port_max}"),
+                &format!("--num-threads={threads}"),
+                "--delete-delay=0",
+                "--timeout=60",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot run {bin}: {e} (apt-get install rtpengine-daemon)"))?;
+        let control = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        control.connect(ng).map_err(|e| e.to_string())?;
+        control
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(|e| e.to_string())?;
+        let mut daemon = Self {
+            child,
+            control,
+            cookie: 0,
+            threads,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("{bin} exited ({status}): {}", tail.trim()));
+            }
+            let ping = Bencode::dict(&[("command", Bencode::str("ping"))]);
+            if let Ok(reply) = daemon.request(&ping)
+                && reply.get_str("result").as_deref() == Some("pong")
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{bin} did not answer on {ng} within 5 s"));
+            }
+        }
+        daemon
+            .control
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        Ok(daemon)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one ng command (`<cookie> <bencoded dictionary>`) and returns the reply's dictionary.
+    fn request(&mut self, message: &Bencode) -> Result<Bencode, String> {
+        self.cookie += 1;
+        let cookie = format!("bench{}", self.cookie);
+        let mut out = format!("{cookie} ").into_bytes();
+        message.encode(&mut out);
+        self.control.send(&out).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let len = self.control.recv(&mut buf).map_err(|e| e.to_string())?;
+            let reply = &buf[..len];
+            // A late reply to an earlier (timed out) request has another cookie: skip it.
+            let Some(rest) = reply
+                .strip_prefix(cookie.as_bytes())
+                .and_then(|r| r.strip_prefix(b" "))
+            else {
+                continue;
+            };
+            let (value, _) = Bencode::decode(rest).ok_or("undecodable ng reply")?;
+            return Ok(value);
+        }
+    }
+
+    /// Sets up one call: `offer` from A, `answer` from B. Returns where A and B must send.
+    fn call(
+        &mut self,
+        i: usize,
+        a: SocketAddr,
+        b: SocketAddr,
+    ) -> Result<(SocketAddr, SocketAddr), String> {
+        let call_id = Bencode::str(&format!("bench-media-{i}"));
+        let offer = Bencode::dict(&[
+            ("command", Bencode::str("offer")),
+            ("call-id", call_id.clone()),
+            ("from-tag", Bencode::str("a")),
+            ("sdp", Bencode::str(&sdp(a))),
+        ]);
+        let reply = self.request(&offer)?;
+        // The offer's SDP goes to B: its address is where B sends.
+        let b_dest = sdp_address(&reply)?;
+        let answer = Bencode::dict(&[
+            ("command", Bencode::str("answer")),
+            ("call-id", call_id),
+            ("from-tag", Bencode::str("a")),
+            ("to-tag", Bencode::str("b")),
+            ("sdp", Bencode::str(&sdp(b))),
+        ]);
+        let reply = self.request(&answer)?;
+        let a_dest = sdp_address(&reply)?;
+        Ok((a_dest, b_dest))
+    }
+}
+
+/// A one-stream audio SDP (PCMU) naming `addr`.
+fn sdp(addr: SocketAddr) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+        ip = addr.ip(),
+        port = addr.port()
+    )
+}
+
+/// The media address in the SDP of an ng reply (`c=` and the first `m=` line).
+fn sdp_address(reply: &Bencode) -> Result<SocketAddr, String> {
+    if reply.get_str("result").as_deref() != Some("ok") {
+        return Err(format!(
+            "ng error: {}",
+            reply.get_str("error-reason").unwrap_or_default()
+        ));
+    }
+    let sdp = reply.get_str("sdp").ok_or("ng reply without sdp")?;
+    let mut ip = None;
+    let mut port = None;
+    for line in sdp.lines() {
+        if let Some(c) = line.strip_prefix("c=IN IP4 ") {
+            ip = c.trim().parse().ok();
+        } else if let Some(m) = line.strip_prefix("m=audio ") {
+            port = port.or_else(|| m.split_whitespace().next()?.parse::<u16>().ok());
+        }
+    }
+    match (ip, port) {
+        (Some(ip), Some(port)) => Ok(SocketAddr::new(ip, port)),
+        _ => Err(format!("no c=/m= address in the reply's SDP: {sdp}")),
+    }
+}
+
+/// A relayed run's figures, for its line and the summary.
+struct Figures {
+    pps: f64,
+    loss_pct: f64,
+    cpu_per_1000: f64,
+    p50_added: u64,
+    p99_added: u64,
+}
+
+fn figures(x: &Results, direct: &Results, relay_cpu_ms: f64) -> Figures {
+    Figures {
+        pps: x.received as f64 / x.secs,
+        loss_pct: 100.0 * (1.0 - x.received as f64 / x.sent.max(1) as f64).max(0.0),
+        cpu_per_1000: relay_cpu_ms * 1000.0 / x.received.max(1) as f64,
+        p50_added: pct(&x.latencies_us, 0.5).saturating_sub(pct(&direct.latencies_us, 0.5)),
+        p99_added: pct(&x.latencies_us, 0.99).saturating_sub(pct(&direct.latencies_us, 0.99)),
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "n/a".into()
+    }
 }
 
 fn main() {
@@ -175,7 +542,7 @@ fn main() {
             seq: 0,
         });
     }
-    let d = run(direct, pps, secs, epoch);
+    let d = run(direct, pps, secs, epoch, None);
 
     // Relayed: A → relay leg A → relay leg B → B, and back.
     let mut relay = Relay::new("127.0.0.1".parse().expect("ip")).expect("relay thread");
@@ -217,26 +584,111 @@ fn main() {
         });
     }
     std::thread::sleep(Duration::from_millis(200));
-    let r = run(relayed, pps, secs, epoch);
+    let r = run(
+        relayed,
+        pps,
+        secs,
+        epoch,
+        Some(("self", Some("media-relay"))),
+    );
+    drop(relay);
+
+    // rtpengine: A → rtpengine → B, and back, with calls set up over the ng protocol.
+    let reference = match Rtpengine::start(streams) {
+        Ok(mut daemon) => {
+            let mut through = Vec::new();
+            let mut setup = Ok(());
+            for i in 0..streams {
+                let (a, b) = (sock(), sock());
+                let (aa, ba) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+                match daemon.call(i, aa, ba) {
+                    Ok((a_dest, b_dest)) => {
+                        through.push(Stream {
+                            sock: a,
+                            dest: a_dest,
+                            seq: 0,
+                        });
+                        through.push(Stream {
+                            sock: b,
+                            dest: b_dest,
+                            seq: 0,
+                        });
+                    }
+                    Err(e) => {
+                        setup = Err(format!("call {i} setup failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            setup.map(|()| {
+                std::thread::sleep(Duration::from_millis(200));
+                let pid = daemon.pid().to_string();
+                let x = run(through, pps, secs, epoch, Some((&pid, None)));
+                let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+                (x, daemon.threads, tasks)
+            })
+        }
+        Err(e) => Err(e),
+    };
+
     let expected = streams as f64 * 2.0 * pps as f64 * secs as f64;
-    let extra_cpu = (r.cpu_ms - d.cpu_ms).max(0.0);
-    for (name, x) in [("direct ", &d), ("relayed", &r)] {
+    let line = |name: &str, x: &Results, cpu: &str| {
         println!(
-            "{name}: sent {} (target {expected:.0}), received {} ({:.2} %), p50 {} us, p99 {} us, process CPU {:.0} ms",
+            "{name}: sent {} (target {expected:.0}), received {} ({:.2} %), p50 {} us, p99 {} us, {cpu}",
             x.sent,
             x.received,
             100.0 * x.received as f64 / x.sent.max(1) as f64,
             pct(&x.latencies_us, 0.5),
             pct(&x.latencies_us, 0.99),
-            x.cpu_ms
         );
-    }
-    println!(
-        "SUMMARY bench-media streams={streams} relayed_pps={:.0} cpu_ms_per_1000_packets={:.3} added_latency_p50_us={} added_latency_p99_us={} loss_pct={:.3}",
-        r.received as f64 / r.secs,
-        extra_cpu * 1000.0 / r.received.max(1) as f64,
-        pct(&r.latencies_us, 0.5).saturating_sub(pct(&d.latencies_us, 0.5)),
-        pct(&r.latencies_us, 0.99).saturating_sub(pct(&d.latencies_us, 0.99)),
-        100.0 * (1.0 - r.received as f64 / r.sent.max(1) as f64).max(0.0)
+    };
+    line(
+        "direct   ",
+        &d,
+        &format!("process CPU {:.0} ms (the generator)", d.cpu_ms),
     );
+    line(
+        "relayed  ",
+        &r,
+        &format!(
+            "relay CPU {:.0} ms (1 thread; process CPU {:.0} ms, {:.0} ms over the direct run)",
+            r.relay_cpu_ms,
+            r.cpu_ms,
+            r.cpu_ms - d.cpu_ms
+        ),
+    );
+    let u = figures(&r, &d, r.relay_cpu_ms);
+    let mut summary = format!(
+        "SUMMARY bench-media streams={streams} pps_per_stream={pps} secs={secs} relayed_pps={:.0} cpu_ms_per_1000_packets={:.3} added_latency_p50_us={} added_latency_p99_us={} loss_pct={:.3} threads=1",
+        u.pps, u.cpu_per_1000, u.p50_added, u.p99_added, u.loss_pct
+    );
+    match &reference {
+        Ok((x, workers, tasks)) => {
+            line(
+                "rtpengine",
+                x,
+                &format!(
+                    "relay CPU {:.0} ms ({tasks} threads, {workers} of them workers; process CPU of the generator {:.0} ms)",
+                    x.relay_cpu_ms, x.cpu_ms
+                ),
+            );
+            let e = figures(x, &d, x.relay_cpu_ms);
+            summary.push_str(&format!(
+                " rtpengine_pps={:.0} rtpengine_cpu_ms_per_1000_packets={:.3} rtpengine_added_latency_p50_us={} rtpengine_added_latency_p99_us={} rtpengine_loss_pct={:.3} rtpengine_threads={tasks} rtpengine_workers={workers} ratio_pps={} ratio_cpu_per_1000={} ratio_p99_added={}",
+                e.pps,
+                e.cpu_per_1000,
+                e.p50_added,
+                e.p99_added,
+                e.loss_pct,
+                ratio(u.pps, e.pps),
+                ratio(u.cpu_per_1000, e.cpu_per_1000),
+                ratio(u.p99_added as f64, e.p99_added as f64),
+            ));
+        }
+        Err(e) => {
+            println!("rtpengine: unavailable: {e}");
+            summary.push_str(" rtpengine=unavailable");
+        }
+    }
+    println!("{summary}");
 }
