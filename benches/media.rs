@@ -7,13 +7,15 @@
 //! Each relayed run prints packets/s received (and the loss), CPU per 1,000 received packets
 //! and the one-way latency percentiles; the relay adds the difference to the direct run.
 //!
-//! CPU is counted the same way for both relays: utime + stime from `/proc/<pid>/stat`, read at
-//! the start and end of the measured window (sending plus a 300 ms drain), minus what the
-//! generator spends. Understudy's relay is one thread (`media-relay`) inside this process, so
-//! its CPU is this process's CPU in the relay run minus this process's CPU in the direct run
-//! (the generator alone, same streams and rate). rtpengine is a separate process, so its CPU is
-//! the whole daemon's CPU over the window (worker threads and its timer threads); the
-//! generator's CPU is not in it. Both are divided by the packets received in that run.
+//! CPU is counted the same way for both relays: the run time of the relay's own threads
+//! (`/proc/<pid>/task/*/schedstat`, in ns) from the start to the end of the measured window
+//! (sending plus a 300 ms drain), divided by the packets received in that run. For Understudy
+//! that is the `media-relay` thread inside this process; for rtpengine, every thread of the
+//! daemon (its workers and its timer threads). The generator's CPU is in neither. The relayed
+//! line also shows the older estimate, this process's CPU in the relay run minus the direct
+//! run. That figure also moves with the generator's own cost, which is not the same in both
+//! runs (the replies arrive spread differently, so the receive wake-ups differ), and it counts
+//! in 10 ms ticks; it is shown for comparison with earlier results only.
 //!
 //! rtpengine (Debian `rtpengine-daemon`) runs as a child process in userspace-only mode
 //! (`--table=-1`, no kernel forwarding) on 127.0.0.1 with `RTPENGINE_THREADS` worker threads
