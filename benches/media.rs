@@ -1,11 +1,19 @@
 //! Media relay benchmark (`cargo bench --bench media`, or `sipp-scenarios/bench-media.sh`):
-//! N concurrent streams at 50 packets/s each way (160-byte payloads), sent three times in the
+//! N concurrent streams at 50 packets/s each way (160-byte payloads), sent three ways in the
 //! same run: directly between two sockets, through Understudy's relay, and through rtpengine
 //! (the reference). The generator is one thread (paced sends and an epoll loop for the
 //! receives), so on a 2-core machine it gets one core and the relay under test the other.
 //!
-//! Each relayed run prints packets/s received (and the loss), CPU per 1,000 received packets
-//! and the one-way latency percentiles; the relay adds the difference to the direct run.
+//! The run has `ROUNDS` rounds (default 3); each sends the direct streams, then the streams of
+//! both relays, the one going first alternating from round to round, so that a change in a
+//! shared machine's load falls on both. Every run prints a line: packets sent and received,
+//! the one-way latency percentiles and the CPU used. The relays' figures are packets/s
+//! received (and the loss), CPU per 1,000 received packets and the latency added to the
+//! round's direct run (p50, p99); the summary has the median of each over the rounds, and the
+//! worst round's loss. CPU per packet and added latency move against each other with the
+//! machine's load: a relay woken less often finds more packets per wake-up, spends less per
+//! packet and holds them longer. On a shared machine a single run can land in either state,
+//! hence the rounds.
 //!
 //! CPU is counted the same way for both relays: the run time of the relay's own threads
 //! (`/proc/<pid>/task/*/schedstat`, in ns) from the start to the end of the measured window
@@ -25,10 +33,10 @@
 //! for the other side to send to. If rtpengine is missing or does not start, the bench says so
 //! and prints the Understudy figures with `rtpengine=unavailable` in the summary.
 //!
-//! The last line, `SUMMARY bench-media ...`, has every figure of both relays and the ratios
-//! understudy/rtpengine (throughput, CPU per 1,000 packets, added p99 latency).
+//! The last line, `SUMMARY bench-media ...`, has every figure of both relays (medians) and the
+//! ratios understudy/rtpengine (throughput, CPU per 1,000 packets, added p99 latency).
 //!
-//! Knobs: `STREAMS` (default 500), `PPS` per stream and direction (50), `SECS` (5),
+//! Knobs: `STREAMS` (default 500), `PPS` per stream and direction (50), `SECS` (5), `ROUNDS` (3),
 //! `RTP_BASE` (first relay port, 21000), `RTPENGINE` (the daemon's path, `rtpengine`),
 //! `RTPENGINE_THREADS` (1), `RTPENGINE_PORT_MIN` (first rtpengine media port, 25000).
 
@@ -115,7 +123,7 @@ struct Stream {
 }
 
 fn run(
-    mut streams: Vec<Stream>,
+    streams: &mut [Stream],
     pps: u64,
     secs: u64,
     epoch: Instant,
@@ -193,6 +201,9 @@ fn run(
     }
     let cpu = cpu_ms("self") - cpu0;
     let relay_cpu_ms = relay_cpu() - relay0;
+    for s in streams.iter_mut() {
+        let _ = poll.registry().deregister(&mut s.sock);
+    }
     lat.sort_unstable();
     Results {
         sent: sent_total,
@@ -503,13 +514,29 @@ struct Figures {
     p99_added: u64,
 }
 
-fn figures(x: &Results, direct: &Results, relay_cpu_ms: f64) -> Figures {
+fn figures(x: &Results, direct: &Results) -> Figures {
     Figures {
         pps: x.received as f64 / x.secs,
         loss_pct: 100.0 * (1.0 - x.received as f64 / x.sent.max(1) as f64).max(0.0),
-        cpu_per_1000: relay_cpu_ms * 1000.0 / x.received.max(1) as f64,
+        cpu_per_1000: x.relay_cpu_ms * 1000.0 / x.received.max(1) as f64,
         p50_added: pct(&x.latencies_us, 0.5).saturating_sub(pct(&direct.latencies_us, 0.5)),
         p99_added: pct(&x.latencies_us, 0.99).saturating_sub(pct(&direct.latencies_us, 0.99)),
+    }
+}
+
+/// The median of the rounds' figures, each figure on its own; the loss is the worst round's.
+fn median(rounds: &[Figures]) -> Figures {
+    let mid = |f: &dyn Fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Figures {
+        pps: mid(&|f| f.pps),
+        loss_pct: rounds.iter().map(|f| f.loss_pct).fold(0.0, f64::max),
+        cpu_per_1000: mid(&|f| f.cpu_per_1000),
+        p50_added: mid(&|f| f.p50_added as f64) as u64,
+        p99_added: mid(&|f| f.p99_added as f64) as u64,
     }
 }
 
@@ -521,17 +548,36 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// Both sides of `streams` streams, each side a socket on 127.0.0.1.
+fn socket_pairs(streams: usize) -> Vec<(UdpSocket, UdpSocket)> {
+    (0..streams).map(|_| (sock(), sock())).collect()
+}
+
+/// Prints one run's line.
+fn line(name: &str, x: &Results, expected: f64, cpu: &str) {
+    println!(
+        "{name}: sent {} (target {expected:.0}), received {} ({:.2} %), p50 {} us, p99 {} us, {cpu}",
+        x.sent,
+        x.received,
+        100.0 * x.received as f64 / x.sent.max(1) as f64,
+        pct(&x.latencies_us, 0.5),
+        pct(&x.latencies_us, 0.99),
+    );
+}
+
 fn main() {
     let streams = env("STREAMS", 500) as usize;
     let pps = env("PPS", 50);
     let secs = env("SECS", 5);
+    let rounds = env("ROUNDS", 3).max(1);
     let epoch = Instant::now();
-    println!("bench-media: {streams} streams x 2 directions x {pps} packets/s, {secs} s per run");
+    println!(
+        "bench-media: {streams} streams x 2 directions x {pps} packets/s, {secs} s per run, {rounds} rounds"
+    );
 
     // Direct: endpoint A sends to endpoint B and back.
     let mut direct = Vec::new();
-    for _ in 0..streams {
-        let (a, b) = (sock(), sock());
+    for (a, b) in socket_pairs(streams) {
         let (aa, ba) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
         direct.push(Stream {
             sock: a,
@@ -544,14 +590,12 @@ fn main() {
             seq: 0,
         });
     }
-    let d = run(direct, pps, secs, epoch, None);
 
     // Relayed: A → relay leg A → relay leg B → B, and back.
     let mut relay = Relay::new("127.0.0.1".parse().expect("ip")).expect("relay thread");
     let base = env("RTP_BASE", 21000) as u16;
     let mut relayed = Vec::new();
-    for i in 0..streams {
-        let (a, b) = (sock(), sock());
+    for (i, (a, b)) in socket_pairs(streams).into_iter().enumerate() {
         let (aa, ba) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
         let pa = base + (i as u16) * 4;
         let pb = pa + 2;
@@ -585,112 +629,111 @@ fn main() {
             seq: 0,
         });
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let r = run(
-        relayed,
-        pps,
-        secs,
-        epoch,
-        Some(("self", Some("media-relay"))),
-    );
-    drop(relay);
 
     // rtpengine: A → rtpengine → B, and back, with calls set up over the ng protocol.
-    let reference = match Rtpengine::start(streams) {
-        Ok(mut daemon) => {
-            let mut through = Vec::new();
-            let mut setup = Ok(());
-            for i in 0..streams {
-                let (a, b) = (sock(), sock());
-                let (aa, ba) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
-                match daemon.call(i, aa, ba) {
-                    Ok((a_dest, b_dest)) => {
-                        through.push(Stream {
-                            sock: a,
-                            dest: a_dest,
-                            seq: 0,
-                        });
-                        through.push(Stream {
-                            sock: b,
-                            dest: b_dest,
-                            seq: 0,
-                        });
-                    }
-                    Err(e) => {
-                        setup = Err(format!("call {i} setup failed: {e}"));
-                        break;
-                    }
-                }
-            }
-            setup.map(|()| {
-                std::thread::sleep(Duration::from_millis(200));
+    let mut reference = Rtpengine::start(streams).and_then(|mut daemon| {
+        let mut through = Vec::new();
+        for (i, (a, b)) in socket_pairs(streams).into_iter().enumerate() {
+            let (aa, ba) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+            let (a_dest, b_dest) = daemon
+                .call(i, aa, ba)
+                .map_err(|e| format!("call {i} setup failed: {e}"))?;
+            through.push(Stream {
+                sock: a,
+                dest: a_dest,
+                seq: 0,
+            });
+            through.push(Stream {
+                sock: b,
+                dest: b_dest,
+                seq: 0,
+            });
+        }
+        Ok((daemon, through))
+    });
+    if let Err(e) = &reference {
+        println!("rtpengine: unavailable: {e}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Rounds: the direct run, then both relays, in turns (which goes first alternates), so that
+    // a change in the machine's load falls on both alike.
+    let expected = streams as f64 * 2.0 * pps as f64 * secs as f64;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 1..=rounds {
+        let d = run(&mut direct, pps, secs, epoch, None);
+        let tag = format!("[{round}/{rounds}]");
+        line(
+            &format!("direct    {tag}"),
+            &d,
+            expected,
+            &format!("process CPU {:.0} ms (the generator)", d.cpu_ms),
+        );
+        for turn in 0..2 {
+            if (turn == 0) == (round % 2 == 1) {
+                let r = run(
+                    &mut relayed,
+                    pps,
+                    secs,
+                    epoch,
+                    Some(("self", Some("media-relay"))),
+                );
+                line(
+                    &format!("relayed   {tag}"),
+                    &r,
+                    expected,
+                    &format!(
+                        "relay CPU {:.0} ms (1 thread; process CPU {:.0} ms, {:.0} ms over the direct run)",
+                        r.relay_cpu_ms,
+                        r.cpu_ms,
+                        r.cpu_ms - d.cpu_ms
+                    ),
+                );
+                ours.push(figures(&r, &d));
+            } else if let Ok((daemon, through)) = &mut reference {
                 let pid = daemon.pid().to_string();
                 let x = run(through, pps, secs, epoch, Some((&pid, None)));
                 let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
-                (x, daemon.threads, tasks)
-            })
+                line(
+                    &format!("rtpengine {tag}"),
+                    &x,
+                    expected,
+                    &format!(
+                        "relay CPU {:.0} ms ({tasks} threads, {} of them workers; process CPU of the generator {:.0} ms)",
+                        x.relay_cpu_ms, daemon.threads, x.cpu_ms
+                    ),
+                );
+                theirs.push((figures(&x, &d), tasks));
+            }
         }
-        Err(e) => Err(e),
-    };
+    }
+    drop(relay);
 
-    let expected = streams as f64 * 2.0 * pps as f64 * secs as f64;
-    let line = |name: &str, x: &Results, cpu: &str| {
-        println!(
-            "{name}: sent {} (target {expected:.0}), received {} ({:.2} %), p50 {} us, p99 {} us, {cpu}",
-            x.sent,
-            x.received,
-            100.0 * x.received as f64 / x.sent.max(1) as f64,
-            pct(&x.latencies_us, 0.5),
-            pct(&x.latencies_us, 0.99),
-        );
-    };
-    line(
-        "direct   ",
-        &d,
-        &format!("process CPU {:.0} ms (the generator)", d.cpu_ms),
-    );
-    line(
-        "relayed  ",
-        &r,
-        &format!(
-            "relay CPU {:.0} ms (1 thread; process CPU {:.0} ms, {:.0} ms over the direct run)",
-            r.relay_cpu_ms,
-            r.cpu_ms,
-            r.cpu_ms - d.cpu_ms
-        ),
-    );
-    let u = figures(&r, &d, r.relay_cpu_ms);
+    let u = median(&ours);
     let mut summary = format!(
-        "SUMMARY bench-media streams={streams} pps_per_stream={pps} secs={secs} relayed_pps={:.0} cpu_ms_per_1000_packets={:.3} added_latency_p50_us={} added_latency_p99_us={} loss_pct={:.3} threads=1",
+        "SUMMARY bench-media streams={streams} pps_per_stream={pps} secs={secs} rounds={rounds} relayed_pps={:.0} cpu_ms_per_1000_packets={:.3} added_latency_p50_us={} added_latency_p99_us={} loss_pct={:.3} threads=1",
         u.pps, u.cpu_per_1000, u.p50_added, u.p99_added, u.loss_pct
     );
     match &reference {
-        Ok((x, workers, tasks)) => {
-            line(
-                "rtpengine",
-                x,
-                &format!(
-                    "relay CPU {:.0} ms ({tasks} threads, {workers} of them workers; process CPU of the generator {:.0} ms)",
-                    x.relay_cpu_ms, x.cpu_ms
-                ),
-            );
-            let e = figures(x, &d, x.relay_cpu_ms);
+        Ok((daemon, _)) => {
+            let tasks = theirs.iter().map(|t| t.1).max().unwrap_or(0);
+            let figs: Vec<Figures> = theirs.into_iter().map(|t| t.0).collect();
+            let e = median(&figs);
             summary.push_str(&format!(
-                " rtpengine_pps={:.0} rtpengine_cpu_ms_per_1000_packets={:.3} rtpengine_added_latency_p50_us={} rtpengine_added_latency_p99_us={} rtpengine_loss_pct={:.3} rtpengine_threads={tasks} rtpengine_workers={workers} ratio_pps={} ratio_cpu_per_1000={} ratio_p99_added={}",
+                " rtpengine_pps={:.0} rtpengine_cpu_ms_per_1000_packets={:.3} rtpengine_added_latency_p50_us={} rtpengine_added_latency_p99_us={} rtpengine_loss_pct={:.3} rtpengine_threads={tasks} rtpengine_workers={} ratio_pps={} ratio_cpu_per_1000={} ratio_p99_added={}",
                 e.pps,
                 e.cpu_per_1000,
                 e.p50_added,
                 e.p99_added,
                 e.loss_pct,
+                daemon.threads,
                 ratio(u.pps, e.pps),
                 ratio(u.cpu_per_1000, e.cpu_per_1000),
                 ratio(u.p99_added as f64, e.p99_added as f64),
             ));
         }
-        Err(e) => {
-            println!("rtpengine: unavailable: {e}");
-            summary.push_str(" rtpengine=unavailable");
-        }
+        Err(_) => summary.push_str(" rtpengine=unavailable"),
     }
     println!("{summary}");
 }
