@@ -6,14 +6,16 @@
 #   sipp-scenarios/bench-media.sh gap            media gap across a kill -9 of the active
 #
 # throughput: `cargo bench --bench media` — STREAMS concurrent streams (default 500) at PPS
-#   packets/s each way (default 50) for SECS seconds (default 5), sent three times: directly
+#   packets/s each way (default 50) for SECS seconds (default 5), sent three ways: directly
 #   between two sockets, through understudy's relay (one thread, in the bench process), and
 #   through rtpengine (Debian rtpengine-daemon, installed when missing; started by the bench
 #   in userspace-only mode with RTPENGINE_THREADS worker threads, default 1; each stream set up
-#   over its ng control protocol with offer/answer). For each relay it prints packets/s received
-#   and the loss, relay CPU (run time of the relay's own threads, all of rtpengine's) per 1,000
-#   packets and the added one-way latency (p50/p99 of the relayed run minus the direct run);
-#   the last line is one SUMMARY with every figure of both and the ratios understudy/rtpengine
+#   over its ng control protocol with offer/answer), in ROUNDS rounds (default 3; the relays
+#   take turns going first). A line per run: sent, received, latency p50/p99, CPU. For each
+#   relay the figures are packets/s received and the loss, relay CPU (run time of the relay's
+#   own threads, all of rtpengine's) per 1,000 packets and the added one-way latency (p50/p99
+#   minus the round's direct run); the last line is one SUMMARY with the median of every
+#   figure of both over the rounds (the worst loss) and the ratios understudy/rtpengine
 #   (ratio_pps, ratio_cpu_per_1000, ratio_p99_added). Without rtpengine the summary says
 #   rtpengine=unavailable. Targets: at least rtpengine's throughput per core (ratio_cpu_per_1000
 #   <= 1 at zero loss), p99 added latency <= 1 ms at 500 streams x 105 packets/s (the second
@@ -42,7 +44,7 @@ throughput)
 		[ -z "$policy" ] || rm -f "$policy"
 	fi
 	# 500 streams at the usual 50 packets/s, then at 105 packets/s (over 100,000 packets/s
-	# through the relay); STREAMS / PPS / SECS override both.
+	# through the relay); STREAMS / PPS / SECS / ROUNDS override both.
 	if [ -n "${PPS:-}" ]; then
 		cargo bench --bench media 2>&1 | grep -E "^(bench-media|direct|relayed|rtpengine|SUMMARY)"
 	else
