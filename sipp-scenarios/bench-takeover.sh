@@ -100,6 +100,9 @@
 #   LINK_RATE [200]  LINK_SECS [10]           link mode
 #   MAIN_PORT [5060] STANDBY_PORT [5062] MAIN_ADMIN [8060] STANDBY_ADMIN [8062]
 #   UAC_PORT [5080] UAS_PORT [5070]   (the trunk addresses in the generated config)
+#   STATE_CHANNEL [tcp]  tcp: the nodes listen on TCP too (sip_tcp, as the example configs
+#                        do), so the digest rides the TCP state channel; udp: UDP only, the
+#                        digest in keep-alive-sized chunks (the fallback)
 #   SERVER_LOG [info]    RUST_LOG of both nodes
 #   TRACE [0]            1: SIPp -trace_msg on both sides and RUST_LOG
 #                        understudy=debug (big files at N=10000)
@@ -141,6 +144,7 @@ MAIN_ADMIN=${MAIN_ADMIN:-8060}
 STANDBY_ADMIN=${STANDBY_ADMIN:-8062}
 UAC_PORT=${UAC_PORT:-5080}
 UAS_PORT=${UAS_PORT:-5070}
+STATE_CHANNEL=${STATE_CHANNEL:-tcp}
 SERVER_LOG=${SERVER_LOG:-info}
 TRACE=${TRACE:-0}
 SIPP_BUF=${SIPP_BUF:-4194304}
@@ -188,7 +192,7 @@ gen_config() {
 			role=standby sip=$STANDBY_PORT admin=$STANDBY_ADMIN peer=$MAIN_PORT
 		fi
 		{
-			cfg_node "$name" "$role" "$sip" "$admin" "$d/$name"
+			cfg_node "$name" "$role" "$sip" "$admin" "$d/$name" "$STATE_CHANNEL"
 			printf '[cdr]\npath = "%s"\n\n' "$d/$name/cdr.sqlite"
 			cfg_pair "$peer" bench-takeover-secret hot "$digest" "$KEEPALIVE_MS" "$MISSED" "$PROBE_MS" "$PARALLEL" "$QUERY_TIMEOUT_MS"
 			cfg_registrar

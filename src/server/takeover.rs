@@ -232,6 +232,8 @@ pub(crate) struct Takeover {
     initial: Vec<Step>,
     /// Calls found (digest or query) waiting for the pacer to let their re-bind start.
     waiting: VecDeque<Adopted>,
+    /// How many waiting calls the last tick looked at (its cost).
+    looked: usize,
     /// Per-destination re-bind windows (`pacing`).
     pacer: Pacer,
     /// T1, for what counts as a prompt answer.
@@ -374,6 +376,7 @@ impl Takeover {
             adopted,
             initial: Vec::new(),
             waiting: VecDeque::new(),
+            looked: 0,
             pacer: Pacer::new(caps),
             t1: Duration::from_millis(cfg.timers.t1_ms),
             retry_at: now,
@@ -481,6 +484,7 @@ impl Takeover {
                 self.waiting.push_back(a);
             }
         }
+        self.looked = looked;
         self.retry_at = now + Duration::from_millis(50);
         while self.queries.len() < self.parallel {
             let Some(ep) = self.queue.pop_front() else {

@@ -1,6 +1,7 @@
 //! Takeover pacing on a virtual clock: queries wait for a free slot, resets leave in batches.
 
 use crate::entropy::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -127,4 +128,62 @@ fn fallback_resets_spare_endpoints_with_recovered_calls() {
         resets.get(&7).is_some_and(|n| *n >= 1),
         "dave (no call) is reset (retransmitted while unanswered): {resets:?}"
     );
+}
+
+/// A takeover of many calls to two trunks (their windows full after the first few): each tick
+/// looks at no more of the waiting queue than it admits plus one run of refusals, however
+/// long the queue, and every call still gets its turn.
+#[test]
+fn a_tick_costs_what_it_admits_not_the_whole_queue() {
+    use crate::pair::digest::{DigestCall, LegRecord};
+    let cfg = config("hot");
+    let (registrar, mut tx, me) = parts();
+    let now = Instant::now();
+    let leg = |token: u64, is_a: bool, port: u16| LegRecord {
+        token,
+        is_a,
+        call_id: format!("c{token}-{is_a}"),
+        local_tag: format!("u{token:016x}{}", if is_a { "a" } else { "b" }),
+        remote_tag: "r".into(),
+        local_uri: "<sip:a@pbx.local>".into(),
+        remote_uri: "<sip:b@pbx.local>".into(),
+        remote_target: format!("sip:x@127.0.0.1:{port}"),
+        proto: crate::net::Proto::Udp,
+        remote: SocketAddr::from(([127, 0, 0, 1], port)),
+        route_set: Vec::new(),
+        cseq: 1,
+        party: "p".into(),
+        start_ms: 1,
+        transfer_of: None,
+    };
+    let n = 20_000u64;
+    let digest: HashMap<u64, DigestCall> = (1..=n)
+        .map(|t| {
+            let call = DigestCall {
+                a: Some(leg(t, true, 6001)),
+                b: Some(leg(t, false, 6002)),
+                ringing: None,
+            };
+            (t, call)
+        })
+        .collect();
+    let mut t = Takeover::start(&cfg, &registrar, now, 0, digest);
+    let mut adopted = 0;
+    for round in 0..3 {
+        let steps = t.tick(now, &mut tx, &me, t.in_flight());
+        let admitted = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Adopt(_)))
+            .count();
+        adopted += admitted;
+        assert!(
+            t.looked <= admitted + REFUSED_RUN,
+            "round {round}: looked at {} of {} waiting calls to admit {admitted}",
+            t.looked,
+            t.waiting.len()
+        );
+    }
+    // The windows (4 per destination at first) hold the rest back; nothing is lost.
+    assert_eq!(adopted, super::super::pacing::START as usize);
+    assert_eq!(t.waiting.len() + adopted, n as usize);
 }
