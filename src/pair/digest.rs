@@ -452,10 +452,14 @@ impl DigestLog {
 
     /// How many of the pending entries were sent at least once (they come first).
     pub fn sent(&self) -> usize {
-        self.pending
-            .iter()
-            .take_while(|(s, _)| *s < self.unsent_from)
-            .count()
+        // Pending entries carry consecutive sequence numbers from the front's: counted, not
+        // walked (this is asked on every call event while active).
+        let Some((first, _)) = self.pending.front() else {
+            return 0;
+        };
+        usize::try_from(self.unsent_from.saturating_sub(*first))
+            .unwrap_or(usize::MAX)
+            .min(self.pending.len())
     }
 
     /// The stand-by acknowledged everything up to `seq` of `generation`.
@@ -490,7 +494,10 @@ impl DigestLog {
     /// The next body to send (at most about `limit` bytes, always at least one entry), or
     /// `None` when nothing is pending. `skip` entries already sent in this tick are skipped.
     pub fn chunk(&mut self, limit: usize, skip: usize) -> Option<(String, usize)> {
-        let mut it = self.pending.iter().skip(skip).peekable();
+        let mut it = self
+            .pending
+            .range(skip.min(self.pending.len())..)
+            .peekable();
         let first = it.peek()?.0;
         let reset = self.reset_from == Some(first);
         let json = self.format == Format::Json;

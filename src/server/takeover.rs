@@ -28,7 +28,22 @@ use super::pacing::{self, Pacer, Verdict};
 
 /// How many calls in a row the pacer may refuse before a tick stops looking further down the
 /// waiting queue (their destinations are full; the rest waits for the next tick).
-const REFUSED_RUN: usize = 256;
+const REFUSED_RUN: usize = 64;
+
+/// A call waiting for the pacer, with its legs' destinations (worked out once: a tick may
+/// look at it many times).
+#[derive(Debug)]
+struct Waiting {
+    call: Adopted,
+    dests: [std::net::SocketAddr; 2],
+}
+
+impl Waiting {
+    fn new(call: Adopted) -> Self {
+        let dests = [call.a.next_hop().remote, call.b.next_hop().remote];
+        Self { call, dests }
+    }
+}
 
 /// Interval between batches of reset NOTIFYs (cold takeover or fallback).
 const RESET_PACE: Duration = Duration::from_millis(20);
@@ -231,7 +246,10 @@ pub(crate) struct Takeover {
     adopted: HashSet<u64>,
     initial: Vec<Step>,
     /// Calls found (digest or query) waiting for the pacer to let their re-bind start.
-    waiting: VecDeque<Adopted>,
+    waiting: VecDeque<Waiting>,
+    /// Something changed for the waiting calls since the last look (a call joined the queue,
+    /// a re-bind ended and freed its places): the next tick looks at the queue.
+    queue_changed: bool,
     /// How many waiting calls the last tick looked at (its cost).
     looked: usize,
     /// Per-destination re-bind windows (`pacing`).
@@ -295,7 +313,7 @@ impl Takeover {
             t.adopted.extend(a.alias_tokens());
             t.report.calls_found += 1;
             t.save(&a);
-            t.waiting.push_back(a);
+            t.enqueue(a);
         }
         t
     }
@@ -311,7 +329,7 @@ impl Takeover {
                 self.report.calls_found += 1;
                 self.report.digest_calls += 1;
                 self.save(&adopted);
-                self.waiting.push_back(adopted);
+                self.enqueue(adopted);
             }
         }
         self.report.in_progress = true;
@@ -376,6 +394,7 @@ impl Takeover {
             adopted,
             initial: Vec::new(),
             waiting: VecDeque::new(),
+            queue_changed: true,
             looked: 0,
             pacer: Pacer::new(caps),
             t1: Duration::from_millis(cfg.timers.t1_ms),
@@ -396,7 +415,7 @@ impl Takeover {
             match step {
                 Step::Adopt(a) => {
                     t.save(&a);
-                    t.waiting.push_back(*a);
+                    t.enqueue(*a);
                 }
                 other => t.initial.push(other),
             }
@@ -425,8 +444,8 @@ impl Takeover {
         let i = self
             .waiting
             .iter()
-            .position(|a| a.a.call_id == call_id || a.b.call_id == call_id)?;
-        let a = self.waiting.remove(i)?;
+            .position(|w| w.call.a.call_id == call_id || w.call.b.call_id == call_id)?;
+        let a = self.waiting.remove(i)?.call;
         let side = if a.a.call_id == call_id {
             Side::A
         } else {
@@ -439,6 +458,12 @@ impl Takeover {
     /// Whether an in-dialog NOTIFY answers one of our queries.
     pub(crate) fn owns_notify(&self, req: &Request) -> bool {
         req.method == Method::Notify && req.call_id().is_ok_and(|c| self.queries.contains_key(c))
+    }
+
+    /// Put a call in the queue for the pacer.
+    fn enqueue(&mut self, call: Adopted) {
+        self.waiting.push_back(Waiting::new(call));
+        self.queue_changed = true;
     }
 
     /// Re-binds started and not yet ended (the pacer's count).
@@ -465,27 +490,30 @@ impl Takeover {
         // Each tick then costs what it admits plus that run, not the whole queue: a tick comes
         // with every message, and a queue of 100,000 calls scanned each time would make the
         // takeover quadratic in its calls.
-        let mut room = (self.parallel * 16).saturating_sub(in_flight);
-        let mut refused = 0;
+        // Looked at only when something changed, or every 50 ms (a `max_cps` bucket refills).
         let mut looked = 0;
-        let queued = self.waiting.len();
-        while room > 0 && refused < REFUSED_RUN && looked < queued {
-            let Some(a) = self.waiting.pop_front() else {
-                break;
-            };
-            looked += 1;
-            let dests = [a.a.next_hop().remote, a.b.next_hop().remote];
-            if self.pacer.admit(now, a.token, dests) {
-                room -= 1;
-                refused = 0;
-                steps.push(Step::Adopt(Box::new(a)));
-            } else {
-                refused += 1;
-                self.waiting.push_back(a);
+        if self.queue_changed || now >= self.retry_at {
+            let mut room = (self.parallel * 16).saturating_sub(in_flight);
+            let mut refused = 0;
+            let queued = self.waiting.len();
+            while room > 0 && refused < REFUSED_RUN && looked < queued {
+                let Some(w) = self.waiting.pop_front() else {
+                    break;
+                };
+                looked += 1;
+                if self.pacer.admit(now, w.call.token, w.dests) {
+                    room -= 1;
+                    refused = 0;
+                    steps.push(Step::Adopt(Box::new(w.call)));
+                } else {
+                    refused += 1;
+                    self.waiting.push_back(w);
+                }
             }
+            self.queue_changed = false;
+            self.retry_at = now + Duration::from_millis(50);
         }
         self.looked = looked;
-        self.retry_at = now + Duration::from_millis(50);
         while self.queries.len() < self.parallel {
             let Some(ep) = self.queue.pop_front() else {
                 break;
@@ -742,7 +770,7 @@ impl Takeover {
                     transfer_of: None,
                 };
                 self.save(&adopted);
-                self.waiting.push_back(adopted);
+                self.enqueue(adopted);
             }
         }
         steps
@@ -764,6 +792,7 @@ impl Takeover {
                 _ => Verdict::Congested,
             };
             self.pacer.finished(*token, verdict);
+            self.queue_changed = true;
             match o {
                 Outcome::Recovered(src) => {
                     self.report.recovered += 1;

@@ -171,10 +171,7 @@ fn a_tick_costs_what_it_admits_not_the_whole_queue() {
     let mut adopted = 0;
     for round in 0..3 {
         let steps = t.tick(now, &mut tx, &me, t.in_flight());
-        let admitted = steps
-            .iter()
-            .filter(|s| matches!(s, Step::Adopt(_)))
-            .count();
+        let admitted = steps.iter().filter(|s| matches!(s, Step::Adopt(_))).count();
         adopted += admitted;
         assert!(
             t.looked <= admitted + REFUSED_RUN,
