@@ -38,6 +38,10 @@ struct Dest {
     /// Below it the window grows by one per prompt answer; above, by one per window.
     threshold: f64,
     in_flight: usize,
+    /// When the window last halved: re-binds that were already under way then do not halve
+    /// it again (one reaction per window's worth, as TCP reacts once per round trip; else a
+    /// burst of slow answers from one busy moment collapses the window to 1).
+    halved_at: Option<Instant>,
     /// `max_cps` token bucket: tokens and when they were last refilled.
     bucket: Option<(f64, f64, Instant)>,
 }
@@ -48,6 +52,7 @@ impl Dest {
             window: START,
             threshold: QUICK,
             in_flight: 0,
+            halved_at: None,
             bucket: cps.map(|c| (f64::from(c), f64::from(c), now)),
         }
     }
@@ -139,9 +144,10 @@ impl Pacer {
             .map(|(_, t)| now.saturating_duration_since(*t))
     }
 
-    /// The re-bind of `token` ended (or stepped back to wait): free its places and adapt.
-    pub(crate) fn finished(&mut self, token: u64, verdict: Verdict) {
-        let Some(([a, b], _)) = self.running.remove(&token) else {
+    /// The re-bind of `token` ended at `now` (or stepped back to wait): free its places and
+    /// adapt.
+    pub(crate) fn finished(&mut self, now: Instant, token: u64, verdict: Verdict) {
+        let Some(([a, b], started)) = self.running.remove(&token) else {
             return;
         };
         let dests = if a == b { vec![a] } else { vec![a, b] };
@@ -153,9 +159,11 @@ impl Pacer {
                         dest.window = (dest.window + 1.0).min(MAX);
                     }
                     Verdict::Prompt => dest.window = (dest.window + 1.0 / dest.window).min(MAX),
+                    Verdict::Congested if dest.halved_at.is_some_and(|h| started < h) => {}
                     Verdict::Congested => {
                         dest.window = (dest.window / 2.0).max(1.0);
                         dest.threshold = dest.window;
+                        dest.halved_at = Some(now);
                     }
                 }
             }
@@ -185,17 +193,17 @@ mod tests {
         let admitted = (0..10).filter(|&t| p.admit(t0, t, [x, y])).count();
         assert_eq!(admitted, START as usize);
         for t in 0..4 {
-            p.finished(t, Verdict::Prompt);
+            p.finished(t0, t, Verdict::Prompt);
         }
         // Before any congestion: one more per prompt answer.
         assert_eq!(p.window(x), Some(START + 4.0));
         let admitted = (10..30).filter(|&t| p.admit(t0, t, [x, y])).count();
         assert_eq!(admitted, 8);
-        p.finished(10, Verdict::Congested);
+        p.finished(t0, 10, Verdict::Congested);
         assert_eq!(p.window(x), Some(4.0));
         // After it: one more per window's worth.
         for t in 11..15 {
-            p.finished(t, Verdict::Prompt);
+            p.finished(t0, t, Verdict::Prompt);
         }
         assert!(
             p.window(x).is_some_and(|w| w > 4.8 && w < 5.0),
@@ -221,7 +229,7 @@ mod tests {
         for t in 0..100u64 {
             if p.admit(t0, t, [a(t as u16 + 10), trunk]) {
                 started += 1;
-                p.finished(t, Verdict::Prompt);
+                p.finished(t0, t, Verdict::Prompt);
             }
         }
         assert_eq!(started, 3, "a burst of at most max_cps");
@@ -230,11 +238,42 @@ mod tests {
             .filter(|&t| {
                 let ok = p.admit(later, t, [a(t as u16 + 10), trunk]);
                 if ok {
-                    p.finished(t, Verdict::Prompt);
+                    p.finished(t0, t, Verdict::Prompt);
                 }
                 ok
             })
             .count();
         assert_eq!(more, 3, "three more a second later");
+    }
+
+    /// Slow answers from re-binds that were all under way at one busy moment halve the window
+    /// once, not once each; a re-bind started after that halving can halve it again.
+    #[test]
+    fn one_busy_moment_halves_the_window_once() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(2);
+        let t2 = t1 + Duration::from_secs(2);
+        let mut p = Pacer::default();
+        let (x, y) = (a(1), a(2));
+        // Grow the window to 16 with prompt answers.
+        let mut token = 0;
+        while p.window(x).unwrap_or(START) < 16.0 {
+            assert!(p.admit(t0, token, [x, y]));
+            p.finished(t0, token, Verdict::Prompt);
+            token += 1;
+        }
+        let busy: Vec<u64> = (100..116).filter(|&t| p.admit(t0, t, [x, y])).collect();
+        assert_eq!(busy.len(), 16);
+        for t in &busy {
+            p.finished(t1, *t, Verdict::Congested);
+        }
+        assert_eq!(p.window(x), Some(8.0), "halved once for the whole burst");
+        assert!(p.admit(t1, 200, [x, y]));
+        p.finished(t2, 200, Verdict::Congested);
+        assert_eq!(
+            p.window(x),
+            Some(4.0),
+            "a later slow answer halves it again"
+        );
     }
 }

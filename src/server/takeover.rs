@@ -791,7 +791,7 @@ impl Takeover {
                 Outcome::Ended(481) | Outcome::Failed(_) if quick => Verdict::Prompt,
                 _ => Verdict::Congested,
             };
-            self.pacer.finished(*token, verdict);
+            self.pacer.finished(now, *token, verdict);
             self.queue_changed = true;
             match o {
                 Outcome::Recovered(src) => {
