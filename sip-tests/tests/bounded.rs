@@ -588,6 +588,15 @@ async fn probe(sock: &UdpSocket, server: SocketAddr, id: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_pair_traffic_cannot_grow_the_pair_tables() -> Result<()> {
     let pair = Pair::start("forged-pair-flood", &PairSpec::default()).await?;
+    // The stand-by's own reg subscription first (a main still starting answers it 503 and the
+    // stand-by tries again a second later): the check below counts it.
+    pair.main
+        .wait_status(
+            Duration::from_secs(10),
+            "the stand-by's reg subscription",
+            |v| v["reg_subscribers"].as_u64() == Some(1),
+        )
+        .await?;
     let sock = UdpSocket::bind("127.0.0.2:0").await?;
     let me = sock.local_addr()?;
     let forged = |kind: &str, i: u32| -> (String, String) {

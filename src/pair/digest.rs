@@ -462,6 +462,11 @@ impl DigestLog {
             .min(self.pending.len())
     }
 
+    /// The highest sequence number the stand-by acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
     /// The stand-by acknowledged everything up to `seq` of `generation`.
     pub fn on_ack(&mut self, generation: u64, seq: u64) {
         if generation != self.generation || seq < self.acked {
