@@ -411,8 +411,21 @@ takeover_run() {
 		pubd=-
 		[ -n "$helper" ] && pubd=$(awk -F'[= ]' '{print int($6 / 2)}' "$d/published" 2>/dev/null)
 		if [ "$calls" = "$N" ] && [ "$known" = "$N" ] && [ "$backlog" = 0 ] && { [ -z "$helper" ] || [ "$pubd" = "$N" ]; }; then
-			confirmed=$(curl -sf -m 10 "http://127.0.0.1:$MAIN_ADMIN/calls" 2>/dev/null |
-				python3 -c 'import json,sys; c=json.load(sys.stdin); c=c.get("calls", c) if isinstance(c, dict) else c; print(sum(1 for x in c if x.get("state") == "confirmed"))' 2>/dev/null || echo NA)
+			# /calls lists at most 5,000 calls per answer: page through them.
+			confirmed=$(python3 - "$MAIN_ADMIN" <<-'PY' 2>/dev/null || echo NA
+			import json, sys, urllib.request
+			port, offset, n = sys.argv[1], 0, 0
+			while True:
+			    with urllib.request.urlopen(f"http://127.0.0.1:{port}/calls?offset={offset}", timeout=10) as r:
+			        page = json.load(r)
+			    calls = page.get("calls", [])
+			    n += sum(1 for c in calls if c.get("state") == "confirmed")
+			    offset += len(calls)
+			    if not calls or offset >= page.get("total", 0):
+			        break
+			print(n)
+			PY
+			)
 			[ "$confirmed" = "$N" ] && { ok=1; break; }
 		fi
 		kill -0 "$uac" 2>/dev/null || break

@@ -121,6 +121,18 @@ async fn the_admin_api_matches_its_openapi_description() -> Result<()> {
             }
         }
     }
+    // `/calls` pages: `total` counts every call, `offset`/`limit` choose the page.
+    for (query, listed) in [
+        ("", 1),
+        ("?limit=0", 0),
+        ("?offset=1", 0),
+        ("?offset=0&limit=1", 1),
+    ] {
+        let v = node.get_json(&format!("/calls{query}")).await?;
+        if v["total"] != 1 || v["calls"].as_array().map(Vec::len) != Some(listed) {
+            errors.push(format!("GET /calls{query}: {v}"));
+        }
+    }
     let (status, _) = node.http_status("GET", "/no/such/path").await?;
     if status != 404 {
         errors.push(format!("GET /no/such/path: {status}, not 404"));

@@ -66,7 +66,15 @@ pub fn render(path: &str, body: &str) -> String {
                 .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let _ = writeln!(s, "{} call(s)", calls.len());
+            let total = field(&v, "total").as_u64().unwrap_or(calls.len() as u64);
+            let _ = writeln!(s, "{total} call(s)");
+            if (calls.len() as u64) < total {
+                let _ = writeln!(
+                    s,
+                    "(the first {} listed; /calls?offset= for more)",
+                    calls.len()
+                );
+            }
             for c in calls {
                 let _ = writeln!(
                     s,

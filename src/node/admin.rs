@@ -10,6 +10,9 @@ use crate::metrics::{Exposition, Kind};
 use crate::server::Server;
 use crate::transport::Transport;
 
+/// Most calls one `GET /calls` lists (`?offset=` pages through the rest; `total` counts all).
+const CALLS_PAGE: usize = 5_000;
+
 /// A request from the admin HTTP server to the event loop.
 #[derive(Debug)]
 pub struct AdminQuery {
@@ -139,7 +142,19 @@ pub(crate) fn answer(
             ),
         ),
         ("GET", "/calls") => {
-            let mut v = server.calls_json(now);
+            // One page: the event loop builds it, and 100,000 calls at once would hold the
+            // loop (and the keep-alives) for seconds.
+            let param = |name: &str| {
+                r.query.as_deref().and_then(|q| {
+                    q.split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .find(|(k, _)| *k == name)
+                        .and_then(|(_, v)| v.parse::<usize>().ok())
+                })
+            };
+            let offset = param("offset").unwrap_or(0);
+            let limit = param("limit").unwrap_or(CALLS_PAGE).min(CALLS_PAGE);
+            let mut v = server.calls_json(now, offset, limit);
             let calls = v.get_mut("calls").and_then(serde_json::Value::as_array_mut);
             for c in calls
                 .into_iter()

@@ -155,7 +155,12 @@ impl Server {
             return;
         }
         let fresh = !entries.is_empty();
-        let listening = p.machine.peer_heard_within(now, DIGEST_GRACE);
+        // Only a stand-by reads our digest: a peer last heard as active (the main we just took
+        // over from, whose last messages may still be in our queue) gets none, and the log
+        // does not fill for it — nor is it rebuilt from a snapshot of every call, again and
+        // again, while a takeover of 100,000 calls is under way.
+        let listening = p.machine.peer_heard_within(now, DIGEST_GRACE)
+            && p.machine.peer().role == Some(crate::pair::role::Announced::Standby);
         let calls = self.b2bua.call_count();
         p.digest
             .feed(listening, calls, entries, || self.b2bua.digest_snapshot());

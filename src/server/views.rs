@@ -55,10 +55,12 @@ impl Server {
     }
 
     /// `/calls`.
-    pub fn calls_json(&self, now: Instant) -> Value {
+    pub fn calls_json(&self, now: Instant, offset: usize, limit: usize) -> Value {
         let calls: Vec<Value> = self
             .b2bua
             .calls()
+            .skip(offset)
+            .take(limit)
             .map(|c| {
                 let leg = |side: Side| {
                     c.leg(side).map(|d| {
@@ -87,7 +89,7 @@ impl Server {
                 })
             })
             .collect();
-        json!({ "calls": calls })
+        json!({ "calls": calls, "total": self.b2bua.call_count() })
     }
 
     /// `/ready`: whether a load balancer or orchestrator should count on this node — active
