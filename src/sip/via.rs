@@ -57,7 +57,11 @@ impl Via {
     /// `Via::parse(value)?.branch()` for every value that parses (the `message` fuzz target
     /// checks it). Transactions match responses by it, once per message.
     pub fn branch_of(value: &str) -> Option<&str> {
-        super::params::find_value(value.split_once(';')?.1, "branch")
+        // As [`Via::parse`] splits it: protocol/version/transport, whitespace, sent-by, then
+        // the parameters after the first `;` (a `;` glued to the transport is not one).
+        let rest = value.trim().splitn(3, '/').nth(2)?.trim_start();
+        let (_, sent_by) = rest.split_once(|c: char| c.is_ascii_whitespace())?;
+        super::params::find_value(sent_by.split_once(';')?.1, "branch")
     }
 
     /// The `branch` parameter.
@@ -139,6 +143,7 @@ mod tests {
             "SIP/2.0/UDP host;maddr=\"a;branch=no\";branch=yes",
             "SIP/2.0/UDP host",
             "SIP/2.0/UDP host;branch",
+            "SIP/2.0/UD;x=1;branch=no host;branch=yes",
         ] {
             let parsed = Via::parse(v).unwrap_or_else(|e| panic!("{v}: {e}"));
             assert_eq!(Via::branch_of(v), parsed.branch(), "{v}");
