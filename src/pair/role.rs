@@ -250,6 +250,13 @@ impl RoleMachine {
             .is_some_and(|t| now.saturating_duration_since(t) <= window)
     }
 
+    /// Whether the peer is a stand-by that reads our digest: heard within `window`, and last
+    /// announcing itself stand-by. A peer last heard as active (the main this node just took
+    /// over from, its last messages still queued) reads none.
+    pub fn standby_listening(&self, now: Instant, window: Duration) -> bool {
+        self.peer_heard_within(now, window) && self.peer.role == Some(Announced::Standby)
+    }
+
     /// Whether the peer is alive: heard within `missed_keepalives` intervals.
     pub fn peer_alive(&self, now: Instant) -> bool {
         self.peer_heard_within(now, self.s.keepalive * self.s.missed)

@@ -490,3 +490,21 @@ fn a_takeover_still_being_written_yields_to_a_peer_that_would_win() {
         }
     }
 }
+
+/// Only a stand-by heard lately reads the digest: not the main this node took over from, even
+/// while its last keep-alives are still arriving, and not a stand-by gone silent.
+#[test]
+fn only_a_standby_heard_lately_reads_the_digest() {
+    let t0 = Instant::now();
+    let window = Duration::from_secs(5);
+    let mut m = running_standby(t0);
+    assert!(!m.standby_listening(t0, window), "the peer is the active");
+    hear(&mut m, t0 + KA, Announced::Active, 1);
+    assert!(!m.standby_listening(t0 + KA, window), "still the active");
+    hear(&mut m, t0 + KA * 2, Announced::Standby, 1);
+    assert!(m.standby_listening(t0 + KA * 2, window));
+    assert!(
+        !m.standby_listening(t0 + KA * 2 + window + KA, window),
+        "silent for too long"
+    );
+}

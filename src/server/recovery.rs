@@ -159,8 +159,7 @@ impl Server {
         // over from, whose last messages may still be in our queue) gets none, and the log
         // does not fill for it — nor is it rebuilt from a snapshot of every call, again and
         // again, while a takeover of 100,000 calls is under way.
-        let listening = p.machine.peer_heard_within(now, DIGEST_GRACE)
-            && p.machine.peer().role == Some(crate::pair::role::Announced::Standby);
+        let listening = p.machine.standby_listening(now, DIGEST_GRACE);
         let calls = self.b2bua.call_count();
         p.digest
             .feed(listening, calls, entries, || self.b2bua.digest_snapshot());
