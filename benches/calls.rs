@@ -200,13 +200,12 @@ fn main() {
     tick(&mut s, now);
     let _ = sent_to(&mut s, b);
     let held = LIVE.load(Ordering::Relaxed) - before;
-    // Each String's bytes plus the allocator's 16-byte chunk header, rounded up to 16.
+    // What the counting allocator counted for it: the strings' capacities and the vector.
     let kept: usize = b_dialogs
         .iter()
-        .map(|(from, call_id)| {
-            (from.len() + 16).next_multiple_of(16) + (call_id.len() + 16).next_multiple_of(16)
-        })
-        .sum();
+        .map(|(from, call_id)| from.capacity() + call_id.capacity())
+        .sum::<usize>()
+        + b_dialogs.capacity() * std::mem::size_of::<(String, String)>();
     let calls = s.b2bua().call_count();
     eprintln!(
         "debug: tx client {} server {} tracked {} size_of Call {} Dialog {}",

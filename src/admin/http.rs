@@ -267,9 +267,15 @@ async fn respond(ctx: &Ctx, req: http::Request<Incoming>) -> http::Response<Full
         }
         Ok(Ok(collected)) => collected.to_bytes().to_vec(),
     };
+    // HEAD is answered as GET without the body (RFC 9110 §9.3.2): the routes see a GET.
     let head_only = parts.method == http::Method::HEAD;
+    let method = if head_only {
+        "GET"
+    } else {
+        parts.method.as_str()
+    };
     let request = HttpRequest {
-        method: parts.method.as_str().to_string(),
+        method: method.to_string(),
         path: parts.uri.path().to_string(),
         query: parts.uri.query().map(str::to_string),
         headers: parts
@@ -316,15 +322,15 @@ fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), &'static st
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
         _ => return Err("missing bearer token"),
     };
-    if credential.is_empty() || !constant_time_eq(credential.as_bytes(), expected.as_bytes()) {
+    if credential.is_empty()
+        || !bool::from(subtle::ConstantTimeEq::ct_eq(
+            credential.as_bytes(),
+            expected.as_bytes(),
+        ))
+    {
         return Err("invalid bearer token");
     }
     Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq as _;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// Run the handler on its own task, so that a panic becomes a 500 rather than a dropped

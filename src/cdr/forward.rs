@@ -156,10 +156,6 @@ fn pending(spool: &Connection, last: i64) -> rusqlite::Result<Vec<(i64, CdrRecor
     rows.collect()
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 /// Copy `rows` in one PostgreSQL transaction.
 fn copy(client: &mut postgres::Client, rows: &[(i64, CdrRecord)]) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
@@ -183,11 +179,11 @@ fn copy(client: &mut postgres::Client, rows: &[(i64, CdrRecord)]) -> Result<(), 
                 &r.duration_ms,
                 &r.end_reason,
                 &r.recovered,
-                &m.map(|m| to_i64(m.a_to_b_packets)),
-                &m.map(|m| to_i64(m.a_to_b_lost)),
+                &m.map(|m| schema::saturate(m.a_to_b_packets)),
+                &m.map(|m| schema::saturate(m.a_to_b_lost)),
                 &m.map(|m| m.a_to_b_jitter_ms),
-                &m.map(|m| to_i64(m.b_to_a_packets)),
-                &m.map(|m| to_i64(m.b_to_a_lost)),
+                &m.map(|m| schema::saturate(m.b_to_a_packets)),
+                &m.map(|m| schema::saturate(m.b_to_a_lost)),
                 &m.map(|m| m.b_to_a_jitter_ms),
                 &r.transfer_of,
             ],

@@ -136,7 +136,7 @@ pub(super) fn insert(tx: &Transaction<'_>, rows: &[CdrRecord]) -> rusqlite::Resu
 }
 
 /// SQLite integers are signed 64-bit; counters that large are clamped rather than rejected.
-fn saturate(v: u64) -> i64 {
+pub(super) fn saturate(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 

@@ -141,7 +141,8 @@ fn other(name: &str) -> HeaderName {
     HeaderName::Other(name.to_string())
 }
 
-fn get<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
+/// The first `X-Understudy-*`-style header called `name` (case-insensitive), trimmed.
+pub(crate) fn get<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
     h.iter()
         .find(|x| matches!(&x.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(name)))
         .map(|x| x.value.trim())

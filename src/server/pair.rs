@@ -510,10 +510,8 @@ impl PairGlue {
     /// The peer's messages say which digest versions it reads: ours go out in the newest of
     /// them (a wave-1 peer announces none and gets version 1).
     fn note_digest_version(&mut self, headers: &crate::sip::Headers) {
-        let version = headers
-            .iter()
-            .find(|h| matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(digest::VERSION_HEADER)))
-            .and_then(|h| h.value.trim().parse::<u32>().ok());
+        let version =
+            auth::get(headers, digest::VERSION_HEADER).and_then(|v| v.parse::<u32>().ok());
         let format = digest::Format::for_peer(version);
         if format != self.digest.format {
             tracing::info!(?version, ?format, "pair: the peer's digest version");

@@ -56,9 +56,12 @@ impl Server {
 
     /// `/calls`.
     pub fn calls_json(&self, now: Instant, offset: usize, limit: usize) -> Value {
-        let calls: Vec<Value> = self
-            .b2bua
-            .calls()
+        // Pages in token order, so that consecutive pages neither skip nor repeat a call
+        // that stays up (the table itself has no order).
+        let mut page: Vec<&crate::b2bua::Call> = self.b2bua.calls().collect();
+        page.sort_unstable_by_key(|c| c.token);
+        let calls: Vec<Value> = page
+            .into_iter()
             .skip(offset)
             .take(limit)
             .map(|c| {

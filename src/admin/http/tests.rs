@@ -392,6 +392,26 @@ async fn head_request_gets_headers_only() {
         "{resp}"
     );
     assert!(resp.ends_with("\r\n\r\n"), "no body: {resp:?}");
+
+    // The routes see a HEAD as the GET it mirrors (the echo names the method it got, so the
+    // announced length is the GET's only if the handler saw "GET").
+    let get = raw(
+        server.addr,
+        b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let head = raw(
+        server.addr,
+        b"HEAD /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let length = |r: &str| {
+        r.to_ascii_lowercase()
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: ").map(str::to_string))
+    };
+    assert!(length(&get).is_some());
+    assert_eq!(length(&head), length(&get), "{head}");
 }
 
 #[tokio::test]
