@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use understudy::config::Config;
 
+/// mimalloc: fewer instructions per allocation than the system allocator, and it hands freed
+/// pages back to the kernel, so a burst of transactions does not stay in the RSS.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "understudy", version, about = "A geo-redundant SIP B2BUA pair")]
 struct Cli {
