@@ -17,6 +17,7 @@ mod takeover;
 mod trunks;
 mod uas;
 mod views;
+mod waiting;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

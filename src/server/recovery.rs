@@ -238,7 +238,7 @@ impl Server {
             for d in t.record(now, &outcomes) {
                 self.rebind_times.observe(d.as_secs_f64());
             }
-            if t.idle() && self.b2bua.rebinding() == 0 {
+            if t.idle() && t.finish_check_due(now) && self.b2bua.rebinding() == 0 {
                 t.finish(now);
             }
         }

@@ -25,25 +25,20 @@ use crate::sip::{HeaderName, Method, Request, Response, SipMessage, Uri, new_tag
 use crate::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 
 use super::pacing::{self, Pacer, Verdict};
+use super::waiting::{WaitQueue, Waiting};
 
 /// How many calls in a row the pacer may refuse before a tick stops looking further down the
 /// waiting queue (their destinations are full; the rest waits for the next tick).
 const REFUSED_RUN: usize = 64;
 
-/// A call waiting for the pacer, with its legs' destinations (worked out once: a tick may
-/// look at it many times).
-#[derive(Debug)]
-struct Waiting {
-    call: Adopted,
-    dests: [std::net::SocketAddr; 2],
-}
+/// The waiting queue is looked at most once per this interval when re-binds end: each look
+/// may pass over a run of refused calls, and re-binds end thousands of times a second in a
+/// large takeover (a millisecond's wait is small beside a re-bind's round trips).
+const LOOK_EVERY: Duration = Duration::from_millis(1);
 
-impl Waiting {
-    fn new(call: Adopted) -> Self {
-        let dests = [call.a.next_hop().remote, call.b.next_hop().remote];
-        Self { call, dests }
-    }
-}
+/// How often an otherwise idle takeover counts the re-binds still running to see whether it
+/// is finished.
+const FINISH_CHECK: Duration = Duration::from_millis(20);
 
 /// Interval between batches of reset NOTIFYs (cold takeover or fallback).
 const RESET_PACE: Duration = Duration::from_millis(20);
@@ -246,7 +241,7 @@ pub(crate) struct Takeover {
     adopted: HashSet<u64>,
     initial: Vec<Step>,
     /// Calls found (digest or query) waiting for the pacer to let their re-bind start.
-    waiting: VecDeque<Waiting>,
+    waiting: WaitQueue,
     /// Something changed for the waiting calls since the last look (a call joined the queue,
     /// a re-bind ended and freed its places): the next tick looks at the queue.
     queue_changed: bool,
@@ -258,6 +253,11 @@ pub(crate) struct Takeover {
     t1: Duration,
     /// While digest-known calls wait for the window, look again at this time.
     retry_at: Instant,
+    /// When the B2BUA's re-binds still running may be counted again (see
+    /// [`Takeover::finish_check_due`]).
+    finish_check_at: Instant,
+    /// The queue is looked at again no sooner than this (see [`LOOK_EVERY`]).
+    look_at: Instant,
     /// The next batch of reset NOTIFYs may leave at this time.
     next_reset_at: Instant,
     pub(crate) report: Report,
@@ -313,7 +313,7 @@ impl Takeover {
             t.adopted.extend(a.alias_tokens());
             t.report.calls_found += 1;
             t.save(&a);
-            t.enqueue(a);
+            t.enqueue(Box::new(a));
         }
         t
     }
@@ -324,12 +324,12 @@ impl Takeover {
             if let (None, Some(a), Some(b)) = (c.ringing, c.a, c.b)
                 && self.adopted.insert(token)
             {
-                let adopted = from_digest(token, &a, &b);
+                let adopted = from_digest(token, a, b);
                 self.adopted.extend(adopted.alias_tokens());
                 self.report.calls_found += 1;
                 self.report.digest_calls += 1;
                 self.save(&adopted);
-                self.enqueue(adopted);
+                self.enqueue(Box::new(adopted));
             }
         }
         self.report.in_progress = true;
@@ -356,7 +356,7 @@ impl Takeover {
                 }
                 match (c.a, c.b) {
                     (Some(a), Some(b)) => {
-                        let call = from_digest(token, &a, &b);
+                        let call = from_digest(token, a, b);
                         adopted.insert(token);
                         adopted.extend(call.alias_tokens());
                         calls_found += 1;
@@ -364,8 +364,8 @@ impl Takeover {
                     }
                     (a, b) => {
                         let p = legs.entry(token).or_default();
-                        p.a = a.map(|l| digest_leg(&l));
-                        p.b = b.map(|l| digest_leg(&l));
+                        p.a = a.map(digest_leg);
+                        p.b = b.map(digest_leg);
                     }
                 }
             }
@@ -393,12 +393,14 @@ impl Takeover {
             saved: HashSet::default(),
             adopted,
             initial: Vec::new(),
-            waiting: VecDeque::new(),
+            waiting: WaitQueue::default(),
             queue_changed: true,
             looked: 0,
             pacer: Pacer::new(caps),
             t1: Duration::from_millis(cfg.timers.t1_ms),
             retry_at: now,
+            finish_check_at: now,
+            look_at: now,
             next_reset_at: now,
             report: Report {
                 mode: mode.as_str().into(),
@@ -415,7 +417,7 @@ impl Takeover {
             match step {
                 Step::Adopt(a) => {
                     t.save(&a);
-                    t.enqueue(*a);
+                    t.enqueue(a);
                 }
                 other => t.initial.push(other),
             }
@@ -441,18 +443,14 @@ impl Takeover {
     /// queue, with the leg the request came on and the other one.
     pub(crate) fn claim_waiting(&mut self, req: &Request) -> Option<(Adopted, Side)> {
         let call_id = req.call_id().ok()?;
-        let i = self
-            .waiting
-            .iter()
-            .position(|w| w.call.a.call_id == call_id || w.call.b.call_id == call_id)?;
-        let a = self.waiting.remove(i)?.call;
+        let a = self.waiting.claim(call_id)?.call;
         let side = if a.a.call_id == call_id {
             Side::A
         } else {
             Side::B
         };
         self.report.ended_before_rebind += 1;
-        Some((a, side))
+        Some((*a, side))
     }
 
     /// Whether an in-dialog NOTIFY answers one of our queries.
@@ -461,7 +459,7 @@ impl Takeover {
     }
 
     /// Put a call in the queue for the pacer.
-    fn enqueue(&mut self, call: Adopted) {
+    fn enqueue(&mut self, call: Box<Adopted>) {
         self.waiting.push_back(Waiting::new(call));
         self.queue_changed = true;
     }
@@ -490,28 +488,34 @@ impl Takeover {
         // Each tick then costs what it admits plus that run, not the whole queue: a tick comes
         // with every message, and a queue of 100,000 calls scanned each time would make the
         // takeover quadratic in its calls.
-        // Looked at only when something changed, or every 50 ms (a `max_cps` bucket refills).
+        // Looked at only when something changed (at most every `LOOK_EVERY`), or every 50 ms
+        // (a `max_cps` bucket refills).
         let mut looked = 0;
-        if self.queue_changed || now >= self.retry_at {
+        if (self.queue_changed && now >= self.look_at) || now >= self.retry_at {
             let mut room = (self.parallel * 16).saturating_sub(in_flight);
             let mut refused = 0;
             let queued = self.waiting.len();
             while room > 0 && refused < REFUSED_RUN && looked < queued {
-                let Some(w) = self.waiting.pop_front() else {
+                let Some((token, dests)) = self.waiting.front().map(|w| (w.call.token, w.dests))
+                else {
                     break;
                 };
                 looked += 1;
-                if self.pacer.admit(now, w.call.token, w.dests) {
+                if self.pacer.admit(now, token, dests) {
+                    let Some(w) = self.waiting.pop_front() else {
+                        break;
+                    };
                     room -= 1;
                     refused = 0;
-                    steps.push(Step::Adopt(Box::new(w.call)));
+                    steps.push(Step::Adopt(w.call));
                 } else {
                     refused += 1;
-                    self.waiting.push_back(w);
+                    self.waiting.rotate();
                 }
             }
             self.queue_changed = false;
             self.retry_at = now + Duration::from_millis(50);
+            self.look_at = now + LOOK_EVERY;
         }
         self.looked = looked;
         while self.queries.len() < self.parallel {
@@ -770,7 +774,7 @@ impl Takeover {
                     transfer_of: None,
                 };
                 self.save(&adopted);
-                self.enqueue(adopted);
+                self.enqueue(Box::new(adopted));
             }
         }
         steps
@@ -823,6 +827,17 @@ impl Takeover {
             && self.legs.is_empty()
     }
 
+    /// Whether to count the B2BUA's re-binds still running (a look at every call) now that
+    /// the takeover is otherwise idle: at most every [`FINISH_CHECK`], else the takeover of
+    /// 100,000 calls looks at all of them for every message its last re-binds bring.
+    pub(crate) fn finish_check_due(&mut self, now: Instant) -> bool {
+        if now < self.finish_check_at {
+            return false;
+        }
+        self.finish_check_at = now + FINISH_CHECK;
+        true
+    }
+
     /// Close the report.
     pub(crate) fn finish(&mut self, now: Instant) {
         if self.report.in_progress {
@@ -856,8 +871,15 @@ impl Takeover {
         let settled = self.queue.is_empty() && self.queries.is_empty();
         let reset = (!self.resets.is_empty()).then_some(self.next_reset_at);
         let release = (settled && !self.fallback_resets.is_empty()).then_some(self.started);
-        let waiting = (!self.waiting.is_empty()).then_some(self.retry_at);
-        [q, query, reset, release, waiting]
+        let waiting = (!self.waiting.is_empty()).then(|| {
+            if self.queue_changed {
+                self.look_at.min(self.retry_at)
+            } else {
+                self.retry_at
+            }
+        });
+        let finish = (self.report.in_progress && self.idle()).then_some(self.finish_check_at);
+        [q, query, reset, release, waiting, finish]
             .into_iter()
             .flatten()
             .min()
@@ -865,16 +887,19 @@ impl Takeover {
 }
 
 /// A call to re-bind from its two legs as the digest describes them.
-fn from_digest(token: u64, a: &LegRecord, b: &LegRecord) -> Adopted {
+fn from_digest(token: u64, a: LegRecord, b: LegRecord) -> Adopted {
+    let transfer_of = a.transfer_of.clone().or_else(|| b.transfer_of.clone());
+    let (a, caller, start_ms) = leg_dialog(a);
+    let (b, callee, _) = leg_dialog(b);
     Adopted {
         token,
-        caller: a.party.clone(),
-        callee: b.party.clone(),
-        start_ms: a.start_ms,
-        a: leg_dialog(a),
-        b: leg_dialog(b),
+        caller,
+        callee,
+        start_ms,
+        a,
+        b,
         source: Source::Digest,
-        transfer_of: a.transfer_of.clone().or_else(|| b.transfer_of.clone()),
+        transfer_of,
     }
 }
 
@@ -911,18 +936,20 @@ fn dialog_from(r: &DialogReport, flow: Flow, uri: &str, side: Side) -> Dialog {
     }
 }
 
-/// Our side of a leg, from the dialog digest.
-fn leg_dialog(l: &LegRecord) -> Dialog {
-    Dialog {
-        call_id: l.call_id.clone(),
-        local_tag: l.local_tag.clone(),
-        remote_tag: l.remote_tag.clone(),
-        local_uri: l.local_uri.clone(),
-        remote_uri: l.remote_uri.clone(),
+/// Our side of a leg, from the dialog digest (its strings moved, not copied: a takeover
+/// turns 100,000 records into calls before its first re-bind), with the record's party and
+/// start time.
+fn leg_dialog(l: LegRecord) -> (Dialog, String, u64) {
+    let dialog = Dialog {
+        call_id: l.call_id,
+        local_tag: l.local_tag,
+        remote_tag: l.remote_tag,
+        local_uri: l.local_uri,
+        remote_uri: l.remote_uri,
         local_cseq: l.cseq,
         remote_cseq: None,
-        route_set: l.route_set.clone(),
-        remote_target: l.remote_target.clone(),
+        route_set: l.route_set,
+        remote_target: l.remote_target,
         flow: Flow {
             proto: l.proto,
             remote: l.remote,
@@ -930,14 +957,16 @@ fn leg_dialog(l: &LegRecord) -> Dialog {
         },
         pinned: false,
         state: DialogState::Confirmed,
-    }
+    };
+    (dialog, l.party, l.start_ms)
 }
 
-fn digest_leg(l: &LegRecord) -> Leg {
+fn digest_leg(l: LegRecord) -> Leg {
+    let (dialog, party, start_ms) = leg_dialog(l);
     Leg {
-        dialog: leg_dialog(l),
-        party: l.party.clone(),
-        start_ms: l.start_ms,
+        dialog,
+        party,
+        start_ms,
     }
 }
 

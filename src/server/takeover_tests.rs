@@ -88,7 +88,11 @@ fn resets_leave_in_paced_batches() {
     assert_eq!(t.report.reset, 4);
     t.tick(now + RESET_PACE * 2, &mut tx, &me, 0);
     assert_eq!(t.report.reset, 5);
-    assert_eq!(t.poll_timeout(), None);
+    // Only the check whether the B2BUA's re-binds are done is left (due since the start).
+    assert_eq!(t.poll_timeout(), Some(now));
+    assert!(t.finish_check_due(now + RESET_PACE * 2));
+    assert_eq!(t.poll_timeout(), Some(now + RESET_PACE * 2 + FINISH_CHECK));
+    assert!(!t.finish_check_due(now + RESET_PACE * 2));
 }
 
 /// `takeover.fallback = "cold"` with the digest on: endpoints that do not answer the dialog
