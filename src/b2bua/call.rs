@@ -365,3 +365,23 @@ mod tests {
         assert_eq!(parse_tag("udeadbeef00000001c"), None);
     }
 }
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        use std::mem::size_of;
+        eprintln!(
+            "Call {} Dialog {} Flow {} Fork {} Relay {} SessionTimer {} HashMap {} Target {} String {} Request {}",
+            size_of::<super::Call>(),
+            size_of::<crate::dialog::Dialog>(),
+            size_of::<crate::net::Flow>(),
+            size_of::<super::Fork>(),
+            size_of::<super::Relay>(),
+            size_of::<Option<super::SessionTimer>>(),
+            size_of::<crate::entropy::HashMap<u64, u64>>(),
+            size_of::<super::super::Target>(),
+            size_of::<String>(),
+            size_of::<crate::sip::Request>()
+        );
+    }
+}

@@ -75,6 +75,45 @@ pub fn message(data: &[u8]) {
             }
         }
     }
+    // Validation checks addresses and URIs without building them: the checks accept exactly
+    // what the parsers accept, and read the same parameters.
+    for name in [
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::Contact,
+        HeaderName::Route,
+        HeaderName::RecordRoute,
+    ] {
+        for v in headers.get_all(&name) {
+            match (NameAddr::check(v), NameAddr::parse(v)) {
+                (Ok(params), Ok(parsed)) => {
+                    for p in ["tag", "expires"] {
+                        assert_eq!(
+                            crate::sip::params::get(params, p),
+                            parsed.params.get(p),
+                            "the {p} of {v:?}"
+                        );
+                    }
+                }
+                (Err(_), Err(_)) => {}
+                (c, p) => panic!("check {c:?} and parse {p:?} disagree on {v:?}"),
+            }
+        }
+    }
+    if let Message::Request(r) = &first.message {
+        match (
+            crate::sip::Uri::check(&r.uri),
+            crate::sip::Uri::parse(&r.uri),
+        ) {
+            (Ok(c), Ok(p)) => assert_eq!(c.headers, p.headers.is_some(), "{:?}", r.uri),
+            (Err(_), Err(_)) => {}
+            (c, p) => panic!(
+                "check {:?} and parse {p:?} disagree on {:?}",
+                c.map(|c| c.headers),
+                r.uri
+            ),
+        }
+    }
 }
 
 /// Frame `data` as a TCP stream twice: in one push, and in the chunks the first bytes

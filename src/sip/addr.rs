@@ -28,6 +28,54 @@ impl NameAddr {
 
     /// Parse a name-addr or addr-spec.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let p = Parts::of(s)?;
+        Ok(Self {
+            display: p.display.map(|d| match d {
+                Display::Quoted(q) => unquote(q),
+                Display::Tokens(t) => t.to_string(),
+            }),
+            uri: Uri::parse(p.uri).map_err(|e| e.0)?,
+            params: match p.params {
+                Some(params) => Params::parse(params)?,
+                None => Params::new(),
+            },
+        })
+    }
+
+    /// Check that `s` parses ([`NameAddr::parse`] accepts it) without building the address;
+    /// its header parameters as written (for `params::get`).
+    pub(crate) fn check(s: &str) -> Result<&str, &'static str> {
+        let p = Parts::of(s)?;
+        Uri::check(p.uri).map_err(|e| e.0)?;
+        let params = p.params.unwrap_or("");
+        super::params::check(params)?;
+        Ok(params)
+    }
+
+    /// The `tag` parameter.
+    pub fn tag(&self) -> Option<&str> {
+        self.params.value("tag")
+    }
+}
+
+/// A display name as written.
+enum Display<'a> {
+    /// Inside the quotes, escapes not yet undone.
+    Quoted(&'a str),
+    /// A token sequence, trimmed.
+    Tokens(&'a str),
+}
+
+/// An address's parts as written: the grammar of [`NameAddr::parse`], written once for
+/// parsing and for checking.
+struct Parts<'a> {
+    display: Option<Display<'a>>,
+    uri: &'a str,
+    params: Option<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    fn of(s: &'a str) -> Result<Self, &'static str> {
         let s = s.trim();
         if s.is_empty() {
             return Err("empty address");
@@ -35,7 +83,7 @@ impl NameAddr {
         let (display, after_display) = if let Some(rest) = s.strip_prefix('"') {
             let (quoted, after) =
                 split_at_closing_quote(rest).ok_or("unterminated quoted display name")?;
-            (Some(unquote(quoted)), after.trim_start())
+            (Some(Display::Quoted(quoted)), after.trim_start())
         } else if let Some((name, addr)) = s.find('<').and_then(|lt| s.split_at_checked(lt)) {
             let name = name.trim();
             if !name.is_empty()
@@ -45,7 +93,7 @@ impl NameAddr {
             {
                 return Err("display name must be a token sequence or quoted");
             }
-            let name = (!name.is_empty()).then(|| name.to_string());
+            let name = (!name.is_empty()).then_some(Display::Tokens(name));
             (name, addr)
         } else {
             (None, s)
@@ -57,12 +105,10 @@ impl NameAddr {
             {
                 return Err("whitespace inside <>");
             }
-            let uri = Uri::parse(inner).map_err(|e| e.0)?;
-            let params = Params::parse(after)?;
             return Ok(Self {
                 display,
-                uri,
-                params,
+                uri: inner,
+                params: Some(after),
             });
         }
         if display.is_some() {
@@ -70,24 +116,18 @@ impl NameAddr {
         }
         // addr-spec: parameters after the first ';' belong to the header, never to the URI
         // (RFC 3261 §20.10), and the URI may not carry headers or commas.
-        let (uri_part, params) = match s.split_once(';') {
-            Some((uri, params)) => (uri, Params::parse(params)?),
-            None => (s, Params::new()),
+        let (uri, params) = match s.split_once(';') {
+            Some((uri, params)) => (uri, Some(params)),
+            None => (s, None),
         };
-        if uri_part.contains('?') || uri_part.contains(',') {
+        if uri.contains('?') || uri.contains(',') {
             return Err("addr-spec with '?' or ',' must be enclosed in <>");
         }
-        let uri = Uri::parse(uri_part).map_err(|e| e.0)?;
         Ok(Self {
             display: None,
             uri,
             params,
         })
-    }
-
-    /// The `tag` parameter.
-    pub fn tag(&self) -> Option<&str> {
-        self.params.value("tag")
     }
 }
 

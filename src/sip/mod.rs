@@ -9,7 +9,7 @@ mod addr;
 mod build;
 pub mod digest;
 mod message;
-mod params;
+pub(crate) mod params;
 mod parse;
 mod replaces;
 mod uri;

@@ -16,31 +16,7 @@ impl Params {
     /// linear white space (RFC 3261 §25.1) and is dropped. Quoted values keep their quotes.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
         let mut out = Vec::new();
-        for part in split_outside_quotes(s, ';') {
-            let part = part.trim();
-            if part.is_empty() {
-                continue;
-            }
-            match part.split_once('=') {
-                Some((n, v)) => {
-                    let n = n.trim();
-                    let v = v.trim();
-                    if n.is_empty() || !n.bytes().all(is_token_byte) {
-                        return Err("bad parameter name");
-                    }
-                    if v.starts_with('"') && (v.len() < 2 || !v.ends_with('"')) {
-                        return Err("unterminated quoted parameter");
-                    }
-                    out.push((n.to_string(), Some(v.to_string())));
-                }
-                None => {
-                    if !part.bytes().all(is_token_byte) {
-                        return Err("bad parameter name");
-                    }
-                    out.push((part.to_string(), None));
-                }
-            }
-        }
+        each(s, |n, v| out.push((n.to_string(), v.map(str::to_string))))?;
         Ok(Self(out))
     }
 
@@ -143,18 +119,62 @@ pub(crate) fn parts_outside_quotes(s: &str, sep: char) -> impl Iterator<Item = &
     })
 }
 
-/// The value of the first parameter called `name` in a `;`-separated list, as
-/// `Params::parse(s)?.value(name)` gives it for a list that parses, without building the list.
-pub(crate) fn find_value<'a>(s: &'a str, name: &str) -> Option<&'a str> {
+/// Walk `;a=b;c` with the grammar of [`Params::parse`], handing each parameter (name, value)
+/// to `f`: the one place that grammar is written, for parsing and for checking without
+/// building the list.
+fn each<'a>(s: &'a str, mut f: impl FnMut(&'a str, Option<&'a str>)) -> Result<(), &'static str> {
+    for part in parts_outside_quotes(s, ';') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        match part.split_once('=') {
+            Some((n, v)) => {
+                let n = n.trim();
+                let v = v.trim();
+                if n.is_empty() || !n.bytes().all(is_token_byte) {
+                    return Err("bad parameter name");
+                }
+                if v.starts_with('"') && (v.len() < 2 || !v.ends_with('"')) {
+                    return Err("unterminated quoted parameter");
+                }
+                f(n, Some(v));
+            }
+            None => {
+                if !part.bytes().all(is_token_byte) {
+                    return Err("bad parameter name");
+                }
+                f(part, None);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `s` parses as a parameter list ([`Params::parse`] would accept it).
+pub(crate) fn check(s: &str) -> Result<(), &'static str> {
+    each(s, |_, _| {})
+}
+
+/// The first parameter called `name` in a `;`-separated list, as `Params::parse(s)?.get(name)`
+/// gives it for a list that parses (`Some(None)`: present without a value), without building
+/// the list.
+pub(crate) fn get<'a>(s: &'a str, name: &str) -> Option<Option<&'a str>> {
     for part in parts_outside_quotes(s, ';') {
         let part = part.trim();
         match part.split_once('=') {
-            Some((n, v)) if n.trim().eq_ignore_ascii_case(name) => return Some(v.trim()),
-            None if part.eq_ignore_ascii_case(name) => return None,
+            Some((n, v)) if n.trim().eq_ignore_ascii_case(name) => return Some(Some(v.trim())),
+            None if part.eq_ignore_ascii_case(name) => return Some(None),
             _ => {}
         }
     }
     None
+}
+
+/// The value of the first parameter called `name` in a `;`-separated list, as
+/// `Params::parse(s)?.value(name)` gives it for a list that parses, without building the list.
+pub(crate) fn find_value<'a>(s: &'a str, name: &str) -> Option<&'a str> {
+    get(s, name).flatten()
 }
 
 #[cfg(test)]

@@ -33,75 +33,31 @@ pub struct UriError(pub &'static str);
 impl Uri {
     /// Parse a URI.
     pub fn parse(s: &str) -> Result<Self, UriError> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(UriError("empty"));
-        }
-        if s.bytes()
-            .any(|b| b == b' ' || b == b'\t' || b == b'<' || b == b'>' || b < 0x20)
-        {
-            return Err(UriError("whitespace or angle bracket inside URI"));
-        }
-        let (scheme, rest) = s.split_once(':').ok_or(UriError("no scheme"))?;
-        if scheme.is_empty()
-            || !scheme
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphabetic())
-            || !scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-        {
-            return Err(UriError("bad scheme"));
-        }
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme != "sip" && scheme != "sips" {
-            if rest.is_empty() {
-                return Err(UriError("empty opaque part"));
-            }
-            return Ok(Self {
-                scheme,
-                user: None,
-                password: None,
-                host: rest.to_string(),
-                port: None,
-                params: Params::new(),
-                headers: None,
-            });
-        }
-        // '@' cannot appear unescaped in userinfo, but '?', ';' and ':' can (RFC 4475
-        // §3.1.1.2, §3.1.1.9), so the user part ends at the first '@'.
-        let (userinfo, hostpart) = match rest.split_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, rest),
+        let p = Parts::of(s)?;
+        let params = match p.params {
+            Some(params) => Params::parse(params).map_err(UriError)?,
+            None => Params::new(),
         };
-        let (hostpart, headers) = match hostpart.split_once('?') {
-            Some((r, h)) => (r, Some(h.to_string())),
-            None => (hostpart, None),
-        };
-        let (hostport, params) = match hostpart.split_once(';') {
-            Some((h, p)) => (h, Params::parse(p).map_err(UriError)?),
-            None => (hostpart, Params::new()),
-        };
-        let (host, port) = split_host_port(hostport)?;
-        let (user, password) = match userinfo {
-            Some(u) => match u.split_once(':') {
-                Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
-                None => (Some(u.to_string()), None),
-            },
-            None => (None, None),
-        };
-        if user.as_deref() == Some("") {
-            return Err(UriError("empty user part"));
-        }
         Ok(Self {
-            scheme,
-            user,
-            password,
-            host,
-            port,
+            scheme: p.scheme.to_ascii_lowercase(),
+            user: p.user.map(str::to_string),
+            password: p.password.map(str::to_string),
+            host: p.host.to_string(),
+            port: p.port,
             params,
-            headers,
+            headers: p.headers.map(str::to_string),
+        })
+    }
+
+    /// Check that `s` parses ([`Uri::parse`] accepts it) without building the URI; whether
+    /// it carries `?headers`.
+    pub(crate) fn check(s: &str) -> Result<Checked, UriError> {
+        let p = Parts::of(s)?;
+        if let Some(params) = p.params {
+            super::params::check(params).map_err(UriError)?;
+        }
+        Ok(Checked {
+            headers: p.headers.is_some(),
         })
     }
 
@@ -134,7 +90,99 @@ impl Uri {
     }
 }
 
-fn split_host_port(s: &str) -> Result<(String, Option<u16>), UriError> {
+/// What [`Uri::check`] found.
+pub(crate) struct Checked {
+    /// The URI has a `?headers` part.
+    pub(crate) headers: bool,
+}
+
+/// A URI's parts as written (the scheme not yet lower-cased, the parameters not yet split):
+/// the grammar of [`Uri::parse`], written once for parsing and for checking.
+struct Parts<'a> {
+    scheme: &'a str,
+    user: Option<&'a str>,
+    password: Option<&'a str>,
+    host: &'a str,
+    port: Option<u16>,
+    params: Option<&'a str>,
+    headers: Option<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    fn of(s: &'a str) -> Result<Self, UriError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(UriError("empty"));
+        }
+        if s.bytes()
+            .any(|b| b == b' ' || b == b'\t' || b == b'<' || b == b'>' || b < 0x20)
+        {
+            return Err(UriError("whitespace or angle bracket inside URI"));
+        }
+        let (scheme, rest) = s.split_once(':').ok_or(UriError("no scheme"))?;
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic())
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        {
+            return Err(UriError("bad scheme"));
+        }
+        if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+            if rest.is_empty() {
+                return Err(UriError("empty opaque part"));
+            }
+            return Ok(Self {
+                scheme,
+                user: None,
+                password: None,
+                host: rest,
+                port: None,
+                params: None,
+                headers: None,
+            });
+        }
+        // '@' cannot appear unescaped in userinfo, but '?', ';' and ':' can (RFC 4475
+        // §3.1.1.2, §3.1.1.9), so the user part ends at the first '@'.
+        let (userinfo, hostpart) = match rest.split_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        let (hostpart, headers) = match hostpart.split_once('?') {
+            Some((r, h)) => (r, Some(h)),
+            None => (hostpart, None),
+        };
+        let (hostport, params) = match hostpart.split_once(';') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostpart, None),
+        };
+        let (host, port) = split_host_port(hostport)?;
+        let (user, password) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((u, p)) => (Some(u), Some(p)),
+                None => (Some(u), None),
+            },
+            None => (None, None),
+        };
+        if user == Some("") {
+            return Err(UriError("empty user part"));
+        }
+        Ok(Self {
+            scheme,
+            user,
+            password,
+            host,
+            port,
+            params,
+            headers,
+        })
+    }
+}
+
+fn split_host_port(s: &str) -> Result<(&str, Option<u16>), UriError> {
     if s.is_empty() {
         return Err(UriError("empty host"));
     }
@@ -142,7 +190,8 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), UriError> {
         let (v6, after) = rest
             .split_once(']')
             .ok_or(UriError("unterminated IPv6 reference"))?;
-        let host = format!("[{v6}]");
+        // "[" v6 "]": the reference as written.
+        let host = s.get(..v6.len() + 2).unwrap_or(s);
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p.parse().map_err(|_| UriError("bad port"))?),
             None if after.is_empty() => None,
@@ -161,7 +210,7 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), UriError> {
     {
         return Err(UriError("bad host"));
     }
-    Ok((host.to_string(), port))
+    Ok((host, port))
 }
 
 /// Decode %-escapes.

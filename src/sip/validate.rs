@@ -2,7 +2,9 @@
 //! (RFC 3261 §8.2, §16.3; RFC 4475 §3.1.2, §3.3).
 
 use super::addr::NameAddr;
-use super::message::{CSeq, HeaderName, Message, Method, Request, Response, SipMessage};
+use super::message::{
+    CSeq, HeaderError, HeaderName, Message, Method, Request, Response, SipMessage,
+};
 use super::parse::{Parsed, Version};
 use super::uri::Uri;
 use super::via::Via;
@@ -74,10 +76,10 @@ fn common(m: &impl SipMessage) -> Result<CSeq, Rejection> {
         via_params(&via)?;
     }
     m.call_id().map_err(|e| Rejection::bad(e.to_string()))?;
-    let from = m.from().map_err(|e| Rejection::bad(e.to_string()))?;
-    tag_param(&from, "From")?;
-    let to = m.to().map_err(|e| Rejection::bad(e.to_string()))?;
-    tag_param(&to, "To")?;
+    for (name, label) in [(HeaderName::From, "From"), (HeaderName::To, "To")] {
+        let params = check_addr(m, &name, label)?;
+        tag_param(super::params::get(params, "tag"), label)?;
+    }
     let cseq = m.cseq().map_err(|e| Rejection::bad(e.to_string()))?;
     if let Some(d) = m.headers().get(&HeaderName::Date)
         && !d.trim_end().ends_with("GMT")
@@ -101,10 +103,24 @@ fn is_token(s: &str) -> bool {
         })
 }
 
+/// Check the address in the header `name` as [`SipMessage::from`] / [`SipMessage::to`] would
+/// parse it (with the same errors), without building it; its header parameters.
+fn check_addr<'a>(
+    m: &'a impl SipMessage,
+    name: &HeaderName,
+    label: &'static str,
+) -> Result<&'a str, Rejection> {
+    let v = m
+        .headers()
+        .get(name)
+        .ok_or_else(|| Rejection::bad(HeaderError::Missing(label).to_string()))?;
+    NameAddr::check(v).map_err(|e| Rejection::bad(HeaderError::Malformed(label, e).to_string()))
+}
+
 /// `tag-param = "tag" EQUAL token` (RFC 3261 §25.1): a tag is present with a token value, or
 /// absent. Everything above the facade may then treat a tag as ASCII.
-fn tag_param(addr: &NameAddr, header: &str) -> Result<(), Rejection> {
-    match addr.params.get("tag") {
+fn tag_param(tag: Option<Option<&str>>, header: &str) -> Result<(), Rejection> {
+    match tag {
         None => Ok(()),
         Some(Some(t)) if is_token(t) => Ok(()),
         Some(_) => Err(Rejection::bad(format!("{header} tag is not a token"))),
@@ -167,8 +183,10 @@ pub fn validate_request(r: &Request) -> Result<(), Rejection> {
         .get(&HeaderName::Contact)
         .is_some_and(|c| c.trim() != "*")
     {
-        for c in r.contacts().map_err(|e| Rejection::bad(e.to_string()))? {
-            if let Some(e) = c.params.value("expires")
+        for c in r.headers.get_all(&HeaderName::Contact) {
+            let params = NameAddr::check(c)
+                .map_err(|e| Rejection::bad(HeaderError::Malformed("Contact", e).to_string()))?;
+            if let Some(e) = super::params::find_value(params, "expires")
                 && e.parse::<u32>().is_err()
             {
                 return Err(Rejection::bad("Contact expires is not a 32-bit number"));
@@ -180,10 +198,10 @@ pub fn validate_request(r: &Request) -> Result<(), Rejection> {
         .get_all(&HeaderName::Route)
         .chain(r.headers.get_all(&HeaderName::RecordRoute))
     {
-        NameAddr::parse(rr).map_err(|e| Rejection::bad(format!("malformed Route: {e}")))?;
+        NameAddr::check(rr).map_err(|e| Rejection::bad(format!("malformed Route: {e}")))?;
     }
-    let uri = Uri::parse(&r.uri).map_err(|e| Rejection::bad(format!("Request-URI: {e}")))?;
-    if uri.headers.is_some() {
+    let uri = Uri::check(&r.uri).map_err(|e| Rejection::bad(format!("Request-URI: {e}")))?;
+    if uri.headers {
         return Err(Rejection::bad("Request-URI must not carry headers"));
     }
     Ok(())
