@@ -38,19 +38,36 @@ struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
+/// Live allocations by size (in 8-byte steps; the last bucket holds everything larger), for
+/// the per-call allocation list (`CALLS_HIST=1`).
+const BUCKETS: usize = 513;
+static HIST: [AtomicIsize; BUCKETS] = [const { AtomicIsize::new(0) }; BUCKETS];
+
+fn bucket(size: usize) -> usize {
+    size.div_ceil(8).min(BUCKETS - 1)
+}
+
+fn hist_snapshot() -> Vec<isize> {
+    HIST.iter().map(|h| h.load(Ordering::Relaxed)).collect()
+}
+
 // SAFETY-free: delegates to the product's allocator (mimalloc, as in src/main.rs) and only
 // counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        HIST[bucket(l.size())].fetch_add(1, Ordering::Relaxed);
         unsafe { MiMalloc.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        HIST[bucket(l.size())].fetch_sub(1, Ordering::Relaxed);
         unsafe { MiMalloc.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
+        HIST[bucket(l.size())].fetch_sub(1, Ordering::Relaxed);
+        HIST[bucket(n)].fetch_add(1, Ordering::Relaxed);
         unsafe { MiMalloc.realloc(p, l, n) }
     }
 }
@@ -145,6 +162,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let before = LIVE.load(Ordering::Relaxed);
+    let hist_before = hist_snapshot();
     // What the bench keeps of each B leg to hang it up later: its From and Call-ID.
     let mut b_dialogs: Vec<(String, String)> = Vec::with_capacity(n);
     let cpu0 = Instant::now();
@@ -230,6 +248,18 @@ fn main() {
         held,
         kept
     );
+    if std::env::var_os("CALLS_HIST").is_some() {
+        // Allocations per held call by size (the bench's own two strings per call included).
+        for (i, (a, b)) in hist_snapshot().iter().zip(&hist_before).enumerate() {
+            let per_call = (a - b) as f64 / n as f64;
+            if per_call >= 0.05 {
+                println!(
+                    "allocations of {:>5} bytes: {per_call:.2} per held call",
+                    i * 8
+                );
+            }
+        }
+    }
     if std::env::var_os("CALLS_EXIT_HELD").is_some() {
         // For a heap profiler's end-of-run view (valgrind --tool=dhat): the server's live
         // heap with every call held.

@@ -1,7 +1,6 @@
 //! The call model: two legs, the forks of the B leg while it is being set up, and the
 //! transactions in flight that belong to the call.
 
-use crate::entropy::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -175,7 +174,9 @@ pub struct Call {
     /// The client transaction of the relayed re-INVITE.
     pub relay_tx: Option<ClientTxId>,
     /// Other relayed requests (UPDATE, INFO, OPTIONS...) waiting for their final response.
-    pub relays: HashMap<ClientTxId, Relay>,
+    /// (A list, not a map: rarely more than one at a time, and an empty list costs a held
+    /// call 24 bytes where an empty map cost 48.)
+    relays: Vec<(ClientTxId, Relay)>,
     /// Last SDP sent on each leg (for session refresh re-INVITEs).
     pub last_sdp: [Option<Bytes>; 2],
     /// Session timers per leg.
@@ -265,7 +266,7 @@ impl Call {
             b_tx: None,
             reinvite: None,
             relay_tx: None,
-            relays: HashMap::default(),
+            relays: Vec::new(),
             last_sdp: [None, None],
             timers: [None, None],
             peer_update: [false, false],
@@ -317,7 +318,33 @@ impl Call {
 
     /// Track a relayed non-INVITE request.
     pub fn relays_insert(&mut self, tx: ClientTxId, r: Relay) {
-        self.relays.insert(tx, r);
+        self.relays.push((tx, r));
+    }
+
+    /// A relayed non-INVITE request by its client transaction.
+    pub fn relay(&self, tx: ClientTxId) -> Option<&Relay> {
+        self.relays.iter().find(|(t, _)| *t == tx).map(|(_, r)| r)
+    }
+
+    /// The relayed request of `tx` got its final response; the list's memory goes once it is
+    /// empty.
+    pub fn relay_done(&mut self, tx: ClientTxId) -> Option<Relay> {
+        let i = self.relays.iter().position(|(t, _)| *t == tx)?;
+        let (_, r) = self.relays.swap_remove(i);
+        if self.relays.is_empty() {
+            self.relays = Vec::new();
+        }
+        Some(r)
+    }
+
+    /// Every relayed request still waiting, taken out of the call.
+    pub fn relays_take(&mut self) -> Vec<(ClientTxId, Relay)> {
+        std::mem::take(&mut self.relays)
+    }
+
+    /// The client transactions of the relayed requests still waiting.
+    pub fn relay_txs(&self) -> impl Iterator<Item = ClientTxId> + '_ {
+        self.relays.iter().map(|(t, _)| *t)
     }
 
     /// The dialog of a leg, if it exists.
@@ -356,6 +383,18 @@ pub fn idx(side: Side) -> usize {
 mod tests {
     use super::*;
 
+    /// A held call's biggest allocation is its `Box<Call>`. mimalloc serves it from the
+    /// 1,024-byte size class while it fits (the next class is 1,280 bytes): 24 bytes more
+    /// cost every held call 256 bytes of memory.
+    #[test]
+    fn a_call_fits_the_1024_byte_size_class() {
+        assert!(
+            std::mem::size_of::<Call>() <= 1024,
+            "Call is {} bytes",
+            std::mem::size_of::<Call>()
+        );
+    }
+
     #[test]
     fn tags_round_trip() {
         let t = tag_for(0xdead_beef_0000_0001, Side::B);
@@ -363,25 +402,5 @@ mod tests {
         assert_eq!(parse_tag(&t), Some((0xdead_beef_0000_0001, Side::B)));
         assert_eq!(parse_tag("abc"), None);
         assert_eq!(parse_tag("udeadbeef00000001c"), None);
-    }
-}
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use std::mem::size_of;
-        eprintln!(
-            "Call {} Dialog {} Flow {} Fork {} Relay {} SessionTimer {} HashMap {} Target {} String {} Request {}",
-            size_of::<super::Call>(),
-            size_of::<crate::dialog::Dialog>(),
-            size_of::<crate::net::Flow>(),
-            size_of::<super::Fork>(),
-            size_of::<super::Relay>(),
-            size_of::<Option<super::SessionTimer>>(),
-            size_of::<crate::entropy::HashMap<u64, u64>>(),
-            size_of::<super::super::Target>(),
-            size_of::<String>(),
-            size_of::<crate::sip::Request>()
-        );
     }
 }

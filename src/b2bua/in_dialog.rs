@@ -245,7 +245,7 @@ impl B2bua {
             // None: a 2xx retransmission after the ACK went out, nothing to relay.
             call.reinvite.as_deref()
         } else {
-            call.relays.get(&id)
+            call.relay(id)
         };
         let Some(relay) = relay else {
             return;
@@ -279,7 +279,7 @@ impl B2bua {
                     self.client.remove(&id);
                 }
             } else {
-                call.relays.remove(&id);
+                call.relay_done(id);
                 self.client.remove(&id);
             }
             if matches!(resp.status, 408 | 481) {

@@ -613,7 +613,7 @@ impl B2bua {
         let mut byes = Vec::new();
         // Requests relayed across the call that have no final answer yet: the call is gone,
         // so they end with 487 (RFC 3261 §15.1.2) instead of hanging.
-        let mut pending: Vec<Relay> = call.relays.drain().map(|(_, r)| r).collect();
+        let mut pending: Vec<Relay> = call.relays_take().into_iter().map(|(_, r)| r).collect();
         pending.extend(call.reinvite.take().map(|b| *b));
         for r in pending {
             if env.tx.is_pending(r.server) {
@@ -663,8 +663,8 @@ impl B2bua {
         if let Some(tx) = call.relay_tx {
             self.client.remove(&tx);
         }
-        for tx in call.relays.keys() {
-            self.client.remove(tx);
+        for tx in call.relay_txs() {
+            self.client.remove(&tx);
         }
         if let Some(id) = call.invite_tx {
             self.server_invites.remove(&id);
