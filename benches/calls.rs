@@ -25,7 +25,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use mimalloc::MiMalloc;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use understudy::config::{Config, TrunkAddress, TrunkConfig, TrunkTransport};
@@ -42,6 +42,8 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 /// the per-call allocation list (`CALLS_HIST=1`).
 const BUCKETS: usize = 513;
 static HIST: [AtomicIsize; BUCKETS] = [const { AtomicIsize::new(0) }; BUCKETS];
+/// Whether `HIST` is kept (off by default: it would add to the instruction count).
+static HIST_ON: AtomicBool = AtomicBool::new(false);
 
 fn bucket(size: usize) -> usize {
     size.div_ceil(8).min(BUCKETS - 1)
@@ -56,18 +58,24 @@ fn hist_snapshot() -> Vec<isize> {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        HIST[bucket(l.size())].fetch_add(1, Ordering::Relaxed);
+        if HIST_ON.load(Ordering::Relaxed) {
+            HIST[bucket(l.size())].fetch_add(1, Ordering::Relaxed);
+        }
         unsafe { MiMalloc.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        HIST[bucket(l.size())].fetch_sub(1, Ordering::Relaxed);
+        if HIST_ON.load(Ordering::Relaxed) {
+            HIST[bucket(l.size())].fetch_sub(1, Ordering::Relaxed);
+        }
         unsafe { MiMalloc.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
-        HIST[bucket(l.size())].fetch_sub(1, Ordering::Relaxed);
-        HIST[bucket(n)].fetch_add(1, Ordering::Relaxed);
+        if HIST_ON.load(Ordering::Relaxed) {
+            HIST[bucket(l.size())].fetch_sub(1, Ordering::Relaxed);
+            HIST[bucket(n)].fetch_add(1, Ordering::Relaxed);
+        }
         unsafe { MiMalloc.realloc(p, l, n) }
     }
 }
@@ -161,6 +169,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    HIST_ON.store(std::env::var_os("CALLS_HIST").is_some(), Ordering::Relaxed);
     let before = LIVE.load(Ordering::Relaxed);
     let hist_before = hist_snapshot();
     // What the bench keeps of each B leg to hang it up later: its From and Call-ID.

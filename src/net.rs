@@ -59,9 +59,10 @@ impl fmt::Display for Proto {
     }
 }
 
-/// Identifies one TCP connection in the transport's connection table.
+/// Identifies one TCP connection in the transport's connection table (never zero, so that an
+/// `Option<ConnId>` in every dialog's flow costs no more than the id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId(pub u64);
+pub struct ConnId(pub std::num::NonZeroU64);
 
 /// Where a message came from or goes to: protocol, remote address, and for TCP the
 /// connection it arrived on (responses and in-dialog requests reuse it when it is open).

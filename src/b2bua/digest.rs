@@ -19,7 +19,7 @@ fn leg_record(call: &Call, side: Side) -> Option<LegRecord> {
         remote_target: d.remote_target.clone(),
         proto: d.flow.proto,
         remote: d.flow.remote,
-        route_set: d.route_set.clone(),
+        route_set: d.route_set.to_vec(),
         cseq: d.local_cseq,
         party: match side {
             Side::A => call.caller.clone(),

@@ -171,8 +171,11 @@ impl B2bua {
         call.forks = forks;
         call.last_sdp = [None, (!offer.is_empty()).then(|| kept(&offer))];
         call.trunk = route.trunk.or_else(|| from_trunk.map(str::to_string));
-        call.alternates = route.alternates;
-        call.trunk_host = route.host;
+        if !route.alternates.is_empty() {
+            let rare = call.rare_mut();
+            rare.alternates = route.alternates;
+            rare.trunk_host = route.host;
+        }
         self.stats.created += 1;
         self.server_invites.insert(id, token);
         self.calls.insert(token, Box::new(call));
@@ -448,11 +451,11 @@ impl B2bua {
             && call.b.is_none()
             && call.a_invite.is_some()
             && !call.cancelled
-            && !call.alternates.is_empty()
+            && let Some(rare) = call.rare.as_mut().filter(|r| !r.alternates.is_empty())
             && let Some(fork) = call.forks.get_mut(fi)
         {
-            let next = call.alternates.remove(0);
-            if let Some(host) = &call.trunk_host {
+            let next = rare.alternates.remove(0);
+            if let Some(host) = &rare.trunk_host {
                 self.dns_failures.push((host.clone(), fork.flow.remote));
             }
             let mut retry = fork.request.clone();

@@ -142,8 +142,7 @@ pub(super) fn take_trunk_challenge(
         .get("stale")
         .is_some_and(|s| s.eq_ignore_ascii_case("true"));
     if call
-        .trunk_challenge
-        .as_ref()
+        .trunk_challenge()
         .is_some_and(|c| c.side == side && c.sent && !stale)
     {
         tracing::warn!(
@@ -152,13 +151,13 @@ pub(super) fn take_trunk_challenge(
         );
         return false;
     }
-    call.trunk_challenge = Some(Box::new(super::call::TrunkChallenge {
+    call.rare_mut().trunk_challenge = Some(super::call::TrunkChallenge {
         side,
         challenge,
         proxy,
         nc: 0,
         sent: false,
-    }));
+    });
     true
 }
 
@@ -167,7 +166,7 @@ pub(super) fn answer_trunk_challenge(env: &Env<'_>, call: &mut Call, side: Side,
     let Some(creds) = super::trunk_credentials(env.cfg, call.trunk.as_deref()) else {
         return;
     };
-    let Some(c) = call.trunk_challenge.as_mut().filter(|c| c.side == side) else {
+    let Some(c) = call.trunk_challenge().filter(|c| c.side == side) else {
         return;
     };
     c.nc = c.nc.saturating_add(1);

@@ -342,7 +342,7 @@ impl B2bua {
             self.rebind_retry(env, token);
             return;
         }
-        if let Some(c) = call.trunk_challenge.as_mut() {
+        if let Some(c) = call.trunk_challenge() {
             c.sent = false;
         }
         let first = rb.first;

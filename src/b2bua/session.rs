@@ -175,7 +175,11 @@ pub(super) fn fire(b: &mut B2bua, env: &mut Env<'_>, token: u64, i: u8, at: std:
         return;
     }
     let use_update = *call.peer_update.leg(side);
-    let sdp = call.last_sdp.leg(side).clone();
+    let sdp = call
+        .last_sdp
+        .leg(side)
+        .as_deref()
+        .map(bytes::Bytes::copy_from_slice);
     let Some(leg) = call.leg_mut(side) else {
         return;
     };
@@ -224,7 +228,7 @@ pub(super) fn refresh_response(
     match resp.status {
         100..=199 => {}
         200..=299 => {
-            if let Some(c) = call.trunk_challenge.as_mut() {
+            if let Some(c) = call.trunk_challenge() {
                 c.sent = false;
             }
             if was_invite && let Some(leg) = call.leg_mut(side) {

@@ -384,7 +384,7 @@ impl B2bua {
         re.headers.push(HeaderName::ContentType, "application/sdp");
         re.body = offer;
         let hop = y.next_hop();
-        *call.last_sdp.leg_mut(side.other()) = Some(re.body.clone());
+        *call.last_sdp.leg_mut(side.other()) = Some(super::call::kept(&re.body));
         let Ok(tx) = env.tx.send_request(env.now, &re, hop) else {
             return refuse(env, 500, "Cannot Reach The Other Party");
         };
@@ -577,7 +577,7 @@ impl B2bua {
         re.headers.push(HeaderName::ContentType, "application/sdp");
         re.body = body;
         let hop = y.next_hop();
-        *call.last_sdp.leg_mut(from.other()) = Some(re.body.clone());
+        *call.last_sdp.leg_mut(from.other()) = Some(super::call::kept(&re.body));
         match env.tx.send_request(env.now, &re, hop) {
             Ok(tx) => {
                 self.client.insert(tx, (token, Purpose::TransferJoin));
@@ -686,7 +686,7 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&token) else {
             return;
         };
-        *call.last_sdp.leg_mut(from) = Some(body);
+        *call.last_sdp.leg_mut(from) = Some(super::call::kept(&body));
         *call.timers.leg_mut(from) = None;
         // The new party takes the leg's place; the part of the call before it gets its CDR
         // now.
@@ -785,7 +785,7 @@ impl B2bua {
             .into_iter()
             .find(|&s| c2.leg(s).is_some_and(|d| d.local_tag == target.local_tag));
         let answer = y2
-            .and_then(|s| c2.last_sdp.leg(s).clone())
+            .and_then(|s| c2.last_sdp.leg(s).as_deref().map(Bytes::copy_from_slice))
             .unwrap_or_else(|| super::rebind::rejecting_answer(offer));
         let ack = target.ack(
             env.me,

@@ -39,7 +39,7 @@ pub struct Dialog {
     /// Last CSeq the peer used (`None` until it sends a request, or after adoption).
     pub remote_cseq: Option<u32>,
     /// Route set, in the order Route headers are written.
-    pub route_set: Vec<String>,
+    pub route_set: Box<[String]>,
     /// Remote target (the peer's Contact URI).
     pub remote_target: String,
     /// Where in-dialog requests go.
@@ -159,7 +159,7 @@ impl Dialog {
             local_cseq: 0,
             remote_cseq: req.cseq().ok().map(|c| c.seq),
             pinned: route_set.is_empty() && behind_nat(sent_by, flow),
-            route_set,
+            route_set: route_set.into_boxed_slice(),
             remote_target,
             flow,
             state: DialogState::Early,
@@ -190,7 +190,7 @@ impl Dialog {
             remote_uri: exact(strip_tag(&to)),
             local_cseq: req.cseq().ok()?.seq,
             remote_cseq: None,
-            route_set,
+            route_set: route_set.into_boxed_slice(),
             remote_target,
             flow,
             state: if resp.status >= 200 {
@@ -246,7 +246,7 @@ impl Dialog {
                 rest.push(format!("<{}>", self.remote_target));
                 (u, rest)
             }
-            _ => (self.remote_target.clone(), self.route_set.clone()),
+            _ => (self.remote_target.clone(), self.route_set.to_vec()),
         };
         let mut r = Request::new(method.clone(), uri);
         let h = &mut r.headers;

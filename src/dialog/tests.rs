@@ -58,7 +58,7 @@ fn uac_dialog_reverses_record_route_and_tracks_cseq() {
     let flow = Flow::udp(SocketAddr::from(([127, 0, 0, 1], 5070)));
     let mut d = Dialog::as_uac(&req, &resp, flow).unwrap();
     assert_eq!(d.state, DialogState::Confirmed);
-    assert_eq!(d.route_set, ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
+    assert_eq!(*d.route_set, ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
     let ack = d.ack(&me(), 7, None);
     assert_eq!(ack.cseq().unwrap().seq, 7);
     let bye = d.request(Method::Bye, &me(), None);
@@ -82,7 +82,7 @@ fn remote_cseq_must_not_go_backwards() {
 fn target_refresh_changes_next_hop() {
     let src = Flow::udp(SocketAddr::from(([127, 0, 0, 1], 5061)));
     let mut d = Dialog::as_uas(&invite(), "ours", src).unwrap();
-    d.route_set.clear();
+    d.route_set = Box::default();
     d.refresh_target(NameAddr::parse("<sip:alice@127.0.0.9:6000>").ok());
     assert_eq!(
         d.next_hop().remote,

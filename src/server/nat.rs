@@ -89,7 +89,7 @@ mod tests {
             remote_uri: "<sip:alice@pbx.local>".into(),
             local_cseq: 1,
             remote_cseq: None,
-            route_set: Vec::new(),
+            route_set: Box::default(),
             remote_target: target.into(),
             flow: Flow::udp(recorded.parse().unwrap()),
             pinned: false,

@@ -126,7 +126,7 @@ impl Server {
                 remote_uri: r.b_to.clone(),
                 local_cseq: r.b_cseq.max(self.cseq_epoch() * 65536),
                 remote_cseq: None,
-                route_set: Vec::new(),
+                route_set: Box::default(),
                 remote_target: r.b_early_target.clone().unwrap_or_else(|| r.b_uri.clone()),
                 flow: b_flow,
                 pinned: false,

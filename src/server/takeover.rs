@@ -927,7 +927,7 @@ fn dialog_from(r: &DialogReport, flow: Flow, uri: &str, side: Side) -> Dialog {
         remote_uri: angle(&remote_identity),
         local_cseq: 0,
         remote_cseq: None,
-        route_set: Vec::new(),
+        route_set: Box::default(),
         remote_target: target,
         flow,
         // Where requests go is decided once the leg is adopted (`nat::reach`).
@@ -948,7 +948,7 @@ fn leg_dialog(l: LegRecord) -> (Dialog, String, u64) {
         remote_uri: l.remote_uri,
         local_cseq: l.cseq,
         remote_cseq: None,
-        route_set: l.route_set,
+        route_set: l.route_set.into_boxed_slice(),
         remote_target: l.remote_target,
         flow: Flow {
             proto: l.proto,

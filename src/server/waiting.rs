@@ -120,7 +120,7 @@ mod tests {
             remote_uri: "sip:r@192.0.2.2".into(),
             local_cseq: 1,
             remote_cseq: None,
-            route_set: Vec::new(),
+            route_set: Box::default(),
             remote_target: format!("sip:r@192.0.2.2:{port}"),
             flow: Flow::udp(SocketAddr::from(([192, 0, 2, 2], port))),
             pinned: false,

@@ -148,7 +148,7 @@ impl Connections {
         };
         let existing = flow
             .conn
-            .and_then(|c| t.by_id.get(&c.0))
+            .and_then(|c| t.by_id.get(&c.0.get()))
             .or_else(|| t.by_remote.get(&flow.remote).and_then(|id| t.by_id.get(id)))
             .map(|(_, w, c)| (w.clone(), c.clone()));
         let bytes = match existing {
@@ -313,7 +313,7 @@ impl Connections {
         let flow = Flow {
             proto: self.proto,
             remote,
-            conn: Some(ConnId(id)),
+            conn: std::num::NonZeroU64::new(id).map(ConnId),
         };
         tokio::spawn(async move {
             let mut framer = StreamFramer::new();
