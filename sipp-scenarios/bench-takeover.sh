@@ -444,12 +444,15 @@ takeover_run() {
 		cleanup
 		return
 	fi
-	local kb ka ka_size
+	local kb ka ka_size link_bps
 	kb=$(status_field "$MAIN_ADMIN" 's["digest"]["bytes_sent"]')
 	ka=$(metric "$MAIN_ADMIN" 'understudy_keepalives_total{dir="sent"}')
 	ka_size=$(awk -v b="$kb" -v k="$ka" 'BEGIN{ if (k + 0 > 0) printf "%.0f", b / k; else print "NA" }')
 	[ "$digest" = true ] || ka_size="off"
-	echo "RESULT mode=$mode n=$N calls_up=$N setup_s=$up_s main_digest_bytes_sent=$kb main_keepalives_sent=$ka digest_bytes_per_keepalive=$ka_size"
+	# the pair link's digest bytes per second while the calls were set up (main -> stand-by)
+	link_bps=$(awk -v b="$kb" -v t="$up_s" 'BEGIN{ if (t + 0 > 0 && b ~ /^[0-9]+$/) printf "%.0f", b / t; else print "NA" }')
+	[ "$digest" = true ] || link_bps="off"
+	echo "RESULT mode=$mode n=$N calls_up=$N setup_s=$up_s main_digest_bytes_sent=$kb main_keepalives_sent=$ka digest_bytes_per_keepalive=$ka_size link_digest_bytes_per_s_setup=$link_bps"
 	sleep 1
 	# 4. kill -9 the main and watch the stand-by (and its memory, before and after)
 	local m rss_before rss_after
@@ -541,7 +544,7 @@ takeover_run() {
 	local rtok=0
 	awk -v x="$retrans_pct" 'BEGIN{exit !(x ~ /^[0-9.]+$/ && x <= 1.0)}' && rtok=1
 	target "$mode-retrans" $rtok "SIPp retransmissions ${retrans_pct} % per call leg (target <= 1 %)"
-	SUMMARY="$SUMMARY $mode:[detection=${det}s rebind_ms=$rms recovered=$rec/$N byes_ok=$a_ok/$N keepalive_digest_bytes=$ka_size standby_rss_kib=${rss_before}->${rss_after} sipp_retrans_pct=$retrans_pct]"
+	SUMMARY="$SUMMARY $mode:[detection=${det}s rebind_ms=$rms recovered=$rec/$N byes_ok=$a_ok/$N keepalive_digest_bytes=$ka_size link_bytes_per_s_setup=$link_bps standby_rss_kib=${rss_before}->${rss_after} sipp_retrans_pct=$retrans_pct]"
 }
 
 # ---------------------------------------------------------------------------

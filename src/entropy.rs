@@ -57,7 +57,8 @@ pub type HashMap<K, V> = std::collections::HashMap<K, V, Keyed>;
 /// See [`HashMap`].
 pub type HashSet<K> = std::collections::HashSet<K, Keyed>;
 
-/// A SipHash hasher builder with keys drawn from this source.
+/// A SipHash-1-3 hasher builder (the rounds the standard library's own maps use) with keys
+/// drawn from this source.
 #[derive(Debug, Clone, Copy)]
 pub struct Keyed {
     k0: u64,
@@ -74,12 +75,10 @@ impl Default for Keyed {
 }
 
 impl BuildHasher for Keyed {
-    #[allow(deprecated)]
-    type Hasher = std::hash::SipHasher;
+    type Hasher = siphasher::sip::SipHasher13;
 
-    #[allow(deprecated)]
     fn build_hasher(&self) -> Self::Hasher {
-        std::hash::SipHasher::new_with_keys(self.k0, self.k1)
+        siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1)
     }
 }
 

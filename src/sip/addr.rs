@@ -99,7 +99,8 @@ impl<'a> Parts<'a> {
             (None, s)
         };
         if let Some(rest) = after_display.strip_prefix('<') {
-            let (inner, after) = rest.split_once('>').ok_or("unterminated <")?;
+            let (inner, after) =
+                super::params::split_once_byte(rest, b'>').ok_or("unterminated <")?;
             if inner.starts_with(|c: char| c.is_ascii_whitespace())
                 || inner.ends_with(|c: char| c.is_ascii_whitespace())
             {
@@ -116,7 +117,7 @@ impl<'a> Parts<'a> {
         }
         // addr-spec: parameters after the first ';' belong to the header, never to the URI
         // (RFC 3261 §20.10), and the URI may not carry headers or commas.
-        let (uri, params) = match s.split_once(';') {
+        let (uri, params) = match super::params::split_once_byte(s, b';') {
             Some((uri, params)) => (uri, Some(params)),
             None => (s, None),
         };
@@ -140,10 +141,10 @@ pub fn tag_param(value: &str) -> Option<&str> {
     let params = if let Some(rest) = s.strip_prefix('"') {
         let (_, after) = split_at_closing_quote(rest)?;
         after.trim_start().strip_prefix('<')?.split_once('>')?.1
-    } else if let Some((_, addr)) = s.split_once('<') {
-        addr.split_once('>')?.1
+    } else if let Some((_, addr)) = super::params::split_once_byte(s, b'<') {
+        super::params::split_once_byte(addr, b'>')?.1
     } else {
-        s.split_once(';')?.1
+        super::params::split_once_byte(s, b';')?.1
     };
     super::params::find_value(params, "tag")
 }

@@ -80,6 +80,15 @@ impl fmt::Display for Params {
     }
 }
 
+/// `s.split_once(sep)` for an ASCII separator, by a plain byte scan: the standard library's
+/// char searcher is built for long texts, and SIP's are a few dozen bytes (an ASCII byte
+/// never occurs inside a multi-byte character, so both halves are on char boundaries).
+pub(crate) fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
+    debug_assert!(sep.is_ascii());
+    let i = s.bytes().position(|b| b == sep)?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
 /// RFC 3261 §25.1 `token` characters, plus the characters parameter values commonly use
 /// (`[`, `]`, `:` for IPv6 and host:port values).
 pub(crate) fn is_token_byte(b: u8) -> bool {
@@ -128,7 +137,7 @@ fn each<'a>(s: &'a str, mut f: impl FnMut(&'a str, Option<&'a str>)) -> Result<(
         if part.is_empty() {
             continue;
         }
-        match part.split_once('=') {
+        match split_once_byte(part, b'=') {
             Some((n, v)) => {
                 let n = n.trim();
                 let v = v.trim();
@@ -162,7 +171,7 @@ pub(crate) fn check(s: &str) -> Result<(), &'static str> {
 pub(crate) fn get<'a>(s: &'a str, name: &str) -> Option<Option<&'a str>> {
     for part in parts_outside_quotes(s, ';') {
         let part = part.trim();
-        match part.split_once('=') {
+        match split_once_byte(part, b'=') {
             Some((n, v)) if n.trim().eq_ignore_ascii_case(name) => return Some(Some(v.trim())),
             None if part.eq_ignore_ascii_case(name) => return Some(None),
             _ => {}

@@ -83,6 +83,15 @@ const MAX_HEADER_VALUES: usize = 255;
 /// colon or unfolded continuation lines cannot make our serialization unparseable.
 const MAX_HEADER_LINE: usize = 8 * 1024;
 
+/// Bytes as text: borrowed when they are UTF-8 (the standard check is fast on ASCII, which is
+/// nearly every SIP header), with replacement characters otherwise.
+fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
 fn too_many() -> ParseError {
     ParseError::TooLarge(format!("more than {MAX_HEADER_VALUES} header values"))
 }
@@ -106,8 +115,8 @@ fn convert_headers(src: &px::Headers) -> Result<(Headers, usize), ParseError> {
     // Content-Length is written again from the body whatever the message said.
     let mut values = 0usize;
     for h in src.iter() {
-        let name = HeaderName::from_wire(&String::from_utf8_lossy(h.name().canonical()));
-        let value = String::from_utf8_lossy(&h.value()).into_owned();
+        let name = HeaderName::from_wire(&text(h.name().canonical()));
+        let value = text(&h.value()).into_owned();
         if is_list_header(&name) && value.contains(',') && value.trim() != "*" {
             for part in split_outside_quotes(&value, ',') {
                 let part = part.trim();
@@ -159,8 +168,8 @@ fn convert(msg: px::Message, max_message: usize) -> Result<Parsed, ParseError> {
             } else {
                 Version::Unsupported
             };
-            let method = Method::from_token(&String::from_utf8_lossy(r.method.as_bytes()));
-            let uri = String::from_utf8_lossy(&r.uri.to_bytes()).into_owned();
+            let method = Method::from_token(&text(r.method.as_bytes()));
+            let uri = text(&r.uri.to_bytes()).into_owned();
             let (headers, head) = convert_headers(&r.headers)?;
             // "METHOD uri SIP/2.0"
             let start = method.as_str().len() + 1 + uri.len() + 8;
@@ -183,7 +192,7 @@ fn convert(msg: px::Message, max_message: usize) -> Result<Parsed, ParseError> {
             };
             let (headers, head) = convert_headers(&r.headers)?;
             let status = r.status.code();
-            let reason = String::from_utf8_lossy(&r.reason).into_owned();
+            let reason = text(&r.reason).into_owned();
             // "SIP/2.0 NNN reason"
             let start = 8 + status.to_string().len() + 1 + reason.len();
             check_size(start, head, r.body().len(), max_message)?;

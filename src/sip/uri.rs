@@ -119,7 +119,8 @@ impl<'a> Parts<'a> {
         {
             return Err(UriError("whitespace or angle bracket inside URI"));
         }
-        let (scheme, rest) = s.split_once(':').ok_or(UriError("no scheme"))?;
+        let (scheme, rest) =
+            super::params::split_once_byte(s, b':').ok_or(UriError("no scheme"))?;
         if scheme.is_empty()
             || !scheme
                 .bytes()
@@ -147,21 +148,21 @@ impl<'a> Parts<'a> {
         }
         // '@' cannot appear unescaped in userinfo, but '?', ';' and ':' can (RFC 4475
         // §3.1.1.2, §3.1.1.9), so the user part ends at the first '@'.
-        let (userinfo, hostpart) = match rest.split_once('@') {
+        let (userinfo, hostpart) = match super::params::split_once_byte(rest, b'@') {
             Some((u, h)) => (Some(u), h),
             None => (None, rest),
         };
-        let (hostpart, headers) = match hostpart.split_once('?') {
+        let (hostpart, headers) = match super::params::split_once_byte(hostpart, b'?') {
             Some((r, h)) => (r, Some(h)),
             None => (hostpart, None),
         };
-        let (hostport, params) = match hostpart.split_once(';') {
+        let (hostport, params) = match super::params::split_once_byte(hostpart, b';') {
             Some((h, p)) => (h, Some(p)),
             None => (hostpart, None),
         };
         let (host, port) = split_host_port(hostport)?;
         let (user, password) = match userinfo {
-            Some(u) => match u.split_once(':') {
+            Some(u) => match super::params::split_once_byte(u, b':') {
                 Some((u, p)) => (Some(u), Some(p)),
                 None => (Some(u), None),
             },

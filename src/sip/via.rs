@@ -27,7 +27,7 @@ impl Via {
         let rest = parts.next().ok_or("missing transport")?.trim_start();
         // Any SIP version parses, so that a request from a newer version can still be answered
         // 505 (RFC 4475 §3.1.2.16); the version itself is checked on the request line.
-        let numeric = version.split_once('.').is_some_and(|(a, b)| {
+        let numeric = super::params::split_once_byte(version, b'.').is_some_and(|(a, b)| {
             !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
         });
         if !name.eq_ignore_ascii_case("SIP") || !numeric {
@@ -40,7 +40,7 @@ impl Via {
         if transport.is_empty() {
             return Err("empty transport");
         }
-        let (sent_by, params) = match rest.split_once(';') {
+        let (sent_by, params) = match super::params::split_once_byte(rest, b';') {
             Some((sent_by, params)) => (sent_by.trim(), Params::parse(params)?),
             None => (rest.trim(), Params::new()),
         };
@@ -61,7 +61,7 @@ impl Via {
         // the parameters after the first `;` (a `;` glued to the transport is not one).
         let rest = value.trim().splitn(3, '/').nth(2)?.trim_start();
         let (_, sent_by) = rest.split_once(|c: char| c.is_ascii_whitespace())?;
-        super::params::find_value(sent_by.split_once(';')?.1, "branch")
+        super::params::find_value(super::params::split_once_byte(sent_by, b';')?.1, "branch")
     }
 
     /// The `branch` parameter.
@@ -95,7 +95,8 @@ fn split_sent_by(s: &str) -> Result<(String, Option<u16>), &'static str> {
         return Err("empty sent-by");
     }
     if s.starts_with('[') {
-        let (v6, after) = s.split_once(']').ok_or("unterminated IPv6 reference")?;
+        let (v6, after) =
+            super::params::split_once_byte(s, b']').ok_or("unterminated IPv6 reference")?;
         let host = format!("{v6}]");
         let port = match after.trim().strip_prefix(':') {
             Some(p) => Some(p.trim().parse().map_err(|_| "bad port")?),
@@ -103,7 +104,7 @@ fn split_sent_by(s: &str) -> Result<(String, Option<u16>), &'static str> {
         };
         return Ok((host, port));
     }
-    let (h, p) = match s.split_once(':') {
+    let (h, p) = match super::params::split_once_byte(s, b':') {
         Some((h, p)) => (
             h.trim(),
             Some(p.trim().parse::<u16>().map_err(|_| "bad port")?),
