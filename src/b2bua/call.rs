@@ -320,18 +320,12 @@ impl Call {
     pub fn compact_forks(&mut self) {
         if self.b.is_some() && self.forks.iter().all(|f| f.done) {
             self.forks = Vec::new();
-            // Answered: no more targets to fail over to.
-            if let Some(r) = self.rare.as_mut() {
+            // Answered: no more targets to fail over to; the rest stays if it is in use.
+            self.rare = self.rare.take().and_then(|mut r| {
                 r.alternates = Vec::new();
                 r.trunk_host = None;
-            }
-            if self
-                .rare
-                .as_ref()
-                .is_some_and(|r| r.trunk_challenge.is_none())
-            {
-                self.rare = None;
-            }
+                r.trunk_challenge.is_some().then_some(r)
+            });
         }
     }
 

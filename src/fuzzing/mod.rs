@@ -86,10 +86,11 @@ pub fn message(data: &[u8]) {
     ] {
         for v in headers.get_all(&name) {
             match (NameAddr::check(v), NameAddr::parse(v)) {
-                (Ok(params), Ok(parsed)) => {
+                (Ok(checked), Ok(parsed)) => {
+                    assert_eq!(checked.tag, parsed.params.get("tag"), "the tag of {v:?}");
                     for p in ["tag", "expires"] {
                         assert_eq!(
-                            crate::sip::params::get(params, p),
+                            crate::sip::params::get(checked.params, p),
                             parsed.params.get(p),
                             "the {p} of {v:?}"
                         );

@@ -188,3 +188,51 @@ fn a_tick_costs_what_it_admits_not_the_whole_queue() {
     assert_eq!(adopted, super::super::pacing::START as usize);
     assert_eq!(t.waiting.len() + adopted, n as usize);
 }
+
+/// Re-binds end thousands of times a second in a large takeover: the queue is looked at no
+/// more than once per `LOOK_EVERY` for them (a look may pass over a run of refused calls),
+/// and on time once that has passed.
+#[test]
+fn the_queue_is_looked_at_no_more_than_once_a_millisecond() {
+    use crate::pair::digest::{DigestCall, LegRecord};
+    let cfg = config("hot");
+    let (registrar, mut tx, me) = parts();
+    let now = Instant::now();
+    let leg = |token: u64, is_a: bool, port: u16| LegRecord {
+        token,
+        is_a,
+        call_id: format!("c{token}-{is_a}"),
+        local_tag: format!("u{token:016x}{}", if is_a { "a" } else { "b" }),
+        remote_tag: "r".into(),
+        local_uri: "<sip:a@pbx.local>".into(),
+        remote_uri: "<sip:b@pbx.local>".into(),
+        remote_target: format!("sip:x@127.0.0.1:{port}"),
+        proto: crate::net::Proto::Udp,
+        remote: SocketAddr::from(([127, 0, 0, 1], port)),
+        route_set: Vec::new(),
+        cseq: 1,
+        party: "p".into(),
+        start_ms: 1,
+        transfer_of: None,
+    };
+    let digest: HashMap<u64, DigestCall> = (1..=100u64)
+        .map(|t| {
+            let call = DigestCall {
+                a: Some(leg(t, true, 6001)),
+                b: Some(leg(t, false, 6002)),
+                ringing: None,
+            };
+            (t, call)
+        })
+        .collect();
+    let mut t = Takeover::start(&cfg, &registrar, now, 0, digest);
+    let _ = t.tick(now, &mut tx, &me, t.in_flight());
+    assert!(t.looked > 0);
+    // Something changed (a re-bind ended) within the same millisecond: no look yet...
+    t.queue_changed = true;
+    let _ = t.tick(now, &mut tx, &me, t.in_flight());
+    assert_eq!(t.looked, 0);
+    // ...and one as soon as the millisecond has passed.
+    let _ = t.tick(now + LOOK_EVERY, &mut tx, &me, t.in_flight());
+    assert!(t.looked > 0);
+}

@@ -94,8 +94,13 @@ impl WaitQueue {
 
     fn remove(&mut self, token: u64) -> Option<Waiting> {
         let w = self.calls.remove(&token)?;
-        self.by_call_id.remove(&w.call.a.call_id);
-        self.by_call_id.remove(&w.call.b.call_id);
+        // A Call-ID another waiting call also names (a later entry took the index over)
+        // stays indexed for that call.
+        for id in [&w.call.a.call_id, &w.call.b.call_id] {
+            if self.by_call_id.get(id.as_str()) == Some(&token) {
+                self.by_call_id.remove(id.as_str());
+            }
+        }
         if self.calls.is_empty() {
             // Nothing left for the stale tokens to point at.
             self.order.clear();
@@ -174,5 +179,18 @@ mod tests {
         assert_eq!(tokens(&mut q), vec![2, 4]);
         // A call that left the queue cannot be claimed any more.
         assert!(q.claim("a2").is_none());
+    }
+
+    /// Two waiting calls naming the same Call-ID: the first leaving the queue does not make
+    /// the other unclaimable.
+    #[test]
+    fn a_shared_call_id_stays_claimable_for_the_call_still_waiting() {
+        let mut q = WaitQueue::default();
+        q.push_back(waiting(1));
+        let mut w = waiting(2);
+        w.call.a.call_id = "a1".into();
+        q.push_back(w);
+        assert_eq!(q.pop_front().map(|w| w.call.token), Some(1));
+        assert_eq!(q.claim("a1").map(|w| w.call.token), Some(2));
     }
 }

@@ -42,20 +42,30 @@ impl NameAddr {
         })
     }
 
-    /// Check that `s` parses ([`NameAddr::parse`] accepts it) without building the address;
-    /// its header parameters as written (for `params::get`).
-    pub(crate) fn check(s: &str) -> Result<&str, &'static str> {
+    /// Check that `s` parses ([`NameAddr::parse`] accepts it) without building the address:
+    /// its header parameters as written (for `params::get`), and their `tag` as
+    /// [`Params::get`] gives it, found in the same pass.
+    pub(crate) fn check(s: &str) -> Result<Checked<'_>, &'static str> {
         let p = Parts::of(s)?;
         Uri::check(p.uri).map_err(|e| e.0)?;
         let params = p.params.unwrap_or("");
-        super::params::check(params)?;
-        Ok(params)
+        let tag = super::params::check(params)?;
+        Ok(Checked { params, tag })
     }
 
     /// The `tag` parameter.
     pub fn tag(&self) -> Option<&str> {
         self.params.value("tag")
     }
+}
+
+/// What [`NameAddr::check`] found.
+#[derive(Debug)]
+pub(crate) struct Checked<'a> {
+    /// The header parameters as written.
+    pub(crate) params: &'a str,
+    /// The first `tag` parameter: `Some(None)` when it has no value.
+    pub(crate) tag: Option<Option<&'a str>>,
 }
 
 /// A display name as written.

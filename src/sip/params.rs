@@ -160,9 +160,16 @@ fn each<'a>(s: &'a str, mut f: impl FnMut(&'a str, Option<&'a str>)) -> Result<(
     Ok(())
 }
 
-/// Whether `s` parses as a parameter list ([`Params::parse`] would accept it).
-pub(crate) fn check(s: &str) -> Result<(), &'static str> {
-    each(s, |_, _| {})
+/// Whether `s` parses as a parameter list ([`Params::parse`] would accept it), and in the
+/// same pass its first `tag` parameter as [`get`] gives it (`Some(None)`: a bare `tag`).
+pub(crate) fn check(s: &str) -> Result<Option<Option<&str>>, &'static str> {
+    let mut tag = None;
+    each(s, |n, v| {
+        if tag.is_none() && n.eq_ignore_ascii_case("tag") {
+            tag = Some(v);
+        }
+    })?;
+    Ok(tag)
 }
 
 /// The first parameter called `name` in a `;`-separated list, as `Params::parse(s)?.get(name)`

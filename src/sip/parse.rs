@@ -318,3 +318,33 @@ pub fn salvage_request(buf: &[u8]) -> Option<Salvaged> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Header text is taken as it is when it is UTF-8, and with replacement characters when
+    /// it is not (the message still parses; nothing above sees invalid text).
+    #[test]
+    fn header_text_is_utf8_or_replaced() {
+        let msg = |subject: &[u8]| {
+            let mut m =
+                b"OPTIONS sip:pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx\r\n\
+                Max-Forwards: 70\r\nFrom: <sip:a@pbx.local>;tag=1\r\nTo: <sip:pbx.local>\r\n\
+                Call-ID: t\r\nCSeq: 1 OPTIONS\r\nSubject: "
+                    .to_vec();
+            m.extend_from_slice(subject);
+            m.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+            m
+        };
+        let subject = |buf: &[u8]| match parse_datagram(buf).map(|p| p.message) {
+            Ok(Message::Request(r)) => r.headers.get(&HeaderName::Subject).map(str::to_string),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            subject(&msg("caf\u{e9}".as_bytes())).as_deref(),
+            Some("caf\u{e9}")
+        );
+        assert_eq!(subject(&msg(b"caf\xe9")).as_deref(), Some("caf\u{fffd}"));
+    }
+}

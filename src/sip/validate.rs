@@ -1,7 +1,7 @@
 //! Request and response checks after parsing, mapped to a response status in one place
 //! (RFC 3261 §8.2, §16.3; RFC 4475 §3.1.2, §3.3).
 
-use super::addr::NameAddr;
+use super::addr::{Checked, NameAddr};
 use super::message::{
     CSeq, HeaderError, HeaderName, Message, Method, Request, Response, SipMessage,
 };
@@ -77,8 +77,7 @@ fn common(m: &impl SipMessage) -> Result<CSeq, Rejection> {
     }
     m.call_id().map_err(|e| Rejection::bad(e.to_string()))?;
     for (name, label) in [(HeaderName::From, "From"), (HeaderName::To, "To")] {
-        let params = check_addr(m, &name, label)?;
-        tag_param(super::params::get(params, "tag"), label)?;
+        tag_param(check_addr(m, &name, label)?.tag, label)?;
     }
     let cseq = m.cseq().map_err(|e| Rejection::bad(e.to_string()))?;
     if let Some(d) = m.headers().get(&HeaderName::Date)
@@ -104,12 +103,12 @@ fn is_token(s: &str) -> bool {
 }
 
 /// Check the address in the header `name` as [`SipMessage::from`] / [`SipMessage::to`] would
-/// parse it (with the same errors), without building it; its header parameters.
+/// parse it (with the same errors), without building it.
 fn check_addr<'a>(
     m: &'a impl SipMessage,
     name: &HeaderName,
     label: &'static str,
-) -> Result<&'a str, Rejection> {
+) -> Result<Checked<'a>, Rejection> {
     let v = m
         .headers()
         .get(name)
@@ -184,9 +183,9 @@ pub fn validate_request(r: &Request) -> Result<(), Rejection> {
         .is_some_and(|c| c.trim() != "*")
     {
         for c in r.headers.get_all(&HeaderName::Contact) {
-            let params = NameAddr::check(c)
+            let c = NameAddr::check(c)
                 .map_err(|e| Rejection::bad(HeaderError::Malformed("Contact", e).to_string()))?;
-            if let Some(e) = super::params::find_value(params, "expires")
+            if let Some(e) = super::params::find_value(c.params, "expires")
                 && e.parse::<u32>().is_err()
             {
                 return Err(Rejection::bad("Contact expires is not a 32-bit number"));
