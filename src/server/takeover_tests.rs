@@ -134,15 +134,10 @@ fn fallback_resets_spare_endpoints_with_recovered_calls() {
     );
 }
 
-/// A takeover of many calls to two trunks (their windows full after the first few): each tick
-/// looks at no more of the waiting queue than it admits plus one run of refusals, however
-/// long the queue, and every call still gets its turn.
-#[test]
-fn a_tick_costs_what_it_admits_not_the_whole_queue() {
+/// `n` confirmed calls as the digest knows them, every one between the same two
+/// destinations (127.0.0.1:6001 and :6002).
+fn digest_calls(n: u64) -> HashMap<u64, crate::pair::digest::DigestCall> {
     use crate::pair::digest::{DigestCall, LegRecord};
-    let cfg = config("hot");
-    let (registrar, mut tx, me) = parts();
-    let now = Instant::now();
     let leg = |token: u64, is_a: bool, port: u16| LegRecord {
         token,
         is_a,
@@ -160,8 +155,7 @@ fn a_tick_costs_what_it_admits_not_the_whole_queue() {
         start_ms: 1,
         transfer_of: None,
     };
-    let n = 20_000u64;
-    let digest: HashMap<u64, DigestCall> = (1..=n)
+    (1..=n)
         .map(|t| {
             let call = DigestCall {
                 a: Some(leg(t, true, 6001)),
@@ -170,7 +164,19 @@ fn a_tick_costs_what_it_admits_not_the_whole_queue() {
             };
             (t, call)
         })
-        .collect();
+        .collect()
+}
+
+/// A takeover of many calls to two trunks (their windows full after the first few): each tick
+/// looks at no more of the waiting queue than it admits plus one run of refusals, however
+/// long the queue, and every call still gets its turn.
+#[test]
+fn a_tick_costs_what_it_admits_not_the_whole_queue() {
+    let cfg = config("hot");
+    let (registrar, mut tx, me) = parts();
+    let now = Instant::now();
+    let n = 20_000u64;
+    let digest = digest_calls(n);
     let mut t = Takeover::start(&cfg, &registrar, now, 0, digest);
     let mut adopted = 0;
     for round in 0..3 {
@@ -194,37 +200,10 @@ fn a_tick_costs_what_it_admits_not_the_whole_queue() {
 /// and on time once that has passed.
 #[test]
 fn the_queue_is_looked_at_no_more_than_once_a_millisecond() {
-    use crate::pair::digest::{DigestCall, LegRecord};
     let cfg = config("hot");
     let (registrar, mut tx, me) = parts();
     let now = Instant::now();
-    let leg = |token: u64, is_a: bool, port: u16| LegRecord {
-        token,
-        is_a,
-        call_id: format!("c{token}-{is_a}"),
-        local_tag: format!("u{token:016x}{}", if is_a { "a" } else { "b" }),
-        remote_tag: "r".into(),
-        local_uri: "<sip:a@pbx.local>".into(),
-        remote_uri: "<sip:b@pbx.local>".into(),
-        remote_target: format!("sip:x@127.0.0.1:{port}"),
-        proto: crate::net::Proto::Udp,
-        remote: SocketAddr::from(([127, 0, 0, 1], port)),
-        route_set: Vec::new(),
-        cseq: 1,
-        party: "p".into(),
-        start_ms: 1,
-        transfer_of: None,
-    };
-    let digest: HashMap<u64, DigestCall> = (1..=100u64)
-        .map(|t| {
-            let call = DigestCall {
-                a: Some(leg(t, true, 6001)),
-                b: Some(leg(t, false, 6002)),
-                ringing: None,
-            };
-            (t, call)
-        })
-        .collect();
+    let digest = digest_calls(100);
     let mut t = Takeover::start(&cfg, &registrar, now, 0, digest);
     let _ = t.tick(now, &mut tx, &me, t.in_flight());
     assert!(t.looked > 0);
