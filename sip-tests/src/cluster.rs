@@ -422,6 +422,32 @@ impl Node {
             .ok_or_else(|| anyhow!("{}: no metric {series} in /metrics", self.name))
     }
 
+    /// Reads the sample `series` until `ok` holds, for at most 30 s; fails naming `what` was
+    /// awaited, with the node's log tail. Counters move after the work they count is done (the
+    /// CDR forwarder adds to its counter after PostgreSQL committed the rows, a gauge drops
+    /// after the task that held it ended), so a test that saw the work reads until they catch up.
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        what: &str,
+        ok: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.metric(series).await?;
+            if ok(v) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{series} = {v}: not {what}\nlog tail:\n{}",
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Resident memory of the process, in KiB (`VmRSS` in `/proc/<pid>/status`).
     pub fn rss_kib(&self) -> Result<u64> {
         let pid = self.pid().context("not running")?;

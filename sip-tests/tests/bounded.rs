@@ -137,28 +137,6 @@ pub(crate) async fn challenge(
     }
 }
 
-async fn wait_metric(
-    solo: &Solo,
-    series: &str,
-    what: &str,
-    ok: impl Fn(f64) -> bool,
-) -> Result<f64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = solo.node.metric(series).await?;
-        if ok(v) {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{series} = {v}: not {what}\nlog tail:\n{}",
-                solo.node.log_tail(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// RSS after each round: a leak grows every round; the allocator's high-water mark moves both
 /// ways with the size of each round's flood (which depends on how fast this machine is).
 fn no_growth(after_round: &[u64]) -> Result<()> {
@@ -188,14 +166,12 @@ fn no_growth(after_round: &[u64]) -> Result<()> {
 
 /// Wait until the node holds no server transaction (they live until Timer J/K).
 async fn transactions_drained(solo: &Solo) -> Result<()> {
-    wait_metric(
-        solo,
-        "understudy_transactions{kind=\"server\"}",
-        "drained",
-        |v| v == 0.0,
-    )
-    .await
-    .map(|_| ())
+    solo.node
+        .wait_metric("understudy_transactions{kind=\"server\"}", "drained", |v| {
+            v == 0.0
+        })
+        .await
+        .map(|_| ())
 }
 
 /// The process's memory must come back within [`SLACK_KIB`] of its baseline. The allocator
@@ -265,7 +241,9 @@ async fn register_flood(solo: &Solo, sock: &UdpSocket, round: u32) -> Result<()>
     )];
     let got = exchange(sock, server, &clear, 1).await?;
     assert_eq!(got.values().next(), Some(&200));
-    wait_metric(solo, "understudy_registrations", "0", |v| v == 0.0).await?;
+    solo.node
+        .wait_metric("understudy_registrations", "0", |v| v == 0.0)
+        .await?;
     Ok(())
 }
 
@@ -303,7 +281,9 @@ async fn subscribe_flood(solo: &Solo, sock: &UdpSocket, round: u32) -> Result<()
         got.values().take(5).collect::<Vec<_>>()
     );
     assert!(refused >= 400);
-    wait_metric(solo, "understudy_dialog_subscriptions", "0", |v| v == 0.0).await?;
+    solo.node
+        .wait_metric("understudy_dialog_subscriptions", "0", |v| v == 0.0)
+        .await?;
     Ok(())
 }
 
@@ -313,20 +293,23 @@ async fn tcp_connection_flood(solo: &Solo) -> Result<()> {
     for _ in 0..400 {
         conns.push(TcpStream::connect(solo.node.sip).await?);
     }
-    let n = wait_metric(
-        solo,
-        "understudy_transport_dropped_total{reason=\"tcp_connection_limit\"}",
-        "≥ 300 more",
-        |v| v >= 300.0,
-    )
-    .await?;
+    let n = solo
+        .node
+        .wait_metric(
+            "understudy_transport_dropped_total{reason=\"tcp_connection_limit\"}",
+            "≥ 300 more",
+            |v| v >= 300.0,
+        )
+        .await?;
     let open = solo.node.metric("understudy_tcp_connections").await?;
     assert!(
         open <= 100.0,
         "{open} connections open, limit 100 ({n} refused)"
     );
     drop(conns);
-    wait_metric(solo, "understudy_tcp_connections", "0", |v| v == 0.0).await?;
+    solo.node
+        .wait_metric("understudy_tcp_connections", "0", |v| v == 0.0)
+        .await?;
     Ok(())
 }
 
@@ -350,15 +333,17 @@ async fn tcp_reader_stall(solo: &Solo, round: u32) -> Result<()> {
         }
     }
     let _ = s.write_all(batch.as_bytes()).await;
-    wait_metric(
-        solo,
-        "understudy_transport_dropped_total{reason=\"tcp_write_queue_full\"}",
-        "counted",
-        |v| v > before,
-    )
-    .await?;
+    solo.node
+        .wait_metric(
+            "understudy_transport_dropped_total{reason=\"tcp_write_queue_full\"}",
+            "counted",
+            |v| v > before,
+        )
+        .await?;
     drop(s);
-    wait_metric(solo, "understudy_tcp_connections", "0", |v| v == 0.0).await?;
+    solo.node
+        .wait_metric("understudy_tcp_connections", "0", |v| v == 0.0)
+        .await?;
     transactions_drained(solo).await?;
     Ok(())
 }
@@ -390,21 +375,21 @@ async fn auth_failure_flood(solo: &Solo, sock: &UdpSocket) -> Result<()> {
             from.send_to(text.as_bytes(), server).await?;
         }
         let want = before + f64::from((batch + 1) * 1000) - 50.0;
-        wait_metric(
-            solo,
-            "understudy_register_total{result=\"forbidden\"}",
-            "caught up",
-            |v| v >= want,
+        solo.node
+            .wait_metric(
+                "understudy_register_total{result=\"forbidden\"}",
+                "caught up",
+                |v| v >= want,
+            )
+            .await?;
+    }
+    solo.node
+        .wait_metric(
+            "understudy_limit_dropped_total{table=\"auth_failures\"}",
+            "counted",
+            |v| v >= 1500.0,
         )
         .await?;
-    }
-    wait_metric(
-        solo,
-        "understudy_limit_dropped_total{table=\"auth_failures\"}",
-        "counted",
-        |v| v >= 1500.0,
-    )
-    .await?;
     Ok(())
 }
 
@@ -541,12 +526,17 @@ async fn backlog_rounds(solo: &Solo) -> Result<()> {
             }
             peak = peak.max(solo.node.metric("understudy_udp_send_backlog").await?);
         }
-        let dropped = wait_metric(solo, series, "counted", |v| v > before).await?;
+        let dropped = solo
+            .node
+            .wait_metric(series, "counted", |v| v > before)
+            .await?;
         peak = peak.max(solo.node.metric("understudy_udp_send_backlog").await?);
         assert!(peak <= bound, "send backlog reached {peak}, bound {bound}");
         assert!(peak > 0.0, "the flood never reached the backlog");
         node_link("1gbit")?;
-        wait_metric(solo, "understudy_udp_send_backlog", "drained", |v| v == 0.0).await?;
+        solo.node
+            .wait_metric("understudy_udp_send_backlog", "drained", |v| v == 0.0)
+            .await?;
         transactions_drained(solo).await?;
         println!(
             "round {round}: {sent} OPTIONS, backlog peak {peak}, {} answers dropped at the full \

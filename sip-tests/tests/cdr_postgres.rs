@@ -175,7 +175,10 @@ async fn cdrs_reach_postgresql_and_none_is_lost_while_it_is_down() -> Result<()>
     ensure!(spooled == 1200, "the spool holds {spooled} CDRs");
     pg.start()?;
     pg.wait_rows(1200, Duration::from_secs(60)).await?;
-    let forwarded = solo.node.metric("understudy_cdr_forwarded_total").await?;
+    let forwarded = solo
+        .node
+        .wait_metric("understudy_cdr_forwarded_total", "1200", |v| v >= 1200.0)
+        .await?;
     let failures = solo
         .node
         .metric("understudy_cdr_forward_failures_total")
