@@ -15,6 +15,7 @@ mod replaces;
 mod uri;
 mod validate;
 mod via;
+mod wire;
 
 pub use addr::{NameAddr, tag_param};
 pub use build::{new_branch, new_tag, response_to};
@@ -24,7 +25,8 @@ pub use message::{
 };
 pub use params::Params;
 pub use parse::{
-    ParseError, Parsed, Salvaged, StreamFramer, Version, parse_datagram, salvage_request,
+    ParseError, Parsed, Salvaged, StreamFramer, Version, parse_datagram, parse_datagram_reference,
+    salvage_request,
 };
 pub use replaces::Replaces;
 pub use uri::{Uri, UriError, unescape};

@@ -50,9 +50,26 @@ pub fn parse_datagram(buf: &[u8]) -> Result<Parsed, ParseError> {
     while let [b'\r' | b'\n', rest @ ..] = buf {
         buf = rest;
     }
-    let buf = Bytes::copy_from_slice(buf);
     let limits = limits_datagram();
-    let msg = px::parse_datagram(buf, &limits).map_err(map_error)?;
+    super::wire::parse(
+        buf,
+        super::wire::Limits {
+            message: limits.max_message_bytes,
+            body: limits.max_body_bytes,
+        },
+    )
+}
+
+/// [`parse_datagram`] through the parser crate, as the stream framer parses: the reference
+/// the `message` fuzz target holds our own parser to.
+#[doc(hidden)]
+pub fn parse_datagram_reference(buf: &[u8]) -> Result<Parsed, ParseError> {
+    let mut buf = buf;
+    while let [b'\r' | b'\n', rest @ ..] = buf {
+        buf = rest;
+    }
+    let limits = limits_datagram();
+    let msg = px::parse_datagram(Bytes::copy_from_slice(buf), &limits).map_err(map_error)?;
     convert(msg, limits.max_message_bytes)
 }
 
@@ -83,14 +100,7 @@ const MAX_HEADER_VALUES: usize = 255;
 /// colon or unfolded continuation lines cannot make our serialization unparseable.
 const MAX_HEADER_LINE: usize = 8 * 1024;
 
-/// Bytes as text: borrowed when they are UTF-8 (the standard check is fast on ASCII, which is
-/// nearly every SIP header), with replacement characters otherwise.
-fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(b) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(b),
-    }
-}
+use super::wire::text;
 
 fn too_many() -> ParseError {
     ParseError::TooLarge(format!("more than {MAX_HEADER_VALUES} header values"))
@@ -112,43 +122,61 @@ fn line_bytes(name: &HeaderName, value: &str) -> Result<usize, ParseError> {
 fn convert_headers(src: &px::Headers) -> Result<(Headers, usize), ParseError> {
     let mut out = Headers::with_capacity(src.len() + 2);
     let mut bytes = 0usize;
-    // Content-Length is written again from the body whatever the message said.
     let mut values = 0usize;
     for h in src.iter() {
         let name = HeaderName::from_wire(&text(h.name().canonical()));
-        let value = text(&h.value()).into_owned();
-        if is_list_header(&name) && value.contains(',') && value.trim() != "*" {
-            for part in split_outside_quotes(&value, ',') {
-                let part = part.trim();
-                if part.is_empty() {
-                    return Err(ParseError::Malformed(format!(
-                        "empty element in {name} list"
-                    )));
-                }
-                values += 1;
-                if values > MAX_HEADER_VALUES {
-                    return Err(too_many());
-                }
-                bytes += line_bytes(&name, part)?;
-                out.push(name.clone(), part);
-            }
-        } else {
-            if name != HeaderName::ContentLength {
-                values += 1;
-                if values > MAX_HEADER_VALUES {
-                    return Err(too_many());
-                }
-                bytes += line_bytes(&name, &value)?;
-            }
-            out.push(name, value);
-        }
+        let value = h.value();
+        push_header(&mut out, &mut values, &mut bytes, name, text(&value))?;
     }
     Ok((out, bytes))
 }
 
+/// Add a received header: a list header (Via, Route, Record-Route, Contact) as one entry per
+/// element. `values` counts the entries and `bytes` what they take in our serialization;
+/// Content-Length, written again from the body whatever the message said, counts in neither.
+pub(super) fn push_header(
+    out: &mut Headers,
+    values: &mut usize,
+    bytes: &mut usize,
+    name: HeaderName,
+    value: std::borrow::Cow<'_, str>,
+) -> Result<(), ParseError> {
+    if is_list_header(&name) && value.contains(',') && value.trim() != "*" {
+        for part in split_outside_quotes(&value, ',') {
+            let part = part.trim();
+            if part.is_empty() {
+                return Err(ParseError::Malformed(format!(
+                    "empty element in {name} list"
+                )));
+            }
+            *values += 1;
+            if *values > MAX_HEADER_VALUES {
+                return Err(too_many());
+            }
+            *bytes += line_bytes(&name, part)?;
+            out.push(name.clone(), part);
+        }
+    } else {
+        if name != HeaderName::ContentLength {
+            *values += 1;
+            if *values > MAX_HEADER_VALUES {
+                return Err(too_many());
+            }
+            *bytes += line_bytes(&name, &value)?;
+        }
+        out.push(name, value.into_owned());
+    }
+    Ok(())
+}
+
 /// Refuse a message whose serialization (start line, headers, Content-Length, body) would be
 /// larger than `max` bytes, the limit it was parsed under.
-fn check_size(start: usize, headers: usize, body: usize, max: usize) -> Result<(), ParseError> {
+pub(super) fn check_size(
+    start: usize,
+    headers: usize,
+    body: usize,
+    max: usize,
+) -> Result<(), ParseError> {
     // "Content-Length: " + digits + CRLF CRLF
     let content_length = 16 + body.to_string().len() + 4;
     let total = start + 2 + headers + content_length + body;
