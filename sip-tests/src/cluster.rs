@@ -355,6 +355,19 @@ impl Node {
         understudy::cdr::read_all(&self.cdr_path).map_err(|e| anyhow!("reading CDRs: {e}"))
     }
 
+    /// The CDRs once there are at least `n`, read for at most 10 s: the writer commits a
+    /// batch a few milliseconds after a call ends, so a running node's file lags its calls.
+    pub async fn wait_cdrs(&self, n: usize) -> Result<Vec<CdrRecord>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let cdrs = self.cdrs()?;
+            if cdrs.len() >= n || Instant::now() > deadline {
+                return Ok(cdrs);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The log file.
     pub fn log_path(&self) -> PathBuf {
         self.cfg.with_extension("log")

@@ -171,7 +171,7 @@ async fn cdrs_reach_postgresql_and_none_is_lost_while_it_is_down() -> Result<()>
     // PostgreSQL stops; calls go on; their CDRs wait in the spool.
     pg.stop()?;
     calls(&mut alice, &bob, 200).await?;
-    let spooled = solo.node.cdrs()?.len();
+    let spooled = solo.node.wait_cdrs(1200).await?.len();
     ensure!(spooled == 1200, "the spool holds {spooled} CDRs");
     pg.start()?;
     pg.wait_rows(1200, Duration::from_secs(60)).await?;

@@ -126,7 +126,7 @@ async fn early_media_reaches_the_caller(mode: &str) -> Result<()> {
         "[{mode}] the carrier's call failed ({c}):\n{}",
         log("carrier")
     );
-    let cdrs = node.cdrs()?;
+    let cdrs = node.wait_cdrs(1).await?;
     ensure!(
         cdrs.len() == 1 && cdrs[0].end_reason == "normal",
         "[{mode}] CDRs: {cdrs:?}"

@@ -212,6 +212,27 @@ fn written_counts_committed_rows() {
     assert_eq!(writer.close().expect("close"), 42);
 }
 
+/// Calls that end a moment apart share a transaction: 100 records, one every 200 µs (a call
+/// rate of 5,000/s), are committed in far fewer transactions than rows. The bound leaves room
+/// for a loaded machine that sleeps much longer than asked.
+#[test]
+fn records_a_moment_apart_share_a_commit() {
+    let dir = TempDir::new("linger");
+    let writer = CdrWriter::open(&dir.db()).expect("open");
+    for i in 0..100 {
+        writer.record(sample(i));
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while writer.written() < 100 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(writer.written(), 100);
+    let commits = writer.commits();
+    assert!(commits <= 25, "{commits} commits for 100 rows");
+    assert_eq!(writer.close().expect("close"), 100);
+}
+
 #[test]
 fn drop_without_close_flushes() {
     let dir = TempDir::new("drop");
