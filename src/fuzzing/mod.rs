@@ -62,7 +62,14 @@ pub fn message(data: &[u8]) {
         Message::Response(r) => r.headers(),
     };
     for v in headers.get_all(&HeaderName::Via) {
-        if let Ok(parsed) = crate::sip::Via::parse(v) {
+        let checked = crate::sip::Via::check(v).map(|c| c.transport.to_ascii_uppercase());
+        let parsed = crate::sip::Via::parse(v);
+        assert_eq!(
+            checked,
+            parsed.as_ref().map(|p| p.transport.clone()).map_err(|e| *e),
+            "check and parse disagree on {v:?}"
+        );
+        if let Ok(parsed) = parsed {
             assert_eq!(
                 crate::sip::Via::branch_of(v),
                 parsed.branch(),

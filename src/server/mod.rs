@@ -31,7 +31,7 @@ use crate::net::{Flow, Transmit};
 use crate::pair::Role;
 use crate::pair::epoch::EpochStore;
 use crate::registrar::{self, Registrar};
-use crate::sip::{HeaderName, Request, SipMessage};
+use crate::sip::{HeaderName, Request};
 use crate::transaction::{Timers, TransactionLayer};
 use pair::{PairGlue, RoleChange};
 use takeover::Takeover;
@@ -39,7 +39,9 @@ use takeover::Takeover;
 /// Whether a response to `req` can be routed back (RFC 3261 §8.2.6.2: it must copy a usable
 /// Via, From, To, Call-ID and CSeq).
 fn routable(req: &Request) -> bool {
-    req.top_via().is_ok()
+    req.headers
+        .get(&HeaderName::Via)
+        .is_some_and(|v| crate::sip::Via::check(v).is_ok())
         && req.headers.get(&HeaderName::From).is_some()
         && req.headers.get(&HeaderName::To).is_some()
         && req.headers.get(&HeaderName::CallId).is_some()

@@ -86,16 +86,16 @@ struct Parts<'a> {
 
 impl<'a> Parts<'a> {
     fn of(s: &'a str) -> Result<Self, &'static str> {
-        let s = s.trim();
+        let s = s.trim_ascii();
         if s.is_empty() {
             return Err("empty address");
         }
         let (display, after_display) = if let Some(rest) = s.strip_prefix('"') {
             let (quoted, after) =
                 split_at_closing_quote(rest).ok_or("unterminated quoted display name")?;
-            (Some(Display::Quoted(quoted)), after.trim_start())
+            (Some(Display::Quoted(quoted)), after.trim_ascii_start())
         } else if let Some((name, addr)) = s.find('<').and_then(|lt| s.split_at_checked(lt)) {
-            let name = name.trim();
+            let name = name.trim_ascii();
             if !name.is_empty()
                 && !name.bytes().all(|b| {
                     super::params::is_token_byte(b) || b == b' ' || b == b'\t' || b >= 0x80
@@ -147,10 +147,14 @@ impl<'a> Parts<'a> {
 /// checks it). Messages are validated, From and To parsed once, before their tags are read;
 /// this is what reads them afterwards, many times per message.
 pub fn tag_param(value: &str) -> Option<&str> {
-    let s = value.trim();
+    let s = value.trim_ascii();
     let params = if let Some(rest) = s.strip_prefix('"') {
         let (_, after) = split_at_closing_quote(rest)?;
-        after.trim_start().strip_prefix('<')?.split_once('>')?.1
+        after
+            .trim_ascii_start()
+            .strip_prefix('<')?
+            .split_once('>')?
+            .1
     } else if let Some((_, addr)) = super::params::split_once_byte(s, b'<') {
         super::params::split_once_byte(addr, b'>')?.1
     } else {

@@ -131,16 +131,19 @@ pub(crate) fn parts_outside_quotes(s: &str, sep: char) -> impl Iterator<Item = &
 /// Walk `;a=b;c` with the grammar of [`Params::parse`], handing each parameter (name, value)
 /// to `f`: the one place that grammar is written, for parsing and for checking without
 /// building the list.
-fn each<'a>(s: &'a str, mut f: impl FnMut(&'a str, Option<&'a str>)) -> Result<(), &'static str> {
+pub(crate) fn each<'a>(
+    s: &'a str,
+    mut f: impl FnMut(&'a str, Option<&'a str>),
+) -> Result<(), &'static str> {
     for part in parts_outside_quotes(s, ';') {
-        let part = part.trim();
+        let part = part.trim_ascii();
         if part.is_empty() {
             continue;
         }
         match split_once_byte(part, b'=') {
             Some((n, v)) => {
-                let n = n.trim();
-                let v = v.trim();
+                let n = n.trim_ascii();
+                let v = v.trim_ascii();
                 if n.is_empty() || !n.bytes().all(is_token_byte) {
                     return Err("bad parameter name");
                 }
@@ -177,9 +180,11 @@ pub(crate) fn check(s: &str) -> Result<Option<Option<&str>>, &'static str> {
 /// the list.
 pub(crate) fn get<'a>(s: &'a str, name: &str) -> Option<Option<&'a str>> {
     for part in parts_outside_quotes(s, ';') {
-        let part = part.trim();
+        let part = part.trim_ascii();
         match split_once_byte(part, b'=') {
-            Some((n, v)) if n.trim().eq_ignore_ascii_case(name) => return Some(Some(v.trim())),
+            Some((n, v)) if n.trim_ascii().eq_ignore_ascii_case(name) => {
+                return Some(Some(v.trim_ascii()));
+            }
             None if part.eq_ignore_ascii_case(name) => return Some(None),
             _ => {}
         }

@@ -110,7 +110,7 @@ struct Parts<'a> {
 
 impl<'a> Parts<'a> {
     fn of(s: &'a str) -> Result<Self, UriError> {
-        let s = s.trim();
+        let s = s.trim_ascii();
         if s.is_empty() {
             return Err(UriError("empty"));
         }

@@ -7,7 +7,7 @@ use super::message::{
 };
 use super::parse::{Parsed, Version};
 use super::uri::Uri;
-use super::via::Via;
+use super::via::{Checked as ViaChecked, Via};
 
 /// Why a message cannot be acted on, with the status a UAS answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,8 +72,8 @@ fn common(m: &impl SipMessage) -> Result<CSeq, Rejection> {
     }
     for v in m.headers().get_all(&HeaderName::Via) {
         let via =
-            Via::parse(v).map_err(|e| Rejection::bad(format!("malformed Via header: {e}")))?;
-        via_params(&via)?;
+            Via::check(v).map_err(|e| Rejection::bad(format!("malformed Via header: {e}")))?;
+        via_params(via)?;
     }
     m.call_id().map_err(|e| Rejection::bad(e.to_string()))?;
     for (name, label) in [(HeaderName::From, "From"), (HeaderName::To, "To")] {
@@ -128,29 +128,37 @@ fn tag_param(tag: Option<Option<&str>>, header: &str) -> Result<(), Rejection> {
 
 /// The Via parameters RFC 3261 §20.42 and RFC 3581 give a syntax: `branch` and the transport
 /// are tokens, `received` an IP address, `rport` empty or a port, `ttl` 0–255.
-fn via_params(via: &Via) -> Result<(), Rejection> {
-    if !is_token(&via.transport) {
+fn via_params(via: ViaChecked<'_>) -> Result<(), Rejection> {
+    if !is_token(via.transport) {
         return Err(Rejection::bad("Via transport is not a token"));
     }
-    for (name, value) in via.params.iter() {
-        let ok = match (name.to_ascii_lowercase().as_str(), value) {
-            ("branch", Some(v)) => is_token(v),
-            ("received", Some(v)) => v
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok(),
-            ("rport", None) => true,
-            ("rport", Some(v)) => v.parse::<u16>().is_ok_and(|p| p > 0),
-            ("ttl", Some(v)) => v.parse::<u8>().is_ok(),
-            ("branch" | "received" | "ttl", None) => false,
-            _ => true,
+    let mut bad = None;
+    // The list was checked to parse: every parameter is seen.
+    let _ = super::params::each(via.params, |name, value| {
+        let ok = if name.eq_ignore_ascii_case("branch") {
+            value.is_some_and(is_token)
+        } else if name.eq_ignore_ascii_case("received") {
+            value.is_some_and(|v| {
+                v.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok()
+            })
+        } else if name.eq_ignore_ascii_case("rport") {
+            value.is_none_or(|v| v.parse::<u16>().is_ok_and(|p| p > 0))
+        } else if name.eq_ignore_ascii_case("ttl") {
+            value.is_some_and(|v| v.parse::<u8>().is_ok())
+        } else {
+            true
         };
-        if !ok {
-            return Err(Rejection::bad(format!("malformed Via {name} parameter")));
+        if !ok && bad.is_none() {
+            bad = Some(name);
         }
+    });
+    match bad {
+        Some(name) => Err(Rejection::bad(format!("malformed Via {name} parameter"))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Check a request (RFC 3261 §8.1.1 required headers, scalar ranges, CSeq method).

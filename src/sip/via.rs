@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::params::Params;
+use super::params::{Params, split_once_byte};
 
 /// One Via value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,32 +17,36 @@ pub struct Via {
     pub params: Params,
 }
 
-impl Via {
-    /// Parse one Via value (`SIP / 2.0 / UDP host:port;params`), LWS allowed around `/`.
-    pub fn parse(s: &str) -> Result<Self, &'static str> {
-        let s = s.trim();
-        let mut parts = s.splitn(3, '/');
-        let name = parts.next().ok_or("missing protocol")?.trim();
-        let version = parts.next().ok_or("missing protocol version")?.trim();
-        let rest = parts.next().ok_or("missing transport")?.trim_start();
+/// A Via value's parts as written (the transport not yet upper-cased, the parameters not yet
+/// split): the grammar of [`Via::parse`], written once for parsing and for checking.
+struct Parts<'a> {
+    transport: &'a str,
+    host: &'a str,
+    port: Option<u16>,
+    params: &'a str,
+}
+
+impl<'a> Parts<'a> {
+    fn of(s: &'a str) -> Result<Self, &'static str> {
+        let (name, rest) = split_once_byte(s.trim_ascii(), b'/').ok_or("missing protocol")?;
+        let (version, rest) = split_once_byte(rest, b'/').ok_or("missing protocol version")?;
+        let (name, version) = (name.trim_ascii(), version.trim_ascii());
+        let rest = rest.trim_ascii_start();
         // Any SIP version parses, so that a request from a newer version can still be answered
         // 505 (RFC 4475 §3.1.2.16); the version itself is checked on the request line.
-        let numeric = super::params::split_once_byte(version, b'.').is_some_and(|(a, b)| {
+        let numeric = split_once_byte(version, b'.').is_some_and(|(a, b)| {
             !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
         });
         if !name.eq_ignore_ascii_case("SIP") || !numeric {
             return Err("unsupported Via protocol");
         }
-        let (transport, rest) = rest
-            .split_once(|c: char| c.is_ascii_whitespace())
-            .ok_or("missing sent-by")?;
-        let transport = transport.to_ascii_uppercase();
+        let (transport, rest) = split_at_whitespace(rest).ok_or("missing sent-by")?;
         if transport.is_empty() {
             return Err("empty transport");
         }
-        let (sent_by, params) = match super::params::split_once_byte(rest, b';') {
-            Some((sent_by, params)) => (sent_by.trim(), Params::parse(params)?),
-            None => (rest.trim(), Params::new()),
+        let (sent_by, params) = match split_once_byte(rest, b';') {
+            Some((sent_by, params)) => (sent_by.trim_ascii(), params),
+            None => (rest.trim_ascii(), ""),
         };
         let (host, port) = split_sent_by(sent_by)?;
         Ok(Self {
@@ -52,6 +56,39 @@ impl Via {
             params,
         })
     }
+}
+
+/// What [`Via::check`] read: the transport as written and the parameter list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checked<'a> {
+    /// The transport token as written.
+    pub(crate) transport: &'a str,
+    /// `;a=b;c...`, checked to parse.
+    pub(crate) params: &'a str,
+}
+
+impl Via {
+    /// Parse one Via value (`SIP / 2.0 / UDP host:port;params`), LWS allowed around `/`.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let p = Parts::of(s)?;
+        Ok(Self {
+            transport: p.transport.to_ascii_uppercase(),
+            host: p.host.to_string(),
+            port: p.port,
+            params: Params::parse(p.params)?,
+        })
+    }
+
+    /// Whether `s` parses as [`Via::parse`] would have it (the same errors), without building
+    /// it: validation checks every Via of every message.
+    pub(crate) fn check(s: &str) -> Result<Checked<'_>, &'static str> {
+        let p = Parts::of(s)?;
+        super::params::check(p.params)?;
+        Ok(Checked {
+            transport: p.transport,
+            params: p.params,
+        })
+    }
 
     /// The `branch` parameter of a Via value, found without parsing the rest: the same as
     /// `Via::parse(value)?.branch()` for every value that parses (the `message` fuzz target
@@ -59,9 +96,10 @@ impl Via {
     pub fn branch_of(value: &str) -> Option<&str> {
         // As [`Via::parse`] splits it: protocol/version/transport, whitespace, sent-by, then
         // the parameters after the first `;` (a `;` glued to the transport is not one).
-        let rest = value.trim().splitn(3, '/').nth(2)?.trim_start();
-        let (_, sent_by) = rest.split_once(|c: char| c.is_ascii_whitespace())?;
-        super::params::find_value(super::params::split_once_byte(sent_by, b';')?.1, "branch")
+        let (_, rest) = split_once_byte(value.trim_ascii(), b'/')?;
+        let (_, rest) = split_once_byte(rest, b'/')?;
+        let (_, sent_by) = split_at_whitespace(rest.trim_ascii_start())?;
+        super::params::find_value(split_once_byte(sent_by, b';')?.1, "branch")
     }
 
     /// The `branch` parameter.
@@ -90,24 +128,30 @@ impl Via {
     }
 }
 
-fn split_sent_by(s: &str) -> Result<(String, Option<u16>), &'static str> {
+/// Split at the first ASCII whitespace byte (dropping it).
+fn split_at_whitespace(s: &str) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b.is_ascii_whitespace())?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
+fn split_sent_by(s: &str) -> Result<(&str, Option<u16>), &'static str> {
     if s.is_empty() {
         return Err("empty sent-by");
     }
     if s.starts_with('[') {
-        let (v6, after) =
-            super::params::split_once_byte(s, b']').ok_or("unterminated IPv6 reference")?;
-        let host = format!("{v6}]");
-        let port = match after.trim().strip_prefix(':') {
-            Some(p) => Some(p.trim().parse().map_err(|_| "bad port")?),
+        let (v6, after) = split_once_byte(s, b']').ok_or("unterminated IPv6 reference")?;
+        // "[" v6 "]": the reference as written.
+        let host = s.get(..v6.len() + 1).ok_or("unterminated IPv6 reference")?;
+        let port = match after.trim_ascii().strip_prefix(':') {
+            Some(p) => Some(p.trim_ascii().parse().map_err(|_| "bad port")?),
             None => None,
         };
         return Ok((host, port));
     }
-    let (h, p) = match super::params::split_once_byte(s, b':') {
+    let (h, p) = match split_once_byte(s, b':') {
         Some((h, p)) => (
-            h.trim(),
-            Some(p.trim().parse::<u16>().map_err(|_| "bad port")?),
+            h.trim_ascii(),
+            Some(p.trim_ascii().parse::<u16>().map_err(|_| "bad port")?),
         ),
         None => (s, None),
     };
@@ -118,7 +162,7 @@ fn split_sent_by(s: &str) -> Result<(String, Option<u16>), &'static str> {
     {
         return Err("bad sent-by host");
     }
-    Ok((h.to_string(), p))
+    Ok((h, p))
 }
 
 impl fmt::Display for Via {
@@ -148,6 +192,26 @@ mod tests {
         ] {
             let parsed = Via::parse(v).unwrap_or_else(|e| panic!("{v}: {e}"));
             assert_eq!(Via::branch_of(v), parsed.branch(), "{v}");
+        }
+    }
+
+    #[test]
+    fn check_accepts_exactly_what_parse_accepts() {
+        for v in [
+            "SIP/2.0/UDP 192.0.2.2:5060;branch=z9hG4bK1;rport",
+            "SIP  /   2.0  /  udp  192.0.2.2 : 5060 ; BRANCH = z9hG4bK390skdjuw;rport",
+            "SIP/2.0/TCP [2001:db8::1]:5060;rport;received=192.0.2.9;branch=z9hG4bKx",
+            "SIP/2.0/UDP host;maddr=\"a;branch=no\";branch=yes",
+            "SIP/2.0/UDP host",
+            "SIP/x/UDP a",
+            "SIP/2.0/UDP",
+            "SIP/2.0/UDP a:b",
+            "SIP/2.0/UDP [::1",
+            "SIP/2.0/UDP a;=x",
+            "SIP/2.0/UDP a;x=\"y",
+        ] {
+            let checked = Via::check(v).map(|c| c.transport.to_ascii_uppercase());
+            assert_eq!(checked, Via::parse(v).map(|p| p.transport), "{v}");
         }
     }
 
