@@ -214,7 +214,13 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             path: config,
             requests: Some(reload_rx),
         };
-        understudy::node::run_with(cfg, stop_rx, None, reloading).await
+        // The node runs as a task on the workers, not on the thread that waits for it: the
+        // task receiving a datagram then wakes it on the same worker, where waking the waiting
+        // thread cost a futex or eventfd call per message.
+        tokio::spawn(understudy::node::run_with(cfg, stop_rx, None, reloading))
+            .await
+            .context("the node task failed")?
+            .map_err(anyhow::Error::from)
     })?;
     Ok(())
 }
