@@ -54,7 +54,7 @@
 # Environment knobs (defaults in brackets):
 #   UNDERSTUDY_BIN   [./target/release/understudy, relative to the repo root]
 #   SYSTEMS          ["understudy kamailio"]
-#   RATES            ["1000 2000 3000 4000 5000 6000 7000 8000 10000 12000"]
+#   RATES            ["1000 2000 3000 4000 5000 6000 7000 8000 10000 12000 14000 16000"]
 #   TRIALS [1]  SECS [8]  MIN_CALLS [5000]  PAUSE_MS [1000]
 #   MAX_FAIL_PCT [0.1]  MIN_RATE_FRAC [0.97]  STOP_AFTER_FAIL [1]
 #   CLEAN_MAX_RT_MS [10]  CLEAN_MAX_RETRANS_PCT [1]
