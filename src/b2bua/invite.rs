@@ -158,9 +158,9 @@ impl B2bua {
             token,
             CallState::Calling,
             a,
-            b_call_id,
-            from.uri.to_string(),
-            user,
+            b_call_id.into(),
+            from.uri.to_string().into(),
+            user.into(),
             env.now_ms,
             env.now,
         );
@@ -170,7 +170,10 @@ impl B2bua {
         call.b_invite_cseq = b_cseq;
         call.forks = forks;
         call.last_sdp = [None, (!offer.is_empty()).then(|| kept(&offer))];
-        call.trunk = route.trunk.or_else(|| from_trunk.map(str::to_string));
+        call.trunk = route
+            .trunk
+            .map(Box::from)
+            .or_else(|| from_trunk.map(Box::from));
         if !route.alternates.is_empty() {
             let rare = call.rare_mut();
             rare.alternates = route.alternates;
@@ -344,7 +347,7 @@ impl B2bua {
             let same_dialog = call
                 .b
                 .as_ref()
-                .is_some_and(|b| Some(&b.remote_tag) == tag.as_ref());
+                .is_some_and(|b| tag.as_deref() == Some(&*b.remote_tag));
             let Some(fork) = call.forks.get_mut(fi) else {
                 return;
             };

@@ -316,7 +316,7 @@ impl B2bua {
             .into_iter()
             .find(|&s| {
                 call.leg(s)
-                    .is_some_and(|d| d.call_id == call_id && d.local_tag == local_tag)
+                    .is_some_and(|d| *d.call_id == *call_id && *d.local_tag == *local_tag)
             })
             .map(|s| (token, s))
     }
@@ -335,7 +335,7 @@ impl B2bua {
             [Side::A, Side::B]
                 .into_iter()
                 .filter_map(|side| c.leg(side))
-                .any(|d| d.call_id == call_id)
+                .any(|d| *d.call_id == *call_id)
                 .then_some(token)
         })
     }
@@ -356,7 +356,7 @@ impl B2bua {
     /// Which leg of call `token` has `call_id` (leg A unless it is leg B's).
     pub fn side_of_call_id(&self, token: u64, call_id: &str) -> Side {
         match self.calls.get(&token).and_then(|c| c.leg(Side::B)) {
-            Some(b) if b.call_id == call_id => Side::B,
+            Some(b) if *b.call_id == *call_id => Side::B,
             _ => Side::A,
         }
     }
@@ -647,7 +647,12 @@ impl B2bua {
                         if creds {
                             self.trunk_byes.insert(
                                 tx,
-                                (r, flow, call.trunk.clone().unwrap_or_default(), None),
+                                (
+                                    r,
+                                    flow,
+                                    call.trunk.as_deref().unwrap_or_default().to_string(),
+                                    None,
+                                ),
                             );
                         }
                     }
@@ -753,12 +758,12 @@ fn cdr_of(call: &Call, env: &Env<'_>, reason: &str) -> CdrRecord {
     let answer = call.answer_ms;
     let end = env.now_ms;
     CdrRecord {
-        call_id: call.a.call_id.clone(),
-        b_call_id: call.b_call_id.clone(),
+        call_id: call.a.call_id.to_string(),
+        b_call_id: call.b_call_id.to_string(),
         token: format!("{:016x}", call.token),
-        caller: call.caller.clone(),
-        callee: call.callee.clone(),
-        trunk: call.trunk.clone(),
+        caller: call.caller.to_string(),
+        callee: call.callee.to_string(),
+        trunk: call.trunk.as_deref().map(str::to_string),
         start_ms: call.start_ms as i64,
         answer_ms: answer.map(|a| a as i64),
         end_ms: end as i64,
@@ -767,7 +772,7 @@ fn cdr_of(call: &Call, env: &Env<'_>, reason: &str) -> CdrRecord {
         recovered: call.recovered,
         node: env.node.to_string(),
         media: None,
-        transfer_of: call.transfer_of.clone(),
+        transfer_of: call.transfer_of.as_deref().map(str::to_string),
     }
 }
 

@@ -154,8 +154,8 @@ impl B2bua {
             CallState::Rebinding,
             call.a,
             call.b.call_id.clone(),
-            call.caller,
-            call.callee,
+            call.caller.into(),
+            call.callee.into(),
             call.start_ms,
             env.now,
         );
@@ -164,13 +164,13 @@ impl B2bua {
             env.cfg
                 .trunk_for_source(f.remote)
                 .or_else(|| env.dns.trunk_for_source(env.cfg, f.remote))
-                .map(|t| t.name.clone())
+                .map(|t| Box::from(t.name.as_str()))
         };
         c.trunk = trunk_of(call.b.flow).or_else(|| trunk_of(c.a.flow));
         c.b = Some(call.b);
         c.answer_ms = Some(call.start_ms);
         c.recovered = true;
-        c.transfer_of = call.transfer_of;
+        c.transfer_of = call.transfer_of.map(Box::from);
         c.rebind = Some(Box::new(Rebind {
             step: Step::First { cseq: 0 },
             source: call.source,
@@ -603,11 +603,11 @@ impl B2bua {
                 token,
                 a: c.a,
                 b,
-                caller: c.caller,
-                callee: c.callee,
+                caller: c.caller.into(),
+                callee: c.callee.into(),
                 start_ms: c.answer_ms.unwrap_or(0),
                 source: Source::Digest,
-                transfer_of: c.transfer_of,
+                transfer_of: c.transfer_of.map(String::from),
             });
         }
         out
@@ -641,7 +641,7 @@ impl B2bua {
         let bye = leg.request(Method::Bye, env.me, None);
         let _ = env.tx.send_request(env.now, &bye, leg.next_hop());
         self.cdrs.push(crate::cdr::CdrRecord {
-            call_id: leg.call_id.clone(),
+            call_id: leg.call_id.to_string(),
             b_call_id: String::new(),
             token: super::parse_tag(&leg.local_tag)
                 .map(|(t, _)| format!("{t:016x}"))
@@ -675,7 +675,7 @@ impl B2bua {
 impl Call {
     /// Whether a message's Call-ID belongs to one of this call's legs.
     pub fn has_call_id(&self, call_id: &str) -> bool {
-        self.a.call_id == call_id || self.b.as_ref().is_some_and(|b| b.call_id == call_id)
+        *self.a.call_id == *call_id || self.b.as_ref().is_some_and(|b| *b.call_id == *call_id)
     }
 }
 

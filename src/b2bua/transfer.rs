@@ -242,7 +242,7 @@ impl B2bua {
             self.calls
                 .get(t2)
                 .and_then(|c| c.leg(*r))
-                .is_some_and(|d| d.remote_tag == rep.from_tag)
+                .is_some_and(|d| *d.remote_tag == *rep.from_tag)
         });
         let Some((t2, replaced)) = found else {
             return reply(env, 404, "Replaced Dialog Not Found");
@@ -267,8 +267,11 @@ impl B2bua {
         };
         let y2 = replaced.other();
         let (party, trunk) = match y2 {
-            Side::A => (c2.caller.clone(), None),
-            Side::B => (c2.callee.clone(), c2.trunk.clone()),
+            Side::A => (c2.caller.to_string(), None),
+            Side::B => (
+                c2.callee.to_string(),
+                c2.trunk.as_deref().map(str::to_string),
+            ),
         };
         let Some(d) = c2.leg_mut(y2) else {
             self.calls.insert(t2, c2);
@@ -340,7 +343,7 @@ impl B2bua {
             self.calls
                 .get(t)
                 .and_then(|c| c.leg(*r))
-                .is_some_and(|d| d.remote_tag == rep.from_tag)
+                .is_some_and(|d| *d.remote_tag == *rep.from_tag)
         });
         let Some((token, side)) = found else {
             return refuse(env, 481, "Call/Transaction Does Not Exist");
@@ -696,14 +699,14 @@ impl B2bua {
         };
         let mut old = std::mem::replace(slot, new_leg);
         match from {
-            Side::A => call.caller = party,
+            Side::A => call.caller = party.into(),
             Side::B => {
-                call.callee = party;
+                call.callee = party.into();
                 call.b_call_id = call
                     .b
                     .as_ref()
-                    .map_or_else(String::new, |b| b.call_id.clone());
-                call.trunk = trunk;
+                    .map_or_else(Box::default, |b| b.call_id.clone());
+                call.trunk = trunk.map(Box::from);
             }
         }
         call.transfers = call.transfers.saturating_add(1);
@@ -711,8 +714,10 @@ impl B2bua {
         call.start_ms = env.now_ms;
         call.answer_ms = Some(env.now_ms);
         self.cdrs.push(before);
-        self.departed
-            .insert((old.call_id.clone(), old.local_tag.clone()), env.now);
+        self.departed.insert(
+            (old.call_id.to_string(), old.local_tag.to_string()),
+            env.now,
+        );
         if !from_gone {
             if reason == "transferred" {
                 let n = notify(&mut old, env, 200, "OK");
@@ -819,7 +824,7 @@ impl B2bua {
         let replaced = y2.other();
         if let Some(d) = c2.leg_mut(replaced) {
             self.departed
-                .insert((d.call_id.clone(), d.local_tag.clone()), env.now);
+                .insert((d.call_id.to_string(), d.local_tag.to_string()), env.now);
             let bye = d.request(Method::Bye, env.me, None);
             if let Ok(tx) = env.tx.send_request(env.now, &bye, d.next_hop()) {
                 self.client.insert(tx, (token, Purpose::Bye));

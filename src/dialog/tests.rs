@@ -33,8 +33,8 @@ fn me() -> LocalContact {
 fn uas_dialog_uses_record_route_in_order_and_contact_as_target() {
     let src = Flow::udp(SocketAddr::from(([127, 0, 0, 1], 5061)));
     let mut d = Dialog::as_uas(&invite(), "ours", src).unwrap();
-    assert_eq!(d.remote_tag, "ta");
-    assert_eq!(d.remote_target, "sip:alice@127.0.0.1:5061");
+    assert_eq!(&*d.remote_tag, "ta");
+    assert_eq!(&*d.remote_target, "sip:alice@127.0.0.1:5061");
     d.local_cseq = 65536;
     let bye = d.request(Method::Bye, &me(), None);
     assert_eq!(bye.uri, "sip:alice@127.0.0.1:5061");

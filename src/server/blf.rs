@@ -66,16 +66,16 @@ fn reports(
         for side in [Side::A, Side::B] {
             let user = match side {
                 Side::A => caller_user.as_deref(),
-                Side::B => Some(c.callee.as_str()),
+                Side::B => Some(&*c.callee),
             };
             let (Some(user), Some(d)) = (user.filter(|u| wanted(u)), c.leg(side)) else {
                 continue;
             };
             out.entry(user.to_string()).or_default().push(DialogReport {
                 id: format!("{:016x}{}", c.token, side.letter()),
-                call_id: d.call_id.clone(),
-                local_tag: d.remote_tag.clone(),
-                remote_tag: d.local_tag.clone(),
+                call_id: d.call_id.to_string(),
+                local_tag: d.remote_tag.to_string(),
+                remote_tag: d.local_tag.to_string(),
                 direction: Some(
                     if side == Side::A {
                         "initiator"
@@ -87,10 +87,10 @@ fn reports(
                 state: state.into(),
                 duration: Some(now.saturating_duration_since(c.created).as_secs()),
                 local_identity: Some(format!("sip:{user}@{domain}")),
-                local_target: Some(d.remote_target.clone()),
+                local_target: Some(d.remote_target.to_string()),
                 remote_identity: Some(match side {
                     Side::A => format!("sip:{}@{domain}", c.callee),
-                    Side::B => c.caller.clone(),
+                    Side::B => c.caller.to_string(),
                 }),
                 remote_target: None,
             });

@@ -111,23 +111,27 @@ impl Server {
         if let Some(tag) = &r.b_early_tag {
             let from = crate::sip::NameAddr::parse(&r.b_from).ok();
             let mut d = crate::dialog::Dialog {
-                call_id: r.b_call_id.clone(),
+                call_id: r.b_call_id.clone().into(),
                 local_tag: from
                     .as_ref()
-                    .and_then(|f| f.tag().map(str::to_string))
+                    .and_then(|f| f.tag().map(Box::from))
                     .unwrap_or_default(),
-                remote_tag: tag.clone(),
+                remote_tag: tag.clone().into(),
                 local_uri: from
                     .map(|mut f| {
                         f.params.remove("tag");
-                        f.to_string()
+                        f.to_string().into()
                     })
                     .unwrap_or_default(),
-                remote_uri: r.b_to.clone(),
+                remote_uri: r.b_to.clone().into(),
                 local_cseq: r.b_cseq.max(self.cseq_epoch() * 65536),
                 remote_cseq: None,
                 route_set: Box::default(),
-                remote_target: r.b_early_target.clone().unwrap_or_else(|| r.b_uri.clone()),
+                remote_target: r
+                    .b_early_target
+                    .clone()
+                    .unwrap_or_else(|| r.b_uri.clone())
+                    .into(),
                 flow: b_flow,
                 pinned: false,
                 state: crate::dialog::DialogState::Early,

@@ -214,7 +214,7 @@ impl PairGlue {
             return false;
         };
         match &self.regs.subscriber {
-            Subscriber::Active { dialog, .. } => dialog.call_id == call_id,
+            Subscriber::Active { dialog, .. } => *dialog.call_id == *call_id,
             Subscriber::Subscribing { request, .. } => request.call_id().ok() == Some(call_id),
             Subscriber::Idle { .. } => self.regs.notifier.contains_key(call_id),
         }

@@ -444,7 +444,7 @@ impl Takeover {
     pub(crate) fn claim_waiting(&mut self, req: &Request) -> Option<(Adopted, Side)> {
         let call_id = req.call_id().ok()?;
         let a = self.waiting.claim(call_id)?.call;
-        let side = if a.a.call_id == call_id {
+        let side = if *a.a.call_id == *call_id {
             Side::A
         } else {
             Side::B
@@ -920,15 +920,15 @@ fn dialog_from(r: &DialogReport, flow: Flow, uri: &str, side: Side) -> Dialog {
         Side::B => "sip:caller@invalid".into(),
     });
     Dialog {
-        call_id: r.call_id.clone(),
-        local_tag: r.remote_tag.clone(),
-        remote_tag: r.local_tag.clone(),
-        local_uri: angle(&local_identity),
-        remote_uri: angle(&remote_identity),
+        call_id: r.call_id.clone().into(),
+        local_tag: r.remote_tag.clone().into(),
+        remote_tag: r.local_tag.clone().into(),
+        local_uri: angle(&local_identity).into(),
+        remote_uri: angle(&remote_identity).into(),
         local_cseq: 0,
         remote_cseq: None,
         route_set: Box::default(),
-        remote_target: target,
+        remote_target: target.into(),
         flow,
         // Where requests go is decided once the leg is adopted (`nat::reach`).
         pinned: false,
@@ -941,15 +941,15 @@ fn dialog_from(r: &DialogReport, flow: Flow, uri: &str, side: Side) -> Dialog {
 /// start time.
 fn leg_dialog(l: LegRecord) -> (Dialog, String, u64) {
     let dialog = Dialog {
-        call_id: l.call_id,
-        local_tag: l.local_tag,
-        remote_tag: l.remote_tag,
-        local_uri: l.local_uri,
-        remote_uri: l.remote_uri,
+        call_id: l.call_id.into(),
+        local_tag: l.local_tag.into(),
+        remote_tag: l.remote_tag.into(),
+        local_uri: l.local_uri.into(),
+        remote_uri: l.remote_uri.into(),
         local_cseq: l.cseq,
         remote_cseq: None,
         route_set: l.route_set.into_boxed_slice(),
-        remote_target: l.remote_target,
+        remote_target: l.remote_target.into(),
         flow: Flow {
             proto: l.proto,
             remote: l.remote,

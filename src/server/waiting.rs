@@ -51,8 +51,8 @@ impl WaitQueue {
     /// Queue a call at the back.
     pub(crate) fn push_back(&mut self, w: Waiting) {
         let token = w.call.token;
-        self.by_call_id.insert(w.call.a.call_id.clone(), token);
-        self.by_call_id.insert(w.call.b.call_id.clone(), token);
+        self.by_call_id.insert(w.call.a.call_id.to_string(), token);
+        self.by_call_id.insert(w.call.b.call_id.to_string(), token);
         self.order.push_back(token);
         self.calls.insert(token, w);
     }
@@ -97,8 +97,8 @@ impl WaitQueue {
         // A Call-ID another waiting call also names (a later entry took the index over)
         // stays indexed for that call.
         for id in [&w.call.a.call_id, &w.call.b.call_id] {
-            if self.by_call_id.get(id.as_str()) == Some(&token) {
-                self.by_call_id.remove(id.as_str());
+            if self.by_call_id.get(&**id) == Some(&token) {
+                self.by_call_id.remove(&**id);
             }
         }
         if self.calls.is_empty() {
@@ -126,7 +126,7 @@ mod tests {
             local_cseq: 1,
             remote_cseq: None,
             route_set: Box::default(),
-            remote_target: format!("sip:r@192.0.2.2:{port}"),
+            remote_target: format!("sip:r@192.0.2.2:{port}").into(),
             flow: Flow::udp(SocketAddr::from(([192, 0, 2, 2], port))),
             pinned: false,
             state: DialogState::Confirmed,
