@@ -2,8 +2,10 @@
 //! validation mapped to response codes, and digest authentication (RFC 3261 §7, §18.3, §20,
 //! §22, §25; RFC 2617; RFC 8760).
 //!
-//! This is the only module that imports the parser crate (`sipx-sip`): everything above works
-//! on the owned types defined here, so the parser can be replaced by touching one module.
+//! Datagrams are parsed by our own parser (`wire`); TCP and TLS streams are framed by the
+//! parser crate (`sipx-sip`), which is also the reference the `message` fuzz target holds
+//! `wire` to. This is the only module that imports the crate: everything above works on the
+//! owned types defined here.
 
 mod addr;
 mod build;

@@ -1,5 +1,6 @@
-//! Parsing: the one place that calls the parser crate (`sipx-sip`), converting its messages
-//! into our owned model. Framing follows RFC 3261 §18.3 (datagrams) and §20.14 (streams).
+//! Parsing entry points: datagrams through our own parser ([`super::wire`]), streams framed by
+//! the parser crate (`sipx-sip`, the one place that calls it) and converted into our owned
+//! model. Framing follows RFC 3261 §18.3 (datagrams) and §20.14 (streams).
 
 use bytes::Bytes;
 use sipx_sip as px;
