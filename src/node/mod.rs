@@ -412,6 +412,11 @@ pub async fn run_with(
         {
             f.nudge();
         }
+        // Let the tasks this batch woke run: the connections' writers above all. The loop runs
+        // as a task on a worker, and taking queued messages (`try_recv`) spends no cooperative
+        // budget, so under a steady stream it would otherwise keep the worker for thousands of
+        // messages while a TCP write queue fills and the connection is dropped as stalled.
+        tokio::task::yield_now().await;
     }
     tracing::info!(
         node = cfg.node.name,
