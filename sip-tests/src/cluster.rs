@@ -41,10 +41,16 @@ pub fn binary() -> &'static Path {
 
 /// A port free for both UDP and TCP on 127.0.0.1.
 pub fn free_port() -> u16 {
+    // The kernel may hand the port just released to the next bind: a port this process has
+    // handed out is never handed out again (two nodes of a pair once got the same one).
+    static GIVEN: OnceLock<std::sync::Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(Default::default);
     loop {
         let u = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let p = u.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && given.lock().is_ok_and(|mut g| g.insert(p))
+        {
             return p;
         }
     }

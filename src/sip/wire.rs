@@ -107,6 +107,7 @@ pub(super) fn parse(buf: &[u8], limits: Limits) -> Result<Parsed, ParseError> {
         None => rest,
     };
     let body = Bytes::copy_from_slice(body);
+    let body_len = body.len();
     let (message, version, start_bytes) = match start {
         StartLine::Request {
             method,
@@ -132,7 +133,7 @@ pub(super) fn parse(buf: &[u8], limits: Limits) -> Result<Parsed, ParseError> {
         } => {
             let reason = text(reason).into_owned();
             // "SIP/2.0 NNN reason"
-            let start = 12 + 1 + reason.len();
+            let start = 12 + reason.len();
             let r = Response {
                 status,
                 reason,
@@ -141,10 +142,6 @@ pub(super) fn parse(buf: &[u8], limits: Limits) -> Result<Parsed, ParseError> {
             };
             (Message::Response(r), version, start)
         }
-    };
-    let body_len = match &message {
-        Message::Request(r) => r.body.len(),
-        Message::Response(r) => r.body.len(),
     };
     super::parse::check_size(start_bytes, bytes, body_len, limits.message)?;
     Ok(Parsed { message, version })
@@ -512,6 +509,21 @@ mod tests {
             msg("Content-Length: 70000\r\n", "abc"),
             Err(ParseError::TooLarge(_))
         ));
+    }
+
+    /// A message exactly at the size limit, as we would serialize it, parses; one byte more
+    /// does not.
+    #[test]
+    fn the_size_limit_counts_the_serialization_exactly() {
+        let msg = |total: usize| {
+            let head = |n: usize| format!("SIP/2.0 200 OK\r\n{VIA}Content-Length: {n}\r\n\r\n");
+            let n = total - head(10_000).len();
+            let mut m = head(n).into_bytes();
+            m.resize(total, b'x');
+            parse_datagram(&m)
+        };
+        assert!(msg(64 * 1024).is_ok());
+        assert!(matches!(msg(64 * 1024 + 1), Err(ParseError::TooLarge(_))));
     }
 
     #[test]
