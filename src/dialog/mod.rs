@@ -145,9 +145,9 @@ impl Dialog {
         // The peer's own address is its top Via's sent-by (RFC 3261 §18.2.1).
         let sent_by = req.top_via().ok().and_then(|v| v.sent_by_addr());
         Some(Self {
-            call_id: req.call_id().ok()?.to_string().into(),
-            local_tag: local_tag.to_string().into(),
-            remote_tag: from.tag()?.to_string().into(),
+            call_id: req.call_id().ok()?.into(),
+            local_tag: local_tag.into(),
+            remote_tag: from.tag()?.into(),
             local_uri: strip_tag(&to).into(),
             remote_uri: strip_tag(&from).into(),
             local_cseq: 0,
@@ -176,9 +176,9 @@ impl Dialog {
         let named = Uri::parse(&req.uri).ok().and_then(|u| uri_addr(&u));
         Some(Self {
             pinned: route_set.is_empty() && behind_nat(named, flow),
-            call_id: req.call_id().ok()?.to_string().into(),
-            local_tag: from.tag()?.to_string().into(),
-            remote_tag: to.tag()?.to_string().into(),
+            call_id: req.call_id().ok()?.into(),
+            local_tag: from.tag()?.into(),
+            remote_tag: to.tag()?.into(),
             local_uri: strip_tag(&from).into(),
             remote_uri: strip_tag(&to).into(),
             local_cseq: req.cseq().ok()?.seq,

@@ -127,9 +127,10 @@ pub fn message(data: &[u8]) {
 }
 
 /// Our datagram parser reads what the parser crate (which frames TCP) reads: both accept, with
-/// the same message, or both refuse. Where they knowingly differ: the Request-URI is left to
-/// validation and routing past the characters a URI may hold, header names the crate spells in its own case are
-/// compared without case, and a start line continued on the next line is refused.
+/// the same message, or both refuse. Where they knowingly differ: past the characters a URI
+/// may hold, the Request-URI is left to validation and routing; header names the crate spells
+/// in its own case are compared without case; a start line continued on the next line is
+/// refused.
 fn same_as_reference(data: &[u8], ours: Result<&crate::sip::Parsed, &ParseError>) {
     use crate::sip::{SipMessage as _, parse_datagram_reference};
     match (ours, parse_datagram_reference(data)) {

@@ -89,8 +89,7 @@ pub(crate) fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
     Some((s.get(..i)?, s.get(i + 1..)?))
 }
 
-/// RFC 3261 §25.1 `token` characters, plus the characters parameter values commonly use
-/// (`[`, `]`, `:` for IPv6 and host:port values).
+/// RFC 3261 §25.1 `token` characters (header names, methods, tags, parameter names).
 pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(

@@ -47,13 +47,9 @@ fn limits_datagram() -> px::Limits {
 /// Parse one message from a datagram. Leading CRLFs are ignored (RFC 3261 §7.5); octets after
 /// the declared body are ignored (RFC 3261 §18.3).
 pub fn parse_datagram(buf: &[u8]) -> Result<Parsed, ParseError> {
-    let mut buf = buf;
-    while let [b'\r' | b'\n', rest @ ..] = buf {
-        buf = rest;
-    }
     let limits = limits_datagram();
     super::wire::parse(
-        buf,
+        skip_crlfs(buf),
         super::wire::Limits {
             message: limits.max_message_bytes,
             body: limits.max_body_bytes,
@@ -65,13 +61,18 @@ pub fn parse_datagram(buf: &[u8]) -> Result<Parsed, ParseError> {
 /// the `message` fuzz target holds our own parser to.
 #[doc(hidden)]
 pub fn parse_datagram_reference(buf: &[u8]) -> Result<Parsed, ParseError> {
-    let mut buf = buf;
+    let limits = limits_datagram();
+    let msg =
+        px::parse_datagram(Bytes::copy_from_slice(skip_crlfs(buf)), &limits).map_err(map_error)?;
+    convert(msg, limits.max_message_bytes)
+}
+
+/// A datagram without the CRLFs before its start line (RFC 3261 §7.5).
+fn skip_crlfs(mut buf: &[u8]) -> &[u8] {
     while let [b'\r' | b'\n', rest @ ..] = buf {
         buf = rest;
     }
-    let limits = limits_datagram();
-    let msg = px::parse_datagram(Bytes::copy_from_slice(buf), &limits).map_err(map_error)?;
-    convert(msg, limits.max_message_bytes)
+    buf
 }
 
 fn map_error(e: px::error::ParseError) -> ParseError {

@@ -92,14 +92,7 @@ fn common(m: &impl SipMessage) -> Result<CSeq, Rejection> {
 
 /// Whether `s` is an RFC 3261 §25.1 `token`: one or more of alphanumerics and `-.!%*_+`'~`.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-                )
-        })
+    !s.is_empty() && s.bytes().all(super::params::is_token_byte)
 }
 
 /// Check the address in the header `name` as [`SipMessage::from`] / [`SipMessage::to`] would

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 
 use super::message::{HeaderName, Headers, Message, Method, Request, Response};
+use super::params::is_token_byte;
 use super::parse::{ParseError, Parsed, Version, push_header};
 
 /// What a message may hold.
@@ -288,7 +289,7 @@ impl<'a> StartLine<'a> {
                 "the request line is not method, URI and version with one space between",
             ));
         }
-        if !method.iter().all(|&b| is_token_char(b)) {
+        if !method.iter().all(|&b| is_token_byte(b)) {
             return Err(bad("the method is not a token"));
         }
         // A URI is printable US-ASCII (RFC 3261 §25.1, RFC 3986 §2): whitespace inside it
@@ -312,15 +313,6 @@ fn split_sp(b: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((b.get(..i)?, b.get(i + 1..)?))
 }
 
-/// RFC 3261 §25.1 `token`.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
-}
-
 /// `name HCOLON value` (whitespace allowed before the colon), the value unfolded (a CRLF and
 /// the whitespace after it become one SP) and trimmed.
 fn header(line: Line<'_>, n: usize) -> Result<(HeaderName, Cow<'_, str>), ParseError> {
@@ -335,7 +327,7 @@ fn header(line: Line<'_>, n: usize) -> Result<(HeaderName, Cow<'_, str>), ParseE
     let (name, value) = line.bytes.split_at_checked(colon).unwrap_or_default();
     let value = value.get(1..).unwrap_or_default();
     let name = trim(name);
-    if name.is_empty() || !name.iter().all(|&b| is_token_char(b)) {
+    if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
         return Err(ParseError::Malformed(format!(
             "the header name on line {n} is not a token"
         )));
